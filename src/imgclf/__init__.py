@@ -1,0 +1,36 @@
+"""imgclf: from a folder of labelled images to a trained, evaluated image classifier.
+
+Public API (no side effects on import):
+    train(data, **settings) → Run         evaluate(model, data) → metrics
+    load_model(path) → Predictor           Predictor.from_path(path).predict(inputs)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = ["Config", "Predictor", "Run", "__version__", "evaluate", "load_model", "resolve_config", "train"]
+
+if TYPE_CHECKING:
+    from imgclf.api import Run, evaluate, load_model, train
+    from imgclf.config import Config, resolve_config
+    from imgclf.predict import Predictor
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use so that `import imgclf` stays cheap (torch loads only when needed).
+    if name in ("train", "evaluate", "load_model", "Run"):
+        from imgclf import api
+
+        return getattr(api, name)
+    if name in ("Config", "resolve_config"):
+        from imgclf import config
+
+        return getattr(config, name)
+    if name == "Predictor":
+        from imgclf.predict import Predictor
+
+        return Predictor
+    raise AttributeError(f"module 'imgclf' has no attribute {name!r}")

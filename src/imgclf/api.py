@@ -1,0 +1,473 @@
+"""What the CLI and notebooks call: `train`, `evaluate`, `predict`, `load_model`.
+
+`train` reads top to bottom as the experiment it runs: resolve the config, find and split the data,
+fix the preprocessing, decode once, build the model, fit, keep the best, evaluate it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from imgclf import runs
+from imgclf.artifact import ModelInfo, load_artifact, save_artifact, update_artifact_info
+from imgclf.config import Config, DataConfig, config_to_dict, load_config, resolve_config, save_config, setting_section
+from imgclf.data.augment import BatchAugment, is_identity
+from imgclf.data.loader import create_loader, decode_all, resolve_cache_mode
+from imgclf.data.preprocess import PreprocessSpec, resolve_normalization
+from imgclf.data.sources import ImageSet, Problem, from_arrays, load_label_map, read_headers, scan_dataframe, scan_source
+from imgclf.data.split import apply_manifest, assign_splits, write_manifest
+from imgclf.errors import ConfigError, DataError, UsageError
+from imgclf.io import write_text_atomic
+from imgclf.models.factory import create_model, model_args, model_mean_std
+from imgclf.models.summary import summarize_model
+from imgclf.predict import Predictor
+from imgclf.train.checkpoint import SaveCheckpoint, load_checkpoint, restore_checkpoint
+from imgclf.train.events import Callback, EarlyStopping, KeepBest, MetricsLog, TrainState
+from imgclf.train.loop import StepContext, evaluate as evaluate_loader, fit
+from imgclf.train.optim import Schedule, class_weights, create_loss, create_optimizer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Run:
+    """The outcome of `train`: where everything went and how it did."""
+
+    run_dir: Path
+    artifact: Path
+    best_epoch: int | None
+    metrics: dict[str, float]
+    problems: list[Problem] = field(default_factory=list)
+    stop_reason: str = ""
+
+    @property
+    def history(self):
+        """metrics.csv as a pandas DataFrame (one row per epoch)."""
+        import pandas as pd
+
+        return pd.read_csv(self.run_dir / runs.METRICS_FILE)
+
+    def predictor(self, device: str = "cpu") -> Predictor:
+        return Predictor.from_path(self.artifact, device=device)
+
+
+@dataclass
+class PreparedData:
+    """A data source scanned, split and decoded for one preprocessing spec."""
+
+    image_set: ImageSet
+    splits: np.ndarray
+    spec: PreprocessSpec
+    cache_mode: str
+    images: np.ndarray | None = None  # decoded N×H×W×C uint8 when cached in RAM
+    problems: list[Problem] = field(default_factory=list)
+
+    def indices(self, split: str) -> np.ndarray:
+        if split == "all":
+            return np.arange(len(self.image_set))
+        return np.flatnonzero(self.splits == split)
+
+    def loader(self, split: str, batch_size: int, shuffle: bool, seed: int = 0, workers: int | None = None,
+               drop_last: bool = False):
+        index = self.indices(split)
+        subset = self.image_set.subset(index)
+        cached = (self.images[index], subset.labels) if self.images is not None else None
+        return create_loader(subset, self.spec, batch_size=batch_size, shuffle=shuffle, seed=seed, cached=cached,
+                             workers=workers, drop_last=drop_last)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """"auto" → CUDA if present, else Apple MPS, else CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for, but no CUDA GPU is available")
+    return device
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype: bf16 on CUDA GPUs that support it ("auto"), or wherever asked for ("bf16")."""
+    if name == "fp32":
+        return None
+    if name == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def load_data(data: Any, cfg: DataConfig, *, labels: Any = None, class_names: Sequence[str] | None = None) -> ImageSet:
+    """Any supported source (path, DataFrame, or arrays with `labels`) → ImageSet."""
+    if labels is not None:
+        return from_arrays(np.asarray(data), labels, class_names=class_names, classes=cfg.classes)
+    if hasattr(data, "columns"):  # a pandas DataFrame
+        return scan_dataframe(data, root=cfg.source, path_col=cfg.path_col, label_col=cfg.label_col,
+                              classes=cfg.classes)
+    if data is None:
+        raise UsageError("no data given: pass a folder, CSV, archive or IDX file")
+    return scan_source(data, path_col=cfg.path_col, label_col=cfg.label_col, classes=cfg.classes)
+
+
+def _check_classes(image_set: ImageSet, splits: np.ndarray, what: str = "training") -> None:
+    if len(image_set) == 0:
+        raise DataError("no usable image found in the data")
+    train_labels = image_set.labels[splits == "train"] if what == "training" else image_set.labels
+    counts = np.bincount(train_labels, minlength=len(image_set.classes))
+    empty = [name for name, count in zip(image_set.classes, counts) if count == 0]
+    if empty:
+        raise DataError(f"class {empty[0]!r} has no usable image for {what}; add images or leave it out with --classes")
+    if len(image_set.classes) < 2 and what == "training":
+        raise DataError(f"only one class found ({image_set.classes[0]!r}); a classifier needs at least two")
+
+
+def resolve_spec(cfg: DataConfig, model_name: str, image_set: ImageSet) -> PreprocessSpec:
+    """Size, channels and normalization from the flags, else from the data and the model."""
+    headers = image_set.headers or []
+    channels = cfg.channels
+    if channels is None:
+        channels = 1 if headers and all(h.grayscale for h in headers) else 3
+    if cfg.image_size is not None:
+        height, width = cfg.image_size
+    else:
+        sizes = {(h.height, h.width) for h in headers}
+        if len(sizes) == 1 and max(next(iter(sizes))) <= 256:
+            height, width = next(iter(sizes))
+        else:
+            short_sides = [min(h.height, h.width) for h in headers] or [224]
+            side = int(np.clip(np.median(short_sides), 32, 224))
+            height = width = side
+    mean, std = resolve_normalization(cfg.normalize, channels, model_mean_std(model_name))
+    return PreprocessSpec(int(height), int(width), int(channels), cfg.resize, cfg.interpolation, mean, std)
+
+
+def prepare_data(
+    image_set: ImageSet,
+    splits: np.ndarray,
+    spec: PreprocessSpec,
+    cache: str,
+    workers: int | None,
+    callbacks: Sequence[Callback] = (),
+) -> PreparedData:
+    """Decode every image once into RAM (or set up streaming); drop the ones that fail."""
+    mode = resolve_cache_mode(cache, len(image_set), spec)
+    if mode == "none":
+        return PreparedData(image_set, splits, spec, mode)
+
+    def progress(done: int, total: int) -> None:
+        for callback in callbacks:
+            callback.on_progress("decode", done, total)
+
+    images, ok, problems = decode_all(image_set, spec, workers=workers, progress=progress)
+    for problem in problems:
+        logger.warning("skipped unreadable image %s: %s", problem.path, problem.reason)
+    keep = np.flatnonzero(ok)
+    image_set = image_set.subset(keep)
+    image_set.problems = image_set.problems + problems
+    return PreparedData(image_set, splits[keep], spec, mode, images[keep], problems)
+
+
+def _write_problems(path: Path, problems: Sequence[Problem]) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["path", "kind", "reason"])
+    for problem in problems:
+        writer.writerow([problem.path, problem.kind, problem.reason])
+    write_text_atomic(path, buffer.getvalue())
+
+
+def _display_names(cfg: DataConfig, classes: list[str]) -> list[str]:
+    if cfg.label_map is None:
+        return list(classes)
+    mapping = load_label_map(cfg.label_map, classes)
+    return [mapping[name] for name in classes]
+
+
+def train(
+    data: Any = None,
+    *,
+    config: Config | str | Path | None = None,
+    labels: Any = None,
+    class_names: Sequence[str] | None = None,
+    resume: str | Path | None = None,
+    callbacks: Sequence[Callback] = (),
+    verbose: bool = False,
+    **overrides: Any,
+) -> Run:
+    """Train a classifier and return the run (history, best metrics, artifact path).
+
+    Args:
+        data: a folder, CSV/TSV, archive or IDX path; a pandas DataFrame (path and label columns);
+            or an image array (N, H, W[, C]) together with `labels`.
+        config: a Config, or a YAML file; keyword overrides win over it (e.g. `epochs=5`,
+            `model="cnn-small"`, `train={"lr": 3e-4}` or `"train.lr": 3e-4`).
+        resume: a run folder to continue where it stopped (its config and split are reused).
+        callbacks: extra event handlers (see `imgclf.train.events.Callback`).
+        verbose: print progress to the terminal, as the CLI does (useful in notebooks).
+    """
+    if resume is not None:
+        run_dir = Path(resume)
+        if not (run_dir / runs.CONFIG_FILE).is_file():
+            raise UsageError(f"{run_dir} is not a run folder to resume (no {runs.CONFIG_FILE})")
+        cfg = load_config(run_dir / runs.CONFIG_FILE)
+        if "epochs" in overrides or "train.epochs" in overrides:
+            cfg.train.epochs = int(overrides.get("epochs", overrides.get("train.epochs")))
+    else:
+        cfg = _config_from(config, data, overrides)
+        run_dir = None
+    if verbose:
+        from imgclf.console import ConsoleReporter
+
+        callbacks = [*callbacks, ConsoleReporter()]
+    seed = cfg.seed
+    torch.manual_seed(seed)
+
+    # 1. Data: find every sample, read headers, split (or reuse the split), check the classes.
+    source = data if data is not None and not isinstance(data, (str, Path)) else cfg.data.source
+    image_set = load_data(source, cfg.data, labels=labels, class_names=class_names)
+    image_set = read_headers(image_set, workers=_header_workers(len(image_set), cfg.data.workers))
+    manifest = (run_dir / runs.MANIFEST_FILE) if resume is not None else cfg.data.manifest
+    if manifest is not None:
+        image_set, splits = apply_manifest(image_set, manifest)
+    else:
+        splits = assign_splits(image_set, cfg.data.val_split, cfg.data.test_split, seed)
+    _check_classes(image_set, splits)
+    val_split_name = "val"
+    if not (splits == "val").any() and (splits == "test").any():
+        val_split_name = "test"
+        logger.warning("no validation split: validating on the test split, as the tutorials do; "
+                       "its accuracy is then no unbiased estimate")
+
+    # 2. Preprocessing, fixed once for training, evaluation and prediction.
+    spec = resolve_spec(cfg.data, cfg.model.name, image_set)
+    display_names = _display_names(cfg.data, image_set.classes)
+
+    # 3. Run folder: config, split and skipped files are written before any training.
+    if run_dir is None:
+        run_dir = runs.create_run_dir(cfg.output.project, cfg.output.name)
+        save_config(cfg, run_dir / runs.CONFIG_FILE)
+        write_manifest(run_dir / runs.MANIFEST_FILE, image_set, splits)
+
+    # 4. Decode once (into RAM when it fits) and build the loaders.
+    prepared = prepare_data(image_set, splits, spec, cfg.data.cache, cfg.data.workers, callbacks)
+    _check_classes(prepared.image_set, prepared.splits)
+    problems = prepared.image_set.problems
+    _write_problems(run_dir / runs.PROBLEMS_FILE, problems)
+    train_set = prepared.image_set.subset(prepared.indices("train"))
+    remainder = len(train_set) % cfg.train.batch_size
+    train_loader = prepared.loader("train", cfg.train.batch_size, shuffle=True, seed=seed,
+                                   workers=cfg.data.workers, drop_last=remainder == 1)
+    has_val = len(prepared.indices(val_split_name)) > 0
+    val_loader = (prepared.loader(val_split_name, cfg.train.batch_size * 2, shuffle=False, workers=cfg.data.workers)
+                  if has_val else None)
+
+    # 5. Model, optimizer, schedule, loss.
+    device = resolve_device(cfg.train.device)
+    args = model_args(cfg.model, len(image_set.classes), spec.channels, [spec.height, spec.width])
+    model = create_model(args)
+    summary = summarize_model(model, (spec.channels, spec.height, spec.width))
+    channels_last = cfg.train.channels_last if cfg.train.channels_last is not None else cfg.model.name != "mlp"
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = create_optimizer(model, cfg.train)
+    schedule = Schedule(optimizer, cfg.train, max(1, len(train_loader)))
+    weights = class_weights(train_set.labels, len(image_set.classes)) if cfg.train.class_weight == "auto" else None
+    loss_fn = create_loss(cfg.train, weights.to(device) if weights is not None else None)
+    ctx = StepContext(
+        device=device,
+        spec=spec,
+        augment=None if is_identity(cfg.augment) else BatchAugment(cfg.augment, seed),
+        autocast_dtype=resolve_precision(cfg.train.precision, device),
+        channels_last=channels_last,
+        seed=seed,
+    )
+    monitor = cfg.train.monitor if has_val else "train_loss"
+    state = TrainState(epochs=cfg.train.epochs, model=model, optimizer=optimizer, schedule=schedule, monitor=monitor)
+    if resume is not None:
+        restore_checkpoint(state, load_checkpoint(run_dir / runs.CHECKPOINT_FILE))
+        if state.epoch < state.epochs and state.stop_reason.startswith("early stop"):
+            state.stop = False  # more epochs were asked for explicitly
+    state.context.update(
+        run_dir=run_dir, summary=summary, device=str(device), spec=spec, cache=prepared.cache_mode,
+        counts={split: int((prepared.splits == split).sum()) for split in ("train", "val", "test")},
+        classes=image_set.classes, problems=problems, resumed_from=state.epoch if resume is not None else None,
+        validation_split=val_split_name if has_val else None,
+    )
+
+    info = ModelInfo(
+        architecture=args,
+        classes=image_set.classes,
+        preprocessing=spec,
+        display_names=display_names,
+        training={"config": config_to_dict(cfg), "monitor": monitor},
+        dataset={
+            "source": str(image_set.source),
+            "fingerprint": image_set.fingerprint(),
+            "layout": image_set.layout,
+            "class_counts": prepared.image_set.class_counts(),
+            "split_counts": state.context["counts"],
+        },
+    )
+    artifact_dir = run_dir / runs.MODEL_DIR
+
+    def save_best(current: TrainState) -> None:
+        info.training.update(best_epoch=current.best_epoch, epochs_completed=current.epoch)
+        info.metrics = {k: v for k, v in current.last.items() if k != "epoch"}
+        save_artifact(artifact_dir, current.model, info)
+
+    # 6. Fit: best model kept, early stop, last checkpoint and logs every epoch.
+    loop_callbacks: list[Callback] = [KeepBest(save_best)]
+    if cfg.train.patience is not None:
+        loop_callbacks.append(EarlyStopping(cfg.train.patience))
+    loop_callbacks += [
+        MetricsLog(run_dir / runs.METRICS_FILE, run_dir / runs.CURVES_FILE),
+        SaveCheckpoint(run_dir / runs.CHECKPOINT_FILE),
+        *callbacks,
+    ]
+    fit(state, train_loader, val_loader, ctx, loss_fn, loop_callbacks)
+
+    # 7. Restore the best weights and evaluate them on validation and test.
+    best_model, _ = load_artifact(artifact_dir, device=device)
+    if channels_last:
+        best_model.to(memory_format=torch.channels_last)
+    final: dict[str, float] = {}
+    if has_val:
+        final.update(evaluate_loader(best_model, val_loader, ctx, prefix="val"))
+    if val_split_name != "test" and len(prepared.indices("test")):
+        test_loader = prepared.loader("test", cfg.train.batch_size * 2, shuffle=False, workers=cfg.data.workers)
+        final.update(evaluate_loader(best_model, test_loader, ctx, prefix="test"))
+    elif val_split_name == "test" and has_val:
+        final.update({k.replace("val_", "test_"): v for k, v in final.items()})
+    info.metrics = {**info.metrics, **final}
+    info.training.update(best_epoch=state.best_epoch, epochs_completed=state.epoch, stop_reason=state.stop_reason)
+    update_artifact_info(artifact_dir, info)
+    _write_summary(run_dir, state, final, problems)
+    run = Run(run_dir, artifact_dir, state.best_epoch, final, problems, state.stop_reason)
+    for callback in callbacks:
+        if hasattr(callback, "on_run_end"):
+            callback.on_run_end(run)
+    return run
+
+
+def _header_workers(count: int, workers: int | None) -> int:
+    if workers is not None:
+        return workers
+    return min(os.cpu_count() or 1, 8) if count > 4000 else 0
+
+
+def _config_from(config: Config | str | Path | None, data: Any, overrides: dict[str, Any]) -> Config:
+    """Defaults < config (object or YAML) < keyword overrides.
+
+    Keywords may be dotted ("train.lr"), a section dict (train={...}), or a bare setting name
+    (lr=1e-3, epochs=5); `model="x"` is short for model.name.
+    """
+    flat: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if key == "model" and isinstance(value, str):
+            flat["model.name"] = value
+        elif key == "name":  # the run's name; the model is chosen with model=
+            flat["output.name"] = value
+        elif "." in key or key in ("data", "augment", "model", "train", "output", "seed"):
+            flat[key] = value
+        else:
+            flat[f"{setting_section(key)}.{key}"] = value
+    if isinstance(data, (str, Path)):
+        flat["data.source"] = str(data)
+    if isinstance(config, Config):
+        return resolve_config(None, flat, base=config)
+    return resolve_config(config, flat)
+
+
+def _write_summary(run_dir: Path, state: TrainState, final: dict[str, float], problems: Sequence[Problem]) -> None:
+    lines = [f"epochs completed: {state.epoch}", f"best epoch: {state.best_epoch} ({state.monitor})"]
+    if state.stop_reason:
+        lines.append(state.stop_reason)
+    lines += [f"{key}: {value:.4f}" for key, value in final.items() if not key.endswith("_count")]
+    lines.append(f"skipped files: {len(problems)} (see {runs.PROBLEMS_FILE})")
+    write_text_atomic(run_dir / runs.SUMMARY_FILE, "\n".join(lines) + "\n")
+
+
+def load_model(path: str | Path, device: str = "cpu") -> Predictor:
+    """Load a saved model (artifact folder or run folder) ready to predict."""
+    return Predictor.from_path(path, device=device)
+
+
+def evaluate(
+    model: str | Path | Predictor,
+    data: Any,
+    *,
+    split: str = "all",
+    manifest: str | Path | None = None,
+    batch_size: int = 128,
+    device: str = "auto",
+    path_col: str | None = None,
+    label_col: str | None = None,
+    labels: Any = None,
+) -> dict[str, Any]:
+    """Accuracy and loss of a saved model on a data source, with the model's own preprocessing.
+
+    `split` picks the layout's (or the manifest's) split: train, val, test, or all.
+    """
+    predictor = model if isinstance(model, Predictor) else Predictor.from_path(model, device=device)
+    info = predictor.info
+    cfg = DataConfig(path_col=path_col, label_col=label_col)
+    image_set = load_data(data, cfg, labels=labels)
+    unknown = sorted(set(image_set.classes) - set(info.classes))
+    if unknown:
+        raise DataError(f"the data has class {unknown[0]!r}, which the model does not know")
+    remap = np.asarray([info.classes.index(name) for name in image_set.classes], dtype=np.int64)
+    image_set.labels = remap[image_set.labels]
+    image_set.classes = list(info.classes)
+    if manifest is not None:
+        image_set, splits = apply_manifest(image_set, manifest)
+    elif image_set.splits is not None:
+        splits = np.asarray(image_set.splits, dtype=object)
+    else:
+        splits = np.full(len(image_set), "all", dtype=object)
+    if split != "all":
+        if split not in set(splits.tolist()):
+            raise UsageError(f"the data has no {split!r} split; use --split all (or give --manifest)")
+        image_set = image_set.subset(np.flatnonzero(splits == split))
+        splits = splits[splits == split]
+    image_set = read_headers(image_set, workers=_header_workers(len(image_set), None))
+    if len(image_set) == 0:
+        raise DataError("no usable image found in the data")
+    prepared = prepare_data(image_set, splits, info.preprocessing, "auto", None)
+    loader = prepared.loader("all", batch_size, shuffle=False)
+    ctx = StepContext(device=predictor.device, spec=info.preprocessing)
+    from imgclf.train.loop import predict_logits
+
+    logits, targets = predict_logits(predictor.model, loader, ctx)
+    probabilities = torch.softmax(logits, 1)
+    predicted = probabilities.argmax(1)
+    per_class = {}
+    for index, name in enumerate(info.classes):
+        members = targets == index
+        if members.any():
+            per_class[name] = {"support": int(members.sum()),
+                               "recall": float((predicted[members] == index).float().mean())}
+    return {
+        "count": int(len(targets)),
+        "accuracy": float((predicted == targets).float().mean()) if len(targets) else float("nan"),
+        "loss": float(torch.nn.functional.cross_entropy(logits, targets)) if len(targets) else float("nan"),
+        "per_class": per_class,
+        "skipped": [p.__dict__ for p in prepared.problems],
+    }

@@ -1,0 +1,495 @@
+"""The `imgclf` command: parse flags → config → call the API → exit code.
+
+A user mistake (an `ImgclfError`) prints one line on stderr and exits non-zero; `--debug` shows the
+traceback instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from imgclf.errors import ImgclfError
+
+app = typer.Typer(
+    name="imgclf",
+    help="From a folder of labelled images to a trained, evaluated image classifier.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    rich_markup_mode="rich",
+)
+_options = {"debug": False}
+
+
+def _setup_logging(verbose: bool) -> None:
+    from rich.logging import RichHandler
+
+    from imgclf.console import err_console
+
+    handler = RichHandler(console=err_console, show_time=False, show_path=False, markup=False)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("imgclf")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logger.propagate = False
+
+
+def _version(value: bool) -> None:
+    if value:
+        from imgclf import __version__
+
+        typer.echo(f"imgclf {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More log messages.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """imgclf: train, evaluate and use image classifiers."""
+    _options["debug"] = debug
+    _setup_logging(verbose)
+
+
+def handle_errors(command: Callable) -> Callable:
+    """Turn ImgclfError into one line on stderr and its exit code; Ctrl-C into exit 130."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from imgclf.console import err_console
+
+        try:
+            return command(*args, **kwargs)
+        except ImgclfError as error:
+            if _options["debug"]:
+                raise
+            message = str(error).splitlines()[0] if str(error) else type(error).__name__
+            err_console.print(f"[red]error:[/red] {message}", markup=True, soft_wrap=True)
+            raise typer.Exit(error.exit_code) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+class Split(str, Enum):
+    train = "train"
+    val = "val"
+    test = "test"
+    all = "all"
+
+
+# ---------------------------------------------------------------------------------------------------
+# train
+# ---------------------------------------------------------------------------------------------------
+DATA_HELP = "Data flags"
+AUG_HELP = "Augmentation (Keras ImageDataGenerator meanings)"
+MODEL_HELP = "Model"
+TRAIN_HELP = "Training"
+OUT_HELP = "Output"
+
+
+def _csv_list(value: str | None) -> list[str] | None:
+    return None if value is None else [part.strip() for part in value.split(",") if part.strip()]
+
+
+def _size(value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    parts = value.lower().replace("x", ",").split(",")
+    try:
+        return [int(part) for part in parts if part.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"{value!r}: give one size (32) or height,width (32,48)") from None
+
+
+@app.command()
+@handle_errors
+def train(
+    data: Annotated[str | None, typer.Argument(
+        help="Folder of class folders, folder with train/ val/ test/, CSV/TSV, .zip/.tar(.gz), or IDX files.",
+        show_default=False)] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML file with settings (flags win).",
+                                                rich_help_panel=OUT_HELP)] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue an interrupted run folder where it stopped.",
+                                                rich_help_panel=OUT_HELP)] = None,
+    project: Annotated[str | None, typer.Option(help="Folder that holds run folders. [default: runs]",
+                                                rich_help_panel=OUT_HELP)] = None,
+    name: Annotated[str | None, typer.Option(help="Run folder name; -2, -3 … appended if taken. [default: train]",
+                                             rich_help_panel=OUT_HELP)] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the split, initialisation and shuffling. [default: 0]",
+                                             rich_help_panel=DATA_HELP)] = None,
+    path_col: Annotated[str | None, typer.Option(help="CSV column with image paths. [default: auto]",
+                                                 rich_help_panel=DATA_HELP)] = None,
+    label_col: Annotated[str | None, typer.Option(help="CSV column with labels. [default: auto]",
+                                                  rich_help_panel=DATA_HELP)] = None,
+    classes: Annotated[str | None, typer.Option(help="Comma-separated class order (others are left out).",
+                                                rich_help_panel=DATA_HELP)] = None,
+    label_map: Annotated[Path | None, typer.Option(help="JSON of display names (keys: class names or 1-based "
+                                                   "indices).", rich_help_panel=DATA_HELP)] = None,
+    val_split: Annotated[float | None, typer.Option(help="Validation fraction carved from training data. "
+                                                    "[default: 0.2]", rich_help_panel=DATA_HELP)] = None,
+    test_split: Annotated[float | None, typer.Option(help="Test fraction carved when the data has no test "
+                                                     "folder. [default: 0]", rich_help_panel=DATA_HELP)] = None,
+    manifest: Annotated[Path | None, typer.Option(help="Reuse the split of a manifest.csv (path,label,split).",
+                                                  rich_help_panel=DATA_HELP)] = None,
+    image_size: Annotated[str | None, typer.Option(help="Model input size: 32 or 32,48 (height,width). "
+                                                   "[default: from the data]", rich_help_panel=DATA_HELP)] = None,
+    channels: Annotated[int | None, typer.Option(help="1 or 3. [default: 1 if every image is grayscale]",
+                                                 rich_help_panel=DATA_HELP)] = None,
+    resize: Annotated[str | None, typer.Option(help="stretch | crop | pad. [default: stretch]",
+                                               rich_help_panel=DATA_HELP)] = None,
+    interpolation: Annotated[str | None, typer.Option(help="nearest | bilinear | bicubic | lanczos. "
+                                                      "[default: bilinear]", rich_help_panel=DATA_HELP)] = None,
+    normalize: Annotated[str | None, typer.Option(help="auto | rescale (x/255) | half (to -1..1) | imagenet. "
+                                                  "[default: auto]", rich_help_panel=DATA_HELP)] = None,
+    cache: Annotated[str | None, typer.Option(help="auto | ram | none: decode once into RAM, or stream. "
+                                              "[default: auto]", rich_help_panel=DATA_HELP)] = None,
+    workers: Annotated[int | None, typer.Option(help="Decoding processes. [default: cores, at most 8]",
+                                                rich_help_panel=DATA_HELP)] = None,
+    augment: Annotated[str | None, typer.Option("--augment", help="Preset: none | light | strong "
+                                                "(flags below override it). [default: none]",
+                                                rich_help_panel=AUG_HELP)] = None,
+    rotation: Annotated[float | None, typer.Option(help="Rotation range in degrees (rotation_range).",
+                                                   rich_help_panel=AUG_HELP)] = None,
+    width_shift: Annotated[float | None, typer.Option(help="Horizontal shift, fraction of width.",
+                                                      rich_help_panel=AUG_HELP)] = None,
+    height_shift: Annotated[float | None, typer.Option(help="Vertical shift, fraction of height.",
+                                                       rich_help_panel=AUG_HELP)] = None,
+    shear: Annotated[float | None, typer.Option(help="Shear angle range in degrees, as Keras' shear_range.",
+                                                rich_help_panel=AUG_HELP)] = None,
+    zoom: Annotated[float | None, typer.Option(help="Zoom range: x and y zoom drawn from [1-z, 1+z].",
+                                               rich_help_panel=AUG_HELP)] = None,
+    hflip: Annotated[bool | None, typer.Option("--hflip/--no-hflip", help="Random horizontal flips.",
+                                               rich_help_panel=AUG_HELP, show_default=False)] = None,
+    vflip: Annotated[bool | None, typer.Option("--vflip/--no-vflip", help="Random vertical flips.",
+                                               rich_help_panel=AUG_HELP, show_default=False)] = None,
+    brightness: Annotated[float | None, typer.Option(help="Brightness factor drawn from [1-b, 1+b].",
+                                                     rich_help_panel=AUG_HELP)] = None,
+    contrast: Annotated[float | None, typer.Option(help="Contrast factor drawn from [1-c, 1+c].",
+                                                   rich_help_panel=AUG_HELP)] = None,
+    fill: Annotated[str | None, typer.Option(help="Fill outside the image: nearest | constant | reflect | wrap.",
+                                             rich_help_panel=AUG_HELP)] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="mlp | cnn-small | cnn-basic | cnn | any timm "
+                                              "name (see `imgclf models`). [default: cnn-basic]",
+                                              rich_help_panel=MODEL_HELP)] = None,
+    filters: Annotated[str | None, typer.Option(help="cnn: filters per block, e.g. 32,64,128.",
+                                                rich_help_panel=MODEL_HELP)] = None,
+    dense: Annotated[str | None, typer.Option(help="Dense layer sizes before the classifier, e.g. 512 or 128,64.",
+                                              rich_help_panel=MODEL_HELP)] = None,
+    dropout: Annotated[float | None, typer.Option(help="Dropout before the dense layers' outputs.",
+                                                  rich_help_panel=MODEL_HELP)] = None,
+    batchnorm: Annotated[bool | None, typer.Option("--batchnorm/--no-batchnorm", help="cnn: BatchNorm after convs.",
+                                                   rich_help_panel=MODEL_HELP, show_default=False)] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", "-e", help="[default: 10]",
+                                               rich_help_panel=TRAIN_HELP)] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", "-b", help="[default: 32]",
+                                                   rich_help_panel=TRAIN_HELP)] = None,
+    optimizer: Annotated[str | None, typer.Option(help="adam | adamw | sgd | rmsprop. [default: adam]",
+                                                  rich_help_panel=TRAIN_HELP)] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate. [default: 0.001]",
+                                             rich_help_panel=TRAIN_HELP)] = None,
+    momentum: Annotated[float | None, typer.Option(help="sgd momentum. [default: 0.9]",
+                                                   rich_help_panel=TRAIN_HELP)] = None,
+    nesterov: Annotated[bool | None, typer.Option("--nesterov/--no-nesterov", help="sgd with Nesterov momentum.",
+                                                  rich_help_panel=TRAIN_HELP, show_default=False)] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="[default: 0]", rich_help_panel=TRAIN_HELP)] = None,
+    label_smoothing: Annotated[float | None, typer.Option(help="[default: 0]",
+                                                          rich_help_panel=TRAIN_HELP)] = None,
+    schedule: Annotated[str | None, typer.Option(help="constant | cosine | onecycle | plateau. "
+                                                 "[default: constant]", rich_help_panel=TRAIN_HELP)] = None,
+    warmup_epochs: Annotated[float | None, typer.Option(help="Linear warm-up length (constant, cosine). "
+                                                        "[default: 0]", rich_help_panel=TRAIN_HELP)] = None,
+    class_weight: Annotated[str | None, typer.Option(help="auto (balanced) | none. [default: none]",
+                                                     rich_help_panel=TRAIN_HELP)] = None,
+    monitor: Annotated[str | None, typer.Option(help="val_loss | val_acc: picks the best model. "
+                                                "[default: val_loss]", rich_help_panel=TRAIN_HELP)] = None,
+    patience: Annotated[int | None, typer.Option(help="Early stop after this many epochs without improvement "
+                                                 "(restores the best).", rich_help_panel=TRAIN_HELP)] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N. [default: auto]",
+                                               rich_help_panel=TRAIN_HELP)] = None,
+    precision: Annotated[str | None, typer.Option(help="auto (bf16 on CUDA) | fp32 | bf16. [default: auto]",
+                                                  rich_help_panel=TRAIN_HELP)] = None,
+) -> None:
+    """Train a classifier on a folder, CSV, archive or IDX files; writes a run folder with the model.
+
+    Example: [bold]imgclf train data/ --model cnn-basic --epochs 10 --width-shift 0.3 --zoom 0.2 --hflip[/bold]
+    """
+    from imgclf import api
+    from imgclf.console import ConsoleReporter
+
+    overrides: dict[str, Any] = {
+        "seed": seed,
+        "data.source": data,
+        "data.path_col": path_col,
+        "data.label_col": label_col,
+        "data.classes": _csv_list(classes),
+        "data.label_map": str(label_map) if label_map else None,
+        "data.val_split": val_split,
+        "data.test_split": test_split,
+        "data.manifest": str(manifest) if manifest else None,
+        "data.image_size": _size(image_size),
+        "data.channels": channels,
+        "data.resize": resize,
+        "data.interpolation": interpolation,
+        "data.normalize": normalize,
+        "data.cache": cache,
+        "data.workers": workers,
+        "augment.preset": augment,
+        "augment.rotation": rotation,
+        "augment.width_shift": width_shift,
+        "augment.height_shift": height_shift,
+        "augment.shear": shear,
+        "augment.zoom": zoom,
+        "augment.hflip": hflip,
+        "augment.vflip": vflip,
+        "augment.brightness": brightness,
+        "augment.contrast": contrast,
+        "augment.fill": fill,
+        "model.name": model,
+        "model.filters": _csv_list(filters),
+        "model.dense": _csv_list(dense),
+        "model.dropout": dropout,
+        "model.batchnorm": batchnorm,
+        "train.epochs": epochs,
+        "train.batch_size": batch_size,
+        "train.optimizer": optimizer,
+        "train.lr": lr,
+        "train.momentum": momentum,
+        "train.nesterov": nesterov,
+        "train.weight_decay": weight_decay,
+        "train.label_smoothing": label_smoothing,
+        "train.schedule": schedule,
+        "train.warmup_epochs": warmup_epochs,
+        "train.class_weight": class_weight,
+        "train.monitor": monitor,
+        "train.patience": patience,
+        "train.device": device,
+        "train.precision": precision,
+        "output.project": project,
+        "output.name": name,
+    }
+    overrides = {key: value for key, value in overrides.items() if value is not None}
+    reporter = ConsoleReporter()
+    if resume is not None:
+        extra = {"epochs": epochs} if epochs is not None else {}
+        api.train(resume=resume, callbacks=[reporter], **extra)
+        return
+    if data is None and config is None:
+        raise typer.BadParameter("give the DATA to train on (or a --config that names data.source)")
+    from imgclf.config import resolve_config
+
+    cfg = resolve_config(config, overrides)
+    if cfg.data.source is None:
+        raise typer.BadParameter("give the DATA to train on (or data.source in the --config file)")
+    api.train(config=cfg, callbacks=[reporter])
+
+
+# ---------------------------------------------------------------------------------------------------
+# predict
+# ---------------------------------------------------------------------------------------------------
+@app.command()
+@handle_errors
+def predict(
+    model: Annotated[Path, typer.Argument(help="Model folder (or a run folder holding model/).", show_default=False)],
+    inputs: Annotated[list[str], typer.Argument(help="Image files, folders (searched recursively) or globs.",
+                                                show_default=False)],
+    top_k: Annotated[int, typer.Option("--top-k", "-k", help="How many classes per image.")] = 3,
+    label_map: Annotated[Path | None, typer.Option(help="JSON of display names (keys: class names or 1-based "
+                                                   "indices), like the tutorials' --category_names.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write rows to out.csv or out.jsonl "
+                                                "instead of a table.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per forward pass.")] = 64,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "cpu",
+) -> None:
+    """Top-k predictions for images. Exit code 0: all read; 1: some could not be read; 2: usage error."""
+    from imgclf.predict import Predictor
+
+    if top_k < 1:
+        raise typer.BadParameter("--top-k must be at least 1")
+    if output is not None and output.suffix.lower() not in (".csv", ".jsonl"):
+        raise typer.BadParameter("--output must end in .csv or .jsonl")
+    predictor = Predictor.from_path(model, device=device, label_map=label_map)
+    results = list(predictor.predict_paths(inputs, top_k=top_k, batch_size=batch_size))
+    failed = sum(1 for r in results if r.error)
+    if output is not None:
+        write_predictions(output, results, min(top_k, len(predictor.classes)))
+        from imgclf.console import err_console
+
+        err_console.print(f"wrote {len(results)} rows to {output}" + (f" ({failed} failed)" if failed else ""))
+    else:
+        print_predictions(results)
+    if failed:
+        raise typer.Exit(1)
+
+
+def write_predictions(path: Path, results: list, top_k: int) -> None:
+    """CSV (path, label_1, name_1, prob_1 … , error) or JSONL, written atomically."""
+    import csv
+    import io
+
+    from imgclf.io import write_text_atomic
+
+    buffer = io.StringIO()
+    if path.suffix.lower() == ".jsonl":
+        for result in results:
+            buffer.write(json.dumps(result.to_dict(), ensure_ascii=False) + "\n")
+    else:
+        writer = csv.writer(buffer)
+        header = ["path"]
+        for rank in range(1, top_k + 1):
+            header += [f"label_{rank}", f"name_{rank}", f"prob_{rank}"]
+        writer.writerow([*header, "error"])
+        for result in results:
+            row: list[Any] = [result.source]
+            for rank in range(top_k):
+                if rank < len(result.labels):
+                    row += [result.labels[rank], result.names[rank], f"{result.probabilities[rank]:.6f}"]
+                else:
+                    row += ["", "", ""]
+            writer.writerow([*row, result.error or ""])
+    write_text_atomic(path, buffer.getvalue())
+
+
+def print_predictions(results: list) -> None:
+    from rich.table import Table
+
+    from imgclf.console import console
+
+    table = Table(show_lines=False)
+    table.add_column("image", overflow="fold")
+    table.add_column("prediction")
+    table.add_column("probability", justify="right")
+    table.add_column("top-k")
+    for result in results:
+        if result.error:
+            table.add_row(result.source, "[red]error[/red]", "", result.error)
+            continue
+        others = ", ".join(f"{n} {p:.3f}" for n, p in zip(result.names[1:], result.probabilities[1:]))
+        table.add_row(result.source, result.names[0], f"{result.probabilities[0]:.4f}", others)
+    console.print(table)
+
+
+# ---------------------------------------------------------------------------------------------------
+# evaluate
+# ---------------------------------------------------------------------------------------------------
+@app.command()
+@handle_errors
+def evaluate(
+    model: Annotated[Path, typer.Argument(help="Model folder (or a run folder holding model/).", show_default=False)],
+    data: Annotated[str, typer.Argument(help="Any data source `train` accepts.", show_default=False)],
+    split: Annotated[Split, typer.Option(help="Which split of the data (from its folders or --manifest).")] = Split.all,
+    manifest: Annotated[Path | None, typer.Option(help="manifest.csv whose split to use (e.g. the run's).")] = None,
+    path_col: Annotated[str | None, typer.Option(help="CSV column with image paths.")] = None,
+    label_col: Annotated[str | None, typer.Option(help="CSV column with labels.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b")] = 128,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+) -> None:
+    """Accuracy, loss and per-class recall of a saved model on labelled data (its own preprocessing)."""
+    from rich.table import Table
+
+    from imgclf import api
+    from imgclf.console import console
+
+    result = api.evaluate(model, data, split=split.value, manifest=manifest, batch_size=batch_size, device=device,
+                          path_col=path_col, label_col=label_col)
+    table = Table(title=f"{result['count']:,} images ({split.value})")
+    table.add_column("class")
+    table.add_column("recall", justify="right")
+    table.add_column("support", justify="right")
+    for name, values in result["per_class"].items():
+        table.add_row(name, f"{values['recall']:.4f}", f"{values['support']:,}")
+    console.print(table)
+    console.print(f"accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# models, augment-preview, demo
+# ---------------------------------------------------------------------------------------------------
+@app.command()
+@handle_errors
+def models(
+    pattern: Annotated[str | None, typer.Argument(help="Filter, e.g. 'resnet*' or 'builtin'.")] = None,
+) -> None:
+    """List the models `--model` accepts: imgclf's builtins, then timm architectures."""
+    from imgclf.console import console
+    from imgclf.models import list_models
+
+    rows = list_models(pattern)
+    for name, description in rows:
+        console.print(f"{name:<36} {description}", markup=False)
+    if pattern is None:
+        console.print(f"({len(rows)} models; filter with e.g. `imgclf models 'resnet*'`)")
+
+
+@app.command("augment-preview")
+@handle_errors
+def augment_preview(
+    data: Annotated[str, typer.Argument(help="Any data source `train` accepts.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.")] = Path("augment_preview.png"),
+    images: Annotated[int, typer.Option(help="How many source images (rows).")] = 6,
+    variants: Annotated[int, typer.Option(help="Augmented versions per image (columns after the original).")] = 7,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML settings file.")] = None,
+    augment: Annotated[str | None, typer.Option("--augment", help="Preset: none | light | strong.")] = None,
+    rotation: Annotated[float | None, typer.Option(help="Rotation range in degrees.")] = None,
+    width_shift: Annotated[float | None, typer.Option(help="Fraction of width.")] = None,
+    height_shift: Annotated[float | None, typer.Option(help="Fraction of height.")] = None,
+    shear: Annotated[float | None, typer.Option(help="Shear range in degrees.")] = None,
+    zoom: Annotated[float | None, typer.Option(help="Zoom range.")] = None,
+    hflip: Annotated[bool | None, typer.Option("--hflip/--no-hflip", show_default=False)] = None,
+    vflip: Annotated[bool | None, typer.Option("--vflip/--no-vflip", show_default=False)] = None,
+    brightness: Annotated[float | None, typer.Option(help="Brightness range.")] = None,
+    contrast: Annotated[float | None, typer.Option(help="Contrast range.")] = None,
+    fill: Annotated[str | None, typer.Option(help="nearest | constant | reflect | wrap.")] = None,
+    image_size: Annotated[str | None, typer.Option(help="Size to show the images at. [default: from the data]")] = None,
+    seed: Annotated[int, typer.Option(help="Which images and transforms are drawn.")] = 0,
+) -> None:
+    """Write a PNG grid: each row one image, first the original, then augmented versions."""
+    from imgclf.config import resolve_config
+    from imgclf.preview import write_augment_preview
+
+    overrides = {
+        "augment.preset": augment, "augment.rotation": rotation, "augment.width_shift": width_shift,
+        "augment.height_shift": height_shift, "augment.shear": shear, "augment.zoom": zoom,
+        "augment.hflip": hflip, "augment.vflip": vflip, "augment.brightness": brightness,
+        "augment.contrast": contrast, "augment.fill": fill, "data.image_size": _size(image_size), "seed": seed,
+    }
+    cfg = resolve_config(config, {k: v for k, v in overrides.items() if v is not None})
+    path = write_augment_preview(data, out, cfg, images=images, variants=variants)
+    from imgclf.console import console
+
+    console.print(f"wrote {path}")
+
+
+@app.command()
+@handle_errors
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the demo data and run.")] = Path("imgclf-demo"),
+    epochs: Annotated[int, typer.Option("--epochs", "-e", help="Training epochs.")] = 15,
+) -> None:
+    """Offline end-to-end demo: scikit-learn's digits as PNG folders → train → evaluate → predict."""
+    from imgclf.demo import run_demo
+
+    run_demo(out, epochs=epochs)
+
+
+def main() -> None:
+    """Console entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:  # pragma: no cover - interrupt outside a command
+        sys.exit(130)

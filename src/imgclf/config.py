@@ -1,0 +1,381 @@
+"""The one resolved configuration: defaults < YAML file < command-line flags.
+
+Each section is a typed dataclass; unknown keys and wrongly typed values are a `ConfigError`.
+The resolved object is saved as `config.yaml` in the run folder and passed by section to the code
+that needs it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from imgclf.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    """Where the images are and how they are read, split and preprocessed."""
+
+    source: str | None = None
+    path_col: str | None = None
+    label_col: str | None = None
+    classes: list[str] | None = None
+    label_map: str | None = None
+    val_split: float = 0.2
+    test_split: float = 0.0
+    manifest: str | None = None
+    image_size: list[int] | None = None
+    channels: int | None = None
+    resize: str = "stretch"
+    interpolation: str = "bilinear"
+    normalize: str = "auto"
+    cache: str = "auto"
+    workers: int | None = None
+
+
+@dataclass
+class AugmentConfig:
+    """Training augmentation, with the meaning of Keras `ImageDataGenerator`'s arguments."""
+
+    preset: str = "none"
+    rotation: float | None = None
+    width_shift: float | None = None
+    height_shift: float | None = None
+    shear: float | None = None
+    zoom: float | None = None
+    hflip: bool | None = None
+    vflip: bool | None = None
+    brightness: float | None = None
+    contrast: float | None = None
+    fill: str = "nearest"
+
+
+@dataclass
+class ModelConfig:
+    """Which network to build; `filters`, `dense`, `dropout` and `batchnorm` shape the builtin CNNs."""
+
+    name: str = "cnn-basic"
+    filters: list[int] | None = None
+    dense: list[int] | None = None
+    dropout: float | None = None
+    batchnorm: bool | None = None
+
+
+@dataclass
+class TrainConfig:
+    """How the model is trained."""
+
+    epochs: int = 10
+    batch_size: int = 32
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.0
+    schedule: str = "constant"
+    warmup_epochs: float = 0.0
+    class_weight: str = "none"
+    monitor: str = "val_loss"
+    patience: int | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    channels_last: bool | None = None
+
+
+@dataclass
+class OutputConfig:
+    """Where the run folder goes."""
+
+    project: str = "runs"
+    name: str = "train"
+
+
+@dataclass
+class Config:
+    """Everything a training run needs, resolved once."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    seed: int = 0
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data.resize": ("stretch", "crop", "pad"),
+    "data.interpolation": ("nearest", "bilinear", "bicubic", "lanczos"),
+    "data.normalize": ("auto", "rescale", "imagenet", "half"),
+    "data.cache": ("auto", "ram", "none"),
+    "augment.preset": ("none", "light", "strong"),
+    "augment.fill": ("nearest", "constant", "reflect", "wrap"),
+    "train.optimizer": ("adam", "adamw", "sgd", "rmsprop"),
+    "train.schedule": ("constant", "cosine", "onecycle", "plateau"),
+    "train.class_weight": ("none", "auto"),
+    "train.monitor": ("val_loss", "val_acc"),
+    "train.precision": ("auto", "fp32", "bf16"),
+}
+
+# What the presets set; explicit flags win over them.
+AUGMENT_PRESETS: dict[str, dict[str, Any]] = {
+    "none": {},
+    "light": {"rotation": 10.0, "width_shift": 0.1, "height_shift": 0.1, "zoom": 0.1, "hflip": True},
+    "strong": {
+        "rotation": 30.0,
+        "width_shift": 0.2,
+        "height_shift": 0.2,
+        "shear": 10.0,
+        "zoom": 0.2,
+        "hflip": True,
+        "brightness": 0.2,
+        "contrast": 0.2,
+    },
+}
+AUGMENT_OFF: dict[str, Any] = {
+    "rotation": 0.0,
+    "width_shift": 0.0,
+    "height_shift": 0.0,
+    "shear": 0.0,
+    "zoom": 0.0,
+    "hflip": False,
+    "vflip": False,
+    "brightness": 0.0,
+    "contrast": 0.0,
+}
+
+
+def _check_type(value: Any, annotation: Any, where: str) -> Any:
+    """Return `value` coerced to `annotation` where that is lossless, else raise ConfigError."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(annotation)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_type(value, arg, where)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if origin is list:
+        (item_type,) = typing.get_args(annotation)
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_check_type(item, item_type, where) for item in value]
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a whole number, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected a whole number, got {value!r}")
+    if annotation is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if annotation is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{where}: expected text, got {value!r}")
+    raise ConfigError(f"{where}: unsupported value {value!r}")
+
+
+def _section_from_dict(cls: type, values: dict[str, Any], where: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"unknown key {where}.{unknown[0]}; known keys: {', '.join(sorted(names))}")
+    kwargs = {key: _check_type(value, hints[key], f"{where}.{key}") for key, value in values.items()}
+    return cls(**kwargs)
+
+
+def config_from_dict(values: dict[str, Any]) -> Config:
+    """Build a Config from nested dicts (as in config.yaml); unknown keys are an error."""
+    if not isinstance(values, dict):
+        raise ConfigError("the configuration must be a mapping of sections (data, model, train …)")
+    hints = typing.get_type_hints(Config)
+    sections: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in hints:
+            known = ", ".join(f.name for f in dataclasses.fields(Config))
+            raise ConfigError(f"unknown configuration section {key!r}; known: {known}")
+        if dataclasses.is_dataclass(hints[key]):
+            sections[key] = _section_from_dict(hints[key], value or {}, key)
+        else:
+            sections[key] = _check_type(value, hints[key], key)
+    return Config(**sections)
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """Nested plain dicts, ready for YAML."""
+    return dataclasses.asdict(cfg)
+
+
+def merge_dicts(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Recursive merge; `override` wins, None values in `override` are ignored."""
+    merged = dict(base)
+    for key, value in override.items():
+        if value is None:
+            continue
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_dicts(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def dotted_to_nested(flat: dict[str, Any]) -> dict[str, Any]:
+    """{"train.lr": 0.1} → {"train": {"lr": 0.1}}."""
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        node = nested
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
+    return nested
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML configuration file into nested dicts."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"configuration file not found: {path}")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}".splitlines()[0]) from error
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections (data, model, train …)")
+    return values
+
+
+def resolve_config(
+    file: str | Path | None = None, overrides: dict[str, Any] | None = None, base: Config | None = None
+) -> Config:
+    """Defaults (or `base`) < YAML file < overrides (dotted keys like "train.lr", or nested dicts)."""
+    values = config_to_dict(base or Config())
+    if file is not None:
+        values = merge_dicts(values, load_config_file(file))
+    if overrides:
+        flat = {k: v for k, v in overrides.items() if "." in k}
+        nested = {k: v for k, v in overrides.items() if "." not in k}
+        values = merge_dicts(values, merge_dicts(nested, dotted_to_nested(flat)))
+    cfg = config_from_dict(values)
+    resolve_augment(cfg.augment)
+    validate_config(cfg)
+    return cfg
+
+
+def setting_section(key: str) -> str:
+    """The section a bare setting name belongs to ("lr" → "train"); ConfigError if none."""
+    for section in (DataConfig, AugmentConfig, ModelConfig, TrainConfig, OutputConfig):
+        if key in {f.name for f in dataclasses.fields(section)}:
+            return section.__name__.removesuffix("Config").lower()
+    raise ConfigError(f"unknown setting {key!r}")
+
+
+def resolve_augment(augment: AugmentConfig) -> None:
+    """Fill the settings the user left unset from the preset (or switch them off)."""
+    if augment.preset not in AUGMENT_PRESETS:
+        raise ConfigError(f"augment.preset must be one of {', '.join(AUGMENT_PRESETS)}, got {augment.preset!r}")
+    preset = {**AUGMENT_OFF, **AUGMENT_PRESETS[augment.preset]}
+    for key, value in preset.items():
+        if getattr(augment, key) is None:
+            setattr(augment, key, value)
+
+
+def validate_config(cfg: Config) -> None:
+    """Check value ranges and choices; raise ConfigError with the fix."""
+    for dotted, choices in CHOICES.items():
+        section, key = dotted.split(".")
+        value = getattr(getattr(cfg, section), key)
+        if value not in choices:
+            raise ConfigError(f"{dotted} must be one of {', '.join(choices)}, got {value!r}")
+    data, train, augment = cfg.data, cfg.train, cfg.augment
+    if not 0.0 <= data.val_split < 1.0 or not 0.0 <= data.test_split < 1.0:
+        raise ConfigError("val_split and test_split must be fractions between 0 and 1")
+    if data.val_split + data.test_split >= 1.0:
+        raise ConfigError("val_split + test_split must leave images for training (sum below 1)")
+    if data.image_size is not None:
+        if len(data.image_size) == 1:
+            data.image_size = [data.image_size[0], data.image_size[0]]
+        if len(data.image_size) != 2 or min(data.image_size) < 1:
+            raise ConfigError("image_size is one size (32) or height,width (32,48), in pixels")
+    if data.channels not in (None, 1, 3):
+        raise ConfigError(f"channels must be 1 or 3, got {data.channels}")
+    if data.workers is not None and data.workers < 0:
+        raise ConfigError("workers must be 0 or more")
+    if train.epochs < 1:
+        raise ConfigError("epochs must be at least 1")
+    if train.batch_size < 1:
+        raise ConfigError("batch_size must be at least 1")
+    if train.lr <= 0:
+        raise ConfigError("lr (learning rate) must be positive")
+    if not 0.0 <= train.label_smoothing < 1.0:
+        raise ConfigError("label_smoothing must be in [0, 1)")
+    if train.patience is not None and train.patience < 1:
+        raise ConfigError("patience must be at least 1 epoch")
+    if train.warmup_epochs < 0:
+        raise ConfigError("warmup_epochs must be 0 or more")
+    for key in ("rotation", "shear"):
+        if getattr(augment, key) < 0:
+            raise ConfigError(f"augment.{key} is a range in degrees and must be 0 or more")
+    for key in ("width_shift", "height_shift", "zoom", "brightness", "contrast"):
+        value = getattr(augment, key)
+        if not 0.0 <= value < 1.0:
+            raise ConfigError(f"augment.{key} must be a fraction in [0, 1), got {value}")
+    if cfg.model.dropout is not None and not 0.0 <= cfg.model.dropout < 1.0:
+        raise ConfigError("dropout must be in [0, 1)")
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved configuration as YAML (atomically)."""
+    from imgclf.io import write_text_atomic
+
+    write_text_atomic(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+
+def load_config(path: str | Path) -> Config:
+    """Read a saved config.yaml back into a validated Config."""
+    cfg = config_from_dict(load_config_file(path))
+    resolve_augment(cfg.augment)
+    validate_config(cfg)
+    return cfg

@@ -1,0 +1,160 @@
+"""Terminal output for the CLI (and for notebooks with `verbose=True`): progress bars and summaries.
+
+Library code never prints; this reporter listens to training events and draws them with rich.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from imgclf.train.events import Callback, TrainState
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+def format_count(value: int) -> str:
+    return f"{value:,}"
+
+
+def problems_line(problems: list[Any], where: str | None = None, show: int = 5) -> str | None:
+    """'skipped 3 files (2 non-image, 1 corrupt: a.jpg) — see …' or None when nothing was skipped."""
+    if not problems:
+        return None
+    kinds: dict[str, int] = {}
+    for problem in problems:
+        kinds[problem.kind] = kinds.get(problem.kind, 0) + 1
+    parts = ", ".join(f"{count} {kind}" for kind, count in sorted(kinds.items()))
+    bad = [p.path for p in problems if p.kind != "non-image"]
+    named = ""
+    if bad:
+        named = ": " + ", ".join(bad[:show]) + (f" and {len(bad) - show} more" if len(bad) > show else "")
+    tail = f" — listed in {where}" if where else ""
+    return f"skipped {len(problems)} files ({parts}){named}{tail}"
+
+
+class ConsoleReporter(Callback):
+    """Model summary, one progress bar per epoch (loss, accuracy, images/s, ETA), a line per epoch."""
+
+    def __init__(self, out: Console | None = None) -> None:
+        self.console = out or console
+        self.progress: Progress | None = None
+        self.task: Any = None
+        self.decode_progress: Progress | None = None
+        self.decode_task: Any = None
+
+    # -- before training ------------------------------------------------------------------------
+    def on_progress(self, stage: str, done: int, total: int) -> None:
+        if not self.console.is_terminal:  # logs and pipes get the per-epoch lines only
+            return
+        if self.decode_progress is None:
+            self.decode_progress = Progress(
+                TextColumn("decoding images once"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                TimeRemainingColumn(), console=self.console, transient=True,
+            )
+            self.decode_progress.start()
+            self.decode_task = self.decode_progress.add_task(stage, total=total)
+        self.decode_progress.update(self.decode_task, completed=done)
+        if done >= total:
+            self.decode_progress.stop()
+            self.decode_progress = None
+
+    def on_train_start(self, state: TrainState) -> None:
+        context = state.context
+        counts = context.get("counts", {})
+        spec = context.get("spec")
+        print_ = self.console.print
+        print_(f"[bold]run folder[/bold] {context.get('run_dir')}")
+        classes = context.get("classes", [])
+        shown = ", ".join(classes[:12]) + (f" … ({len(classes)} in all)" if len(classes) > 12 else "")
+        print_(f"[bold]classes[/bold] {len(classes)}: {shown}")
+        print_(
+            "[bold]images[/bold] "
+            + ", ".join(f"{split} {format_count(counts.get(split, 0))}" for split in ("train", "val", "test"))
+            + (f"  (validating on {context['validation_split']})"
+               if context.get("validation_split") not in (None, "val") else "")
+        )
+        line = problems_line(context.get("problems", []), "skipped_files.csv")
+        if line:
+            self.console.print(f"[yellow]{line}[/yellow]")
+        if spec is not None:
+            print_(
+                f"[bold]preprocessing[/bold] {spec.height}×{spec.width}, {spec.channels} channel(s), "
+                f"resize {spec.resize}, mean {_short(spec.mean)} std {_short(spec.std)}"
+            )
+        print_(f"[bold]device[/bold] {context.get('device')}, images cached: {context.get('cache')}")
+        summary = context.get("summary")
+        if summary is not None:
+            print_(summary.to_text(), markup=False)
+        if context.get("resumed_from") is not None:
+            print_(f"resuming after epoch {context['resumed_from']}")
+
+    # -- per epoch ------------------------------------------------------------------------------
+    def on_epoch_start(self, state: TrainState) -> None:
+        if not self.console.is_terminal:
+            return
+        self.progress = Progress(
+            TextColumn(f"epoch {state.epoch + 1}/{state.epochs}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TaskProgressColumn(),
+            TextColumn("{task.fields[stats]}"),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=True,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=None, stats="")
+
+    def on_batch_end(self, state: TrainState) -> None:
+        if self.progress is None:
+            return
+        running = state.running
+        stats = (f"loss {running['loss']:.4f} acc {running['acc']:.4f} "
+                 f"{running['images_per_s']:,.0f} img/s")
+        self.progress.update(self.task, completed=state.batch, total=state.batches, stats=stats)
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+        row = state.last
+        text = (f"epoch {state.epoch}/{state.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}")
+        if math.isfinite(row.get("val_loss", float("nan"))):
+            text += f" | val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}"
+        text += f" | lr {row['lr']:.2e} | {row['seconds']:.1f} s, {row['images_per_s']:,.0f} img/s"
+        if state.improved:
+            text += "  [green]best[/green]"
+        self.console.print(text)
+
+    def on_train_end(self, state: TrainState) -> None:
+        if state.stop_reason:
+            self.console.print(state.stop_reason)
+
+    def on_run_end(self, run: Any) -> None:
+        table = Table(show_header=False, box=None, pad_edge=False)
+        for key, value in run.metrics.items():
+            if not key.endswith("_count"):
+                table.add_row(key, f"{value:.4f}")
+        self.console.print(f"[bold]best epoch[/bold] {run.best_epoch}")
+        self.console.print(table)
+        self.console.print(f"[bold]model[/bold] {run.artifact}")
+        self.console.print(f"[bold]run folder[/bold] {run.run_dir} (config.yaml, manifest.csv, metrics.csv, "
+                           "curves.png, last.pt)")
+
+
+def _short(values: list[float]) -> str:
+    return "[" + ", ".join(f"{v:.3g}" for v in values) + "]"

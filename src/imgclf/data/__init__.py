@@ -1,0 +1,1 @@
+"""Data: sources, decoding, splitting, preprocessing, augmentation and loading."""

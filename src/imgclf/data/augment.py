@@ -1,0 +1,153 @@
+"""Training augmentation on whole batches, with the meaning of Keras `ImageDataGenerator`'s arguments.
+
+Parameters are drawn per sample from a seeded generator (`sample_augment_params`) and applied in one
+`affine_grid` + `grid_sample` call (`apply_augment`). The same code runs on CPU tensors and on the
+GPU, so both draw from the same distribution of transforms.
+
+Meaning of each setting, as in Keras:
+    rotation      degrees; angle ~ U(-rotation, rotation)
+    width_shift   fraction of the width;  shift ~ U(-w, w) · width
+    height_shift  fraction of the height; shift ~ U(-h, h) · height
+    shear         degrees (Keras' shear_range is an angle in degrees); angle ~ U(-shear, shear)
+    zoom          zoom_x, zoom_y ~ U(1 - zoom, 1 + zoom), independently; > 1 shows more (zoom out)
+    hflip/vflip   each with probability 0.5
+    brightness    pixel values × U(1 - b, 1 + b)
+    contrast      (x − image mean) × U(1 - c, 1 + c) + image mean (no Keras equivalent)
+    fill          how points outside the image are filled: nearest (edge), constant (0), reflect, wrap
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from imgclf.config import AugmentConfig
+
+PADDING_MODES = {"nearest": "border", "constant": "zeros", "reflect": "reflection", "wrap": "zeros"}
+
+
+@dataclass
+class AugmentParams:
+    """Per-sample random parameters of one batch (all tensors of length N, on the CPU)."""
+
+    angle: torch.Tensor  # radians
+    shear: torch.Tensor  # radians
+    zoom_x: torch.Tensor
+    zoom_y: torch.Tensor
+    shift_x: torch.Tensor  # pixels
+    shift_y: torch.Tensor  # pixels
+    hflip: torch.Tensor  # bool
+    vflip: torch.Tensor  # bool
+    brightness: torch.Tensor  # factor
+    contrast: torch.Tensor  # factor
+
+
+def is_identity(cfg: AugmentConfig) -> bool:
+    """True when the settings change nothing (augmentation can be skipped)."""
+    return not any(
+        [cfg.rotation, cfg.width_shift, cfg.height_shift, cfg.shear, cfg.zoom, cfg.hflip, cfg.vflip,
+         cfg.brightness, cfg.contrast]
+    )
+
+
+def _is_geometric(cfg: AugmentConfig) -> bool:
+    return bool(cfg.rotation or cfg.width_shift or cfg.height_shift or cfg.shear or cfg.zoom)
+
+
+def _uniform(n: int, low: float, high: float, generator: torch.Generator) -> torch.Tensor:
+    return torch.rand(n, generator=generator, dtype=torch.float64) * (high - low) + low
+
+
+def sample_augment_params(
+    cfg: AugmentConfig, n: int, height: int, width: int, generator: torch.Generator
+) -> AugmentParams:
+    """Draw the random parameters of n samples (always on the CPU, so every device draws alike)."""
+    def symmetric(amount: float) -> torch.Tensor:
+        return _uniform(n, -amount, amount, generator)
+
+    zoom = float(cfg.zoom or 0.0)
+    return AugmentParams(
+        angle=symmetric(math.radians(cfg.rotation or 0.0)),
+        shear=symmetric(math.radians(cfg.shear or 0.0)),
+        zoom_x=_uniform(n, 1.0 - zoom, 1.0 + zoom, generator),
+        zoom_y=_uniform(n, 1.0 - zoom, 1.0 + zoom, generator),
+        shift_x=symmetric(cfg.width_shift or 0.0) * width,
+        shift_y=symmetric(cfg.height_shift or 0.0) * height,
+        hflip=(torch.rand(n, generator=generator) < 0.5) & bool(cfg.hflip),
+        vflip=(torch.rand(n, generator=generator) < 0.5) & bool(cfg.vflip),
+        brightness=_uniform(n, 1.0 - (cfg.brightness or 0.0), 1.0 + (cfg.brightness or 0.0), generator),
+        contrast=_uniform(n, 1.0 - (cfg.contrast or 0.0), 1.0 + (cfg.contrast or 0.0), generator),
+    )
+
+
+def affine_matrices(params: AugmentParams, height: int, width: int) -> torch.Tensor:
+    """N×2×3 matrices mapping output to input coordinates in `affine_grid`'s normalized space.
+
+    Built as Keras does in pixel space around the image centre — rotation · (shear · zoom · p + shift)
+    — then conjugated by the pixel→normalized scaling so non-square images rotate correctly.
+    """
+    cos, sin = torch.cos(params.angle), torch.sin(params.angle)
+    n = len(cos)
+    rotation = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)
+    shear = torch.zeros(n, 2, 2, dtype=torch.float64)
+    shear[:, 0, 0] = torch.cos(params.shear)
+    shear[:, 1, 0] = -torch.sin(params.shear)
+    shear[:, 1, 1] = 1.0
+    zoom = torch.diag_embed(torch.stack([params.zoom_x, params.zoom_y], -1))
+    linear = rotation @ shear @ zoom
+    shift = rotation @ torch.stack([params.shift_x, params.shift_y], -1).unsqueeze(-1)
+    scale = torch.tensor([width / 2.0, height / 2.0], dtype=torch.float64)
+    linear_normalized = linear * scale.view(1, 1, 2) / scale.view(1, 2, 1)
+    shift_normalized = shift / scale.view(1, 2, 1)
+    return torch.cat([linear_normalized, shift_normalized], dim=2)
+
+
+def apply_augment(batch: torch.Tensor, params: AugmentParams, cfg: AugmentConfig) -> torch.Tensor:
+    """Apply drawn parameters to a float batch N×C×H×W of pixel values in [0, 255]."""
+    _, _, height, width = batch.shape
+    device = batch.device
+    if _is_geometric(cfg):
+        theta = affine_matrices(params, height, width).to(device=device, dtype=torch.float32)
+        grid = F.affine_grid(theta, list(batch.shape), align_corners=False)
+        if cfg.fill == "wrap":
+            grid = torch.remainder(grid + 1.0, 2.0) - 1.0
+        batch = F.grid_sample(
+            batch.float(), grid, mode="bilinear", padding_mode=PADDING_MODES[cfg.fill], align_corners=False
+        )
+    if cfg.hflip:
+        mask = params.hflip.to(device).view(-1, 1, 1, 1)
+        batch = torch.where(mask, batch.flip(-1), batch)
+    if cfg.vflip:
+        mask = params.vflip.to(device).view(-1, 1, 1, 1)
+        batch = torch.where(mask, batch.flip(-2), batch)
+    if cfg.contrast:
+        factor = params.contrast.to(device=device, dtype=batch.dtype).view(-1, 1, 1, 1)
+        mean = batch.mean(dim=(1, 2, 3), keepdim=True)
+        batch = (batch - mean) * factor + mean
+    if cfg.brightness:
+        batch = batch * params.brightness.to(device=device, dtype=batch.dtype).view(-1, 1, 1, 1)
+    if cfg.brightness or cfg.contrast:
+        batch = batch.clamp(0.0, 255.0)
+    return batch
+
+
+class BatchAugment:
+    """Callable augmentation with its own seeded generator: `augment(batch_uint8_or_float)`."""
+
+    def __init__(self, cfg: AugmentConfig, seed: int = 0) -> None:
+        self.cfg = cfg
+        self.generator = torch.Generator().manual_seed(seed)
+        self.active = not is_identity(cfg)
+
+    def reseed(self, seed: int) -> None:
+        self.generator.manual_seed(seed)
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        batch = batch.float()
+        if not self.active:
+            return batch
+        params = sample_augment_params(self.cfg, batch.shape[0], batch.shape[2], batch.shape[3], self.generator)
+        return apply_augment(batch, params, self.cfg)

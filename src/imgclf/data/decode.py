@@ -1,0 +1,155 @@
+"""Decoding images with Pillow: any mode in, 'L' or 'RGB' out, EXIF orientation applied.
+
+Every failure is an `ImageDecodeError` carrying a short reason, so callers can skip the file and
+report it instead of crashing.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm"}
+)
+GRAYSCALE_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+# Refuse absurd pixel counts (decompression bombs) with a clear error instead of exhausting memory.
+MAX_PIXELS = 16_000 * 16_000
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+
+class ImageDecodeError(Exception):
+    """An image could not be read: corrupt, truncated, not an image, or too large."""
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What opening a file tells without decoding its pixels."""
+
+    width: int
+    height: int
+    mode: str
+    format: str | None
+    exif_rotated: bool
+
+    @property
+    def grayscale(self) -> bool:
+        return self.mode in GRAYSCALE_MODES
+
+
+def is_image_file(path: str | Path) -> bool:
+    """True for file names with a known image extension (hidden files never count)."""
+    name = Path(path).name
+    return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _open(source: str | Path | bytes) -> Image.Image:
+    fp = io.BytesIO(source) if isinstance(source, bytes) else source
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            return Image.open(fp)
+        except Image.DecompressionBombWarning as error:
+            raise ImageDecodeError(f"image too large ({error})") from error
+        except Image.DecompressionBombError as error:
+            raise ImageDecodeError("image too large (over the pixel limit)") from error
+        except UnidentifiedImageError as error:
+            raise ImageDecodeError("not an image Pillow can read") from error
+        except (OSError, ValueError, SyntaxError) as error:
+            raise ImageDecodeError(f"cannot open: {error}") from error
+
+
+def read_header(source: str | Path | bytes) -> ImageHeader:
+    """Open an image lazily and report its size, mode and whether EXIF says to rotate it."""
+    image = _open(source)
+    try:
+        orientation = 1
+        try:
+            orientation = image.getexif().get(0x0112, 1) or 1
+        except Exception:  # a broken EXIF block does not make the image unusable
+            orientation = 1
+        width, height = image.size
+        if orientation in (5, 6, 7, 8):
+            width, height = height, width
+        return ImageHeader(width, height, image.mode, image.format, orientation not in (1, None))
+    finally:
+        image.close()
+
+
+def decode_image(source: str | Path | bytes, draft_size: tuple[int, int] | None = None) -> Image.Image:
+    """Fully decode an image, apply its EXIF orientation, and return it in its own mode.
+
+    `draft_size` (width, height) lets JPEG decoding downscale in the DCT domain when the source is at
+    least twice that size, which is much faster than decoding at full size and resizing.
+    """
+    image = _open(source)
+    try:
+        if draft_size is not None and image.format == "JPEG":
+            image.draft(image.mode, draft_size)
+        image.load()
+        if getattr(image, "n_frames", 1) > 1:
+            image.seek(0)
+        image = ImageOps.exif_transpose(image) or image
+        image.load()
+    except ImageDecodeError:
+        raise
+    except Image.DecompressionBombError as error:
+        raise ImageDecodeError("image too large (over the pixel limit)") from error
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error) as error:
+        reason = str(error) or type(error).__name__
+        raise ImageDecodeError(f"corrupt or truncated: {reason}") from error
+    return image
+
+
+def _alpha_composite(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Transparent pixels become black: what the image shows over a dark background."""
+    return (rgb.astype(np.float32) * (alpha.astype(np.float32) / 255.0)).round().astype(np.uint8)
+
+
+def _high_bit_depth_to_l(image: Image.Image) -> Image.Image:
+    """16-bit, 32-bit integer and float grayscale → 8-bit 'L' by their value range."""
+    array = np.asarray(image)
+    if image.mode == "F":
+        array = array.astype(np.float64)
+        scale = 255.0 if np.nanmax(array) <= 1.0 else 1.0
+        array = np.nan_to_num(array * scale)
+    else:
+        array = array.astype(np.float64)
+        if image.mode.startswith("I;16") or array.max() > 255:
+            array = array / 257.0  # 0..65535 → 0..255
+    return Image.fromarray(np.clip(array, 0, 255).round().astype(np.uint8), mode="L")
+
+
+def to_channels(image: Image.Image, channels: int) -> Image.Image:
+    """Convert any Pillow mode to 'L' (channels=1) or 'RGB' (channels=3).
+
+    Alpha is composited on black; palette images keep their colours; CMYK and other colour spaces go
+    through Pillow's own conversion; 16-bit and float images are scaled to 8 bits.
+    """
+    mode = image.mode
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+        mode = image.mode
+    if mode in ("I", "F") or mode.startswith("I;16"):
+        image = _high_bit_depth_to_l(image)
+    elif mode == "1":
+        image = image.convert("L")
+    elif mode in ("LA", "La"):
+        array = np.asarray(image.convert("LA"))
+        image = Image.fromarray(_alpha_composite(array[..., 0], array[..., 1]), mode="L")
+    elif mode in ("RGBA", "RGBa", "PA"):
+        array = np.asarray(image.convert("RGBA"))
+        image = Image.fromarray(_alpha_composite(array[..., :3], array[..., 3:4]), mode="RGB")
+    elif mode not in ("L", "RGB"):
+        image = image.convert("RGB")
+    if channels == 1 and image.mode != "L":
+        image = image.convert("L")
+    elif channels == 3 and image.mode != "RGB":
+        image = image.convert("RGB")
+    return image

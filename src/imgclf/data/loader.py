@@ -1,0 +1,251 @@
+"""Batches of uint8 N×C×H×W tensors and labels, decoded once into RAM or streamed by worker processes.
+
+Decoding failures never stop an epoch: the file is recorded as a `Problem`, left out, and never
+read again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from imgclf.data.decode import ImageDecodeError
+from imgclf.data.preprocess import PreprocessSpec, load_prepared, prepare_image
+from imgclf.data.sources import FileReader, ImageSet, Problem
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+
+
+def available_memory() -> int:
+    """Bytes of memory available to new allocations (MemAvailable on Linux)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 2 << 30
+
+
+def default_workers(num_samples: int | None = None) -> int:
+    """Worker processes for decoding: the cores present (at most 8), none for tiny sets."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if num_samples is not None and num_samples < 256:
+        return 0
+    return max(0, min(cores, 8))
+
+
+def resolve_cache_mode(mode: str, num_samples: int, spec: PreprocessSpec) -> str:
+    """"auto" → "ram" when the decoded images fit in half of the available memory, else "none"."""
+    if mode != "auto":
+        return mode
+    needed = num_samples * spec.height * spec.width * spec.channels
+    budget = available_memory() // 2
+    if needed <= budget:
+        return "ram"
+    logger.info("decoded images need %.1f GiB, over the RAM budget %.1f GiB: streaming from disk",
+                needed / 2**30, budget / 2**30)
+    return "none"
+
+
+class _DecodeDataset(Dataset):
+    """Index → (index, prepared uint8 H×W×C array or None, error message)."""
+
+    def __init__(self, image_set: ImageSet, spec: PreprocessSpec) -> None:
+        self.reader = image_set.reader
+        self.keys = image_set.keys
+        self.spec = spec
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, index: int) -> tuple[int, np.ndarray | None, str]:
+        key = self.keys[index]
+        try:
+            if isinstance(self.reader, FileReader):
+                return index, load_prepared(self.reader.location(key), self.spec), ""
+            return index, prepare_image(self.reader.open(key), self.spec), ""
+        except ImageDecodeError as error:
+            return index, None, str(error)
+        except OSError as error:
+            return index, None, f"cannot read: {error}"
+
+
+def _keep_list(batch: list) -> list:
+    return batch
+
+
+def decode_all(
+    image_set: ImageSet, spec: PreprocessSpec, workers: int | None = None, progress: Progress | None = None
+) -> tuple[np.ndarray, np.ndarray, list[Problem]]:
+    """Decode and prepare every image once, in parallel.
+
+    Returns (images N×H×W×C uint8, ok mask N, problems for the files that failed).
+    """
+    count = len(image_set)
+    images = np.zeros((count, spec.height, spec.width, spec.channels), dtype=np.uint8)
+    ok = np.zeros(count, dtype=bool)
+    problems: list[Problem] = []
+    workers = default_workers(count) if workers is None else workers
+    loader = DataLoader(
+        _DecodeDataset(image_set, spec),
+        batch_size=64,
+        num_workers=workers,
+        collate_fn=_keep_list,
+        persistent_workers=False,
+    )
+    done = 0
+    for batch in loader:
+        for index, array, error in batch:
+            if array is None:
+                problems.append(Problem(image_set.keys[index], "corrupt", error))
+            else:
+                images[index] = array
+                ok[index] = True
+        done += len(batch)
+        if progress is not None:
+            progress(done, count)
+    return images, ok, problems
+
+
+@dataclass
+class Batch:
+    images: torch.Tensor  # uint8 N×C×H×W
+    labels: torch.Tensor  # int64 N
+
+
+class MemoryLoader:
+    """Batches from decoded images held in RAM (a uint8 array N×H×W×C)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, shuffle: bool, seed: int = 0,
+                 drop_last: bool = False) -> None:
+        self.images = torch.from_numpy(images)
+        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_last = drop_last and len(labels) > batch_size
+        self.problems: list[Problem] = []
+
+    def __len__(self) -> int:
+        full, rest = divmod(len(self.labels), self.batch_size)
+        return full if self.drop_last or rest == 0 else full + 1
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.labels)
+
+    def epoch(self, epoch: int = 0) -> Iterator[Batch]:
+        count = len(self.labels)
+        if self.shuffle:
+            order = torch.randperm(count, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
+        else:
+            order = torch.arange(count)
+        for start in range(0, count, self.batch_size):
+            index = order[start : start + self.batch_size]
+            if self.drop_last and len(index) < self.batch_size:
+                break
+            yield Batch(self.images[index].permute(0, 3, 1, 2), self.labels[index])
+
+
+class _StreamDataset(Dataset):
+    def __init__(self, image_set: ImageSet, spec: PreprocessSpec) -> None:
+        self.decode = _DecodeDataset(image_set, spec)
+        self.labels = image_set.labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[int, np.ndarray | None, str, int]:
+        position, array, error = self.decode[index]
+        return position, array, error, int(self.labels[index])
+
+
+def _collate_stream(batch: list) -> tuple[torch.Tensor | None, torch.Tensor | None, list[tuple[int, str]]]:
+    good = [item for item in batch if item[1] is not None]
+    failed = [(item[0], item[2]) for item in batch if item[1] is None]
+    if not good:
+        return None, None, failed
+    images = torch.from_numpy(np.stack([item[1] for item in good])).permute(0, 3, 1, 2)
+    labels = torch.tensor([item[3] for item in good], dtype=torch.int64)
+    return images, labels, failed
+
+
+class StreamLoader:
+    """Batches decoded on the fly by worker processes (for data that does not fit in RAM)."""
+
+    def __init__(self, image_set: ImageSet, spec: PreprocessSpec, batch_size: int, shuffle: bool, seed: int = 0,
+                 workers: int | None = None, drop_last: bool = False) -> None:
+        self.image_set = image_set
+        self.dataset = _StreamDataset(image_set, spec)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.workers = default_workers(len(image_set)) if workers is None else workers
+        self.drop_last = drop_last and len(image_set) > batch_size
+        self.bad: set[int] = set()
+        self.problems: list[Problem] = []
+
+    def __len__(self) -> int:
+        count = len(self.image_set) - len(self.bad)
+        full, rest = divmod(count, self.batch_size)
+        return full if self.drop_last or rest == 0 else full + 1
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.image_set) - len(self.bad)
+
+    def epoch(self, epoch: int = 0) -> Iterator[Batch]:
+        indices = [i for i in range(len(self.image_set)) if i not in self.bad]
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            indices = [indices[i] for i in torch.randperm(len(indices), generator=generator).tolist()]
+        loader = DataLoader(
+            self.dataset,
+            batch_size=self.batch_size,
+            sampler=indices,
+            num_workers=self.workers,
+            collate_fn=_collate_stream,
+            drop_last=self.drop_last,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=False,
+        )
+        for images, labels, failed in loader:
+            for index, error in failed:
+                if index not in self.bad:
+                    self.bad.add(index)
+                    problem = Problem(self.image_set.keys[index], "corrupt", error)
+                    self.problems.append(problem)
+                    logger.warning("skipped unreadable image %s: %s", problem.path, error)
+            if images is not None:
+                yield Batch(images, labels)
+
+
+def create_loader(
+    image_set: ImageSet,
+    spec: PreprocessSpec,
+    *,
+    batch_size: int,
+    shuffle: bool,
+    seed: int = 0,
+    cached: tuple[np.ndarray, np.ndarray] | None = None,
+    workers: int | None = None,
+    drop_last: bool = False,
+) -> MemoryLoader | StreamLoader:
+    """A loader over decoded images in RAM (`cached` = (images, labels)) or streamed from the source."""
+    if cached is not None:
+        images, labels = cached
+        return MemoryLoader(images, labels, batch_size, shuffle, seed, drop_last)
+    return StreamLoader(image_set, spec, batch_size, shuffle, seed, workers, drop_last)

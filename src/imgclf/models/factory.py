@@ -1,0 +1,119 @@
+"""`create_model`: a name and arguments → nn.Module, for imgclf's builtins and any timm architecture."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from imgclf.config import ModelConfig
+from imgclf.errors import ModelError
+from imgclf.models.builtin import MLP, BasicCNN, ConfigurableCNN, SmallCNN
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    cls: type[nn.Module]
+    description: str
+    options: tuple[str, ...]  # which of filters/dense/dropout/batchnorm it takes
+
+
+BUILTIN_MODELS: dict[str, BuiltinModel] = {
+    "mlp": BuiltinModel(MLP, "Dense 128-64 baseline (flattened pixels)", ("dense", "dropout")),
+    "cnn-small": BuiltinModel(SmallCNN, "Conv32 → pool → Dense128", ("dense", "dropout")),
+    "cnn-basic": BuiltinModel(
+        BasicCNN, "the tutorials' Conv32-32 → pool → Conv64-64 → pool → Dense512, dropout 0.5", ("dense", "dropout")
+    ),
+    "cnn": BuiltinModel(
+        ConfigurableCNN,
+        "configurable: --filters 32,64,128 (2 conv + BN + pool each), global pool, --dense, --dropout",
+        ("filters", "dense", "dropout", "batchnorm"),
+    ),
+}
+
+
+def _timm():
+    import timm
+
+    return timm
+
+
+def is_timm_model(name: str) -> bool:
+    return name not in BUILTIN_MODELS and _timm().is_model(name)
+
+
+def model_args(cfg: ModelConfig, num_classes: int, in_channels: int, image_size: list[int]) -> dict[str, Any]:
+    """The full argument set stored in the artifact, from which `create_model` rebuilds the network."""
+    args: dict[str, Any] = {
+        "name": cfg.name,
+        "num_classes": num_classes,
+        "in_channels": in_channels,
+        "image_size": list(image_size),
+    }
+    builtin = BUILTIN_MODELS.get(cfg.name)
+    if builtin is not None:
+        for option in builtin.options:
+            value = getattr(cfg, option)
+            if value is not None:
+                args[option] = value
+    else:
+        check_model_name(cfg.name)
+        given = [o for o in ("filters", "dense", "dropout", "batchnorm") if getattr(cfg, o) is not None]
+        if given:
+            raise ModelError(f"--{given[0]} shapes imgclf's builtin CNNs only, not the timm model {cfg.name}")
+    return args
+
+
+def check_model_name(name: str) -> None:
+    """Raise a ModelError with close matches when `name` is neither a builtin nor a timm model."""
+    if name in BUILTIN_MODELS or _timm().is_model(name):
+        return
+    names = list(BUILTIN_MODELS) + _timm().list_models()
+    close = difflib.get_close_matches(name, names, n=4, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; `imgclf models` lists them"
+    raise ModelError(f"unknown model {name!r}{hint}")
+
+
+def create_model(args: dict[str, Any]) -> nn.Module:
+    """Build a freshly initialised network from `model_args` output (or an artifact's architecture)."""
+    args = dict(args)
+    name = args.pop("name")
+    num_classes = args.pop("num_classes")
+    in_channels = args.pop("in_channels")
+    image_size = args.pop("image_size")
+    builtin = BUILTIN_MODELS.get(name)
+    if builtin is not None:
+        kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in args.items() if k in builtin.options}
+        return builtin.cls(num_classes, in_channels, image_size, **kwargs)
+    check_model_name(name)
+    try:
+        return _timm().create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels)
+    except Exception as error:  # timm raises many kinds for unsupported argument combinations
+        raise ModelError(f"cannot build {name}: {error}") from error
+
+
+def model_mean_std(name: str) -> tuple[tuple, tuple] | None:
+    """The normalization a timm architecture was designed with (None for imgclf's builtins)."""
+    if name in BUILTIN_MODELS:
+        return None
+    import timm
+
+    cfg = timm.get_pretrained_cfg(name)
+    if cfg is None or cfg.mean is None:
+        return None
+    return tuple(cfg.mean), tuple(cfg.std)
+
+
+def list_models(pattern: str | None = None) -> list[tuple[str, str]]:
+    """(name, description) of the builtins, then timm architectures matching `pattern` (fnmatch)."""
+    rows = [(name, model.description) for name, model in BUILTIN_MODELS.items()]
+    if pattern is None or pattern != "builtin":
+        timm_names = _timm().list_models(pattern or "*")
+        rows += [(name, "timm architecture (from scratch)") for name in timm_names]
+    if pattern not in (None, "builtin"):
+        import fnmatch
+
+        rows = [row for row in rows if fnmatch.fnmatch(row[0], pattern)]
+    return rows

@@ -1,0 +1,51 @@
+"""`augment-preview`: a PNG grid of augmented samples, to see what the settings really do."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from imgclf.config import Config
+from imgclf.data.augment import BatchAugment
+from imgclf.data.loader import decode_all
+from imgclf.data.sources import read_headers, scan_source
+from imgclf.errors import DataError
+from imgclf.io import write_atomic
+
+
+def write_augment_preview(data: str, out: Path, cfg: Config, images: int = 6, variants: int = 7) -> Path:
+    """Rows of: the original (as the model sees it) followed by `variants` augmented versions."""
+    from torchvision.utils import make_grid
+    from PIL import Image
+
+    from imgclf.api import resolve_spec
+
+    image_set = scan_source(data, path_col=cfg.data.path_col, label_col=cfg.data.label_col,
+                            classes=cfg.data.classes)
+    rng = np.random.default_rng(cfg.seed)
+    chosen = rng.choice(len(image_set), size=min(len(image_set), images * 3), replace=False)
+    sample = read_headers(image_set.subset(chosen))
+    if len(sample) == 0:
+        raise DataError("no readable image found to preview")
+    spec = resolve_spec(cfg.data, cfg.model.name, sample)
+    decoded, ok, _ = decode_all(sample, spec, workers=0)
+    decoded = decoded[ok][:images]
+    if len(decoded) == 0:
+        raise DataError("no readable image found to preview")
+    originals = torch.from_numpy(decoded).permute(0, 3, 1, 2).float()
+    augment = BatchAugment(cfg.augment, cfg.seed)
+    rows = []
+    for original in originals:
+        repeated = original.unsqueeze(0).repeat(variants, 1, 1, 1)
+        rows.append(torch.cat([original.unsqueeze(0), augment(repeated)]))
+    grid = make_grid(torch.cat(rows) / 255.0, nrow=variants + 1, padding=2, pad_value=1.0)
+    array = (grid.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    image = Image.fromarray(array)
+    scale = max(1, 96 // max(spec.height, spec.width))
+    if scale > 1:
+        image = image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
+    out = Path(out)
+    write_atomic(out, lambda tmp: image.save(tmp, format="PNG"))
+    return out

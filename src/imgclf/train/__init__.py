@@ -1,0 +1,1 @@
+"""Training: the loop, its events, optimizers and schedules, checkpoints."""

@@ -1,0 +1,166 @@
+"""Named training events and the callbacks that react to them.
+
+The loop calls, in order: on_train_start, then per epoch on_epoch_start, on_batch_end (per batch),
+on_epoch_end; finally on_train_end. Callbacks read and update the shared `TrainState`; setting
+`state.stop = True` ends training after the current epoch.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from imgclf.io import write_atomic, write_text_atomic
+
+logger = logging.getLogger(__name__)
+
+METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_s")
+
+
+@dataclass
+class TrainState:
+    """What the loop and the callbacks share. `epoch` counts completed epochs."""
+
+    epochs: int
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: Any
+    monitor: str = "val_loss"
+    epoch: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_value: float | None = None
+    best_epoch: int | None = None
+    epochs_without_improvement: int = 0
+    improved: bool = False
+    stop: bool = False
+    stop_reason: str = ""
+    batch: int = 0
+    batches: int = 0
+    running: dict[str, float] = field(default_factory=dict)
+    context: dict[str, Any] = field(default_factory=dict)  # run folder, model summary, data counts …
+
+    @property
+    def last(self) -> dict[str, float]:
+        return self.history[-1] if self.history else {}
+
+
+class Callback:
+    """Base class: override the events you need."""
+
+    def on_progress(self, stage: str, done: int, total: int) -> None:
+        """Progress of work before training (decoding the images once)."""
+
+    def on_train_start(self, state: TrainState) -> None: ...
+
+    def on_epoch_start(self, state: TrainState) -> None: ...
+
+    def on_batch_end(self, state: TrainState) -> None: ...
+
+    def on_epoch_end(self, state: TrainState) -> None: ...
+
+    def on_train_end(self, state: TrainState) -> None: ...
+
+
+def emit(callbacks: Sequence[Callback], event: str, state: TrainState) -> None:
+    for callback in callbacks:
+        getattr(callback, event)(state)
+
+
+def _monitored(row: dict[str, float], monitor: str) -> float | None:
+    value = row.get(monitor)
+    if value is None or not math.isfinite(value):
+        return None
+    return value
+
+
+class KeepBest(Callback):
+    """Track the monitored metric and save the model (via `save`) whenever it improves."""
+
+    def __init__(self, save: Callable[[TrainState], None], min_delta: float = 0.0) -> None:
+        self.save = save
+        self.min_delta = min_delta
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        value = _monitored(state.last, state.monitor)
+        if value is None:  # no validation data: the latest model is the best we know
+            value = -float(state.epoch) if state.monitor == "val_loss" else float(state.epoch)
+        lower_is_better = state.monitor.endswith("loss")
+        if state.best_value is None:
+            improved = True
+        elif lower_is_better:
+            improved = value < state.best_value - self.min_delta
+        else:
+            improved = value > state.best_value + self.min_delta
+        state.improved = improved
+        if improved:
+            state.best_value = value
+            state.best_epoch = state.epoch
+            state.epochs_without_improvement = 0
+            self.save(state)
+        else:
+            state.epochs_without_improvement += 1
+
+
+class EarlyStopping(Callback):
+    """Stop when the monitored metric has not improved for `patience` epochs (KeepBest runs first)."""
+
+    def __init__(self, patience: int) -> None:
+        self.patience = patience
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        if state.epochs_without_improvement >= self.patience and state.epoch < state.epochs:
+            state.stop = True
+            state.stop_reason = (
+                f"early stop: {state.monitor} has not improved for {self.patience} epochs "
+                f"(best {state.best_value:.4f} at epoch {state.best_epoch})"
+            )
+
+
+class MetricsLog(Callback):
+    """metrics.csv and curves.png in the run folder, rewritten atomically every epoch."""
+
+    def __init__(self, csv_path: Path, curves_path: Path | None) -> None:
+        self.csv_path = csv_path
+        self.curves_path = curves_path
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for row in state.history:
+            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        write_text_atomic(self.csv_path, buffer.getvalue())
+        if self.curves_path is not None:
+            plot_curves(state.history, self.curves_path)
+
+
+def plot_curves(history: list[dict[str, float]], path: Path) -> None:
+    """Accuracy and loss per epoch, train vs val, as the tutorials plot them."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    epochs = [row["epoch"] for row in history]
+    figure = Figure(figsize=(10, 4), dpi=100)
+    for position, (metric, title) in enumerate((("acc", "Accuracy"), ("loss", "Loss")), start=1):
+        axes = figure.add_subplot(1, 2, position)
+        for split, style in (("train", "-o"), ("val", "-s")):
+            values = [row.get(f"{split}_{metric}", float("nan")) for row in history]
+            if any(math.isfinite(v) for v in values):
+                axes.plot(epochs, values, style, label=split, markersize=4)
+        axes.set_title(title)
+        axes.set_xlabel("epoch")
+        axes.grid(alpha=0.3)
+        axes.legend()
+    figure.tight_layout()
+    write_atomic(path, lambda tmp: figure.savefig(tmp, format="png"))

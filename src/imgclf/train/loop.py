@@ -1,0 +1,156 @@
+"""The training loop, top to bottom: `fit` runs epochs of `train_one_epoch` and `evaluate`.
+
+Data arrives as uint8 batches; each batch moves to the device, is augmented there (training only)
+and normalized by the preprocessing spec, so the model sees exactly what prediction will give it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from imgclf.data.augment import BatchAugment
+from imgclf.data.loader import Batch, MemoryLoader, StreamLoader
+from imgclf.data.preprocess import PreprocessSpec, normalize_batch
+from imgclf.train.events import Callback, TrainState, emit
+
+Loader = MemoryLoader | StreamLoader
+
+
+@dataclass
+class StepContext:
+    """How batches become model input on this hardware."""
+
+    device: torch.device
+    spec: PreprocessSpec
+    augment: BatchAugment | None = None
+    autocast_dtype: torch.dtype | None = None
+    channels_last: bool = False
+    seed: int = 0
+
+
+def autocast(ctx: StepContext):
+    if ctx.autocast_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=ctx.device.type, dtype=ctx.autocast_dtype)
+
+
+def prepare_batch(batch: Batch, ctx: StepContext, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 batch → normalized float input on the device (augmented when training)."""
+    non_blocking = ctx.device.type == "cuda"
+    images = batch.images.to(ctx.device, non_blocking=non_blocking)
+    labels = batch.labels.to(ctx.device, non_blocking=non_blocking)
+    images = ctx.augment(images) if train and ctx.augment is not None else images.float()
+    inputs = normalize_batch(images, ctx.spec)
+    if ctx.channels_last:
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+    return inputs, labels
+
+
+def train_one_epoch(
+    state: TrainState, loader: Loader, ctx: StepContext, loss_fn: nn.Module, callbacks: Sequence[Callback]
+) -> dict[str, float]:
+    model, optimizer = state.model, state.optimizer
+    model.train()
+    loss_sum = torch.zeros((), device=ctx.device, dtype=torch.float64)
+    correct = torch.zeros((), device=ctx.device, dtype=torch.int64)
+    seen = 0
+    start = time.perf_counter()
+    state.batch, state.batches = 0, len(loader)
+    for batch in loader.epoch(state.epoch):
+        inputs, labels = prepare_batch(batch, ctx, train=True)
+        with autocast(ctx):
+            logits = model(inputs)
+        loss = loss_fn(logits.float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        state.schedule.step_batch()
+        loss_sum += loss.detach() * len(labels)
+        correct += (logits.detach().argmax(1) == labels).sum()
+        seen += len(labels)
+        state.batch += 1
+        if callbacks and (state.batch % 10 == 0 or state.batch == state.batches or ctx.device.type == "cpu"):
+            elapsed = time.perf_counter() - start
+            state.running = {
+                "loss": loss_sum.item() / seen,
+                "acc": correct.item() / seen,
+                "images_per_s": seen / max(elapsed, 1e-9),
+                "seen": seen,
+            }
+            emit(callbacks, "on_batch_end", state)
+    seconds = time.perf_counter() - start
+    seen = max(seen, 1)
+    return {
+        "train_loss": loss_sum.item() / seen,
+        "train_acc": correct.item() / seen,
+        "train_seconds": seconds,
+        "images_per_s": seen / max(seconds, 1e-9),
+    }
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, loader: Loader, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (float32, CPU) and labels of every sample the loader yields, in its order."""
+    model.eval()
+    all_logits, all_labels = [], []
+    for batch in loader.epoch(0):
+        inputs, labels = prepare_batch(batch, ctx, train=False)
+        with autocast(ctx):
+            logits = model(inputs)
+        all_logits.append(logits.float().cpu())
+        all_labels.append(labels.cpu())
+    if not all_logits:
+        return torch.zeros(0, 0), torch.zeros(0, dtype=torch.int64)
+    return torch.cat(all_logits), torch.cat(all_labels)
+
+
+def evaluate(model: nn.Module, loader: Loader, ctx: StepContext, prefix: str = "val") -> dict[str, float]:
+    """Mean cross-entropy (unweighted, unsmoothed) and accuracy over the loader."""
+    logits, labels = predict_logits(model, loader, ctx)
+    if len(labels) == 0:
+        return {}
+    loss = nn.functional.cross_entropy(logits, labels).item()
+    accuracy = (logits.argmax(1) == labels).float().mean().item()
+    return {f"{prefix}_loss": loss, f"{prefix}_acc": accuracy, f"{prefix}_count": float(len(labels))}
+
+
+def fit(
+    state: TrainState,
+    train_loader: Loader,
+    val_loader: Loader | None,
+    ctx: StepContext,
+    loss_fn: nn.Module,
+    callbacks: Sequence[Callback],
+) -> TrainState:
+    """Train until `state.epochs` epochs are done or a callback sets `state.stop`."""
+    emit(callbacks, "on_train_start", state)
+    while state.epoch < state.epochs and not state.stop:
+        emit(callbacks, "on_epoch_start", state)
+        if ctx.augment is not None:
+            ctx.augment.reseed(ctx.seed * 100_003 + state.epoch)
+        epoch_start = time.perf_counter()
+        lr = state.optimizer.param_groups[0]["lr"]
+        train_stats = train_one_epoch(state, train_loader, ctx, loss_fn, callbacks)
+        val_stats = evaluate(state.model, val_loader, ctx) if val_loader is not None else {}
+        state.epoch += 1
+        row = {
+            "epoch": state.epoch,
+            "train_loss": train_stats["train_loss"],
+            "train_acc": train_stats["train_acc"],
+            "val_loss": val_stats.get("val_loss", float("nan")),
+            "val_acc": val_stats.get("val_acc", float("nan")),
+            "lr": lr,
+            "seconds": time.perf_counter() - epoch_start,
+            "images_per_s": train_stats["images_per_s"],
+        }
+        state.history.append(row)
+        state.schedule.step_epoch(row.get(state.monitor))
+        emit(callbacks, "on_epoch_end", state)
+    emit(callbacks, "on_train_end", state)
+    return state

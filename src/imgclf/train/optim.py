@@ -1,0 +1,101 @@
+"""Optimizers, learning-rate schedules and the loss, built from the train config."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from imgclf.config import TrainConfig
+
+
+def create_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """adam, adamw, sgd (momentum, nesterov) or rmsprop over the trainable parameters.
+
+    Weight decay skips biases and normalization weights (1-D tensors), as timm and torchvision do.
+    """
+    decay, no_decay = [], []
+    for parameter in model.parameters():
+        if parameter.requires_grad:
+            (no_decay if parameter.ndim <= 1 else decay).append(parameter)
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+    return torch.optim.RMSprop(groups, lr=cfg.lr, alpha=0.9)  # Keras' rho=0.9; momentum is for sgd
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int, final_fraction: float = 0.01) -> float:
+    """Learning-rate factor: linear warm-up, then cosine decay to `final_fraction`."""
+    if warmup_steps and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    progress = min(1.0, max(0.0, progress))
+    return final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def warmup_constant(step: int, warmup_steps: int) -> float:
+    if warmup_steps and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    return 1.0
+
+
+class Schedule:
+    """A learning-rate schedule that knows whether it steps per batch or per epoch."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> None:
+        self.kind = cfg.schedule
+        total = cfg.epochs * steps_per_epoch
+        warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+        self.per_batch = self.kind in ("cosine", "onecycle", "constant")
+        if self.kind == "cosine":
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lambda step: warmup_cosine(step, warmup, total)
+            )
+        elif self.kind == "onecycle":
+            self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
+                optimizer, max_lr=cfg.lr, total_steps=total + 1,
+                pct_start=max(0.05, min(0.5, warmup / max(1, total))) if warmup else 0.25,
+            )
+        elif self.kind == "plateau":
+            self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, mode="min" if cfg.monitor == "val_loss" else "max", factor=0.5, patience=2
+            )
+        else:
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_constant(step, warmup))
+
+    def step_batch(self) -> None:
+        if self.per_batch:
+            self.scheduler.step()
+
+    def step_epoch(self, monitored: float | None) -> None:
+        if self.kind == "plateau" and monitored is not None and math.isfinite(monitored):
+            self.scheduler.step(monitored)
+
+    def state_dict(self) -> dict:
+        return self.scheduler.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scheduler.load_state_dict(state)
+
+
+def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
+    """'balanced' weights n_samples / (n_classes · count), as scikit-learn's compute_class_weight."""
+    from sklearn.utils.class_weight import compute_class_weight
+
+    present = np.unique(labels)
+    weights = np.ones(num_classes, dtype=np.float64)
+    weights[present] = compute_class_weight("balanced", classes=present, y=labels)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def create_loss(cfg: TrainConfig, weights: torch.Tensor | None) -> nn.Module:
+    return nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
