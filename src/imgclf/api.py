@@ -10,6 +10,7 @@ import csv
 import io
 import logging
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,21 +21,38 @@ import torch
 
 from imgclf import runs
 from imgclf.artifact import ModelInfo, load_artifact, save_artifact, update_artifact_info
-from imgclf.config import Config, DataConfig, config_to_dict, load_config, resolve_config, save_config, setting_section
+from imgclf.config import (
+    Config,
+    DataConfig,
+    config_to_dict,
+    load_config,
+    resolve_config,
+    save_config,
+    setting_section,
+)
 from imgclf.data.augment import BatchAugment, is_identity
 from imgclf.data.loader import create_loader, decode_all, resolve_cache_mode
 from imgclf.data.preprocess import PreprocessSpec, resolve_normalization
-from imgclf.data.sources import ImageSet, Problem, from_arrays, load_label_map, read_headers, scan_dataframe, scan_source
+from imgclf.data.sources import (
+    ImageSet,
+    Problem,
+    from_arrays,
+    load_label_map,
+    read_headers,
+    scan_dataframe,
+    scan_source,
+)
 from imgclf.data.split import apply_manifest, assign_splits, write_manifest
 from imgclf.errors import ConfigError, DataError, UsageError
 from imgclf.io import write_text_atomic
 from imgclf.models.factory import create_model, model_args, model_mean_std
 from imgclf.models.summary import summarize_model
 from imgclf.predict import Predictor
-from imgclf.train.checkpoint import SaveCheckpoint, load_checkpoint, restore_checkpoint
-from imgclf.train.events import Callback, EarlyStopping, KeepBest, MetricsLog, TrainState
-from imgclf.train.loop import StepContext, evaluate as evaluate_loader, fit
-from imgclf.train.optim import Schedule, class_weights, create_loss, create_optimizer
+from imgclf.training.checkpoint import SaveCheckpoint, load_checkpoint, restore_checkpoint
+from imgclf.training.events import Callback, EarlyStopping, KeepBest, MetricsLog, TrainState
+from imgclf.training.loop import StepContext, fit
+from imgclf.training.loop import evaluate as evaluate_loader
+from imgclf.training.optim import Schedule, class_weights, create_loss, create_optimizer
 
 logger = logging.getLogger(__name__)
 
@@ -77,17 +95,32 @@ class PreparedData:
             return np.arange(len(self.image_set))
         return np.flatnonzero(self.splits == split)
 
-    def loader(self, split: str, batch_size: int, shuffle: bool, seed: int = 0, workers: int | None = None,
-               drop_last: bool = False):
+    def loader(
+        self,
+        split: str,
+        batch_size: int,
+        shuffle: bool,
+        seed: int = 0,
+        workers: int | None = None,
+        drop_last: bool = False,
+    ):
         index = self.indices(split)
         subset = self.image_set.subset(index)
         cached = (self.images[index], subset.labels) if self.images is not None else None
-        return create_loader(subset, self.spec, batch_size=batch_size, shuffle=shuffle, seed=seed, cached=cached,
-                             workers=workers, drop_last=drop_last)
+        return create_loader(
+            subset,
+            self.spec,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            seed=seed,
+            cached=cached,
+            workers=workers,
+            drop_last=drop_last,
+        )
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """"auto" → CUDA if present, else Apple MPS, else CPU."""
+    """ "auto" → CUDA if present, else Apple MPS, else CPU."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -114,13 +147,16 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
-def load_data(data: Any, cfg: DataConfig, *, labels: Any = None, class_names: Sequence[str] | None = None) -> ImageSet:
+def load_data(
+    data: Any, cfg: DataConfig, *, labels: Any = None, class_names: Sequence[str] | None = None
+) -> ImageSet:
     """Any supported source (path, DataFrame, or arrays with `labels`) → ImageSet."""
     if labels is not None:
         return from_arrays(np.asarray(data), labels, class_names=class_names, classes=cfg.classes)
     if hasattr(data, "columns"):  # a pandas DataFrame
-        return scan_dataframe(data, root=cfg.source, path_col=cfg.path_col, label_col=cfg.label_col,
-                              classes=cfg.classes)
+        return scan_dataframe(
+            data, root=cfg.source, path_col=cfg.path_col, label_col=cfg.label_col, classes=cfg.classes
+        )
     if data is None:
         raise UsageError("no data given: pass a folder, CSV, archive or IDX file")
     return scan_source(data, path_col=cfg.path_col, label_col=cfg.label_col, classes=cfg.classes)
@@ -133,7 +169,9 @@ def _check_classes(image_set: ImageSet, splits: np.ndarray, what: str = "trainin
     counts = np.bincount(train_labels, minlength=len(image_set.classes))
     empty = [name for name, count in zip(image_set.classes, counts) if count == 0]
     if empty:
-        raise DataError(f"class {empty[0]!r} has no usable image for {what}; add images or leave it out with --classes")
+        raise DataError(
+            f"class {empty[0]!r} has no usable image for {what}; add images or leave it out with --classes"
+        )
     if len(image_set.classes) < 2 and what == "training":
         raise DataError(f"only one class found ({image_set.classes[0]!r}); a classifier needs at least two")
 
@@ -219,7 +257,7 @@ def train(
         config: a Config, or a YAML file; keyword overrides win over it (e.g. `epochs=5`,
             `model="cnn-small"`, `train={"lr": 3e-4}` or `"train.lr": 3e-4`).
         resume: a run folder to continue where it stopped (its config and split are reused).
-        callbacks: extra event handlers (see `imgclf.train.events.Callback`).
+        callbacks: extra event handlers (see `imgclf.training.events.Callback`).
         verbose: print progress to the terminal, as the CLI does (useful in notebooks).
     """
     if resume is not None:
@@ -236,6 +274,7 @@ def train(
         from imgclf.console import ConsoleReporter
 
         callbacks = [*callbacks, ConsoleReporter()]
+    started = time.perf_counter()
     seed = cfg.seed
     torch.manual_seed(seed)
 
@@ -252,8 +291,10 @@ def train(
     val_split_name = "val"
     if not (splits == "val").any() and (splits == "test").any():
         val_split_name = "test"
-        logger.warning("no validation split: validating on the test split, as the tutorials do; "
-                       "its accuracy is then no unbiased estimate")
+        logger.warning(
+            "no validation split: validating on the test split, as the tutorials do; "
+            "its accuracy is then no unbiased estimate"
+        )
 
     # 2. Preprocessing, fixed once for training, evaluation and prediction.
     spec = resolve_spec(cfg.data, cfg.model.name, image_set)
@@ -272,24 +313,37 @@ def train(
     _write_problems(run_dir / runs.PROBLEMS_FILE, problems)
     train_set = prepared.image_set.subset(prepared.indices("train"))
     remainder = len(train_set) % cfg.train.batch_size
-    train_loader = prepared.loader("train", cfg.train.batch_size, shuffle=True, seed=seed,
-                                   workers=cfg.data.workers, drop_last=remainder == 1)
+    train_loader = prepared.loader(
+        "train",
+        cfg.train.batch_size,
+        shuffle=True,
+        seed=seed,
+        workers=cfg.data.workers,
+        drop_last=remainder == 1,
+    )
     has_val = len(prepared.indices(val_split_name)) > 0
-    val_loader = (prepared.loader(val_split_name, cfg.train.batch_size * 2, shuffle=False, workers=cfg.data.workers)
-                  if has_val else None)
+    val_loader = (
+        prepared.loader(val_split_name, cfg.train.batch_size * 2, shuffle=False, workers=cfg.data.workers)
+        if has_val
+        else None
+    )
 
     # 5. Model, optimizer, schedule, loss.
     device = resolve_device(cfg.train.device)
     args = model_args(cfg.model, len(image_set.classes), spec.channels, [spec.height, spec.width])
     model = create_model(args)
     summary = summarize_model(model, (spec.channels, spec.height, spec.width))
-    channels_last = cfg.train.channels_last if cfg.train.channels_last is not None else cfg.model.name != "mlp"
+    channels_last = (
+        cfg.train.channels_last if cfg.train.channels_last is not None else cfg.model.name != "mlp"
+    )
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = create_optimizer(model, cfg.train)
     schedule = Schedule(optimizer, cfg.train, max(1, len(train_loader)))
-    weights = class_weights(train_set.labels, len(image_set.classes)) if cfg.train.class_weight == "auto" else None
+    weights = (
+        class_weights(train_set.labels, len(image_set.classes)) if cfg.train.class_weight == "auto" else None
+    )
     loss_fn = create_loss(cfg.train, weights.to(device) if weights is not None else None)
     ctx = StepContext(
         device=device,
@@ -300,15 +354,24 @@ def train(
         seed=seed,
     )
     monitor = cfg.train.monitor if has_val else "train_loss"
-    state = TrainState(epochs=cfg.train.epochs, model=model, optimizer=optimizer, schedule=schedule, monitor=monitor)
+    state = TrainState(
+        epochs=cfg.train.epochs, model=model, optimizer=optimizer, schedule=schedule, monitor=monitor
+    )
     if resume is not None:
         restore_checkpoint(state, load_checkpoint(run_dir / runs.CHECKPOINT_FILE))
         if state.epoch < state.epochs and state.stop_reason.startswith("early stop"):
             state.stop = False  # more epochs were asked for explicitly
     state.context.update(
-        run_dir=run_dir, summary=summary, device=str(device), spec=spec, cache=prepared.cache_mode,
+        started=started,
+        run_dir=run_dir,
+        summary=summary,
+        device=str(device),
+        spec=spec,
+        cache=prepared.cache_mode,
         counts={split: int((prepared.splits == split).sum()) for split in ("train", "val", "test")},
-        classes=image_set.classes, problems=problems, resumed_from=state.epoch if resume is not None else None,
+        classes=image_set.classes,
+        problems=problems,
+        resumed_from=state.epoch if resume is not None else None,
         validation_split=val_split_name if has_val else None,
     )
 
@@ -352,12 +415,16 @@ def train(
     if has_val:
         final.update(evaluate_loader(best_model, val_loader, ctx, prefix="val"))
     if val_split_name != "test" and len(prepared.indices("test")):
-        test_loader = prepared.loader("test", cfg.train.batch_size * 2, shuffle=False, workers=cfg.data.workers)
+        test_loader = prepared.loader(
+            "test", cfg.train.batch_size * 2, shuffle=False, workers=cfg.data.workers
+        )
         final.update(evaluate_loader(best_model, test_loader, ctx, prefix="test"))
     elif val_split_name == "test" and has_val:
         final.update({k.replace("val_", "test_"): v for k, v in final.items()})
     info.metrics = {**info.metrics, **final}
-    info.training.update(best_epoch=state.best_epoch, epochs_completed=state.epoch, stop_reason=state.stop_reason)
+    info.training.update(
+        best_epoch=state.best_epoch, epochs_completed=state.epoch, stop_reason=state.stop_reason
+    )
     update_artifact_info(artifact_dir, info)
     _write_summary(run_dir, state, final, problems)
     run = Run(run_dir, artifact_dir, state.best_epoch, final, problems, state.stop_reason)
@@ -377,12 +444,14 @@ def _config_from(config: Config | str | Path | None, data: Any, overrides: dict[
     """Defaults < config (object or YAML) < keyword overrides.
 
     Keywords may be dotted ("train.lr"), a section dict (train={...}), or a bare setting name
-    (lr=1e-3, epochs=5); `model="x"` is short for model.name.
+    (lr=1e-3, epochs=5); `model="x"` is short for model.name, `augment="light"` for augment.preset.
     """
     flat: dict[str, Any] = {}
     for key, value in overrides.items():
         if key == "model" and isinstance(value, str):
             flat["model.name"] = value
+        elif key == "augment" and isinstance(value, str):
+            flat["augment.preset"] = value
         elif key == "name":  # the run's name; the model is chosen with model=
             flat["output.name"] = value
         elif "." in key or key in ("data", "augment", "model", "train", "output", "seed"):
@@ -396,7 +465,9 @@ def _config_from(config: Config | str | Path | None, data: Any, overrides: dict[
     return resolve_config(config, flat)
 
 
-def _write_summary(run_dir: Path, state: TrainState, final: dict[str, float], problems: Sequence[Problem]) -> None:
+def _write_summary(
+    run_dir: Path, state: TrainState, final: dict[str, float], problems: Sequence[Problem]
+) -> None:
     lines = [f"epochs completed: {state.epoch}", f"best epoch: {state.best_epoch} ({state.monitor})"]
     if state.stop_reason:
         lines.append(state.stop_reason)
@@ -453,7 +524,7 @@ def evaluate(
     prepared = prepare_data(image_set, splits, info.preprocessing, "auto", None)
     loader = prepared.loader("all", batch_size, shuffle=False)
     ctx = StepContext(device=predictor.device, spec=info.preprocessing)
-    from imgclf.train.loop import predict_logits
+    from imgclf.training.loop import predict_logits
 
     logits, targets = predict_logits(predictor.model, loader, ctx)
     probabilities = torch.softmax(logits, 1)
@@ -462,10 +533,12 @@ def evaluate(
     for index, name in enumerate(info.classes):
         members = targets == index
         if members.any():
-            per_class[name] = {"support": int(members.sum()),
-                               "recall": float((predicted[members] == index).float().mean())}
+            per_class[name] = {
+                "support": int(members.sum()),
+                "recall": float((predicted[members] == index).float().mean()),
+            }
     return {
-        "count": int(len(targets)),
+        "count": len(targets),
         "accuracy": float((predicted == targets).float().mean()) if len(targets) else float("nan"),
         "loss": float(torch.nn.functional.cross_entropy(logits, targets)) if len(targets) else float("nan"),
         "per_class": per_class,

@@ -53,7 +53,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main_options(
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More log messages.")] = False,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
@@ -120,114 +122,266 @@ def _size(value: str | None) -> list[int] | None:
 @app.command()
 @handle_errors
 def train(
-    data: Annotated[str | None, typer.Argument(
-        help="Folder of class folders, folder with train/ val/ test/, CSV/TSV, .zip/.tar(.gz), or IDX files.",
-        show_default=False)] = None,
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML file with settings (flags win).",
-                                                rich_help_panel=OUT_HELP)] = None,
-    resume: Annotated[Path | None, typer.Option(help="Continue an interrupted run folder where it stopped.",
-                                                rich_help_panel=OUT_HELP)] = None,
-    project: Annotated[str | None, typer.Option(help="Folder that holds run folders. [default: runs]",
-                                                rich_help_panel=OUT_HELP)] = None,
-    name: Annotated[str | None, typer.Option(help="Run folder name; -2, -3 … appended if taken. [default: train]",
-                                             rich_help_panel=OUT_HELP)] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of the split, initialisation and shuffling. [default: 0]",
-                                             rich_help_panel=DATA_HELP)] = None,
-    path_col: Annotated[str | None, typer.Option(help="CSV column with image paths. [default: auto]",
-                                                 rich_help_panel=DATA_HELP)] = None,
-    label_col: Annotated[str | None, typer.Option(help="CSV column with labels. [default: auto]",
-                                                  rich_help_panel=DATA_HELP)] = None,
-    classes: Annotated[str | None, typer.Option(help="Comma-separated class order (others are left out).",
-                                                rich_help_panel=DATA_HELP)] = None,
-    label_map: Annotated[Path | None, typer.Option(help="JSON of display names (keys: class names or 1-based "
-                                                   "indices).", rich_help_panel=DATA_HELP)] = None,
-    val_split: Annotated[float | None, typer.Option(help="Validation fraction carved from training data. "
-                                                    "[default: 0.2]", rich_help_panel=DATA_HELP)] = None,
-    test_split: Annotated[float | None, typer.Option(help="Test fraction carved when the data has no test "
-                                                     "folder. [default: 0]", rich_help_panel=DATA_HELP)] = None,
-    manifest: Annotated[Path | None, typer.Option(help="Reuse the split of a manifest.csv (path,label,split).",
-                                                  rich_help_panel=DATA_HELP)] = None,
-    image_size: Annotated[str | None, typer.Option(help="Model input size: 32 or 32,48 (height,width). "
-                                                   "[default: from the data]", rich_help_panel=DATA_HELP)] = None,
-    channels: Annotated[int | None, typer.Option(help="1 or 3. [default: 1 if every image is grayscale]",
-                                                 rich_help_panel=DATA_HELP)] = None,
-    resize: Annotated[str | None, typer.Option(help="stretch | crop | pad. [default: stretch]",
-                                               rich_help_panel=DATA_HELP)] = None,
-    interpolation: Annotated[str | None, typer.Option(help="nearest | bilinear | bicubic | lanczos. "
-                                                      "[default: bilinear]", rich_help_panel=DATA_HELP)] = None,
-    normalize: Annotated[str | None, typer.Option(help="auto | rescale (x/255) | half (to -1..1) | imagenet. "
-                                                  "[default: auto]", rich_help_panel=DATA_HELP)] = None,
-    cache: Annotated[str | None, typer.Option(help="auto | ram | none: decode once into RAM, or stream. "
-                                              "[default: auto]", rich_help_panel=DATA_HELP)] = None,
-    workers: Annotated[int | None, typer.Option(help="Decoding processes. [default: cores, at most 8]",
-                                                rich_help_panel=DATA_HELP)] = None,
-    augment: Annotated[str | None, typer.Option("--augment", help="Preset: none | light | strong "
-                                                "(flags below override it). [default: none]",
-                                                rich_help_panel=AUG_HELP)] = None,
-    rotation: Annotated[float | None, typer.Option(help="Rotation range in degrees (rotation_range).",
-                                                   rich_help_panel=AUG_HELP)] = None,
-    width_shift: Annotated[float | None, typer.Option(help="Horizontal shift, fraction of width.",
-                                                      rich_help_panel=AUG_HELP)] = None,
-    height_shift: Annotated[float | None, typer.Option(help="Vertical shift, fraction of height.",
-                                                       rich_help_panel=AUG_HELP)] = None,
-    shear: Annotated[float | None, typer.Option(help="Shear angle range in degrees, as Keras' shear_range.",
-                                                rich_help_panel=AUG_HELP)] = None,
-    zoom: Annotated[float | None, typer.Option(help="Zoom range: x and y zoom drawn from [1-z, 1+z].",
-                                               rich_help_panel=AUG_HELP)] = None,
-    hflip: Annotated[bool | None, typer.Option("--hflip/--no-hflip", help="Random horizontal flips.",
-                                               rich_help_panel=AUG_HELP, show_default=False)] = None,
-    vflip: Annotated[bool | None, typer.Option("--vflip/--no-vflip", help="Random vertical flips.",
-                                               rich_help_panel=AUG_HELP, show_default=False)] = None,
-    brightness: Annotated[float | None, typer.Option(help="Brightness factor drawn from [1-b, 1+b].",
-                                                     rich_help_panel=AUG_HELP)] = None,
-    contrast: Annotated[float | None, typer.Option(help="Contrast factor drawn from [1-c, 1+c].",
-                                                   rich_help_panel=AUG_HELP)] = None,
-    fill: Annotated[str | None, typer.Option(help="Fill outside the image: nearest | constant | reflect | wrap.",
-                                             rich_help_panel=AUG_HELP)] = None,
-    model: Annotated[str | None, typer.Option("--model", "-m", help="mlp | cnn-small | cnn-basic | cnn | any timm "
-                                              "name (see `imgclf models`). [default: cnn-basic]",
-                                              rich_help_panel=MODEL_HELP)] = None,
-    filters: Annotated[str | None, typer.Option(help="cnn: filters per block, e.g. 32,64,128.",
-                                                rich_help_panel=MODEL_HELP)] = None,
-    dense: Annotated[str | None, typer.Option(help="Dense layer sizes before the classifier, e.g. 512 or 128,64.",
-                                              rich_help_panel=MODEL_HELP)] = None,
-    dropout: Annotated[float | None, typer.Option(help="Dropout before the dense layers' outputs.",
-                                                  rich_help_panel=MODEL_HELP)] = None,
-    batchnorm: Annotated[bool | None, typer.Option("--batchnorm/--no-batchnorm", help="cnn: BatchNorm after convs.",
-                                                   rich_help_panel=MODEL_HELP, show_default=False)] = None,
-    epochs: Annotated[int | None, typer.Option("--epochs", "-e", help="[default: 10]",
-                                               rich_help_panel=TRAIN_HELP)] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", "-b", help="[default: 32]",
-                                                   rich_help_panel=TRAIN_HELP)] = None,
-    optimizer: Annotated[str | None, typer.Option(help="adam | adamw | sgd | rmsprop. [default: adam]",
-                                                  rich_help_panel=TRAIN_HELP)] = None,
-    lr: Annotated[float | None, typer.Option(help="Learning rate. [default: 0.001]",
-                                             rich_help_panel=TRAIN_HELP)] = None,
-    momentum: Annotated[float | None, typer.Option(help="sgd momentum. [default: 0.9]",
-                                                   rich_help_panel=TRAIN_HELP)] = None,
-    nesterov: Annotated[bool | None, typer.Option("--nesterov/--no-nesterov", help="sgd with Nesterov momentum.",
-                                                  rich_help_panel=TRAIN_HELP, show_default=False)] = None,
-    weight_decay: Annotated[float | None, typer.Option(help="[default: 0]", rich_help_panel=TRAIN_HELP)] = None,
-    label_smoothing: Annotated[float | None, typer.Option(help="[default: 0]",
-                                                          rich_help_panel=TRAIN_HELP)] = None,
-    schedule: Annotated[str | None, typer.Option(help="constant | cosine | onecycle | plateau. "
-                                                 "[default: constant]", rich_help_panel=TRAIN_HELP)] = None,
-    warmup_epochs: Annotated[float | None, typer.Option(help="Linear warm-up length (constant, cosine). "
-                                                        "[default: 0]", rich_help_panel=TRAIN_HELP)] = None,
-    class_weight: Annotated[str | None, typer.Option(help="auto (balanced) | none. [default: none]",
-                                                     rich_help_panel=TRAIN_HELP)] = None,
-    monitor: Annotated[str | None, typer.Option(help="val_loss | val_acc: picks the best model. "
-                                                "[default: val_loss]", rich_help_panel=TRAIN_HELP)] = None,
-    patience: Annotated[int | None, typer.Option(help="Early stop after this many epochs without improvement "
-                                                 "(restores the best).", rich_help_panel=TRAIN_HELP)] = None,
-    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N. [default: auto]",
-                                               rich_help_panel=TRAIN_HELP)] = None,
-    precision: Annotated[str | None, typer.Option(help="auto (bf16 on CUDA) | fp32 | bf16. [default: auto]",
-                                                  rich_help_panel=TRAIN_HELP)] = None,
+    data: Annotated[
+        str | None,
+        typer.Argument(
+            help="Folder of class folders, folder with train/ val/ test/, CSV/TSV, .zip/.tar(.gz), or IDX "
+            "files.",
+            show_default=False,
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="YAML file with settings (flags win).", rich_help_panel=OUT_HELP),
+    ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="Continue an interrupted run folder where it stopped.", rich_help_panel=OUT_HELP),
+    ] = None,
+    project: Annotated[
+        str | None,
+        typer.Option(help="Folder that holds run folders. [default: runs]", rich_help_panel=OUT_HELP),
+    ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            help="Run folder name; -2, -3 … appended if taken. [default: train]", rich_help_panel=OUT_HELP
+        ),
+    ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            help="Seed of the split, initialisation and shuffling. [default: 0]", rich_help_panel=DATA_HELP
+        ),
+    ] = None,
+    path_col: Annotated[
+        str | None,
+        typer.Option(help="CSV column with image paths. [default: auto]", rich_help_panel=DATA_HELP),
+    ] = None,
+    label_col: Annotated[
+        str | None, typer.Option(help="CSV column with labels. [default: auto]", rich_help_panel=DATA_HELP)
+    ] = None,
+    classes: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated class order (others are left out).", rich_help_panel=DATA_HELP),
+    ] = None,
+    label_map: Annotated[
+        Path | None,
+        typer.Option(
+            help="JSON of display names (keys: class names or 1-based indices).", rich_help_panel=DATA_HELP
+        ),
+    ] = None,
+    val_split: Annotated[
+        float | None,
+        typer.Option(
+            help="Validation fraction carved from training data. [default: 0.2]", rich_help_panel=DATA_HELP
+        ),
+    ] = None,
+    test_split: Annotated[
+        float | None,
+        typer.Option(
+            help="Test fraction carved when the data has no test folder. [default: 0]",
+            rich_help_panel=DATA_HELP,
+        ),
+    ] = None,
+    manifest: Annotated[
+        Path | None,
+        typer.Option(help="Reuse the split of a manifest.csv (path,label,split).", rich_help_panel=DATA_HELP),
+    ] = None,
+    image_size: Annotated[
+        str | None,
+        typer.Option(
+            help="Model input size: 32 or 32,48 (height,width). [default: from the data]",
+            rich_help_panel=DATA_HELP,
+        ),
+    ] = None,
+    channels: Annotated[
+        int | None,
+        typer.Option(help="1 or 3. [default: 1 if every image is grayscale]", rich_help_panel=DATA_HELP),
+    ] = None,
+    resize: Annotated[
+        str | None, typer.Option(help="stretch | crop | pad. [default: stretch]", rich_help_panel=DATA_HELP)
+    ] = None,
+    interpolation: Annotated[
+        str | None,
+        typer.Option(
+            help="nearest | bilinear | bicubic | lanczos. [default: bilinear]", rich_help_panel=DATA_HELP
+        ),
+    ] = None,
+    normalize: Annotated[
+        str | None,
+        typer.Option(
+            help="auto | rescale (x/255) | half (to -1..1) | imagenet. [default: auto]",
+            rich_help_panel=DATA_HELP,
+        ),
+    ] = None,
+    cache: Annotated[
+        str | None,
+        typer.Option(
+            help="auto | ram | none: decode once into RAM, or stream. [default: auto]",
+            rich_help_panel=DATA_HELP,
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Decoding processes. [default: cores, at most 8]", rich_help_panel=DATA_HELP),
+    ] = None,
+    augment: Annotated[
+        str | None,
+        typer.Option(
+            "--augment",
+            help="Preset: none | light | strong (flags below override it). [default: none]",
+            rich_help_panel=AUG_HELP,
+        ),
+    ] = None,
+    rotation: Annotated[
+        float | None,
+        typer.Option(help="Rotation range in degrees (rotation_range).", rich_help_panel=AUG_HELP),
+    ] = None,
+    width_shift: Annotated[
+        float | None, typer.Option(help="Horizontal shift, fraction of width.", rich_help_panel=AUG_HELP)
+    ] = None,
+    height_shift: Annotated[
+        float | None, typer.Option(help="Vertical shift, fraction of height.", rich_help_panel=AUG_HELP)
+    ] = None,
+    shear: Annotated[
+        float | None,
+        typer.Option(help="Shear angle range in degrees, as Keras' shear_range.", rich_help_panel=AUG_HELP),
+    ] = None,
+    zoom: Annotated[
+        float | None,
+        typer.Option(help="Zoom range: x and y zoom drawn from [1-z, 1+z].", rich_help_panel=AUG_HELP),
+    ] = None,
+    hflip: Annotated[
+        bool | None,
+        typer.Option(
+            "--hflip/--no-hflip",
+            help="Random horizontal flips.",
+            rich_help_panel=AUG_HELP,
+            show_default=False,
+        ),
+    ] = None,
+    vflip: Annotated[
+        bool | None,
+        typer.Option(
+            "--vflip/--no-vflip", help="Random vertical flips.", rich_help_panel=AUG_HELP, show_default=False
+        ),
+    ] = None,
+    brightness: Annotated[
+        float | None, typer.Option(help="Brightness factor drawn from [1-b, 1+b].", rich_help_panel=AUG_HELP)
+    ] = None,
+    contrast: Annotated[
+        float | None, typer.Option(help="Contrast factor drawn from [1-c, 1+c].", rich_help_panel=AUG_HELP)
+    ] = None,
+    fill: Annotated[
+        str | None,
+        typer.Option(
+            help="Fill outside the image: nearest | constant | reflect | wrap.", rich_help_panel=AUG_HELP
+        ),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="mlp | cnn-small | cnn-basic | cnn | any timm "
+            "name (see `imgclf models`). [default: cnn-basic]",
+            rich_help_panel=MODEL_HELP,
+        ),
+    ] = None,
+    filters: Annotated[
+        str | None, typer.Option(help="cnn: filters per block, e.g. 32,64,128.", rich_help_panel=MODEL_HELP)
+    ] = None,
+    dense: Annotated[
+        str | None,
+        typer.Option(
+            help="Dense layer sizes before the classifier, e.g. 512 or 128,64.", rich_help_panel=MODEL_HELP
+        ),
+    ] = None,
+    dropout: Annotated[
+        float | None,
+        typer.Option(help="Dropout before the dense layers' outputs.", rich_help_panel=MODEL_HELP),
+    ] = None,
+    batchnorm: Annotated[
+        bool | None,
+        typer.Option(
+            "--batchnorm/--no-batchnorm",
+            help="cnn: BatchNorm after convs.",
+            rich_help_panel=MODEL_HELP,
+            show_default=False,
+        ),
+    ] = None,
+    epochs: Annotated[
+        int | None, typer.Option("--epochs", "-e", help="[default: 10]", rich_help_panel=TRAIN_HELP)
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", "-b", help="[default: 32]", rich_help_panel=TRAIN_HELP)
+    ] = None,
+    optimizer: Annotated[
+        str | None,
+        typer.Option(help="adam | adamw | sgd | rmsprop. [default: adam]", rich_help_panel=TRAIN_HELP),
+    ] = None,
+    lr: Annotated[
+        float | None, typer.Option(help="Learning rate. [default: 0.001]", rich_help_panel=TRAIN_HELP)
+    ] = None,
+    momentum: Annotated[
+        float | None, typer.Option(help="sgd momentum. [default: 0.9]", rich_help_panel=TRAIN_HELP)
+    ] = None,
+    nesterov: Annotated[
+        bool | None,
+        typer.Option(
+            "--nesterov/--no-nesterov",
+            help="sgd with Nesterov momentum.",
+            rich_help_panel=TRAIN_HELP,
+            show_default=False,
+        ),
+    ] = None,
+    weight_decay: Annotated[
+        float | None, typer.Option(help="[default: 0]", rich_help_panel=TRAIN_HELP)
+    ] = None,
+    label_smoothing: Annotated[
+        float | None, typer.Option(help="[default: 0]", rich_help_panel=TRAIN_HELP)
+    ] = None,
+    schedule: Annotated[
+        str | None,
+        typer.Option(
+            help="constant | cosine | onecycle | plateau. [default: constant]", rich_help_panel=TRAIN_HELP
+        ),
+    ] = None,
+    warmup_epochs: Annotated[
+        float | None,
+        typer.Option(
+            help="Linear warm-up length (constant, cosine). [default: 0]", rich_help_panel=TRAIN_HELP
+        ),
+    ] = None,
+    class_weight: Annotated[
+        str | None, typer.Option(help="auto (balanced) | none. [default: none]", rich_help_panel=TRAIN_HELP)
+    ] = None,
+    monitor: Annotated[
+        str | None,
+        typer.Option(
+            help="val_loss | val_acc: picks the best model. [default: val_loss]", rich_help_panel=TRAIN_HELP
+        ),
+    ] = None,
+    patience: Annotated[
+        int | None,
+        typer.Option(
+            help="Early stop after this many epochs without improvement (restores the best).",
+            rich_help_panel=TRAIN_HELP,
+        ),
+    ] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(help="auto | cpu | cuda | cuda:N. [default: auto]", rich_help_panel=TRAIN_HELP),
+    ] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(help="auto (bf16 on CUDA) | fp32 | bf16. [default: auto]", rich_help_panel=TRAIN_HELP),
+    ] = None,
 ) -> None:
     """Train a classifier on a folder, CSV, archive or IDX files; writes a run folder with the model.
 
-    Example: [bold]imgclf train data/ --model cnn-basic --epochs 10 --width-shift 0.3 --zoom 0.2 --hflip[/bold]
+    Example: [bold]imgclf train data/ --model cnn-basic --width-shift 0.3 --zoom 0.2 --hflip[/bold]
     """
     from imgclf import api
     from imgclf.console import ConsoleReporter
@@ -305,14 +459,25 @@ def train(
 @app.command()
 @handle_errors
 def predict(
-    model: Annotated[Path, typer.Argument(help="Model folder (or a run folder holding model/).", show_default=False)],
-    inputs: Annotated[list[str], typer.Argument(help="Image files, folders (searched recursively) or globs.",
-                                                show_default=False)],
+    model: Annotated[
+        Path, typer.Argument(help="Model folder (or a run folder holding model/).", show_default=False)
+    ],
+    inputs: Annotated[
+        list[str],
+        typer.Argument(help="Image files, folders (searched recursively) or globs.", show_default=False),
+    ],
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="How many classes per image.")] = 3,
-    label_map: Annotated[Path | None, typer.Option(help="JSON of display names (keys: class names or 1-based "
-                                                   "indices), like the tutorials' --category_names.")] = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write rows to out.csv or out.jsonl "
-                                                "instead of a table.")] = None,
+    label_map: Annotated[
+        Path | None,
+        typer.Option(
+            help="JSON of display names (keys: class names or 1-based "
+            "indices), like the tutorials' --category_names."
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Write rows to out.csv or out.jsonl instead of a table."),
+    ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per forward pass.")] = 64,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "cpu",
 ) -> None:
@@ -330,7 +495,9 @@ def predict(
         write_predictions(output, results, min(top_k, len(predictor.classes)))
         from imgclf.console import err_console
 
-        err_console.print(f"wrote {len(results)} rows to {output}" + (f" ({failed} failed)" if failed else ""))
+        err_console.print(
+            f"wrote {len(results)} rows to {output}" + (f" ({failed} failed)" if failed else "")
+        )
     else:
         print_predictions(results)
     if failed:
@@ -390,10 +557,16 @@ def print_predictions(results: list) -> None:
 @app.command()
 @handle_errors
 def evaluate(
-    model: Annotated[Path, typer.Argument(help="Model folder (or a run folder holding model/).", show_default=False)],
+    model: Annotated[
+        Path, typer.Argument(help="Model folder (or a run folder holding model/).", show_default=False)
+    ],
     data: Annotated[str, typer.Argument(help="Any data source `train` accepts.", show_default=False)],
-    split: Annotated[Split, typer.Option(help="Which split of the data (from its folders or --manifest).")] = Split.all,
-    manifest: Annotated[Path | None, typer.Option(help="manifest.csv whose split to use (e.g. the run's).")] = None,
+    split: Annotated[
+        Split, typer.Option(help="Which split of the data (from its folders or --manifest).")
+    ] = Split.all,
+    manifest: Annotated[
+        Path | None, typer.Option(help="manifest.csv whose split to use (e.g. the run's).")
+    ] = None,
     path_col: Annotated[str | None, typer.Option(help="CSV column with image paths.")] = None,
     label_col: Annotated[str | None, typer.Option(help="CSV column with labels.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b")] = 128,
@@ -405,8 +578,16 @@ def evaluate(
     from imgclf import api
     from imgclf.console import console
 
-    result = api.evaluate(model, data, split=split.value, manifest=manifest, batch_size=batch_size, device=device,
-                          path_col=path_col, label_col=label_col)
+    result = api.evaluate(
+        model,
+        data,
+        split=split.value,
+        manifest=manifest,
+        batch_size=batch_size,
+        device=device,
+        path_col=path_col,
+        label_col=label_col,
+    )
     table = Table(title=f"{result['count']:,} images ({split.value})")
     table.add_column("class")
     table.add_column("recall", justify="right")
@@ -440,9 +621,13 @@ def models(
 @handle_errors
 def augment_preview(
     data: Annotated[str, typer.Argument(help="Any data source `train` accepts.", show_default=False)],
-    out: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.")] = Path("augment_preview.png"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.")] = Path(
+        "augment_preview.png"
+    ),
     images: Annotated[int, typer.Option(help="How many source images (rows).")] = 6,
-    variants: Annotated[int, typer.Option(help="Augmented versions per image (columns after the original).")] = 7,
+    variants: Annotated[
+        int, typer.Option(help="Augmented versions per image (columns after the original).")
+    ] = 7,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML settings file.")] = None,
     augment: Annotated[str | None, typer.Option("--augment", help="Preset: none | light | strong.")] = None,
     rotation: Annotated[float | None, typer.Option(help="Rotation range in degrees.")] = None,
@@ -455,7 +640,9 @@ def augment_preview(
     brightness: Annotated[float | None, typer.Option(help="Brightness range.")] = None,
     contrast: Annotated[float | None, typer.Option(help="Contrast range.")] = None,
     fill: Annotated[str | None, typer.Option(help="nearest | constant | reflect | wrap.")] = None,
-    image_size: Annotated[str | None, typer.Option(help="Size to show the images at. [default: from the data]")] = None,
+    image_size: Annotated[
+        str | None, typer.Option(help="Size to show the images at. [default: from the data]")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Which images and transforms are drawn.")] = 0,
 ) -> None:
     """Write a PNG grid: each row one image, first the original, then augmented versions."""
@@ -463,10 +650,19 @@ def augment_preview(
     from imgclf.preview import write_augment_preview
 
     overrides = {
-        "augment.preset": augment, "augment.rotation": rotation, "augment.width_shift": width_shift,
-        "augment.height_shift": height_shift, "augment.shear": shear, "augment.zoom": zoom,
-        "augment.hflip": hflip, "augment.vflip": vflip, "augment.brightness": brightness,
-        "augment.contrast": contrast, "augment.fill": fill, "data.image_size": _size(image_size), "seed": seed,
+        "augment.preset": augment,
+        "augment.rotation": rotation,
+        "augment.width_shift": width_shift,
+        "augment.height_shift": height_shift,
+        "augment.shear": shear,
+        "augment.zoom": zoom,
+        "augment.hflip": hflip,
+        "augment.vflip": vflip,
+        "augment.brightness": brightness,
+        "augment.contrast": contrast,
+        "augment.fill": fill,
+        "data.image_size": _size(image_size),
+        "seed": seed,
     }
     cfg = resolve_config(config, {k: v for k, v in overrides.items() if v is not None})
     path = write_augment_preview(data, out, cfg, images=images, variants=variants)
@@ -478,7 +674,9 @@ def augment_preview(
 @app.command()
 @handle_errors
 def demo(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the demo data and run.")] = Path("imgclf-demo"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the demo data and run.")] = Path(
+        "imgclf-demo"
+    ),
     epochs: Annotated[int, typer.Option("--epochs", "-e", help="Training epochs.")] = 15,
 ) -> None:
     """Offline end-to-end demo: scikit-learn's digits as PNG folders → train → evaluate → predict."""

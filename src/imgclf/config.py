@@ -70,18 +70,23 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    """How the model is trained."""
+    """How the model is trained.
+
+    The defaults are imgclf's recipe (AdamW, one warm-up epoch, cosine decay); the tutorials' Keras
+    settings are `batch_size=32, optimizer="adam", lr=1e-3, weight_decay=0, schedule="constant",
+    warmup_epochs=0`.
+    """
 
     epochs: int = 10
-    batch_size: int = 32
-    optimizer: str = "adam"
-    lr: float = 1e-3
+    batch_size: int = 64
+    optimizer: str = "adamw"
+    lr: float = 2e-3
     momentum: float = 0.9
     nesterov: bool = False
-    weight_decay: float = 0.0
+    weight_decay: float = 0.01
     label_smoothing: float = 0.0
-    schedule: str = "constant"
-    warmup_epochs: float = 0.0
+    schedule: str = "cosine"
+    warmup_epochs: float = 1.0
     class_weight: str = "none"
     monitor: str = "val_loss"
     patience: int | None = None
@@ -315,7 +320,9 @@ def setting_section(key: str) -> str:
 def resolve_augment(augment: AugmentConfig) -> None:
     """Fill the settings the user left unset from the preset (or switch them off)."""
     if augment.preset not in AUGMENT_PRESETS:
-        raise ConfigError(f"augment.preset must be one of {', '.join(AUGMENT_PRESETS)}, got {augment.preset!r}")
+        raise ConfigError(
+            f"augment.preset must be one of {', '.join(AUGMENT_PRESETS)}, got {augment.preset!r}"
+        )
     preset = {**AUGMENT_OFF, **AUGMENT_PRESETS[augment.preset]}
     for key, value in preset.items():
         if getattr(augment, key) is None:

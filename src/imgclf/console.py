@@ -20,7 +20,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from imgclf.train.events import Callback, TrainState
+from imgclf.training.events import Callback, TrainState
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -62,8 +62,13 @@ class ConsoleReporter(Callback):
             return
         if self.decode_progress is None:
             self.decode_progress = Progress(
-                TextColumn("decoding images once"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                TimeRemainingColumn(), console=self.console, transient=True,
+                TextColumn("decoding images once"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=self.console,
+                transient=True,
             )
             self.decode_progress.start()
             self.decode_task = self.decode_progress.add_task(stage, total=total)
@@ -84,8 +89,11 @@ class ConsoleReporter(Callback):
         print_(
             "[bold]images[/bold] "
             + ", ".join(f"{split} {format_count(counts.get(split, 0))}" for split in ("train", "val", "test"))
-            + (f"  (validating on {context['validation_split']})"
-               if context.get("validation_split") not in (None, "val") else "")
+            + (
+                f"  (validating on {context['validation_split']})"
+                if context.get("validation_split") not in (None, "val")
+                else ""
+            )
         )
         line = problems_line(context.get("problems", []), "skipped_files.csv")
         if line:
@@ -123,8 +131,7 @@ class ConsoleReporter(Callback):
         if self.progress is None:
             return
         running = state.running
-        stats = (f"loss {running['loss']:.4f} acc {running['acc']:.4f} "
-                 f"{running['images_per_s']:,.0f} img/s")
+        stats = f"loss {running['loss']:.4f} acc {running['acc']:.4f} {running['images_per_s']:,.0f} img/s"
         self.progress.update(self.task, completed=state.batch, total=state.batches, stats=stats)
 
     def on_epoch_end(self, state: TrainState) -> None:
@@ -132,13 +139,14 @@ class ConsoleReporter(Callback):
             self.progress.stop()
             self.progress = None
         row = state.last
-        text = (f"epoch {state.epoch}/{state.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}")
+        text = f"epoch {state.epoch}/{state.epochs}  "
+        text += f"train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}"
         if math.isfinite(row.get("val_loss", float("nan"))):
             text += f" | val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}"
         text += f" | lr {row['lr']:.2e} | {row['seconds']:.1f} s, {row['images_per_s']:,.0f} img/s"
         if state.improved:
             text += "  [green]best[/green]"
-        self.console.print(text)
+        self.console.print(text, soft_wrap=True)
 
     def on_train_end(self, state: TrainState) -> None:
         if state.stop_reason:
@@ -152,8 +160,10 @@ class ConsoleReporter(Callback):
         self.console.print(f"[bold]best epoch[/bold] {run.best_epoch}")
         self.console.print(table)
         self.console.print(f"[bold]model[/bold] {run.artifact}")
-        self.console.print(f"[bold]run folder[/bold] {run.run_dir} (config.yaml, manifest.csv, metrics.csv, "
-                           "curves.png, last.pt)")
+        self.console.print(
+            f"[bold]run folder[/bold] {run.run_dir} (config.yaml, manifest.csv, metrics.csv, "
+            "curves.png, last.pt)"
+        )
 
 
 def _short(values: list[float]) -> str:

@@ -22,7 +22,7 @@ def write_digits(folder: Path, size: int = 32) -> Path:
         if path.exists():
             continue
         pixels = np.clip(image * (255.0 / 16.0), 0, 255).astype(np.uint8)
-        Image.fromarray(pixels, mode="L").resize((size, size), Image.Resampling.BICUBIC).save(path)
+        Image.fromarray(pixels).resize((size, size), Image.Resampling.BICUBIC).save(path)
     return folder
 
 

@@ -79,8 +79,13 @@ def expand_inputs(inputs: Sequence[str | Path]) -> list[str]:
 class Predictor:
     """Predict with a saved model; preprocessing comes from the model, never from the caller."""
 
-    def __init__(self, model: torch.nn.Module, info: ModelInfo, device: torch.device,
-                 label_map: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        info: ModelInfo,
+        device: torch.device,
+        label_map: str | Path | None = None,
+    ) -> None:
         self.model = model.eval()
         self.info = info
         self.device = device
@@ -90,7 +95,9 @@ class Predictor:
             self.names = [mapping[name] for name in info.classes]
 
     @classmethod
-    def from_path(cls, path: str | Path, device: str = "cpu", label_map: str | Path | None = None) -> Predictor:
+    def from_path(
+        cls, path: str | Path, device: str = "cpu", label_map: str | Path | None = None
+    ) -> Predictor:
         from imgclf.api import resolve_device
 
         resolved = resolve_device(device)
@@ -128,8 +135,9 @@ class Predictor:
         except OSError as error:
             return source, None, f"cannot read: {error}"
 
-    def iter_predict(self, items: Iterable[Any], top_k: int = 5, batch_size: int = 64,
-                     workers: int | None = None) -> Iterator[Prediction]:
+    def iter_predict(
+        self, items: Iterable[Any], top_k: int = 5, batch_size: int = 64, workers: int | None = None
+    ) -> Iterator[Prediction]:
         """Predictions in input order; unreadable inputs give a Prediction with `error` set."""
         top_k = max(1, min(top_k, len(self.classes)))
         workers = workers or min(8, os.cpu_count() or 1)
@@ -158,11 +166,15 @@ class Predictor:
 
     def predict(self, inputs: Any, top_k: int = 5, batch_size: int = 64) -> list[Prediction]:
         """Predict one input or a list: file paths, Pillow images or arrays (H×W[×C])."""
-        if isinstance(inputs, (str, Path, Image.Image)) or (isinstance(inputs, np.ndarray) and inputs.ndim <= 3):
+        if isinstance(inputs, (str, Path, Image.Image)) or (
+            isinstance(inputs, np.ndarray) and inputs.ndim <= 3
+        ):
             inputs = [inputs]
         return list(self.iter_predict(inputs, top_k=top_k, batch_size=batch_size))
 
-    def predict_paths(self, inputs: Sequence[str | Path], top_k: int = 5, batch_size: int = 64) -> Iterator[Prediction]:
+    def predict_paths(
+        self, inputs: Sequence[str | Path], top_k: int = 5, batch_size: int = 64
+    ) -> Iterator[Prediction]:
         """Files, folders (recursive) or globs → predictions, one per image."""
         paths = expand_inputs(inputs)
         if not paths:

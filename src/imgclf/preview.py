@@ -17,13 +17,14 @@ from imgclf.io import write_atomic
 
 def write_augment_preview(data: str, out: Path, cfg: Config, images: int = 6, variants: int = 7) -> Path:
     """Rows of: the original (as the model sees it) followed by `variants` augmented versions."""
-    from torchvision.utils import make_grid
     from PIL import Image
+    from torchvision.utils import make_grid
 
     from imgclf.api import resolve_spec
 
-    image_set = scan_source(data, path_col=cfg.data.path_col, label_col=cfg.data.label_col,
-                            classes=cfg.data.classes)
+    image_set = scan_source(
+        data, path_col=cfg.data.path_col, label_col=cfg.data.label_col, classes=cfg.data.classes
+    )
     rng = np.random.default_rng(cfg.seed)
     chosen = rng.choice(len(image_set), size=min(len(image_set), images * 3), replace=False)
     sample = read_headers(image_set.subset(chosen))

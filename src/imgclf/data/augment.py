@@ -48,8 +48,17 @@ class AugmentParams:
 def is_identity(cfg: AugmentConfig) -> bool:
     """True when the settings change nothing (augmentation can be skipped)."""
     return not any(
-        [cfg.rotation, cfg.width_shift, cfg.height_shift, cfg.shear, cfg.zoom, cfg.hflip, cfg.vflip,
-         cfg.brightness, cfg.contrast]
+        [
+            cfg.rotation,
+            cfg.width_shift,
+            cfg.height_shift,
+            cfg.shear,
+            cfg.zoom,
+            cfg.hflip,
+            cfg.vflip,
+            cfg.brightness,
+            cfg.contrast,
+        ]
     )
 
 
@@ -65,6 +74,7 @@ def sample_augment_params(
     cfg: AugmentConfig, n: int, height: int, width: int, generator: torch.Generator
 ) -> AugmentParams:
     """Draw the random parameters of n samples (always on the CPU, so every device draws alike)."""
+
     def symmetric(amount: float) -> torch.Tensor:
         return _uniform(n, -amount, amount, generator)
 
@@ -149,5 +159,7 @@ class BatchAugment:
         batch = batch.float()
         if not self.active:
             return batch
-        params = sample_augment_params(self.cfg, batch.shape[0], batch.shape[2], batch.shape[3], self.generator)
+        params = sample_augment_params(
+            self.cfg, batch.shape[0], batch.shape[2], batch.shape[3], self.generator
+        )
         return apply_augment(batch, params, self.cfg)

@@ -16,7 +16,21 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm"}
+    {
+        ".jpg",
+        ".jpeg",
+        ".jfif",
+        ".png",
+        ".bmp",
+        ".gif",
+        ".tif",
+        ".tiff",
+        ".webp",
+        ".ppm",
+        ".pgm",
+        ".pbm",
+        ".pnm",
+    }
 )
 GRAYSCALE_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 # Refuse absurd pixel counts (decompression bombs) with a clear error instead of exhausting memory.
@@ -123,7 +137,7 @@ def _high_bit_depth_to_l(image: Image.Image) -> Image.Image:
         array = array.astype(np.float64)
         if image.mode.startswith("I;16") or array.max() > 255:
             array = array / 257.0  # 0..65535 → 0..255
-    return Image.fromarray(np.clip(array, 0, 255).round().astype(np.uint8), mode="L")
+    return Image.fromarray(np.clip(array, 0, 255).round().astype(np.uint8))
 
 
 def to_channels(image: Image.Image, channels: int) -> Image.Image:
@@ -142,10 +156,10 @@ def to_channels(image: Image.Image, channels: int) -> Image.Image:
         image = image.convert("L")
     elif mode in ("LA", "La"):
         array = np.asarray(image.convert("LA"))
-        image = Image.fromarray(_alpha_composite(array[..., 0], array[..., 1]), mode="L")
+        image = Image.fromarray(_alpha_composite(array[..., 0], array[..., 1]))
     elif mode in ("RGBA", "RGBa", "PA"):
         array = np.asarray(image.convert("RGBA"))
-        image = Image.fromarray(_alpha_composite(array[..., :3], array[..., 3:4]), mode="RGB")
+        image = Image.fromarray(_alpha_composite(array[..., :3], array[..., 3:4]))
     elif mode not in ("L", "RGB"):
         image = image.convert("RGB")
     if channels == 1 and image.mode != "L":

@@ -48,15 +48,18 @@ def default_workers(num_samples: int | None = None) -> int:
 
 
 def resolve_cache_mode(mode: str, num_samples: int, spec: PreprocessSpec) -> str:
-    """"auto" → "ram" when the decoded images fit in half of the available memory, else "none"."""
+    """ "auto" → "ram" when the decoded images fit in half of the available memory, else "none"."""
     if mode != "auto":
         return mode
     needed = num_samples * spec.height * spec.width * spec.channels
     budget = available_memory() // 2
     if needed <= budget:
         return "ram"
-    logger.info("decoded images need %.1f GiB, over the RAM budget %.1f GiB: streaming from disk",
-                needed / 2**30, budget / 2**30)
+    logger.info(
+        "decoded images need %.1f GiB, over the RAM budget %.1f GiB: streaming from disk",
+        needed / 2**30,
+        budget / 2**30,
+    )
     return "none"
 
 
@@ -129,8 +132,15 @@ class Batch:
 class MemoryLoader:
     """Batches from decoded images held in RAM (a uint8 array N×H×W×C)."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, shuffle: bool, seed: int = 0,
-                 drop_last: bool = False) -> None:
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        batch_size: int,
+        shuffle: bool,
+        seed: int = 0,
+        drop_last: bool = False,
+    ) -> None:
         self.images = torch.from_numpy(images)
         self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
         self.batch_size = batch_size
@@ -150,7 +160,9 @@ class MemoryLoader:
     def epoch(self, epoch: int = 0) -> Iterator[Batch]:
         count = len(self.labels)
         if self.shuffle:
-            order = torch.randperm(count, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
+            order = torch.randperm(
+                count, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            )
         else:
             order = torch.arange(count)
         for start in range(0, count, self.batch_size):
@@ -186,8 +198,16 @@ def _collate_stream(batch: list) -> tuple[torch.Tensor | None, torch.Tensor | No
 class StreamLoader:
     """Batches decoded on the fly by worker processes (for data that does not fit in RAM)."""
 
-    def __init__(self, image_set: ImageSet, spec: PreprocessSpec, batch_size: int, shuffle: bool, seed: int = 0,
-                 workers: int | None = None, drop_last: bool = False) -> None:
+    def __init__(
+        self,
+        image_set: ImageSet,
+        spec: PreprocessSpec,
+        batch_size: int,
+        shuffle: bool,
+        seed: int = 0,
+        workers: int | None = None,
+        drop_last: bool = False,
+    ) -> None:
         self.image_set = image_set
         self.dataset = _StreamDataset(image_set, spec)
         self.batch_size = batch_size

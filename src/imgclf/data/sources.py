@@ -107,10 +107,8 @@ def array_to_image(array: np.ndarray) -> Image.Image:
         array = np.clip(np.nan_to_num(array), 0, 255).round().astype(np.uint8)
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[:, :, 0]
-    if array.ndim == 2:
-        return Image.fromarray(array, mode="L")
-    if array.ndim == 3 and array.shape[-1] in (3, 4):
-        return Image.fromarray(array, mode="RGB" if array.shape[-1] == 3 else "RGBA")
+    if array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (3, 4)):
+        return Image.fromarray(np.ascontiguousarray(array))  # L, RGB or RGBA by shape
     raise DataError(f"an image array must be (H, W) or (H, W, 1|3|4), got shape {array.shape}")
 
 
@@ -164,7 +162,9 @@ class ImageSet:
 
 def natural_key(name: str) -> list:
     """Sort "2" before "10" and "img2" before "img10"; otherwise alphabetical."""
-    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name) if part]
+    return [
+        (0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name) if part
+    ]
 
 
 def sort_classes(names: set[str] | list[str]) -> list[str]:
@@ -208,7 +208,11 @@ def unpack_archive(path: Path) -> Path:
                 else:  # Python < 3.12 without the backported filter: refuse unsafe members
                     for member in archive.getmembers():
                         resolved = (tmp / member.name).resolve()
-                        if not str(resolved).startswith(str(tmp.resolve())) or member.issym() or member.islnk():
+                        if (
+                            not str(resolved).startswith(str(tmp.resolve()))
+                            or member.issym()
+                            or member.islnk()
+                        ):
                             raise DataError(f"{path.name} holds an unsafe member: {member.name}")
                     archive.extractall(tmp)
         (tmp / ".imgclf-complete").write_text(str(path), encoding="utf-8")
@@ -261,7 +265,9 @@ def scan_source(
     """Find every sample in a data source and the problems on the way (one code path for all)."""
     path = Path(source).expanduser()
     if not path.exists():
-        raise UsageError(f"data not found: {path} (give a folder of class folders, a CSV, an archive or IDX files)")
+        raise UsageError(
+            f"data not found: {path} (give a folder of class folders, a CSV, an archive or IDX files)"
+        )
     display = str(path)
     if is_archive(path):
         path = _archive_root(unpack_archive(path))
@@ -275,15 +281,17 @@ def scan_source(
             raise UsageError(f"{path} is not a folder, CSV/TSV, archive (.zip/.tar/.tar.gz) or IDX file")
     else:
         splits = _split_folders(path)
-        tables = [p for p in _visible_entries(path) if p.is_file() and p.name.lower().endswith(TABLE_SUFFIXES)]
-        if "train" in splits and len(splits) >= 2 or set(splits) == {"train"}:
+        tables = [
+            p for p in _visible_entries(path) if p.is_file() and p.name.lower().endswith(TABLE_SUFFIXES)
+        ]
+        if ("train" in splits and len(splits) >= 2) or set(splits) == {"train"}:
             image_set = scan_split_folders(splits, classes=classes)
         elif _idx_files(path):
             image_set = scan_idx(_idx_files(path), classes=classes)
+        elif len(tables) == 1:  # a single table beside the images is their label index
+            image_set = scan_table(tables[0], path_col=path_col, label_col=label_col, classes=classes)
         elif any(p.is_dir() for p in _visible_entries(path)):
             image_set = scan_class_folders(path, classes=classes)
-        elif len(tables) == 1:
-            image_set = scan_table(tables[0], path_col=path_col, label_col=label_col, classes=classes)
         elif tables:
             names = ", ".join(p.name for p in tables)
             raise DataError(f"{path} holds several tables ({names}); give the one to use")
@@ -338,8 +346,15 @@ def scan_class_folders(folder: Path, *, classes: Sequence[str] | None = None) ->
         found = _walk_images(dirs[name], folder, problems)
         keys += found
         labels += [index] * len(found)
-    return ImageSet(keys, np.asarray(labels, dtype=np.int64), names, FileReader(folder), "class-folders", str(folder),
-                    problems=problems)
+    return ImageSet(
+        keys,
+        np.asarray(labels, dtype=np.int64),
+        names,
+        FileReader(folder),
+        "class-folders",
+        str(folder),
+        problems=problems,
+    )
 
 
 def scan_split_folders(splits: dict[str, Path], *, classes: Sequence[str] | None = None) -> ImageSet:
@@ -364,11 +379,21 @@ def scan_split_folders(splits: dict[str, Path], *, classes: Sequence[str] | None
             keys += found_keys
             labels += [index_of[name]] * len(found_keys)
             split_of += [split] * len(found_keys)
-    return ImageSet(keys, np.asarray(labels, dtype=np.int64), names, FileReader(root), "split-folders", str(root),
-                    splits=split_of, problems=problems)
+    return ImageSet(
+        keys,
+        np.asarray(labels, dtype=np.int64),
+        names,
+        FileReader(root),
+        "split-folders",
+        str(root),
+        splits=split_of,
+        problems=problems,
+    )
 
 
-def _pick_column(columns: list[str], given: str | None, candidates: Sequence[str], what: str, flag: str) -> str:
+def _pick_column(
+    columns: list[str], given: str | None, candidates: Sequence[str], what: str, flag: str
+) -> str:
     if given is not None:
         if given not in columns:
             raise DataError(f"{what} column {given!r} not found; the table has: {', '.join(columns)}")
@@ -381,7 +406,11 @@ def _pick_column(columns: list[str], given: str | None, candidates: Sequence[str
 
 
 def scan_table(
-    path: Path, *, path_col: str | None = None, label_col: str | None = None, classes: Sequence[str] | None = None
+    path: Path,
+    *,
+    path_col: str | None = None,
+    label_col: str | None = None,
+    classes: Sequence[str] | None = None,
 ) -> ImageSet:
     """A CSV/TSV file with a path column and a label column (an optional `split` column is used)."""
     import pandas as pd
@@ -391,8 +420,9 @@ def scan_table(
         frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         raise DataError(f"cannot read {path}: {str(error).splitlines()[0]}") from error
-    return scan_dataframe(frame, root=path.parent, path_col=path_col, label_col=label_col, classes=classes,
-                          source=str(path))
+    return scan_dataframe(
+        frame, root=path.parent, path_col=path_col, label_col=label_col, classes=classes, source=str(path)
+    )
 
 
 def scan_dataframe(
@@ -443,8 +473,16 @@ def scan_dataframe(
             if value not in SPLIT_NAMES:
                 raise DataError(f"split column value {value!r} is not train, val or test")
             splits.append(SPLIT_NAMES[value])
-    return ImageSet([keys[i] for i in selected], labels, names, FileReader(root), "table", source, splits=splits,
-                    problems=problems)
+    return ImageSet(
+        [keys[i] for i in selected],
+        labels,
+        names,
+        FileReader(root),
+        "table",
+        source,
+        splits=splits,
+        problems=problems,
+    )
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -474,14 +512,20 @@ def scan_idx(files: list[Path], *, classes: Sequence[str] | None = None) -> Imag
     all_labels: list[np.ndarray] = []
     split_of: list[str] = []
     for image_file in image_files:
-        prefix = image_file.name.split("-images-")[0] if "-images-" in image_file.name else image_file.name.split("-")[0]
+        prefix = (
+            image_file.name.split("-images-")[0]
+            if "-images-" in image_file.name
+            else image_file.name.split("-")[0]
+        )
         label_candidates = [p for p in image_file.parent.iterdir() if p.name.startswith(f"{prefix}-labels-")]
         if not label_candidates:
             raise DataError(f"no labels file ({prefix}-labels-idx1-ubyte) next to {image_file.name}")
         images = _read_idx(image_file)
         labels = _read_idx(label_candidates[0]).reshape(-1)
         if images.ndim not in (3, 4) or len(images) != len(labels):
-            raise DataError(f"{image_file.name} and its labels do not match ({images.shape} vs {labels.shape})")
+            raise DataError(
+                f"{image_file.name} and its labels do not match ({images.shape} vs {labels.shape})"
+            )
         all_images.append(images)
         all_labels.append(labels)
         split = "test" if prefix.lower() in ("t10k", "test", "testing") else "train"
@@ -555,7 +599,9 @@ def read_headers(image_set: ImageSet, workers: int = 0) -> ImageSet:
     good = [i for i, result in enumerate(results) if isinstance(result, ImageHeader)]
     problems = list(image_set.problems)
     problems += [
-        Problem(keys[i], "corrupt", str(result)) for i, result in enumerate(results) if not isinstance(result, ImageHeader)
+        Problem(keys[i], "corrupt", str(result))
+        for i, result in enumerate(results)
+        if not isinstance(result, ImageHeader)
     ]
     kept = image_set.subset(good)
     kept.headers = [results[i] for i in good]  # type: ignore[misc]

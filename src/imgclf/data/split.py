@@ -31,7 +31,7 @@ def stratified_split(labels: np.ndarray, fractions: dict[str, float], seed: int)
         rng.shuffle(members)
         start = 0
         for name in names:
-            count = int(round(fractions[name] * len(members)))
+            count = round(fractions[name] * len(members))
             if count == 0 and len(members) > len(names):
                 count = 1
             count = min(count, len(members) - start - 1)  # keep at least one for training
@@ -98,10 +98,9 @@ def apply_manifest(image_set: ImageSet, path: str | Path) -> tuple[ImageSet, np.
         if entry is None:
             continue
         label, split = entry
-        if label != image_set.classes[image_set.labels[index]]:
-            raise DataError(
-                f"{key}: the manifest says class {label!r}, the data says {image_set.classes[image_set.labels[index]]!r}"
-            )
+        actual = image_set.classes[image_set.labels[index]]
+        if label != actual:
+            raise DataError(f"{key}: the manifest says class {label!r}, the data says {actual!r}")
         keep.append(index)
         splits.append(split)
     if not keep:

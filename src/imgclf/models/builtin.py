@@ -35,12 +35,20 @@ def _dense_stack(in_features: int, sizes: Sequence[int], dropout: float) -> list
 class MLP(nn.Module):
     """Dense baseline: flatten → Dense 128 → Dense 64 → classes (sizes settable)."""
 
-    def __init__(self, num_classes: int, in_channels: int, image_size: Sequence[int],
-                 dense: Sequence[int] = (128, 64), dropout: float = 0.2) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int,
+        image_size: Sequence[int],
+        dense: Sequence[int] = (128, 64),
+        dropout: float = 0.2,
+    ) -> None:
         super().__init__()
         in_features = in_channels * image_size[0] * image_size[1]
         self.features = nn.Flatten()
-        self.head = nn.Sequential(*_dense_stack(in_features, dense, dropout), nn.Linear(dense[-1], num_classes))
+        self.head = nn.Sequential(
+            *_dense_stack(in_features, dense, dropout), nn.Linear(dense[-1], num_classes)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -49,8 +57,14 @@ class MLP(nn.Module):
 class SmallCNN(nn.Module):
     """Conv 32 → max-pool → Dense 128 → classes: the smallest useful CNN."""
 
-    def __init__(self, num_classes: int, in_channels: int, image_size: Sequence[int],
-                 dense: Sequence[int] = (128,), dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int,
+        image_size: Sequence[int],
+        dense: Sequence[int] = (128,),
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, 32, 3), nn.ReLU(inplace=True), nn.MaxPool2d(2), nn.Flatten()
@@ -65,15 +79,25 @@ class SmallCNN(nn.Module):
 class BasicCNN(nn.Module):
     """The tutorials' network: Conv 32-32 → pool → Conv 64-64 → pool → Dense 512 (dropout 0.5)."""
 
-    def __init__(self, num_classes: int, in_channels: int, image_size: Sequence[int],
-                 dense: Sequence[int] = (512,), dropout: float = 0.5) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int,
+        image_size: Sequence[int],
+        dense: Sequence[int] = (512,),
+        dropout: float = 0.5,
+    ) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 32, 3), nn.ReLU(inplace=True),
-            nn.Conv2d(32, 32, 3), nn.ReLU(inplace=True),
+            nn.Conv2d(in_channels, 32, 3),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(32, 32, 3),
+            nn.ReLU(inplace=True),
             nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3), nn.ReLU(inplace=True),
-            nn.Conv2d(64, 64, 3), nn.ReLU(inplace=True),
+            nn.Conv2d(32, 64, 3),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(64, 64, 3),
+            nn.ReLU(inplace=True),
             nn.MaxPool2d(2),
             nn.Flatten(),
         )
@@ -87,13 +111,22 @@ class BasicCNN(nn.Module):
 class ConfigurableCNN(nn.Module):
     """One block per filter count (conv-[BN]-ReLU ×2, max-pool), global average pool, dense layers."""
 
-    def __init__(self, num_classes: int, in_channels: int, image_size: Sequence[int],
-                 filters: Sequence[int] = (32, 64, 128), dense: Sequence[int] = (256,), dropout: float = 0.3,
-                 batchnorm: bool = True) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int,
+        image_size: Sequence[int],
+        filters: Sequence[int] = (32, 64, 128),
+        dense: Sequence[int] = (256,),
+        dropout: float = 0.3,
+        batchnorm: bool = True,
+    ) -> None:
         super().__init__()
         if min(image_size) < 2 ** len(filters):
-            raise ModelError(f"cnn with {len(filters)} blocks needs images of at least {2 ** len(filters)} px; "
-                             "use fewer --filters or a larger --image-size")
+            raise ModelError(
+                f"cnn with {len(filters)} blocks needs images of at least {2 ** len(filters)} px; "
+                "use fewer --filters or a larger --image-size"
+            )
         layers: list[nn.Module] = []
         channels = in_channels
         for count in filters:

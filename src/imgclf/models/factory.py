@@ -9,7 +9,7 @@ from typing import Any
 from torch import nn
 
 from imgclf.config import ModelConfig
-from imgclf.errors import ModelError
+from imgclf.errors import ConfigError, ModelError
 from imgclf.models.builtin import MLP, BasicCNN, ConfigurableCNN, SmallCNN
 
 
@@ -24,7 +24,9 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
     "mlp": BuiltinModel(MLP, "Dense 128-64 baseline (flattened pixels)", ("dense", "dropout")),
     "cnn-small": BuiltinModel(SmallCNN, "Conv32 → pool → Dense128", ("dense", "dropout")),
     "cnn-basic": BuiltinModel(
-        BasicCNN, "the tutorials' Conv32-32 → pool → Conv64-64 → pool → Dense512, dropout 0.5", ("dense", "dropout")
+        BasicCNN,
+        "the tutorials' Conv32-32 → pool → Conv64-64 → pool → Dense512, dropout 0.5",
+        ("dense", "dropout"),
     ),
     "cnn": BuiltinModel(
         ConfigurableCNN,
@@ -67,13 +69,13 @@ def model_args(cfg: ModelConfig, num_classes: int, in_channels: int, image_size:
 
 
 def check_model_name(name: str) -> None:
-    """Raise a ModelError with close matches when `name` is neither a builtin nor a timm model."""
+    """Raise a ConfigError with close matches when `name` is neither a builtin nor a timm model."""
     if name in BUILTIN_MODELS or _timm().is_model(name):
         return
     names = list(BUILTIN_MODELS) + _timm().list_models()
     close = difflib.get_close_matches(name, names, n=4, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else "; `imgclf models` lists them"
-    raise ModelError(f"unknown model {name!r}{hint}")
+    raise ConfigError(f"unknown model {name!r}{hint}")  # a bad --model value: a usage error
 
 
 def create_model(args: dict[str, Any]) -> nn.Module:
@@ -85,7 +87,9 @@ def create_model(args: dict[str, Any]) -> nn.Module:
     image_size = args.pop("image_size")
     builtin = BUILTIN_MODELS.get(name)
     if builtin is not None:
-        kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in args.items() if k in builtin.options}
+        kwargs = {
+            k: (tuple(v) if isinstance(v, list) else v) for k, v in args.items() if k in builtin.options
+        }
         return builtin.cls(num_classes, in_channels, image_size, **kwargs)
     check_model_name(name)
     try:

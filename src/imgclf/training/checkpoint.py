@@ -13,7 +13,7 @@ import torch
 
 from imgclf.errors import UsageError
 from imgclf.io import write_atomic
-from imgclf.train.events import Callback, TrainState
+from imgclf.training.events import Callback, TrainState
 
 CHECKPOINT_VERSION = 1
 

@@ -17,7 +17,7 @@ from torch import nn
 from imgclf.data.augment import BatchAugment
 from imgclf.data.loader import Batch, MemoryLoader, StreamLoader
 from imgclf.data.preprocess import PreprocessSpec, normalize_batch
-from imgclf.train.events import Callback, TrainState, emit
+from imgclf.training.events import Callback, TrainState, emit
 
 Loader = MemoryLoader | StreamLoader
 
@@ -129,6 +129,7 @@ def fit(
     callbacks: Sequence[Callback],
 ) -> TrainState:
     """Train until `state.epochs` epochs are done or a callback sets `state.stop`."""
+    started = state.context.setdefault("started", time.perf_counter())
     emit(callbacks, "on_train_start", state)
     while state.epoch < state.epochs and not state.stop:
         emit(callbacks, "on_epoch_start", state)
@@ -148,6 +149,7 @@ def fit(
             "lr": lr,
             "seconds": time.perf_counter() - epoch_start,
             "images_per_s": train_stats["images_per_s"],
+            "elapsed": time.perf_counter() - started,
         }
         state.history.append(row)
         state.schedule.step_epoch(row.get(state.monitor))

@@ -29,7 +29,9 @@ def create_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimize
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+        return torch.optim.SGD(
+            groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0
+        )
     return torch.optim.RMSprop(groups, lr=cfg.lr, alpha=0.9)  # Keras' rho=0.9; momentum is for sgd
 
 
@@ -54,7 +56,7 @@ class Schedule:
     def __init__(self, optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> None:
         self.kind = cfg.schedule
         total = cfg.epochs * steps_per_epoch
-        warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+        warmup = round(cfg.warmup_epochs * steps_per_epoch)
         self.per_batch = self.kind in ("cosine", "onecycle", "constant")
         if self.kind == "cosine":
             self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -62,7 +64,9 @@ class Schedule:
             )
         elif self.kind == "onecycle":
             self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
-                optimizer, max_lr=cfg.lr, total_steps=total + 1,
+                optimizer,
+                max_lr=cfg.lr,
+                total_steps=total + 1,
                 pct_start=max(0.05, min(0.5, warmup / max(1, total))) if warmup else 0.25,
             )
         elif self.kind == "plateau":
@@ -70,7 +74,9 @@ class Schedule:
                 optimizer, mode="min" if cfg.monitor == "val_loss" else "max", factor=0.5, patience=2
             )
         else:
-            self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_constant(step, warmup))
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lambda step: warmup_constant(step, warmup)
+            )
 
     def step_batch(self) -> None:
         if self.per_batch:

@@ -1,1 +1,0 @@
-"""Training: the loop, its events, optimizers and schedules, checkpoints."""

@@ -1,0 +1,76 @@
+"""Shared fixtures: realistic generated image datasets in tmp_path, and the real shared datasets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATASETS = REPO_ROOT.parent / "shared" / "datasets"
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own imgclf cache folder (archives are unpacked there)."""
+    cache = tmp_path_factory.mktemp("imgclf-cache")
+    monkeypatch.setenv("IMGCLF_CACHE_DIR", str(cache))
+    return cache
+
+
+def shape_image(
+    label: int, size: int = 24, rng: np.random.Generator | None = None, mode: str = "L"
+) -> Image.Image:
+    """A noisy picture of one of four shapes (class 0: square, 1: disc, 2: cross, 3: stripes)."""
+    rng = rng or np.random.default_rng(label)
+    image = Image.new("L", (size, size), color=int(rng.integers(0, 40)))
+    draw = ImageDraw.Draw(image)
+    jitter = int(rng.integers(-2, 3))
+    low, high = size // 4 + jitter, 3 * size // 4 + jitter
+    ink = int(rng.integers(180, 256))
+    if label == 0:
+        draw.rectangle([low, low, high, high], outline=ink, width=2)
+    elif label == 1:
+        draw.ellipse([low, low, high, high], fill=ink)
+    elif label == 2:
+        draw.line([low, low, high, high], fill=ink, width=3)
+        draw.line([low, high, high, low], fill=ink, width=3)
+    else:
+        for x in range(1, size, 5):
+            draw.line([x + jitter, 0, x + jitter, size], fill=ink, width=2)
+    noisy = np.asarray(image, dtype=np.float32) + rng.normal(0, 12, (size, size))
+    image = Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8), mode="L")
+    return image.convert(mode) if mode != "L" else image
+
+
+def write_class_folders(
+    root: Path,
+    classes: list[str],
+    per_class: int,
+    size: int = 24,
+    suffix: str = ".png",
+    seed: int = 0,
+    mode: str = "L",
+) -> Path:
+    rng = np.random.default_rng(seed)
+    for label, name in enumerate(classes):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for index in range(per_class):
+            shape_image(label % 4, size, rng, mode).save(folder / f"{name}_{index:03d}{suffix}")
+    return root
+
+
+@pytest.fixture
+def shapes_dir(tmp_path: Path) -> Path:
+    """Three classes × 40 grayscale PNGs of 24×24 px."""
+    return write_class_folders(tmp_path / "shapes", ["square", "disc", "cross"], 40)
+
+
+@pytest.fixture
+def shared_datasets() -> Path:
+    if not SHARED_DATASETS.is_dir():
+        pytest.skip(f"shared datasets not found at {SHARED_DATASETS}")
+    return SHARED_DATASETS

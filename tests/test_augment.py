@@ -1,0 +1,103 @@
+"""Batched augmentation: Keras meanings, seeded, per-sample parameters, the same code on any device."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from imgclf.config import AugmentConfig, resolve_augment
+from imgclf.data.augment import BatchAugment, apply_augment, sample_augment_params
+
+
+def _cfg(**values) -> AugmentConfig:
+    cfg = AugmentConfig(**values)
+    resolve_augment(cfg)
+    return cfg
+
+
+def _square_batch(n: int = 4, size: int = 16) -> torch.Tensor:
+    batch = torch.zeros(n, 1, size, size)
+    batch[:, :, 4:8, 2:6] = 255.0  # a bright square up and to the left
+    return batch
+
+
+def test_no_augmentation_is_identity() -> None:
+    batch = _square_batch()
+    assert torch.equal(BatchAugment(_cfg())(batch), batch)
+
+
+def test_flips_are_exact_and_per_sample() -> None:
+    batch = _square_batch(64)
+    out = BatchAugment(_cfg(hflip=True), seed=3)(batch)
+    flipped = [torch.equal(o, b.flip(-1)) for o, b in zip(out, batch)]
+    kept = [torch.equal(o, b) for o, b in zip(out, batch)]
+    assert all(f or k for f, k in zip(flipped, kept))
+    assert 15 < sum(flipped) < 49  # about half
+
+
+def test_width_shift_moves_content_horizontally_only() -> None:
+    cfg = _cfg(width_shift=0.25, fill="constant")
+    batch = _square_batch(32)
+    out = apply_augment(batch, sample_augment_params(cfg, 32, 16, 16, torch.Generator().manual_seed(0)), cfg)
+    assert out[:, :, :4].abs().max() < 1e-3 and out[:, :, 8:].abs().max() < 1e-3  # rows untouched
+    columns = (out[:, 0] > 127).float().mean(dim=1).argmax(dim=1)
+    assert len(set(columns.tolist())) > 3  # each sample got its own shift
+
+
+def test_rotation_by_90_degrees_matches_rot90() -> None:
+    cfg = _cfg(rotation=90.0, fill="constant")
+    batch = _square_batch(1)
+    params = sample_augment_params(cfg, 1, 16, 16, torch.Generator().manual_seed(0))
+    params.angle = torch.tensor([math.pi / 2], dtype=torch.float64)
+    out = apply_augment(batch, params, cfg)
+    expected_a = torch.rot90(batch, 1, dims=(2, 3))
+    expected_b = torch.rot90(batch, -1, dims=(2, 3))
+    error = min((out - expected_a).abs().max(), (out - expected_b).abs().max())
+    assert error < 1e-3
+
+
+@pytest.mark.parametrize("fill", ["nearest", "constant", "reflect", "wrap"])
+def test_fill_modes(fill: str) -> None:
+    cfg = _cfg(width_shift=0.5, fill=fill)
+    batch = torch.arange(16.0).repeat(16, 1).view(1, 1, 16, 16) * 10  # columns 0..150
+    params = sample_augment_params(cfg, 1, 16, 16, torch.Generator().manual_seed(0))
+    params.shift_x = torch.tensor([8.0], dtype=torch.float64)  # content moves left by 8 px
+    out = apply_augment(batch, params, cfg)[0, 0, 0]
+    assert torch.allclose(out[:8], batch[0, 0, 0, 8:], atol=1e-3)
+    tail = out[8:]
+    expected = {
+        "constant": torch.zeros(8),
+        "nearest": torch.full((8,), 150.0),
+        "reflect": batch[0, 0, 0, 8:].flip(0),
+        "wrap": batch[0, 0, 0, :8],
+    }[fill]
+    assert torch.allclose(tail, expected, atol=1e-3), (fill, tail)
+
+
+def test_parameters_follow_keras_ranges_and_seed() -> None:
+    cfg = _cfg(rotation=40, width_shift=0.2, height_shift=0.1, shear=20, zoom=0.2, brightness=0.3)
+    params = sample_augment_params(cfg, 5000, 30, 50, torch.Generator().manual_seed(1))
+    assert params.angle.abs().max() <= math.radians(40) and params.angle.abs().max() > math.radians(39)
+    assert params.shift_x.abs().max() <= 0.2 * 50 and params.shift_y.abs().max() <= 0.1 * 30
+    assert params.shear.abs().max() <= math.radians(20)
+    assert params.zoom_x.min() >= 0.8 and params.zoom_x.max() <= 1.2
+    assert params.brightness.min() >= 0.7 and params.brightness.max() <= 1.3
+    assert abs(params.angle.mean()) < 0.02  # symmetric
+    again = sample_augment_params(cfg, 5000, 30, 50, torch.Generator().manual_seed(1))
+    assert torch.equal(params.angle, again.angle)
+
+
+def test_brightness_scales_and_clips() -> None:
+    cfg = _cfg(brightness=0.5)
+    batch = torch.full((200, 1, 4, 4), 200.0)
+    out = BatchAugment(cfg, seed=0)(batch)
+    assert out.max() == 255.0 and out.min() >= 100.0 - 1e-4
+    assert (out.flatten(1).std(1) < 1e-4).all()  # one factor per image
+
+
+def test_presets_fill_unset_values_and_flags_win() -> None:
+    cfg = AugmentConfig(preset="light", rotation=3.0)
+    resolve_augment(cfg)
+    assert cfg.rotation == 3.0 and cfg.hflip is True and cfg.width_shift == 0.1 and cfg.vflip is False
