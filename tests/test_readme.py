@@ -12,6 +12,6 @@ def test_ci_runs_the_readme_setup_and_test_commands() -> None:
         for line in (REPO_ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
         if line.strip() and not line.lstrip().startswith(("#", "set ", "cd "))
     ]
-    assert len(ci_lines) == 2
+    assert len(ci_lines) == 3
     for line in ci_lines:
         assert line in readme, f"README lacks the CI command: {line}"

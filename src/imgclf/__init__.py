@@ -3,6 +3,8 @@
 Public API (no side effects on import):
     train(data, **settings) → Run         evaluate(model, data) → metrics
     load_model(path) → Predictor           Predictor.from_path(path).predict(inputs)
+    audit(data) → AuditReport              show(data) → matplotlib Figure
+    write_report(run_dir) → report.html
 """
 
 from __future__ import annotations
@@ -11,11 +13,26 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["Config", "Predictor", "Run", "__version__", "evaluate", "load_model", "resolve_config", "train"]
+__all__ = [
+    "Config",
+    "Predictor",
+    "Run",
+    "__version__",
+    "audit",
+    "evaluate",
+    "load_model",
+    "resolve_config",
+    "show",
+    "train",
+    "write_report",
+]
 
 if TYPE_CHECKING:
     from imgclf.api import Run, evaluate, load_model, train
     from imgclf.config import Config, resolve_config
+    from imgclf.data.audit import audit
+    from imgclf.data.show import show
+    from imgclf.evaluation.report import write_report
     from imgclf.predict import Predictor
 
 
@@ -29,6 +46,18 @@ def __getattr__(name: str) -> Any:
         from imgclf import config
 
         return getattr(config, name)
+    if name == "audit":
+        from imgclf.data.audit import audit
+
+        return audit
+    if name == "show":
+        from imgclf.data.show import show
+
+        return show
+    if name == "write_report":
+        from imgclf.evaluation.report import write_report
+
+        return write_report
     if name == "Predictor":
         from imgclf.predict import Predictor
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import os
 import time
@@ -31,8 +32,9 @@ from imgclf.config import (
     setting_section,
 )
 from imgclf.data.augment import BatchAugment, is_identity
-from imgclf.data.loader import create_loader, decode_all, resolve_cache_mode
-from imgclf.data.preprocess import PreprocessSpec, resolve_normalization
+from imgclf.data.decode import ImageDecodeError
+from imgclf.data.loader import StreamLoader, create_loader, decode_all, resolve_cache_mode
+from imgclf.data.preprocess import PreprocessSpec, prepare_image, resolve_normalization
 from imgclf.data.sources import (
     ImageSet,
     Problem,
@@ -44,13 +46,15 @@ from imgclf.data.sources import (
 )
 from imgclf.data.split import apply_manifest, assign_splits, write_manifest
 from imgclf.errors import ConfigError, DataError, UsageError
+from imgclf.evaluation.outputs import Evaluation, write_evaluation
+from imgclf.evaluation.plots import class_grid_figure, save_figure
 from imgclf.io import write_text_atomic
 from imgclf.models.factory import create_model, model_args, model_mean_std
 from imgclf.models.summary import summarize_model
 from imgclf.predict import Predictor
 from imgclf.training.checkpoint import SaveCheckpoint, load_checkpoint, restore_checkpoint
 from imgclf.training.events import Callback, EarlyStopping, KeepBest, MetricsLog, TrainState
-from imgclf.training.loop import StepContext, fit
+from imgclf.training.loop import StepContext, fit, predict_logits
 from imgclf.training.loop import evaluate as evaluate_loader
 from imgclf.training.optim import Schedule, class_weights, create_loss, create_optimizer
 
@@ -214,8 +218,10 @@ def prepare_data(
             callback.on_progress("decode", done, total)
 
     images, ok, problems = decode_all(image_set, spec, workers=workers, progress=progress)
-    for problem in problems:
-        logger.warning("skipped unreadable image %s: %s", problem.path, problem.reason)
+    if problems:
+        named = ", ".join(f"{p.path} ({p.reason})" for p in problems[:5])
+        more = f" and {len(problems) - 5} more" if len(problems) > 5 else ""
+        logger.warning("skipped %d unreadable images: %s%s", len(problems), named, more)
     keep = np.flatnonzero(ok)
     image_set = image_set.subset(keep)
     image_set.problems = image_set.problems + problems
@@ -412,8 +418,15 @@ def train(
     if channels_last:
         best_model.to(memory_format=torch.channels_last)
     final: dict[str, float] = {}
-    if has_val:
-        final.update(evaluate_loader(best_model, val_loader, ctx, prefix="val"))
+    if has_val:  # the full evaluation of the validation split goes into the run folder
+        evaluation = evaluate_split(
+            best_model, prepared, val_split_name, ctx, run_dir / runs.EVALUATION_DIR, cfg.train.batch_size * 2
+        )
+        final.update(
+            val_loss=evaluation.metrics["loss"],
+            val_acc=evaluation.metrics["accuracy"],
+            val_count=float(evaluation.metrics["count"]),
+        )
     if val_split_name != "test" and len(prepared.indices("test")):
         test_loader = prepared.loader(
             "test", cfg.train.batch_size * 2, shuffle=False, workers=cfg.data.workers
@@ -421,6 +434,7 @@ def train(
         final.update(evaluate_loader(best_model, test_loader, ctx, prefix="test"))
     elif val_split_name == "test" and has_val:
         final.update({k.replace("val_", "test_"): v for k, v in final.items()})
+    write_dataset_summary(run_dir, prepared)
     info.metrics = {**info.metrics, **final}
     info.training.update(
         best_epoch=state.best_epoch, epochs_completed=state.epoch, stop_reason=state.stop_reason
@@ -476,6 +490,95 @@ def _write_summary(
     write_text_atomic(run_dir / runs.SUMMARY_FILE, "\n".join(lines) + "\n")
 
 
+def _image_loader(prepared: PreparedData, indices: np.ndarray):
+    """index within `indices` → prepared uint8 image (from RAM, or decoded now), None if unreadable."""
+
+    def load(position: int) -> np.ndarray | None:
+        index = int(indices[position])
+        if prepared.images is not None:
+            return prepared.images[index]
+        try:
+            image = prepared.image_set.reader.open(prepared.image_set.keys[index])
+        except (ImageDecodeError, OSError):
+            return None
+        return prepare_image(image, prepared.spec)
+
+    return load
+
+
+def evaluate_split(
+    model: torch.nn.Module,
+    prepared: PreparedData,
+    split: str,
+    ctx: StepContext,
+    out_dir: Path,
+    batch_size: int = 128,
+    top_k: int = 5,
+    name: str | None = None,
+) -> Evaluation:
+    """Predict one split and write the whole evaluation (metrics.json, plots, predictions.csv).
+
+    `name` is the split's name in the outputs when it differs from the selector (e.g. "all").
+    """
+    indices = prepared.indices(split)
+    loader = prepared.loader(split, batch_size, shuffle=False)
+    logits, labels = predict_logits(model, loader, ctx)
+    if isinstance(loader, StreamLoader) and loader.bad:  # unreadable files met now are left out
+        keep = np.asarray([i for i in range(len(indices)) if i not in loader.bad], dtype=np.int64)
+        indices = indices[keep]
+    probabilities = torch.softmax(logits, dim=1).numpy()
+    sources = [prepared.image_set.keys[i] for i in indices]
+    return write_evaluation(
+        out_dir,
+        probabilities,
+        labels.numpy(),
+        prepared.image_set.classes,
+        sources,
+        _image_loader(prepared, indices),
+        split=name or split,
+        top_k=top_k,
+    )
+
+
+def write_dataset_summary(run_dir: Path, prepared: PreparedData, per_class: int = 8) -> None:
+    """dataset.json (counts per split and class, image sizes and modes) and samples.png for the report."""
+    image_set = prepared.image_set
+    counts = {
+        split: {
+            name: int(n)
+            for name, n in zip(
+                image_set.classes,
+                np.bincount(image_set.labels[prepared.splits == split], minlength=len(image_set.classes)),
+            )
+        }
+        for split in ("train", "val", "test")
+    }
+    headers = image_set.headers or []
+    sizes: dict[str, int] = {}
+    modes: dict[str, int] = {}
+    for header in headers:
+        key = f"{header.width}x{header.height}"
+        sizes[key] = sizes.get(key, 0) + 1
+        modes[header.mode] = modes.get(header.mode, 0) + 1
+    summary = {
+        "source": image_set.source,
+        "layout": image_set.layout,
+        "classes": image_set.classes,
+        "counts": counts,
+        "sizes": sizes,
+        "modes": modes,
+        "skipped": len(image_set.problems),
+        "preprocessing": prepared.spec.to_dict(),
+    }
+    write_text_atomic(run_dir / runs.DATASET_FILE, json.dumps(summary, indent=2))
+    load = _image_loader(prepared, np.arange(len(image_set)))
+    by_class: dict[str, list[np.ndarray]] = {}
+    for label, name in enumerate(image_set.classes):
+        chosen = np.flatnonzero(image_set.labels == label)[:per_class]
+        by_class[name] = [image for image in (load(int(i)) for i in chosen) if image is not None]
+    save_figure(class_grid_figure(by_class, per_class), run_dir / runs.SAMPLES_FILE)
+
+
 def load_model(path: str | Path, device: str = "cpu") -> Predictor:
     """Load a saved model (artifact folder or run folder) ready to predict."""
     return Predictor.from_path(path, device=device)
@@ -487,15 +590,19 @@ def evaluate(
     *,
     split: str = "all",
     manifest: str | Path | None = None,
+    out: str | Path | None = None,
     batch_size: int = 128,
     device: str = "auto",
+    top_k: int = 5,
     path_col: str | None = None,
     label_col: str | None = None,
     labels: Any = None,
-) -> dict[str, Any]:
-    """Accuracy and loss of a saved model on a data source, with the model's own preprocessing.
+) -> Evaluation:
+    """Evaluate a saved model on any data source, with the model's own preprocessing.
 
-    `split` picks the layout's (or the manifest's) split: train, val, test, or all.
+    `split` picks the layout's (or the manifest's) split: train, val, test, or all. Writes
+    metrics.json, the confusion matrices, most_confused.csv, predictions.csv, misclassified.png and
+    reliability.png into `out` (default: a new folder runs/evaluate[-N]).
     """
     predictor = model if isinstance(model, Predictor) else Predictor.from_path(model, device=device)
     info = predictor.info
@@ -517,30 +624,13 @@ def evaluate(
         if split not in set(splits.tolist()):
             raise UsageError(f"the data has no {split!r} split; use --split all (or give --manifest)")
         image_set = image_set.subset(np.flatnonzero(splits == split))
-        splits = splits[splits == split]
+    splits = np.full(len(image_set), "all", dtype=object)
     image_set = read_headers(image_set, workers=_header_workers(len(image_set), None))
     if len(image_set) == 0:
         raise DataError("no usable image found in the data")
     prepared = prepare_data(image_set, splits, info.preprocessing, "auto", None)
-    loader = prepared.loader("all", batch_size, shuffle=False)
     ctx = StepContext(device=predictor.device, spec=info.preprocessing)
-    from imgclf.training.loop import predict_logits
-
-    logits, targets = predict_logits(predictor.model, loader, ctx)
-    probabilities = torch.softmax(logits, 1)
-    predicted = probabilities.argmax(1)
-    per_class = {}
-    for index, name in enumerate(info.classes):
-        members = targets == index
-        if members.any():
-            per_class[name] = {
-                "support": int(members.sum()),
-                "recall": float((predicted[members] == index).float().mean()),
-            }
-    return {
-        "count": len(targets),
-        "accuracy": float((predicted == targets).float().mean()) if len(targets) else float("nan"),
-        "loss": float(torch.nn.functional.cross_entropy(logits, targets)) if len(targets) else float("nan"),
-        "per_class": per_class,
-        "skipped": [p.__dict__ for p in prepared.problems],
-    }
+    out_dir = Path(out) if out is not None else runs.create_run_dir("runs", "evaluate")
+    evaluation = evaluate_split(predictor.model, prepared, "all", ctx, out_dir, batch_size, top_k, name=split)
+    evaluation.metrics["skipped"] = [p.__dict__ for p in prepared.image_set.problems]
+    return evaluation

@@ -564,38 +564,128 @@ def evaluate(
     split: Annotated[
         Split, typer.Option(help="Which split of the data (from its folders or --manifest).")
     ] = Split.all,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="Folder for the outputs. [default: runs/evaluate, suffixed -2, -3 …]"
+        ),
+    ] = None,
     manifest: Annotated[
         Path | None, typer.Option(help="manifest.csv whose split to use (e.g. the run's).")
     ] = None,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", help="Classes per row in predictions.csv.")] = 5,
     path_col: Annotated[str | None, typer.Option(help="CSV column with image paths.")] = None,
     label_col: Annotated[str | None, typer.Option(help="CSV column with labels.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b")] = 128,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
 ) -> None:
-    """Accuracy, loss and per-class recall of a saved model on labelled data (its own preprocessing)."""
-    from rich.table import Table
+    """Evaluate a saved model on labelled data, with the model's own preprocessing.
 
+    Prints the per-class table and the most-confused pairs; writes metrics.json, confusion_matrix.png,
+    confusion_matrix_normalized.png, most_confused.csv, misclassified.png, predictions.csv and
+    reliability.png.
+    """
     from imgclf import api
-    from imgclf.console import console
+    from imgclf.console import console, print_evaluation
 
-    result = api.evaluate(
+    evaluation = api.evaluate(
         model,
         data,
         split=split.value,
         manifest=manifest,
+        out=out,
         batch_size=batch_size,
         device=device,
+        top_k=top_k,
         path_col=path_col,
         label_col=label_col,
     )
-    table = Table(title=f"{result['count']:,} images ({split.value})")
-    table.add_column("class")
-    table.add_column("recall", justify="right")
-    table.add_column("support", justify="right")
-    for name, values in result["per_class"].items():
-        table.add_row(name, f"{values['recall']:.4f}", f"{values['support']:,}")
-    console.print(table)
-    console.print(f"accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}")
+    print_evaluation(evaluation.metrics)
+    console.print(f"[bold]outputs[/bold] {evaluation.out_dir}")
+
+
+@app.command()
+@handle_errors
+def report(
+    run_dir: Annotated[
+        Path, typer.Argument(help="A run folder written by `imgclf train`.", show_default=False)
+    ],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="HTML file. [default: RUN_DIR/report.html]")
+    ] = None,
+) -> None:
+    """Write one self-contained report.html (images embedded, opens offline) for a training run."""
+    from imgclf.console import console
+    from imgclf.evaluation.report import write_report
+
+    console.print(f"wrote {write_report(run_dir, out)}")
+
+
+@app.command()
+@handle_errors
+def check(
+    data: Annotated[str, typer.Argument(help="Any data source `train` accepts.", show_default=False)],
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Exit 1 when any error-level finding exists.")
+    ] = False,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write every finding to this JSON file.")
+    ] = None,
+    path_col: Annotated[str | None, typer.Option(help="CSV column with image paths.")] = None,
+    label_col: Annotated[str | None, typer.Option(help="CSV column with labels.")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Processes reading files. [default: cores, at most 8]")
+    ] = None,
+    imbalance: Annotated[
+        float,
+        typer.Option(
+            help="Warn when the largest class has more than this many times the images of the smallest."
+        ),
+    ] = 10.0,
+    min_class_size: Annotated[int, typer.Option(help="Warn about classes with fewer images.")] = 10,
+) -> None:
+    """Audit a dataset before training: corrupt files, duplicates and leakage between splits,
+    near-duplicates, imbalance, tiny or EXIF-rotated images, unusual modes, missing files."""
+    import json as json_module
+
+    from imgclf.console import print_audit
+    from imgclf.data.audit import audit
+    from imgclf.io import write_text_atomic
+
+    result = audit(
+        data,
+        path_col=path_col,
+        label_col=label_col,
+        workers=workers,
+        imbalance_threshold=imbalance,
+        min_class_size=min_class_size,
+    )
+    print_audit(result)
+    if out is not None:
+        write_text_atomic(out, json_module.dumps(result.to_dict(), indent=2))
+        from imgclf.console import console
+
+        console.print(f"wrote {out}")
+    if strict and result.has_errors:
+        raise typer.Exit(1)
+
+
+@app.command()
+@handle_errors
+def show(
+    data: Annotated[str, typer.Argument(help="Any data source `train` accepts.", show_default=False)],
+    per_class: Annotated[int, typer.Option(help="Images per class (one row per class).")] = 8,
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.")] = Path("samples.png"),
+    seed: Annotated[int, typer.Option(help="Which images are drawn.")] = 0,
+    path_col: Annotated[str | None, typer.Option(help="CSV column with image paths.")] = None,
+    label_col: Annotated[str | None, typer.Option(help="CSV column with labels.")] = None,
+) -> None:
+    """Write a grid of sample images per class (in Python, `imgclf.show(...)` returns the figure)."""
+    from imgclf.console import console
+    from imgclf.data.show import show as show_samples
+
+    show_samples(data, per_class=per_class, out=out, seed=seed, path_col=path_col, label_col=label_col)
+    console.print(f"wrote {out}")
 
 
 # ---------------------------------------------------------------------------------------------------

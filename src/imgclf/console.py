@@ -168,3 +168,79 @@ class ConsoleReporter(Callback):
 
 def _short(values: list[float]) -> str:
     return "[" + ", ".join(f"{v:.3g}" for v in values) + "]"
+
+
+def print_evaluation(metrics: dict[str, Any], out: Console | None = None, pairs: int = 10) -> None:
+    """The classification report as a table, the headline numbers, then the most-confused pairs."""
+    out = out or console
+    table = Table(title=f"{metrics['count']:,} images ({metrics.get('split', 'all')})")
+    for column in ("class", "precision", "recall", "f1", "support"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for name, row in metrics["per_class"].items():
+        table.add_row(
+            name, f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}", f"{row['support']:,}"
+        )
+    for label, key in (("macro avg", "macro"), ("weighted avg", "weighted")):
+        row = metrics[key]
+        table.add_row(
+            label,
+            f"{row['precision']:.4f}",
+            f"{row['recall']:.4f}",
+            f"{row['f1']:.4f}",
+            f"{metrics['count']:,}",
+            style="bold",
+        )
+    out.print(table)
+    top_k = "  ".join(f"top-{k} {value:.4f}" for k, value in metrics.get("top_k_accuracy", {}).items())
+    out.print(
+        f"accuracy {metrics['accuracy']:.4f}  {top_k}  loss {metrics['loss']:.4f}  ECE {metrics['ece']:.4f}"
+    )
+    confused = metrics.get("most_confused", [])[:pairs]
+    if confused:
+        out.print("most confused (true → predicted: count)")
+        for true, predicted, count in confused:
+            out.print(f"  {true} → {predicted}: {count}", markup=False)
+
+
+def print_audit(report: Any, out: Console | None = None) -> None:
+    """Images per split and class, then one row per finding (level, kind, count, examples)."""
+    from imgclf.data.audit import summarize_files
+
+    out = out or console
+    splits = Table(title=f"{report.source} ({report.layout})")
+    splits.add_column("split")
+    splits.add_column("images", justify="right")
+    splits.add_column("classes", justify="right")
+    splits.add_column("smallest / largest class", justify="right")
+    for name, summary in report.splits.items():
+        counts = list(summary["classes"].values()) or [0]
+        splits.add_row(
+            name,
+            f"{summary['images']:,}",
+            str(sum(c > 0 for c in counts)),
+            f"{min(counts):,} / {max(counts):,}",
+        )
+    out.print(splits)
+    sizes = ", ".join(f"{size} ×{count:,}" for size, count in list(report.sizes.items())[:5])
+    out.print(f"sizes: {sizes}{' …' if len(report.sizes) > 5 else ''}")
+    out.print("modes: " + ", ".join(f"{mode} ×{count:,}" for mode, count in report.modes.items()))
+    if not report.findings:
+        out.print("[green]no problems found[/green]")
+    else:
+        findings = Table()
+        for column in ("level", "finding", "count", "examples"):
+            findings.add_column(column, overflow="fold")
+        colours = {"error": "red", "warning": "yellow", "info": "cyan"}
+        for finding in report.findings:
+            findings.add_row(
+                f"[{colours[finding.level]}]{finding.level}[/]",
+                f"{finding.kind}: {finding.message}",
+                f"{len(finding.files):,}",
+                summarize_files(finding.files),
+            )
+        out.print(findings)
+    errors = sum(f.level == "error" for f in report.findings)
+    warnings = sum(f.level == "warning" for f in report.findings)
+    out.print(
+        f"{report.files_read:,} files checked in {report.seconds:.1f} s: {errors} errors, {warnings} warnings"
+    )

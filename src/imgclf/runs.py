@@ -12,6 +12,10 @@ MODEL_DIR = "model"
 CHECKPOINT_FILE = "last.pt"
 PROBLEMS_FILE = "skipped_files.csv"
 SUMMARY_FILE = "summary.txt"
+EVALUATION_DIR = "evaluation"
+DATASET_FILE = "dataset.json"
+SAMPLES_FILE = "samples.png"
+REPORT_FILE = "report.html"
 
 
 def create_run_dir(project: str | Path, name: str) -> Path:

@@ -1,0 +1,402 @@
+"""`imgclf check`: the data audit to run before training.
+
+Every file is read once, in parallel processes: its content hash (exact duplicates), header (size,
+mode, EXIF orientation), a full decode at reduced size (corrupt and truncated files), and a
+perceptual hash plus a 16×16 thumbnail (near-duplicates such as a re-encoded or resized copy).
+Findings have a level: error (the data is wrong: corrupt or missing files, an empty class, the same
+image in two splits), warning (worth a look) or info.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from imgclf.data.decode import ImageDecodeError, decode_image, read_header
+from imgclf.data.sources import ArrayReader, FileReader, ImageSet, scan_source
+
+COMMON_MODES = frozenset({"L", "RGB"})
+THUMB = 16
+
+
+@dataclass
+class Finding:
+    """One kind of problem with the files (or groups of files) that show it."""
+
+    level: str  # error | warning | info
+    kind: str
+    message: str
+    files: list[Any] = field(default_factory=list)
+
+
+@dataclass
+class AuditReport:
+    """Everything `check` found; `to_dict()` is check.json."""
+
+    source: str
+    layout: str
+    splits: dict[str, dict[str, Any]]
+    sizes: dict[str, int]
+    modes: dict[str, int]
+    findings: list[Finding]
+    seconds: float = 0.0
+    files_read: int = 0
+
+    @property
+    def has_errors(self) -> bool:
+        return any(f.level == "error" for f in self.findings)
+
+    def kinds(self) -> set[str]:
+        return {f.kind for f in self.findings}
+
+    def finding(self, kind: str) -> Finding | None:
+        return next((f for f in self.findings if f.kind == kind), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "layout": self.layout,
+            "seconds": round(self.seconds, 3),
+            "files_read": self.files_read,
+            "splits": self.splits,
+            "sizes": self.sizes,
+            "modes": self.modes,
+            "errors": sum(f.level == "error" for f in self.findings),
+            "warnings": sum(f.level == "warning" for f in self.findings),
+            "findings": [asdict(f) for f in self.findings],
+        }
+
+
+@dataclass
+class _FileFacts:
+    sha256: str = ""
+    width: int = 0
+    height: int = 0
+    mode: str = ""
+    exif_rotated: bool = False
+    dhash: int = 0
+    thumb: bytes = b""
+    error: str = ""
+
+
+def _difference_hash(gray: Image.Image) -> int:
+    """64-bit dHash: is each pixel brighter than its right neighbour, on a 9×8 thumbnail."""
+    pixels = np.asarray(gray.resize((9, 8), Image.Resampling.BOX), dtype=np.int16)
+    bits = (pixels[:, 1:] > pixels[:, :-1]).flatten()
+    return int(np.packbits(bits).view(">u8")[0])
+
+
+def _inspect_image(image: Image.Image, facts: _FileFacts) -> None:
+    image = ImageOps.exif_transpose(image) or image
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        array = np.asarray(image, dtype=np.float64)
+        peak = array.max() if array.size else 1.0
+        image = Image.fromarray((array * (255.0 / max(peak, 1e-9))).clip(0, 255).astype(np.uint8))
+    gray = image.convert("L")
+    facts.dhash = _difference_hash(gray)
+    facts.thumb = gray.resize((THUMB, THUMB), Image.Resampling.BOX).tobytes()
+
+
+def _inspect_file(path: str) -> _FileFacts:
+    facts = _FileFacts()
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        facts.error = f"cannot read: {error}"
+        return facts
+    facts.sha256 = hashlib.sha256(data).hexdigest()
+    try:
+        header = read_header(data)
+        facts.width, facts.height, facts.mode, facts.exif_rotated = (
+            header.width,
+            header.height,
+            header.mode,
+            header.exif_rotated,
+        )
+        _inspect_image(decode_image(data, draft_size=(64, 64)), facts)
+    except ImageDecodeError as error:
+        facts.error = str(error)
+    return facts
+
+
+def _inspect_chunk(paths: list[str]) -> list[_FileFacts]:
+    return [_inspect_file(path) for path in paths]
+
+
+def _inspect_array(reader: ArrayReader, key: str) -> _FileFacts:
+    array = np.ascontiguousarray(reader.images[int(key.split(":", 1)[1])])
+    facts = _FileFacts(sha256=hashlib.sha256(array.tobytes()).hexdigest())
+    header = reader.header(key)
+    facts.width, facts.height, facts.mode = header.width, header.height, header.mode
+    _inspect_image(reader.open(key), facts)
+    return facts
+
+
+def inspect_files(image_set: ImageSet, workers: int | None = None) -> list[_FileFacts]:
+    """Facts for every sample, read in parallel processes (one chunk of files per task)."""
+    if isinstance(image_set.reader, ArrayReader):
+        return [_inspect_array(image_set.reader, key) for key in image_set.keys]
+    reader: FileReader = image_set.reader
+    paths = [reader.location(key) for key in image_set.keys]
+    workers = workers if workers is not None else min(os.cpu_count() or 1, 8)
+    chunk = 256
+    chunks = [paths[i : i + chunk] for i in range(0, len(paths), chunk)]
+    if workers <= 1 or len(chunks) <= 1:
+        return [facts for part in chunks for facts in _inspect_chunk(part)]
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        return [facts for part in pool.map(_inspect_chunk, chunks) for facts in part]
+
+
+def _near_duplicate_pairs(
+    hashes_a: np.ndarray,
+    thumbs_a: np.ndarray,
+    hashes_b: np.ndarray,
+    thumbs_b: np.ndarray,
+    max_distance: int,
+    min_correlation: float,
+) -> list[tuple[int, int, int, float]]:
+    """(index in a, index in b, Hamming distance, thumbnail correlation) of likely copies.
+
+    Candidates come from the perceptual hashes (XOR + popcount in blocks, vectorized); each is
+    confirmed by the correlation of the 16×16 thumbnails, so look-alike but different images (two
+    handwritten ones) are not flagged.
+    """
+    pairs = []
+    if not len(hashes_a) or not len(hashes_b):
+        return pairs
+    centred_a = thumbs_a - thumbs_a.mean(axis=1, keepdims=True)
+    centred_b = thumbs_b - thumbs_b.mean(axis=1, keepdims=True)
+    norm_a = np.linalg.norm(centred_a, axis=1)
+    norm_b = np.linalg.norm(centred_b, axis=1)
+    block = 512
+    for start in range(0, len(hashes_b), block):
+        distances = np.bitwise_count(hashes_a[:, None] ^ hashes_b[None, start : start + block])
+        rows, columns = np.nonzero(distances <= max_distance)
+        for a, b_local in zip(rows.tolist(), columns.tolist()):
+            b = start + b_local
+            denominator = norm_a[a] * norm_b[b]
+            if denominator < 1e-6:  # flat images: equal only if their levels match
+                correlation = 1.0 if abs(thumbs_a[a].mean() - thumbs_b[b].mean()) < 2 else 0.0
+            else:
+                correlation = float(centred_a[a] @ centred_b[b] / denominator)
+            if correlation >= min_correlation:
+                pairs.append((a, b, int(distances[a, b_local]), correlation))
+    return pairs
+
+
+def audit(
+    data: str | Path | ImageSet,
+    *,
+    path_col: str | None = None,
+    label_col: str | None = None,
+    workers: int | None = None,
+    imbalance_threshold: float = 10.0,
+    min_class_size: int = 10,
+    tiny_size: int = 32,
+    near_distance: int = 10,
+    near_correlation: float = 0.97,
+) -> AuditReport:
+    """Check a data source for everything that spoils training; see the module docstring."""
+    started = time.perf_counter()
+    image_set = (
+        data if isinstance(data, ImageSet) else scan_source(data, path_col=path_col, label_col=label_col)
+    )
+    facts = inspect_files(image_set, workers)
+    splits = list(image_set.splits) if image_set.splits is not None else ["all"] * len(image_set)
+    findings: list[Finding] = []
+
+    # files the scan left out, and files that do not decode
+    by_kind: dict[str, list[Any]] = defaultdict(list)
+    for problem in image_set.problems:
+        by_kind[problem.kind].append({"path": problem.path, "reason": problem.reason})
+    if by_kind["missing"]:
+        findings.append(
+            Finding("error", "missing-file", "listed in the table but not found", by_kind["missing"])
+        )
+    if by_kind["non-image"]:
+        findings.append(
+            Finding("warning", "non-image", "not image files (skipped by imgclf)", by_kind["non-image"])
+        )
+    corrupt = [{"path": image_set.keys[i], "reason": f.error} for i, f in enumerate(facts) if f.error]
+    corrupt += by_kind["corrupt"]
+    if corrupt:
+        findings.append(
+            Finding("error", "corrupt", "corrupt or truncated images (left out by imgclf)", corrupt)
+        )
+    good = [i for i, f in enumerate(facts) if not f.error]
+
+    # counts per split and class; empty and small classes; imbalance
+    split_summary: dict[str, dict[str, Any]] = {}
+    for split in sorted(set(splits), key=["train", "val", "test", "all"].index):
+        members = [i for i in good if splits[i] == split]
+        counts = np.bincount(image_set.labels[members], minlength=len(image_set.classes))
+        split_summary[split] = {
+            "images": len(members),
+            "classes": {name: int(c) for name, c in zip(image_set.classes, counts)},
+        }
+    totals = (
+        np.bincount(image_set.labels[good], minlength=len(image_set.classes))
+        if good
+        else np.zeros(len(image_set.classes), dtype=int)
+    )
+    empty = [name for name, count in zip(image_set.classes, totals) if count == 0]
+    if empty:
+        findings.append(Finding("error", "empty-class", "classes with no usable image", empty))
+    small = [
+        {"class": name, "images": int(count)}
+        for name, count in zip(image_set.classes, totals)
+        if 0 < count < min_class_size
+    ]
+    if small:
+        findings.append(
+            Finding("warning", "small-class", f"classes with fewer than {min_class_size} images", small)
+        )
+    present = totals[totals > 0]
+    if len(present) > 1 and present.max() / present.min() > imbalance_threshold:
+        ratio = float(present.max() / present.min())
+        findings.append(
+            Finding(
+                "warning",
+                "imbalance",
+                f"largest class has {ratio:.1f}× the images of the smallest "
+                f"(threshold {imbalance_threshold:g}); consider --class-weight auto",
+                [{"ratio": round(ratio, 2)}],
+            )
+        )
+
+    # exact duplicates by content hash
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i in good:
+        groups[facts[i].sha256].append(i)
+    across, within = [], []
+    exact_pairs: set[tuple[int, int]] = set()
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        entry = [
+            {"path": image_set.keys[i], "split": splits[i], "label": image_set.classes[image_set.labels[i]]}
+            for i in members
+        ]
+        (across if len({splits[i] for i in members}) > 1 else within).append(entry)
+        exact_pairs |= {(a, b) for a in members for b in members if a != b}
+    if across:
+        findings.append(
+            Finding(
+                "error", "duplicate-across-splits", "identical files in more than one split (leakage)", across
+            )
+        )
+    if within:
+        findings.append(
+            Finding("warning", "duplicate-within-split", "identical files within a split", within)
+        )
+
+    # near-duplicates across splits (perceptual hash, confirmed on thumbnails)
+    near = []
+    split_names = [s for s in split_summary if s != "all"]
+    hashes = np.array([facts[i].dhash for i in range(len(facts))], dtype=np.uint64)
+    thumbs = np.frombuffer(b"".join(f.thumb or bytes(THUMB * THUMB) for f in facts), dtype=np.uint8)
+    thumbs = thumbs.reshape(len(facts), THUMB * THUMB).astype(np.float32)
+    for position, first in enumerate(split_names):
+        for second in split_names[position + 1 :]:
+            index_a = np.asarray([i for i in good if splits[i] == first], dtype=np.int64)
+            index_b = np.asarray([i for i in good if splits[i] == second], dtype=np.int64)
+            for a, b, distance, correlation in _near_duplicate_pairs(
+                hashes[index_a],
+                thumbs[index_a],
+                hashes[index_b],
+                thumbs[index_b],
+                near_distance,
+                near_correlation,
+            ):
+                ia, ib = int(index_a[a]), int(index_b[b])
+                if (ia, ib) in exact_pairs:
+                    continue
+                near.append(
+                    {
+                        "paths": [image_set.keys[ia], image_set.keys[ib]],
+                        "splits": [first, second],
+                        "hash_distance": distance,
+                        "correlation": round(correlation, 4),
+                    }
+                )
+    if near:
+        findings.append(
+            Finding(
+                "warning",
+                "near-duplicate-across-splits",
+                "look-alike images in two splits (re-encoded, resized or edited copies)",
+                near,
+            )
+        )
+
+    # per-image observations
+    sizes: dict[str, int] = defaultdict(int)
+    modes: dict[str, int] = defaultdict(int)
+    for i in good:
+        sizes[f"{facts[i].width}x{facts[i].height}"] += 1
+        modes[facts[i].mode] += 1
+    tiny = [image_set.keys[i] for i in good if min(facts[i].width, facts[i].height) < tiny_size]
+    if tiny:
+        findings.append(Finding("warning", "tiny-image", f"images under {tiny_size} px on a side", tiny))
+    rotated = [image_set.keys[i] for i in good if facts[i].exif_rotated]
+    if rotated:
+        findings.append(Finding("info", "exif-rotated", "EXIF says to rotate these (imgclf does)", rotated))
+    unusual = [
+        {"path": image_set.keys[i], "mode": facts[i].mode} for i in good if facts[i].mode not in COMMON_MODES
+    ]
+    if unusual:
+        findings.append(
+            Finding(
+                "info",
+                "unusual-mode",
+                "modes other than L and RGB (converted on load: "
+                + ", ".join(sorted({u["mode"] for u in unusual}))
+                + ")",
+                unusual,
+            )
+        )
+
+    order = {"error": 0, "warning": 1, "info": 2}
+    findings.sort(key=lambda f: order[f.level])
+    return AuditReport(
+        source=str(image_set.source),
+        layout=image_set.layout,
+        splits=split_summary,
+        sizes=dict(sorted(sizes.items(), key=lambda kv: -kv[1])),
+        modes=dict(modes),
+        findings=findings,
+        seconds=time.perf_counter() - started,
+        files_read=len(facts),
+    )
+
+
+def summarize_files(files: Sequence[Any], limit: int = 3) -> str:
+    """A short text naming the first few files of a finding."""
+    names = []
+    for item in files[:limit]:
+        if isinstance(item, str):
+            names.append(item)
+        elif isinstance(item, dict) and "path" in item:
+            names.append(str(item["path"]))
+        elif isinstance(item, dict) and "paths" in item:
+            names.append(" ≈ ".join(item["paths"]))
+        elif isinstance(item, dict) and "class" in item:
+            names.append(f"{item['class']} ({item['images']})")
+        elif isinstance(item, list):
+            names.append(" = ".join(entry["path"] for entry in item))
+        elif isinstance(item, dict) and "ratio" in item:
+            names.append(f"ratio {item['ratio']}")
+        else:
+            names.append(str(item))
+    more = f" … +{len(files) - limit}" if len(files) > limit else ""
+    return "; ".join(names) + more

@@ -1,0 +1,130 @@
+"""Evaluation outputs, checked against an independent recomputation from predictions.csv."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+from typer.testing import CliRunner
+
+import imgclf
+from conftest import write_class_folders
+from imgclf.cli import app
+from imgclf.evaluation.metrics import compute_metrics, expected_calibration_error, top_k_accuracy
+from imgclf.evaluation.plots import confusion_figure
+
+FILES = {
+    "metrics.json",
+    "confusion_matrix.png",
+    "confusion_matrix_normalized.png",
+    "most_confused.csv",
+    "misclassified.png",
+    "predictions.csv",
+    "reliability.png",
+}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("evaluate")
+    data = write_class_folders(root / "data", ["square", "disc", "cross", "stripes"], 30)
+    # a weak model (one epoch) so that there are mistakes to count
+    result = imgclf.train(
+        data, model="mlp", epochs=1, batch_size=32, test_split=0.3, seed=3, project=str(root / "runs")
+    )
+    return result, data
+
+
+def test_train_writes_the_validation_evaluation(run) -> None:
+    result, _ = run
+    assert {p.name for p in (result.run_dir / "evaluation").iterdir()} >= FILES
+    metrics = json.loads((result.run_dir / "evaluation" / "metrics.json").read_text())
+    assert metrics["split"] == "val" and metrics["accuracy"] == pytest.approx(result.metrics["val_acc"])
+    assert (result.run_dir / "dataset.json").is_file() and (result.run_dir / "samples.png").is_file()
+
+
+def test_evaluate_agrees_with_its_own_predictions_csv(run, tmp_path: Path) -> None:
+    result, data = run
+    evaluation = imgclf.evaluate(
+        result.artifact, data, manifest=result.run_dir / "manifest.csv", split="test", out=tmp_path / "eval"
+    )
+    assert {p.name for p in (tmp_path / "eval").iterdir()} >= FILES
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    rows = list(csv.DictReader((tmp_path / "eval" / "predictions.csv").open()))
+    assert len(rows) == metrics["count"] == 36
+    classes = metrics["classes"]
+    accuracy = sum(r["true"] == r["predicted"] for r in rows) / len(rows)
+    assert metrics["accuracy"] == pytest.approx(accuracy) and evaluation.accuracy == pytest.approx(accuracy)
+    assert all(int(r["correct"]) == (r["true"] == r["predicted"]) for r in rows)
+    counts = np.zeros((len(classes), len(classes)), dtype=int)
+    for r in rows:
+        counts[classes.index(r["true"]), classes.index(r["predicted"])] += 1
+    assert counts.tolist() == metrics["confusion_matrix"]
+    for index, name in enumerate(classes):
+        support = counts[index].sum()
+        assert metrics["per_class"][name]["support"] == support
+        assert metrics["per_class"][name]["recall"] == pytest.approx(counts[index, index] / support)
+    losses = [float(r["loss"]) for r in rows]
+    assert metrics["loss"] == pytest.approx(np.mean(losses), abs=1e-5)
+    confused = list(csv.DictReader((tmp_path / "eval" / "most_confused.csv").open()))
+    for row in confused:
+        assert int(row["count"]) == counts[classes.index(row["true"]), classes.index(row["predicted"])]
+
+
+def test_evaluate_cli_prints_the_table_and_most_confused(run, tmp_path: Path) -> None:
+    result, data = run
+    output = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            str(result.artifact),
+            str(data),
+            "--manifest",
+            str(result.run_dir / "manifest.csv"),
+            "--split",
+            "test",
+            "--out",
+            str(tmp_path / "cli-eval"),
+        ],
+        env={"COLUMNS": "160"},
+    )
+    assert output.exit_code == 0, output.output
+    assert "precision" in output.output and "macro avg" in output.output and "ECE" in output.output
+    assert "most confused" in output.output or "accuracy 1.0000" in output.output
+
+
+def test_metric_functions_on_known_values() -> None:
+    probabilities = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6], [0.2, 0.5, 0.3], [0.6, 0.3, 0.1]])
+    labels = np.array([0, 1, 1, 2])
+    assert top_k_accuracy(probabilities, labels, 1) == 0.5
+    assert top_k_accuracy(probabilities, labels, 2) == 0.75
+    metrics = compute_metrics(probabilities, labels, ["a", "b", "c"])
+    assert metrics["per_class"]["b"]["recall"] == 0.5 and metrics["per_class"]["c"]["recall"] == 0.0
+    assert metrics["most_confused"][0][2] == 1
+    perfect = expected_calibration_error(np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([0, 1]))
+    assert perfect["ece"] == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("count", [2, 120])
+def test_confusion_matrix_adapts_to_the_number_of_classes(count: int) -> None:
+    matrix = np.random.default_rng(0).integers(0, 20, (count, count))
+    figure = confusion_figure(matrix, [f"class_{i}" for i in range(count)], normalize=True)
+    assert isinstance(figure, Figure)
+    width, _ = figure.get_size_inches()
+    assert (width > 30) == (count > 60)
+    labels = figure.axes[0].get_xticklabels()
+    assert len(labels) == count and labels[0].get_fontsize() >= 4
+
+
+def test_show_returns_a_figure_and_the_cli_writes_a_png(tmp_path: Path) -> None:
+    data = write_class_folders(tmp_path / "data", ["a", "b", "c"], 5)
+    figure = imgclf.show(data, per_class=4)
+    assert isinstance(figure, Figure) and len(figure.axes) == 12
+    result = CliRunner().invoke(
+        app, ["show", str(data), "--per-class", "3", "--out", str(tmp_path / "g.png")]
+    )
+    assert result.exit_code == 0 and (tmp_path / "g.png").stat().st_size > 1000
