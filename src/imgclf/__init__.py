@@ -20,6 +20,7 @@ __all__ = [
     "__version__",
     "audit",
     "evaluate",
+    "features",
     "load_model",
     "resolve_config",
     "show",
@@ -28,7 +29,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from imgclf.api import Run, evaluate, load_model, train
+    from imgclf.api import Run, evaluate, features, load_model, train
     from imgclf.config import Config, resolve_config
     from imgclf.data.audit import audit
     from imgclf.data.show import show
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 
 def __getattr__(name: str) -> Any:
     # Imported on first use so that `import imgclf` stays cheap (torch loads only when needed).
-    if name in ("train", "evaluate", "load_model", "Run"):
+    if name in ("train", "evaluate", "features", "load_model", "Run"):
         from imgclf import api
 
         return getattr(api, name)

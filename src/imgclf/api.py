@@ -7,6 +7,8 @@ fix the preprocessing, decode once, build the model, fit, keep the best, evaluat
 from __future__ import annotations
 
 import csv
+import dataclasses
+import hashlib
 import io
 import json
 import logging
@@ -33,7 +35,7 @@ from imgclf.config import (
 )
 from imgclf.data.augment import BatchAugment, is_identity
 from imgclf.data.decode import ImageDecodeError
-from imgclf.data.loader import StreamLoader, create_loader, decode_all, resolve_cache_mode
+from imgclf.data.loader import MemoryLoader, StreamLoader, create_loader, decode_all, resolve_cache_mode
 from imgclf.data.preprocess import PreprocessSpec, prepare_image, resolve_normalization
 from imgclf.data.sources import (
     ImageSet,
@@ -48,13 +50,16 @@ from imgclf.data.split import apply_manifest, assign_splits, write_manifest
 from imgclf.errors import ConfigError, DataError, UsageError
 from imgclf.evaluation.outputs import Evaluation, write_evaluation
 from imgclf.evaluation.plots import class_grid_figure, save_figure
-from imgclf.io import write_text_atomic
+from imgclf.io import write_atomic, write_text_atomic
 from imgclf.models.factory import create_model, model_args, model_mean_std
+from imgclf.models.pretrained import load_pretrained, pretrained_resolution
 from imgclf.models.summary import summarize_model
+from imgclf.paths import cache_dir
 from imgclf.predict import Predictor
 from imgclf.training.checkpoint import SaveCheckpoint, load_checkpoint, restore_checkpoint
 from imgclf.training.events import Callback, EarlyStopping, KeepBest, MetricsLog, TrainState
-from imgclf.training.loop import StepContext, fit, predict_logits
+from imgclf.training.finetune import FineTuneStages, classifier_of, penultimate_features, set_trainable
+from imgclf.training.loop import StepContext, fit, predict_logits, prepare_batch
 from imgclf.training.loop import evaluate as evaluate_loader
 from imgclf.training.optim import Schedule, class_weights, create_loss, create_optimizer
 
@@ -180,14 +185,23 @@ def _check_classes(image_set: ImageSet, splits: np.ndarray, what: str = "trainin
         raise DataError(f"only one class found ({image_set.classes[0]!r}); a classifier needs at least two")
 
 
-def resolve_spec(cfg: DataConfig, model_name: str, image_set: ImageSet) -> PreprocessSpec:
-    """Size, channels and normalization from the flags, else from the data and the model."""
+def resolve_spec(
+    cfg: DataConfig, model_name: str, image_set: ImageSet, pretrained: bool = False
+) -> PreprocessSpec:
+    """Size, channels and normalization from the flags, else from the data and the model.
+
+    A pretrained backbone takes RGB (grayscale images are replicated to 3 channels) at its own
+    resolution, normalized as it was trained.
+    """
     headers = image_set.headers or []
     channels = cfg.channels
     if channels is None:
-        channels = 1 if headers and all(h.grayscale for h in headers) else 3
+        channels = 3 if pretrained or not (headers and all(h.grayscale for h in headers)) else 1
+    resolution = pretrained_resolution(model_name) if pretrained else None
     if cfg.image_size is not None:
         height, width = cfg.image_size
+    elif resolution is not None:
+        height = width = resolution
     else:
         sizes = {(h.height, h.width) for h in headers}
         if len(sizes) == 1 and max(next(iter(sizes))) <= 256:
@@ -303,7 +317,9 @@ def train(
         )
 
     # 2. Preprocessing, fixed once for training, evaluation and prediction.
-    spec = resolve_spec(cfg.data, cfg.model.name, image_set)
+    spec = resolve_spec(
+        cfg.data, cfg.model.name, image_set, pretrained=cfg.model.pretrained or bool(cfg.model.weights)
+    )
     display_names = _display_names(cfg.data, image_set.classes)
 
     # 3. Run folder: config, split and skipped files are written before any training.
@@ -338,6 +354,10 @@ def train(
     device = resolve_device(cfg.train.device)
     args = model_args(cfg.model, len(image_set.classes), spec.channels, [spec.height, spec.width])
     model = create_model(args)
+    weights_source = None
+    if cfg.model.pretrained or cfg.model.weights:
+        weights_source = load_pretrained(model, cfg.model.name, cfg.model.weights)
+    frozen_norm = set_trainable(model, None) if cfg.train.freeze_epochs or cfg.train.head_only else []
     summary = summarize_model(model, (spec.channels, spec.height, spec.width))
     channels_last = (
         cfg.train.channels_last if cfg.train.channels_last is not None else cfg.model.name != "mlp"
@@ -345,8 +365,19 @@ def train(
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    optimizer = create_optimizer(model, cfg.train)
-    schedule = Schedule(optimizer, cfg.train, max(1, len(train_loader)))
+    if cfg.train.head_only:  # the tutorials' bottleneck features: the backbone runs once per image
+        model.eval()
+        feature_ctx = StepContext(device=device, spec=spec, channels_last=channels_last)
+        train_loader, val_loader = (
+            _feature_loader(model, prepared, split, feature_ctx, cfg, callbacks, shuffle=split == "train")
+            if split == "train" or has_val
+            else None
+            for split in ("train", val_split_name)
+        )
+    trained = classifier_of(model) if cfg.train.head_only else model
+    steps_per_epoch = max(1, len(train_loader))
+    optimizer = create_optimizer(trained, cfg.train)
+    schedule = Schedule(optimizer, cfg.train, steps_per_epoch, epochs=cfg.train.freeze_epochs or None)
     weights = (
         class_weights(train_set.labels, len(image_set.classes)) if cfg.train.class_weight == "auto" else None
     )
@@ -356,15 +387,41 @@ def train(
         spec=spec,
         augment=None if is_identity(cfg.augment) else BatchAugment(cfg.augment, seed),
         autocast_dtype=resolve_precision(cfg.train.precision, device),
-        channels_last=channels_last,
+        channels_last=channels_last and not cfg.train.head_only,
         seed=seed,
+        normalize=not cfg.train.head_only,
+        frozen_norm=frozen_norm,
     )
     monitor = cfg.train.monitor if has_val else "train_loss"
     state = TrainState(
-        epochs=cfg.train.epochs, model=model, optimizer=optimizer, schedule=schedule, monitor=monitor
+        epochs=cfg.train.epochs, model=trained, optimizer=optimizer, schedule=schedule, monitor=monitor
     )
+    stages = None
+    if cfg.train.freeze_epochs:
+        finetune_lr = cfg.train.finetune_lr or cfg.train.lr / 10
+
+        def rebuild(current: TrainState) -> None:
+            current.optimizer = create_optimizer(current.model, cfg.train, lr=finetune_lr)
+            current.schedule = Schedule(
+                current.optimizer,
+                cfg.train,
+                steps_per_epoch,
+                epochs=max(1, cfg.train.finetune_epochs),
+                lr=finetune_lr,
+            )
+            logger.info(
+                "fine-tuning from epoch %d: unfroze %s, learning rate %.2e",
+                current.epoch + 1,
+                "all layers" if cfg.train.unfreeze == "all" else f"the last {cfg.train.unfreeze} blocks",
+                finetune_lr,
+            )
+
+        stages = FineTuneStages(cfg.train.freeze_epochs, cfg.train.unfreeze, ctx.frozen_norm, rebuild)
     if resume is not None:
-        restore_checkpoint(state, load_checkpoint(run_dir / runs.CHECKPOINT_FILE))
+        payload = load_checkpoint(run_dir / runs.CHECKPOINT_FILE)
+        if stages is not None and payload["epoch"] >= cfg.train.freeze_epochs:
+            stages.enter_stage_two(state)  # the optimizer state saved belongs to stage 2
+        restore_checkpoint(state, payload)
         if state.epoch < state.epochs and state.stop_reason.startswith("early stop"):
             state.stop = False  # more epochs were asked for explicitly
     state.context.update(
@@ -386,7 +443,7 @@ def train(
         classes=image_set.classes,
         preprocessing=spec,
         display_names=display_names,
-        training={"config": config_to_dict(cfg), "monitor": monitor},
+        training={"config": config_to_dict(cfg), "monitor": monitor, "pretrained": weights_source},
         dataset={
             "source": str(image_set.source),
             "fingerprint": image_set.fingerprint(),
@@ -400,10 +457,11 @@ def train(
     def save_best(current: TrainState) -> None:
         info.training.update(best_epoch=current.best_epoch, epochs_completed=current.epoch)
         info.metrics = {k: v for k, v in current.last.items() if k != "epoch"}
-        save_artifact(artifact_dir, current.model, info)
+        save_artifact(artifact_dir, model, info)  # the whole network, also when only its head trains
 
     # 6. Fit: best model kept, early stop, last checkpoint and logs every epoch.
-    loop_callbacks: list[Callback] = [KeepBest(save_best)]
+    loop_callbacks: list[Callback] = [stages] if stages is not None else []
+    loop_callbacks.append(KeepBest(save_best))
     if cfg.train.patience is not None:
         loop_callbacks.append(EarlyStopping(cfg.train.patience))
     loop_callbacks += [
@@ -415,12 +473,18 @@ def train(
 
     # 7. Restore the best weights and evaluate them on validation and test.
     best_model, _ = load_artifact(artifact_dir, device=device)
+    image_ctx = dataclasses.replace(ctx, normalize=True, augment=None, frozen_norm=[])  # whole images in
     if channels_last:
         best_model.to(memory_format=torch.channels_last)
     final: dict[str, float] = {}
     if has_val:  # the full evaluation of the validation split goes into the run folder
         evaluation = evaluate_split(
-            best_model, prepared, val_split_name, ctx, run_dir / runs.EVALUATION_DIR, cfg.train.batch_size * 2
+            best_model,
+            prepared,
+            val_split_name,
+            image_ctx,
+            run_dir / runs.EVALUATION_DIR,
+            cfg.train.batch_size * 2,
         )
         final.update(
             val_loss=evaluation.metrics["loss"],
@@ -431,7 +495,7 @@ def train(
         test_loader = prepared.loader(
             "test", cfg.train.batch_size * 2, shuffle=False, workers=cfg.data.workers
         )
-        final.update(evaluate_loader(best_model, test_loader, ctx, prefix="test"))
+        final.update(evaluate_loader(best_model, test_loader, image_ctx, prefix="test"))
     elif val_split_name == "test" and has_val:
         final.update({k.replace("val_", "test_"): v for k, v in final.items()})
     write_dataset_summary(run_dir, prepared)
@@ -446,6 +510,74 @@ def train(
         if hasattr(callback, "on_run_end"):
             callback.on_run_end(run)
     return run
+
+
+def compute_features(
+    model: torch.nn.Module,
+    prepared: PreparedData,
+    split: str,
+    ctx: StepContext,
+    batch_size: int = 64,
+    callbacks: Sequence[Callback] = (),
+) -> tuple[np.ndarray, np.ndarray]:
+    """Penultimate-layer features (N×D float32) and labels of one split, in its order."""
+    loader = prepared.loader(split, batch_size, shuffle=False)
+    features, labels = [], []
+    done = 0
+    model.eval()
+    with torch.no_grad():
+        for batch in loader.epoch(0):
+            inputs, targets = prepare_batch(batch, ctx, train=False)
+            features.append(penultimate_features(model, inputs).float().cpu().numpy())
+            labels.append(targets.cpu().numpy())
+            done += len(targets)
+            for callback in callbacks:
+                callback.on_progress("features", done, loader.num_samples)
+    if not features:
+        return np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
+    return np.concatenate(features), np.concatenate(labels)
+
+
+def _feature_loader(
+    model: torch.nn.Module,
+    prepared: PreparedData,
+    split: str,
+    ctx: StepContext,
+    cfg: Config,
+    callbacks: Sequence[Callback],
+    shuffle: bool,
+) -> MemoryLoader:
+    """Features of one split, computed once (and kept in the cache folder for the next run)."""
+    key = hashlib.sha256(
+        json.dumps(
+            [
+                prepared.image_set.fingerprint(),
+                split,
+                cfg.model.name,
+                cfg.model.weights,
+                prepared.spec.to_dict(),
+                prepared.splits.tolist(),
+            ]
+        ).encode()
+    ).hexdigest()[:24]
+    path = cache_dir() / "features" / f"{key}.npz"
+    if path.is_file():
+        stored = np.load(path)
+        features, labels = stored["features"], stored["labels"]
+    else:
+        features, labels = compute_features(model, prepared, split, ctx, cfg.train.batch_size, callbacks)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, lambda tmp: _save_arrays(tmp, features=features, labels=labels))
+    return MemoryLoader(features, labels, cfg.train.batch_size, shuffle, cfg.seed)
+
+
+def _save_arrays(path: Path, **arrays: np.ndarray) -> None:
+    """One array → .npy content, several → .npz content, at exactly `path` (numpy would add a suffix)."""
+    with path.open("wb") as handle:
+        if len(arrays) == 1:
+            np.save(handle, next(iter(arrays.values())))
+        else:
+            np.savez(handle, **arrays)
 
 
 def _header_workers(count: int, workers: int | None) -> int:
@@ -634,3 +766,70 @@ def evaluate(
     evaluation = evaluate_split(predictor.model, prepared, "all", ctx, out_dir, batch_size, top_k, name=split)
     evaluation.metrics["skipped"] = [p.__dict__ for p in prepared.image_set.problems]
     return evaluation
+
+
+def features(
+    model_or_backbone: str | Path,
+    data: Any,
+    out: str | Path,
+    *,
+    weights: str | Path | None = None,
+    split: str = "all",
+    manifest: str | Path | None = None,
+    batch_size: int = 64,
+    device: str = "auto",
+    path_col: str | None = None,
+    label_col: str | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> Path:
+    """Bottleneck features of every image: a saved model's penultimate layer, or a pretrained backbone's.
+
+    Writes `features.npy` (N×D float32), `labels.npy` (N int64), `samples.csv` (path, label, split)
+    and `classes.json` into `out`.
+    """
+    cfg = DataConfig(path_col=path_col, label_col=label_col)
+    image_set = load_data(data, cfg)
+    image_set = read_headers(image_set, workers=_header_workers(len(image_set), None))
+    if manifest is not None:
+        image_set, splits = apply_manifest(image_set, manifest)
+    elif image_set.splits is not None:
+        splits = np.asarray(image_set.splits, dtype=object)
+    else:
+        splits = np.full(len(image_set), "all", dtype=object)
+    if split != "all":
+        if split not in set(splits.tolist()):
+            raise UsageError(f"the data has no {split!r} split; use --split all (or give --manifest)")
+        keep = np.flatnonzero(splits == split)
+        image_set, splits = image_set.subset(keep), splits[keep]
+    if len(image_set) == 0:
+        raise DataError("no usable image found in the data")
+    resolved = resolve_device(device)
+    path = Path(model_or_backbone).expanduser()
+    if path.exists():
+        predictor = Predictor.from_path(path, device=str(resolved))
+        model, spec = predictor.model, predictor.spec
+    else:
+        from imgclf.config import ModelConfig
+
+        name = str(model_or_backbone)
+        spec = resolve_spec(cfg, name, image_set, pretrained=True)
+        model = create_model(
+            model_args(ModelConfig(name=name, pretrained=True), 2, spec.channels, [spec.height, spec.width])
+        )
+        load_pretrained(model, name, weights)
+        model.to(resolved)
+    prepared = prepare_data(image_set, splits, spec, "auto", None, callbacks)
+    ctx = StepContext(device=resolved, spec=spec)
+    values, labels = compute_features(model, prepared, "all", ctx, batch_size, callbacks)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "features.npy", lambda tmp: _save_arrays(tmp, features=values))
+    write_atomic(out / "labels.npy", lambda tmp: _save_arrays(tmp, labels=labels))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["path", "label", "split"])
+    for key, label, split_name in zip(prepared.image_set.keys, prepared.image_set.labels, prepared.splits):
+        writer.writerow([key, prepared.image_set.classes[label], split_name])
+    write_text_atomic(out / "samples.csv", buffer.getvalue())
+    write_text_atomic(out / "classes.json", json.dumps(prepared.image_set.classes, indent=2))
+    return out

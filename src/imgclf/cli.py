@@ -311,6 +311,54 @@ def train(
             show_default=False,
         ),
     ] = None,
+    pretrained: Annotated[
+        bool | None,
+        typer.Option(
+            "--pretrained/--no-pretrained",
+            help="Start from ImageNet "
+            "weights: efficientnet_lite0 offline, other timm models from the "
+            "hub (or its cache).",
+            rich_help_panel=MODEL_HELP,
+            show_default=False,
+        ),
+    ] = None,
+    weights: Annotated[
+        Path | None,
+        typer.Option(help="Start from this weights file (.safetensors, .pth).", rich_help_panel=MODEL_HELP),
+    ] = None,
+    freeze_epochs: Annotated[
+        int | None,
+        typer.Option(
+            help="Stage 1: train only the new head on the frozen backbone for this many epochs.",
+            rich_help_panel=MODEL_HELP,
+        ),
+    ] = None,
+    finetune_epochs: Annotated[
+        int | None,
+        typer.Option(
+            help="Stage 2: then fine-tune for this many epochs (total = freeze + finetune).",
+            rich_help_panel=MODEL_HELP,
+        ),
+    ] = None,
+    finetune_lr: Annotated[
+        float | None,
+        typer.Option(help="Stage 2 learning rate. [default: lr / 10]", rich_help_panel=MODEL_HELP),
+    ] = None,
+    unfreeze: Annotated[
+        str | None,
+        typer.Option(
+            help="Stage 2 unfreezes: all | N (the last N blocks). [default: all]", rich_help_panel=MODEL_HELP
+        ),
+    ] = None,
+    head_only: Annotated[
+        bool | None,
+        typer.Option(
+            "--head-only/--no-head-only",
+            help="Train a linear head on bottleneck features computed once (seconds); saves the whole model.",
+            rich_help_panel=MODEL_HELP,
+            show_default=False,
+        ),
+    ] = None,
     epochs: Annotated[
         int | None, typer.Option("--epochs", "-e", help="[default: 10]", rich_help_panel=TRAIN_HELP)
     ] = None,
@@ -419,6 +467,13 @@ def train(
         "model.dense": _csv_list(dense),
         "model.dropout": dropout,
         "model.batchnorm": batchnorm,
+        "model.pretrained": pretrained,
+        "model.weights": str(weights) if weights else None,
+        "train.freeze_epochs": freeze_epochs,
+        "train.finetune_epochs": finetune_epochs,
+        "train.finetune_lr": finetune_lr,
+        "train.unfreeze": unfreeze,
+        "train.head_only": head_only,
         "train.epochs": epochs,
         "train.batch_size": batch_size,
         "train.optimizer": optimizer,
@@ -686,6 +741,52 @@ def show(
 
     show_samples(data, per_class=per_class, out=out, seed=seed, path_col=path_col, label_col=label_col)
     console.print(f"wrote {out}")
+
+
+@app.command()
+@handle_errors
+def features(
+    model: Annotated[
+        str,
+        typer.Argument(
+            help="A saved model folder, or a backbone name such as efficientnet_lite0 (pretrained weights).",
+            show_default=False,
+        ),
+    ],
+    data: Annotated[str, typer.Argument(help="Any data source `train` accepts.", show_default=False)],
+    out: Annotated[
+        Path,
+        typer.Option("--out", "-o", help="Folder for features.npy, labels.npy, samples.csv, classes.json."),
+    ] = Path("features"),
+    weights: Annotated[Path | None, typer.Option(help="Weights file for a backbone name.")] = None,
+    split: Annotated[Split, typer.Option(help="Which split of the data.")] = Split.all,
+    manifest: Annotated[Path | None, typer.Option(help="manifest.csv whose split to use.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b")] = 64,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+    path_col: Annotated[str | None, typer.Option(help="CSV column with image paths.")] = None,
+    label_col: Annotated[str | None, typer.Option(help="CSV column with labels.")] = None,
+) -> None:
+    """Bottleneck features (the tutorials' predict_generator → np.save), in batches with a progress bar."""
+    import numpy as np
+
+    from imgclf import api
+    from imgclf.console import ConsoleReporter, console
+
+    folder = api.features(
+        model,
+        data,
+        out,
+        weights=weights,
+        split=split.value,
+        manifest=manifest,
+        batch_size=batch_size,
+        device=device,
+        path_col=path_col,
+        label_col=label_col,
+        callbacks=[ConsoleReporter()],
+    )
+    shape = np.load(folder / "features.npy", mmap_mode="r").shape
+    console.print(f"wrote {shape[0]:,} × {shape[1]:,} features to {folder}")
 
 
 # ---------------------------------------------------------------------------------------------------

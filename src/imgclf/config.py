@@ -66,6 +66,8 @@ class ModelConfig:
     dense: list[int] | None = None
     dropout: float | None = None
     batchnorm: bool | None = None
+    pretrained: bool = False
+    weights: str | None = None
 
 
 @dataclass
@@ -93,6 +95,11 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"
     channels_last: bool | None = None
+    freeze_epochs: int = 0
+    finetune_epochs: int = 0
+    finetune_lr: float | None = None
+    unfreeze: str = "all"
+    head_only: bool = False
 
 
 @dataclass
@@ -350,6 +357,18 @@ def validate_config(cfg: Config) -> None:
         raise ConfigError(f"channels must be 1 or 3, got {data.channels}")
     if data.workers is not None and data.workers < 0:
         raise ConfigError("workers must be 0 or more")
+    if train.freeze_epochs < 0 or train.finetune_epochs < 0:
+        raise ConfigError("freeze_epochs and finetune_epochs must be 0 or more")
+    if train.freeze_epochs > 0:  # freeze, then fine-tune: the stages make up the whole run
+        train.epochs = train.freeze_epochs + train.finetune_epochs
+    if train.unfreeze != "all" and not (train.unfreeze.isdigit() and int(train.unfreeze) > 0):
+        raise ConfigError(f"unfreeze is 'all' or a number of final blocks, got {train.unfreeze!r}")
+    if train.finetune_lr is not None and train.finetune_lr <= 0:
+        raise ConfigError("finetune_lr must be positive")
+    if train.head_only and not (cfg.model.pretrained or cfg.model.weights):
+        raise ConfigError(
+            "head_only trains a head on a pretrained backbone: add --pretrained (or --weights PATH)"
+        )
     if train.epochs < 1:
         raise ConfigError("epochs must be at least 1")
     if train.batch_size < 1:

@@ -61,8 +61,9 @@ class ConsoleReporter(Callback):
         if not self.console.is_terminal:  # logs and pipes get the per-epoch lines only
             return
         if self.decode_progress is None:
+            label = {"decode": "decoding images once", "features": "computing features"}.get(stage, stage)
             self.decode_progress = Progress(
-                TextColumn("decoding images once"),
+                TextColumn(label),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TimeElapsedColumn(),

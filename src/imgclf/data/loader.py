@@ -130,7 +130,7 @@ class Batch:
 
 
 class MemoryLoader:
-    """Batches from decoded images held in RAM (a uint8 array N×H×W×C)."""
+    """Batches from decoded images held in RAM (a uint8 array N×H×W×C), or from feature rows (N×D)."""
 
     def __init__(
         self,
@@ -169,7 +169,8 @@ class MemoryLoader:
             index = order[start : start + self.batch_size]
             if self.drop_last and len(index) < self.batch_size:
                 break
-            yield Batch(self.images[index].permute(0, 3, 1, 2), self.labels[index])
+            batch = self.images[index]
+            yield Batch(batch.permute(0, 3, 1, 2) if batch.ndim == 4 else batch, self.labels[index])
 
 
 class _StreamDataset(Dataset):

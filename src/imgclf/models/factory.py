@@ -11,6 +11,7 @@ from torch import nn
 from imgclf.config import ModelConfig
 from imgclf.errors import ConfigError, ModelError
 from imgclf.models.builtin import MLP, BasicCNN, ConfigurableCNN, SmallCNN
+from imgclf.models.pretrained import OFFLINE_BACKBONES, architecture_name
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,8 @@ def model_args(cfg: ModelConfig, num_classes: int, in_channels: int, image_size:
     else:
         check_model_name(cfg.name)
         given = [o for o in ("filters", "dense", "dropout", "batchnorm") if getattr(cfg, o) is not None]
+        if cfg.pretrained or cfg.weights:
+            args["pretrained"] = True  # recorded for the user; the artifact holds the trained weights
         if given:
             raise ModelError(f"--{given[0]} shapes imgclf's builtin CNNs only, not the timm model {cfg.name}")
     return args
@@ -91,9 +94,12 @@ def create_model(args: dict[str, Any]) -> nn.Module:
             k: (tuple(v) if isinstance(v, list) else v) for k, v in args.items() if k in builtin.options
         }
         return builtin.cls(num_classes, in_channels, image_size, **kwargs)
+    args.pop("pretrained", None)
     check_model_name(name)
     try:
-        return _timm().create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels)
+        return _timm().create_model(
+            architecture_name(name), pretrained=False, num_classes=num_classes, in_chans=in_channels
+        )
     except Exception as error:  # timm raises many kinds for unsupported argument combinations
         raise ModelError(f"cannot build {name}: {error}") from error
 
@@ -104,7 +110,7 @@ def model_mean_std(name: str) -> tuple[tuple, tuple] | None:
         return None
     import timm
 
-    cfg = timm.get_pretrained_cfg(name)
+    cfg = timm.get_pretrained_cfg(architecture_name(name))
     if cfg is None or cfg.mean is None:
         return None
     return tuple(cfg.mean), tuple(cfg.std)
@@ -113,9 +119,13 @@ def model_mean_std(name: str) -> tuple[tuple, tuple] | None:
 def list_models(pattern: str | None = None) -> list[tuple[str, str]]:
     """(name, description) of the builtins, then timm architectures matching `pattern` (fnmatch)."""
     rows = [(name, model.description) for name, model in BUILTIN_MODELS.items()]
+    rows += [
+        (name, f"timm {b.timm_name}; --pretrained loads ImageNet weights offline from {b.package}")
+        for name, b in OFFLINE_BACKBONES.items()
+    ]
     if pattern is None or pattern != "builtin":
         timm_names = _timm().list_models(pattern or "*")
-        rows += [(name, "timm architecture (from scratch)") for name in timm_names]
+        rows += [(name, "timm architecture") for name in timm_names if name not in OFFLINE_BACKBONES]
     if pattern not in (None, "builtin"):
         import fnmatch
 

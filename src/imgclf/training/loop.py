@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -32,6 +32,8 @@ class StepContext:
     autocast_dtype: torch.dtype | None = None
     channels_last: bool = False
     seed: int = 0
+    normalize: bool = True  # False when batches are features, not images
+    frozen_norm: list[nn.Module] = field(default_factory=list)  # kept in eval mode while training
 
 
 def autocast(ctx: StepContext):
@@ -45,6 +47,8 @@ def prepare_batch(batch: Batch, ctx: StepContext, train: bool) -> tuple[torch.Te
     non_blocking = ctx.device.type == "cuda"
     images = batch.images.to(ctx.device, non_blocking=non_blocking)
     labels = batch.labels.to(ctx.device, non_blocking=non_blocking)
+    if not ctx.normalize:
+        return images.float(), labels
     images = ctx.augment(images) if train and ctx.augment is not None else images.float()
     inputs = normalize_batch(images, ctx.spec)
     if ctx.channels_last:
@@ -57,6 +61,8 @@ def train_one_epoch(
 ) -> dict[str, float]:
     model, optimizer = state.model, state.optimizer
     model.train()
+    for module in ctx.frozen_norm:  # frozen BatchNorm keeps its statistics
+        module.eval()
     loss_sum = torch.zeros((), device=ctx.device, dtype=torch.float64)
     correct = torch.zeros((), device=ctx.device, dtype=torch.int64)
     seen = 0

