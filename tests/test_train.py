@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,10 @@ def test_train_writes_the_run_folder_and_a_self_contained_model(shapes_dir: Path
     assert info["format_version"] == 1 and info["classes"] == ["cross", "disc", "square"]
     assert info["preprocessing"]["channels"] == 1 and info["preprocessing"]["height"] == 24
     assert info["dataset"]["fingerprint"] and info["metrics"]["test_acc"] == run.metrics["test_acc"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (run.artifact / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
+    assert run.artifact.stat().st_mode & 0o777 == 0o777 & ~umask
     # the artifact alone gives the same predictions as the run's model, with no extra arguments
     predictor = imgclf.load_model(run.artifact)
     image = shapes_dir / "disc" / "disc_000.png"

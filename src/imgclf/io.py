@@ -17,10 +17,17 @@ def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
@@ -35,6 +42,11 @@ def replace_dir_atomic(target: str | Path, fill: Callable[[Path], None]) -> None
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         fill(tmp)
+        mask = _umask()  # mkdtemp creates 0700, and some writers (safetensors) create 0600 files
+        os.chmod(tmp, 0o777 & ~mask)
+        for item in tmp.iterdir():
+            if item.is_file():
+                os.chmod(item, 0o666 & ~mask)
         if target.exists():
             old = target.with_name(f".{target.name}.old")
             shutil.rmtree(old, ignore_errors=True)

