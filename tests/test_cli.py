@@ -195,3 +195,36 @@ def test_help_documents_every_train_option() -> None:
         "--monitor",
     ):
         assert flag in result.output
+
+
+def test_sharded_prediction_equals_unsharded(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    run_dir, data = trained
+    whole = tmp_path / "whole.csv"
+    assert invoke("predict", run_dir, data, "-o", whole).exit_code == 0
+    parts = []
+    for index in (1, 2):
+        part = tmp_path / f"part{index}.csv"
+        assert invoke("predict", run_dir, data, "-o", part, "--shard", f"{index}/2").exit_code == 0
+        parts += list(csv.DictReader(part.open()))
+    rows = list(csv.DictReader(whole.open()))
+    assert len(parts) == len(rows) == 90
+    assert sorted(parts, key=lambda r: r["path"]) == sorted(rows, key=lambda r: r["path"])
+    assert runner.invoke(app, ["predict", str(run_dir), str(data), "--shard", "3/2"]).exit_code == 2
+
+
+def test_resume_continues_an_interrupted_prediction_job(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    run_dir, data = trained
+    full = tmp_path / "full.jsonl"
+    assert invoke("predict", run_dir, data, "-o", full).exit_code == 0
+    lines = full.read_text().splitlines(keepends=True)
+    partial = tmp_path / "partial.jsonl"
+    partial.write_text("".join(lines[:40]) + lines[40][:25])  # stopped in the middle of line 41
+    result = invoke("predict", run_dir, data, "-o", partial, "--resume")
+    assert result.exit_code == 0 and "40 images already" in result.output
+    assert partial.read_text() == full.read_text()
+    # CSV too, and a finished job resumed again adds nothing
+    out_csv = tmp_path / "p.csv"
+    assert invoke("predict", run_dir, data, "-o", out_csv).exit_code == 0
+    before = out_csv.read_text()
+    assert invoke("predict", run_dir, data, "-o", out_csv, "--resume").exit_code == 0
+    assert out_csv.read_text() == before

@@ -7,7 +7,6 @@ traceback instead.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import sys
 from collections.abc import Callable
@@ -531,79 +530,75 @@ def predict(
     ] = None,
     output: Annotated[
         Path | None,
-        typer.Option("--output", "-o", help="Write rows to out.csv or out.jsonl instead of a table."),
+        typer.Option(
+            "--output", "-o", help="Write rows to out.csv or out.jsonl (as they come) instead of lines."
+        ),
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Keep the rows already in --output and skip their images.")
+    ] = False,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            help="I/N: predict only every N-th input starting with the I-th (split work across machines)."
+        ),
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per forward pass.")] = 64,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "cpu",
 ) -> None:
-    """Top-k predictions for images. Exit code 0: all read; 1: some could not be read; 2: usage error."""
-    from imgclf.predict import Predictor
+    """Top-k predictions for images, streamed (bounded memory on folders of any size).
+
+    Exit code 0: all read; 1: some could not be read; 2: usage error.
+    """
+    from imgclf.console import console, err_console
+    from imgclf.predict import PredictionWriter, Predictor, iter_inputs, parse_shard, select_shard
 
     if top_k < 1:
         raise typer.BadParameter("--top-k must be at least 1")
     if output is not None and output.suffix.lower() not in (".csv", ".jsonl"):
         raise typer.BadParameter("--output must end in .csv or .jsonl")
+    if resume and output is None:
+        raise typer.BadParameter("--resume continues an --output file; name it")
     predictor = Predictor.from_path(model, device=device, label_map=label_map)
-    results = list(predictor.predict_paths(inputs, top_k=top_k, batch_size=batch_size))
-    failed = sum(1 for r in results if r.error)
-    if output is not None:
-        write_predictions(output, results, min(top_k, len(predictor.classes)))
-        from imgclf.console import err_console
-
-        err_console.print(
-            f"wrote {len(results)} rows to {output}" + (f" ({failed} failed)" if failed else "")
-        )
-    else:
-        print_predictions(results)
+    paths = iter_inputs(inputs)
+    if shard is not None:
+        paths = select_shard(paths, *parse_shard(shard))
+    writer = (
+        PredictionWriter(output, min(top_k, len(predictor.classes)), resume) if output is not None else None
+    )
+    written = failed = 0
+    try:
+        if writer is not None and writer.done:
+            err_console.print(f"resuming: {len(writer.done):,} images already in {output}")
+            paths = (path for path in paths if path not in writer.done)
+        for result in predictor.iter_predict(paths, top_k=top_k, batch_size=batch_size):
+            written += 1
+            failed += bool(result.error)
+            if writer is not None:
+                writer.write(result)
+                if written % batch_size == 0:
+                    writer.flush()
+            else:
+                console.print(prediction_line(result), markup=False, soft_wrap=True)
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is not None:
+        err_console.print(f"wrote {written:,} rows to {output}" + (f" ({failed:,} failed)" if failed else ""))
+    elif written == 0:
+        raise typer.BadParameter("no input image found")
     if failed:
         raise typer.Exit(1)
 
 
-def write_predictions(path: Path, results: list, top_k: int) -> None:
-    """CSV (path, label_1, name_1, prob_1 … , error) or JSONL, written atomically."""
-    import csv
-    import io
-
-    from imgclf.io import write_text_atomic
-
-    buffer = io.StringIO()
-    if path.suffix.lower() == ".jsonl":
-        for result in results:
-            buffer.write(json.dumps(result.to_dict(), ensure_ascii=False) + "\n")
-    else:
-        writer = csv.writer(buffer)
-        header = ["path"]
-        for rank in range(1, top_k + 1):
-            header += [f"label_{rank}", f"name_{rank}", f"prob_{rank}"]
-        writer.writerow([*header, "error"])
-        for result in results:
-            row: list[Any] = [result.source]
-            for rank in range(top_k):
-                if rank < len(result.labels):
-                    row += [result.labels[rank], result.names[rank], f"{result.probabilities[rank]:.6f}"]
-                else:
-                    row += ["", "", ""]
-            writer.writerow([*row, result.error or ""])
-    write_text_atomic(path, buffer.getvalue())
-
-
-def print_predictions(results: list) -> None:
-    from rich.table import Table
-
-    from imgclf.console import console
-
-    table = Table(show_lines=False)
-    table.add_column("image", overflow="fold")
-    table.add_column("prediction")
-    table.add_column("probability", justify="right")
-    table.add_column("top-k")
-    for result in results:
-        if result.error:
-            table.add_row(result.source, "[red]error[/red]", "", result.error)
-            continue
-        others = ", ".join(f"{n} {p:.3f}" for n, p in zip(result.names[1:], result.probabilities[1:]))
-        table.add_row(result.source, result.names[0], f"{result.probabilities[0]:.4f}", others)
-    console.print(table)
+def prediction_line(result: Any) -> str:
+    """'path  name 0.9876  (other 0.0100, …)' or 'path  error: reason'."""
+    if result.error:
+        return f"{result.source}  error: {result.error}"
+    others = ", ".join(f"{n} {p:.4f}" for n, p in zip(result.names[1:], result.probabilities[1:]))
+    return f"{result.source}  {result.names[0]} {result.probabilities[0]:.4f}" + (
+        f"  ({others})" if others else ""
+    )
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import glob
+import io
+import itertools
+import json
 import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -53,27 +57,48 @@ class Prediction:
         }
 
 
-def expand_inputs(inputs: Sequence[str | Path]) -> list[str]:
+def iter_inputs(inputs: Sequence[str | Path]) -> Iterator[str]:
     """Files as given; folders → their image files (recursively, sorted); globs → their matches.
 
-    A path that matches nothing is kept, so it gets an error row instead of vanishing.
+    A generator, so that a folder of millions of images is never listed in memory at once. A path
+    that matches nothing is kept, so it gets an error row instead of vanishing.
     """
-    paths: list[str] = []
     for item in inputs:
         text = str(item)
         path = Path(text).expanduser()
         if path.is_dir():
             for directory, subdirs, files in os.walk(path):
                 subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
-                paths += [str(Path(directory) / name) for name in sorted(files) if is_image_file(name)]
+                for name in sorted(files):
+                    if is_image_file(name):
+                        yield str(Path(directory) / name)
         elif path.exists():
-            paths.append(str(path))
+            yield str(path)
         elif glob.has_magic(text):
-            matches = sorted(glob.glob(text, recursive=True))
-            paths += [m for m in matches if Path(m).is_file() and is_image_file(m)] or [text]
+            matches = [
+                m for m in sorted(glob.glob(text, recursive=True)) if Path(m).is_file() and is_image_file(m)
+            ]
+            yield from matches or [text]
         else:
-            paths.append(text)
-    return paths
+            yield text
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """ "2/4" → (2, 4): this machine takes every 4th input, starting with the 2nd."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise UsageError(f"--shard takes I/N, e.g. 1/4, got {text!r}") from None
+    if not 1 <= index <= count:
+        raise UsageError(f"--shard {text}: I must be between 1 and N")
+    return index, count
+
+
+def select_shard(paths: Iterable[str], index: int, count: int) -> Iterator[str]:
+    """The inputs of shard `index` of `count` (1-based), by position in the input order."""
+    for position, path in enumerate(paths):
+        if position % count == index - 1:
+            yield path
 
 
 class Predictor:
@@ -141,10 +166,10 @@ class Predictor:
         """Predictions in input order; unreadable inputs give a Prediction with `error` set."""
         top_k = max(1, min(top_k, len(self.classes)))
         workers = workers or min(8, os.cpu_count() or 1)
-        items = list(items)
+        iterator = iter(items)
         with ThreadPoolExecutor(max_workers=workers) as pool:  # Pillow decodes without holding the GIL
-            for start in range(0, len(items), batch_size):
-                prepared = list(pool.map(self._prepare, items[start : start + batch_size]))
+            while chunk := list(itertools.islice(iterator, batch_size)):
+                prepared = list(pool.map(self._prepare, chunk))
                 good = [entry for entry in prepared if entry[1] is not None]
                 probabilities = self.predict_arrays(np.stack([entry[1] for entry in good])) if good else None
                 row = 0
@@ -175,8 +200,79 @@ class Predictor:
     def predict_paths(
         self, inputs: Sequence[str | Path], top_k: int = 5, batch_size: int = 64
     ) -> Iterator[Prediction]:
-        """Files, folders (recursive) or globs → predictions, one per image."""
-        paths = expand_inputs(inputs)
-        if not paths:
+        """Files, folders (recursive) or globs → predictions, one per image, streamed."""
+        if not inputs:
             raise UsageError("no input image given")
-        return self.iter_predict(paths, top_k=top_k, batch_size=batch_size)
+        return self.iter_predict(iter_inputs(inputs), top_k=top_k, batch_size=batch_size)
+
+
+class PredictionWriter:
+    """Writes predictions to a .csv or .jsonl file as they arrive (memory stays bounded).
+
+    With `resume`, rows already in the file are kept and their paths listed in `done`, so an
+    interrupted job continues where it stopped; a last line cut short by the interruption is dropped.
+    CSV columns: path, label_1, name_1, prob_1, …, label_k, name_k, prob_k, error.
+    """
+
+    def __init__(self, path: str | Path, top_k: int, resume: bool = False) -> None:
+        self.path = Path(path)
+        self.jsonl = self.path.suffix.lower() == ".jsonl"
+        self.top_k = top_k
+        self.done: set[str] = set()
+        header = ["path"]
+        for rank in range(1, top_k + 1):
+            header += [f"label_{rank}", f"name_{rank}", f"prob_{rank}"]
+        self.header = [*header, "error"]
+        if resume and self.path.is_file() and self.path.stat().st_size:
+            self._read_done()
+            self.handle = self.path.open("a", encoding="utf-8", newline="")
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.handle = self.path.open("w", encoding="utf-8", newline="")
+            if not self.jsonl:
+                self.handle.write(",".join(self.header) + "\n")
+        self._csv = csv.writer(self.handle)
+
+    def _read_done(self) -> None:
+        data = self.path.read_bytes()
+        if not data.endswith(b"\n"):  # the job stopped in the middle of a line
+            data = data[: data.rfind(b"\n") + 1]
+            self.path.write_bytes(data)
+        text = data.decode("utf-8")
+        if self.jsonl:
+            self.done = {json.loads(line)["path"] for line in text.splitlines() if line.strip()}
+            return
+        rows = list(csv.reader(io.StringIO(text)))
+        if rows and rows[0] != self.header:
+            raise UsageError(
+                f"{self.path} was written with other columns (another --top-k?); cannot resume it"
+            )
+        self.done = {row[0] for row in rows[1:] if row}
+
+    def write(self, prediction: Prediction) -> None:
+        if self.jsonl:
+            self.handle.write(json.dumps(prediction.to_dict(), ensure_ascii=False) + "\n")
+            return
+        row: list[Any] = [prediction.source]
+        for rank in range(self.top_k):
+            if rank < len(prediction.labels):
+                row += [
+                    prediction.labels[rank],
+                    prediction.names[rank],
+                    f"{prediction.probabilities[rank]:.6f}",
+                ]
+            else:
+                row += ["", "", ""]
+        self._csv.writerow([*row, prediction.error or ""])
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+    def close(self) -> None:
+        self.handle.close()
+
+    def __enter__(self) -> PredictionWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
