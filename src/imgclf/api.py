@@ -35,7 +35,14 @@ from imgclf.config import (
 )
 from imgclf.data.augment import BatchAugment, is_identity
 from imgclf.data.decode import ImageDecodeError
-from imgclf.data.loader import MemoryLoader, StreamLoader, create_loader, decode_all, resolve_cache_mode
+from imgclf.data.loader import (
+    MemoryLoader,
+    Shard,
+    StreamLoader,
+    create_loader,
+    decode_all,
+    resolve_cache_mode,
+)
 from imgclf.data.preprocess import PreprocessSpec, prepare_image, resolve_normalization
 from imgclf.data.sources import (
     ImageSet,
@@ -57,6 +64,7 @@ from imgclf.models.summary import summarize_model
 from imgclf.paths import cache_dir
 from imgclf.predict import Predictor
 from imgclf.training.checkpoint import SaveCheckpoint, load_checkpoint, restore_checkpoint
+from imgclf.training.distributed import barrier, broadcast_object, init_distributed, rank_device, shutdown
 from imgclf.training.events import Callback, EarlyStopping, KeepBest, MetricsLog, TrainState
 from imgclf.training.finetune import FineTuneStages, classifier_of, penultimate_features, set_trainable
 from imgclf.training.loop import StepContext, fit, predict_logits, prepare_batch
@@ -112,6 +120,7 @@ class PreparedData:
         seed: int = 0,
         workers: int | None = None,
         drop_last: bool = False,
+        shard: Shard = Shard(),
     ):
         index = self.indices(split)
         subset = self.image_set.subset(index)
@@ -125,6 +134,7 @@ class PreparedData:
             cached=cached,
             workers=workers,
             drop_last=drop_last,
+            shard=shard,
         )
 
 
@@ -297,6 +307,14 @@ def train(
     started = time.perf_counter()
     seed = cfg.seed
     torch.manual_seed(seed)
+    # Under torchrun every rank runs this function; rank 0 alone writes and reports.
+    device = resolve_device(cfg.train.device)
+    dist_info = init_distributed(device)
+    device = rank_device(device, dist_info)
+    if dist_info.enabled and cfg.train.head_only:
+        raise ConfigError("--head-only runs in one process; start it without torchrun or --devices")
+    if not dist_info.is_main:
+        callbacks = []
 
     # 1. Data: find every sample, read headers, split (or reuse the split), check the classes.
     source = data if data is not None and not isinstance(data, (str, Path)) else cfg.data.source
@@ -324,15 +342,18 @@ def train(
 
     # 3. Run folder: config, split and skipped files are written before any training.
     if run_dir is None:
-        run_dir = runs.create_run_dir(cfg.output.project, cfg.output.name)
-        save_config(cfg, run_dir / runs.CONFIG_FILE)
-        write_manifest(run_dir / runs.MANIFEST_FILE, image_set, splits)
+        if dist_info.is_main:
+            run_dir = runs.create_run_dir(cfg.output.project, cfg.output.name)
+            save_config(cfg, run_dir / runs.CONFIG_FILE)
+            write_manifest(run_dir / runs.MANIFEST_FILE, image_set, splits)
+        run_dir = Path(broadcast_object(str(run_dir) if run_dir else None, dist_info))
 
     # 4. Decode once (into RAM when it fits) and build the loaders.
     prepared = prepare_data(image_set, splits, spec, cfg.data.cache, cfg.data.workers, callbacks)
     _check_classes(prepared.image_set, prepared.splits)
     problems = prepared.image_set.problems
-    _write_problems(run_dir / runs.PROBLEMS_FILE, problems)
+    if dist_info.is_main:
+        _write_problems(run_dir / runs.PROBLEMS_FILE, problems)
     train_set = prepared.image_set.subset(prepared.indices("train"))
     remainder = len(train_set) % cfg.train.batch_size
     train_loader = prepared.loader(
@@ -342,16 +363,22 @@ def train(
         seed=seed,
         workers=cfg.data.workers,
         drop_last=remainder == 1,
+        shard=Shard(dist_info.rank, dist_info.world_size, even=True),
     )
     has_val = len(prepared.indices(val_split_name)) > 0
     val_loader = (
-        prepared.loader(val_split_name, cfg.train.batch_size * 2, shuffle=False, workers=cfg.data.workers)
+        prepared.loader(
+            val_split_name,
+            cfg.train.batch_size * 2,
+            shuffle=False,
+            workers=cfg.data.workers,
+            shard=Shard(dist_info.rank, dist_info.world_size),
+        )
         if has_val
         else None
     )
 
     # 5. Model, optimizer, schedule, loss.
-    device = resolve_device(cfg.train.device)
     args = model_args(cfg.model, len(image_set.classes), spec.channels, [spec.height, spec.width])
     model = create_model(args)
     weights_source = None
@@ -391,7 +418,9 @@ def train(
         seed=seed,
         normalize=not cfg.train.head_only,
         frozen_norm=frozen_norm,
+        dist=dist_info,
     )
+    wrap_for_ranks(model, ctx)
     monitor = cfg.train.monitor if has_val else "train_loss"
     state = TrainState(
         epochs=cfg.train.epochs, model=trained, optimizer=optimizer, schedule=schedule, monitor=monitor
@@ -401,6 +430,7 @@ def train(
         finetune_lr = cfg.train.finetune_lr or cfg.train.lr / 10
 
         def rebuild(current: TrainState) -> None:
+            wrap_for_ranks(model, ctx)  # DistributedDataParallel must see the newly trainable weights
             current.optimizer = create_optimizer(current.model, cfg.train, lr=finetune_lr)
             current.schedule = Schedule(
                 current.optimizer,
@@ -455,6 +485,8 @@ def train(
     artifact_dir = run_dir / runs.MODEL_DIR
 
     def save_best(current: TrainState) -> None:
+        if not dist_info.is_main:
+            return
         info.training.update(best_epoch=current.best_epoch, epochs_completed=current.epoch)
         info.metrics = {k: v for k, v in current.last.items() if k != "epoch"}
         save_artifact(artifact_dir, model, info)  # the whole network, also when only its head trains
@@ -464,12 +496,17 @@ def train(
     loop_callbacks.append(KeepBest(save_best))
     if cfg.train.patience is not None:
         loop_callbacks.append(EarlyStopping(cfg.train.patience))
-    loop_callbacks += [
-        MetricsLog(run_dir / runs.METRICS_FILE, run_dir / runs.CURVES_FILE),
-        SaveCheckpoint(run_dir / runs.CHECKPOINT_FILE),
-        *callbacks,
-    ]
+    if dist_info.is_main:
+        loop_callbacks += [
+            MetricsLog(run_dir / runs.METRICS_FILE, run_dir / runs.CURVES_FILE),
+            SaveCheckpoint(run_dir / runs.CHECKPOINT_FILE),
+            *callbacks,
+        ]
     fit(state, train_loader, val_loader, ctx, loss_fn, loop_callbacks)
+    barrier(dist_info)
+    if not dist_info.is_main:  # rank 0 evaluates the best model and writes the rest
+        shutdown(dist_info)
+        return Run(run_dir, artifact_dir, state.best_epoch, {}, problems, state.stop_reason)
 
     # 7. Restore the best weights and evaluate them on validation and test.
     best_model, _ = load_artifact(artifact_dir, device=device)
@@ -506,6 +543,7 @@ def train(
     update_artifact_info(artifact_dir, info)
     _write_summary(run_dir, state, final, problems)
     run = Run(run_dir, artifact_dir, state.best_epoch, final, problems, state.stop_reason)
+    shutdown(dist_info)
     for callback in callbacks:
         if hasattr(callback, "on_run_end"):
             callback.on_run_end(run)
@@ -569,6 +607,16 @@ def _feature_loader(
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, lambda tmp: _save_arrays(tmp, features=features, labels=labels))
     return MemoryLoader(features, labels, cfg.train.batch_size, shuffle, cfg.seed)
+
+
+def wrap_for_ranks(model: torch.nn.Module, ctx: StepContext) -> None:
+    """Under torchrun, train through a DistributedDataParallel wrapper (gradients averaged over ranks)."""
+    if not ctx.dist.enabled:
+        return
+    from torch.nn.parallel import DistributedDataParallel
+
+    device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    ctx.wrapped = DistributedDataParallel(model, device_ids=device_ids)
 
 
 def _save_arrays(path: Path, **arrays: np.ndarray) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 from collections.abc import Callable
 from enum import Enum
@@ -102,6 +103,20 @@ AUG_HELP = "Augmentation (Keras ImageDataGenerator meanings)"
 MODEL_HELP = "Model"
 TRAIN_HELP = "Training"
 OUT_HELP = "Output"
+
+
+def _without_option(argv: list[str], name: str) -> list[str]:
+    """argv with `name VALUE` / `name=VALUE` removed (to pass the rest on to torchrun)."""
+    kept: list[str] = []
+    skip = False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == name:
+            skip = True
+        elif not item.startswith(f"{name}="):
+            kept.append(item)
+    return kept
 
 
 def _csv_list(value: str | None) -> list[str] | None:
@@ -425,6 +440,14 @@ def train(
         str | None,
         typer.Option(help="auto (bf16 on CUDA) | fp32 | bf16. [default: auto]", rich_help_panel=TRAIN_HELP),
     ] = None,
+    devices: Annotated[
+        int | None,
+        typer.Option(
+            help="Train with this many processes on this machine (torchrun + DistributedDataParallel; "
+            "one GPU each, or CPU processes with gloo).",
+            rich_help_panel=TRAIN_HELP,
+        ),
+    ] = None,
 ) -> None:
     """Train a classifier on a folder, CSV, archive or IDX files; writes a run folder with the model.
 
@@ -492,6 +515,12 @@ def train(
         "output.name": name,
     }
     overrides = {key: value for key, value in overrides.items() if value is not None}
+    if devices is not None and devices < 1:
+        raise typer.BadParameter("--devices must be at least 1")
+    if devices is not None and devices > 1 and "WORLD_SIZE" not in os.environ:
+        from imgclf.training.distributed import launch
+
+        raise typer.Exit(launch(devices, _without_option(sys.argv[1:], "--devices")))
     reporter = ConsoleReporter()
     if resume is not None:
         extra = {"epochs": epochs} if epochs is not None else {}

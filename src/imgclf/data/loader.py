@@ -129,6 +129,43 @@ class Batch:
     labels: torch.Tensor  # int64 N
 
 
+@dataclass(frozen=True)
+class Shard:
+    """This rank's part of every epoch: positions rank, rank + world_size, … of the epoch's order.
+
+    `even` (training) cuts every rank to the same length so that all ranks take the same number of
+    steps; evaluation keeps every sample exactly once.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    even: bool = False
+
+    def size(self, count: int) -> int:
+        if self.world_size == 1:
+            return count
+        if self.even:
+            return count // self.world_size
+        return len(range(self.rank, count, self.world_size))
+
+    def take(self, order: torch.Tensor) -> torch.Tensor:
+        if self.world_size == 1:
+            return order
+        return order[self.rank :: self.world_size][: self.size(len(order))]
+
+
+def _batches(count: int, batch_size: int, drop_last: bool) -> int:
+    full, rest = divmod(count, batch_size)
+    return full if drop_last or rest == 0 else full + 1
+
+
+def _epoch_order(count: int, shuffle: bool, seed: int, epoch: int) -> torch.Tensor:
+    """The same permutation on every rank: seeded by (seed, epoch) only."""
+    if shuffle:
+        return torch.randperm(count, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    return torch.arange(count)
+
+
 class MemoryLoader:
     """Batches from decoded images held in RAM (a uint8 array N×H×W×C), or from feature rows (N×D)."""
 
@@ -140,31 +177,27 @@ class MemoryLoader:
         shuffle: bool,
         seed: int = 0,
         drop_last: bool = False,
+        shard: Shard = Shard(),
     ) -> None:
         self.images = torch.from_numpy(images)
         self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
-        self.drop_last = drop_last and len(labels) > batch_size
+        self.shard = shard
+        self.drop_last = drop_last and self.num_samples > batch_size
         self.problems: list[Problem] = []
 
     def __len__(self) -> int:
-        full, rest = divmod(len(self.labels), self.batch_size)
-        return full if self.drop_last or rest == 0 else full + 1
+        return _batches(self.num_samples, self.batch_size, self.drop_last)
 
     @property
     def num_samples(self) -> int:
-        return len(self.labels)
+        return self.shard.size(len(self.labels))
 
     def epoch(self, epoch: int = 0) -> Iterator[Batch]:
-        count = len(self.labels)
-        if self.shuffle:
-            order = torch.randperm(
-                count, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            )
-        else:
-            order = torch.arange(count)
+        order = self.shard.take(_epoch_order(len(self.labels), self.shuffle, self.seed, epoch))
+        count = len(order)
         for start in range(0, count, self.batch_size):
             index = order[start : start + self.batch_size]
             if self.drop_last and len(index) < self.batch_size:
@@ -208,7 +241,9 @@ class StreamLoader:
         seed: int = 0,
         workers: int | None = None,
         drop_last: bool = False,
+        shard: Shard = Shard(),
     ) -> None:
+        self.shard = shard
         self.image_set = image_set
         self.dataset = _StreamDataset(image_set, spec)
         self.batch_size = batch_size
@@ -220,19 +255,18 @@ class StreamLoader:
         self.problems: list[Problem] = []
 
     def __len__(self) -> int:
-        count = len(self.image_set) - len(self.bad)
-        full, rest = divmod(count, self.batch_size)
-        return full if self.drop_last or rest == 0 else full + 1
+        return _batches(self.num_samples, self.batch_size, self.drop_last)
 
     @property
     def num_samples(self) -> int:
+        if self.shard.world_size > 1:  # files found unreadable stay in the shard's count, as in every rank
+            return self.shard.size(len(self.image_set))
         return len(self.image_set) - len(self.bad)
 
     def epoch(self, epoch: int = 0) -> Iterator[Batch]:
-        indices = [i for i in range(len(self.image_set)) if i not in self.bad]
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            indices = [indices[i] for i in torch.randperm(len(indices), generator=generator).tolist()]
+        # Unreadable files stay in the order (so every rank cuts the same shards) and are skipped.
+        order = self.shard.take(_epoch_order(len(self.image_set), self.shuffle, self.seed, epoch))
+        indices = [i for i in order.tolist() if i not in self.bad]
         loader = DataLoader(
             self.dataset,
             batch_size=self.batch_size,
@@ -264,9 +298,10 @@ def create_loader(
     cached: tuple[np.ndarray, np.ndarray] | None = None,
     workers: int | None = None,
     drop_last: bool = False,
+    shard: Shard = Shard(),
 ) -> MemoryLoader | StreamLoader:
     """A loader over decoded images in RAM (`cached` = (images, labels)) or streamed from the source."""
     if cached is not None:
         images, labels = cached
-        return MemoryLoader(images, labels, batch_size, shuffle, seed, drop_last)
-    return StreamLoader(image_set, spec, batch_size, shuffle, seed, workers, drop_last)
+        return MemoryLoader(images, labels, batch_size, shuffle, seed, drop_last, shard)
+    return StreamLoader(image_set, spec, batch_size, shuffle, seed, workers, drop_last, shard)

@@ -17,6 +17,7 @@ from torch import nn
 from imgclf.data.augment import BatchAugment
 from imgclf.data.loader import Batch, MemoryLoader, StreamLoader
 from imgclf.data.preprocess import PreprocessSpec, normalize_batch
+from imgclf.training.distributed import DistInfo, all_reduce_sum
 from imgclf.training.events import Callback, TrainState, emit
 
 Loader = MemoryLoader | StreamLoader
@@ -34,6 +35,8 @@ class StepContext:
     seed: int = 0
     normalize: bool = True  # False when batches are features, not images
     frozen_norm: list[nn.Module] = field(default_factory=list)  # kept in eval mode while training
+    dist: DistInfo = field(default_factory=DistInfo)
+    wrapped: nn.Module | None = None  # the DistributedDataParallel wrapper when distributed
 
 
 def autocast(ctx: StepContext):
@@ -71,7 +74,7 @@ def train_one_epoch(
     for batch in loader.epoch(state.epoch):
         inputs, labels = prepare_batch(batch, ctx, train=True)
         with autocast(ctx):
-            logits = model(inputs)
+            logits = (ctx.wrapped or model)(inputs)
         loss = loss_fn(logits.float(), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -91,12 +94,19 @@ def train_one_epoch(
             }
             emit(callbacks, "on_batch_end", state)
     seconds = time.perf_counter() - start
-    seen = max(seen, 1)
+    totals = all_reduce_sum(
+        torch.stack(
+            [loss_sum, correct.double(), torch.tensor(float(seen), dtype=torch.float64, device=ctx.device)]
+        ),
+        ctx.dist,
+    )
+    loss_total, correct_total, seen_total = totals.tolist()
+    seen_total = max(seen_total, 1.0)
     return {
-        "train_loss": loss_sum.item() / seen,
-        "train_acc": correct.item() / seen,
+        "train_loss": loss_total / seen_total,
+        "train_acc": correct_total / seen_total,
         "train_seconds": seconds,
-        "images_per_s": seen / max(seconds, 1e-9),
+        "images_per_s": seen_total / max(seconds, 1e-9),
     }
 
 
@@ -117,13 +127,18 @@ def predict_logits(model: nn.Module, loader: Loader, ctx: StepContext) -> tuple[
 
 
 def evaluate(model: nn.Module, loader: Loader, ctx: StepContext, prefix: str = "val") -> dict[str, float]:
-    """Mean cross-entropy (unweighted, unsmoothed) and accuracy over the loader."""
+    """Mean cross-entropy (unweighted, unsmoothed) and accuracy over the loader (summed over ranks,
+    each sample counted once)."""
     logits, labels = predict_logits(model, loader, ctx)
-    if len(labels) == 0:
+    sums = torch.zeros(3, dtype=torch.float64)
+    if len(labels):
+        sums[0] = nn.functional.cross_entropy(logits, labels, reduction="sum").item()
+        sums[1] = (logits.argmax(1) == labels).sum().item()
+        sums[2] = len(labels)
+    loss_sum, correct, count = all_reduce_sum(sums.to(ctx.device), ctx.dist).tolist()
+    if count == 0:
         return {}
-    loss = nn.functional.cross_entropy(logits, labels).item()
-    accuracy = (logits.argmax(1) == labels).float().mean().item()
-    return {f"{prefix}_loss": loss, f"{prefix}_acc": accuracy, f"{prefix}_count": float(len(labels))}
+    return {f"{prefix}_loss": loss_sum / count, f"{prefix}_acc": correct / count, f"{prefix}_count": count}
 
 
 def fit(
@@ -152,6 +167,7 @@ def fit(
             "train_acc": train_stats["train_acc"],
             "val_loss": val_stats.get("val_loss", float("nan")),
             "val_acc": val_stats.get("val_acc", float("nan")),
+            "val_count": val_stats.get("val_count", 0.0),
             "lr": lr,
             "seconds": time.perf_counter() - epoch_start,
             "images_per_s": train_stats["images_per_s"],
