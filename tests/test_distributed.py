@@ -32,6 +32,7 @@ def test_two_processes_match_one_and_write_one_model(shapes_dir: Path, tmp_path:
         epochs=4,
         batch_size=16,
         lr=0.003,
+        test_split=0.2,
         project=str(tmp_path / "runs"),
         name="one",
     )
@@ -39,6 +40,8 @@ def test_two_processes_match_one_and_write_one_model(shapes_dir: Path, tmp_path:
         "train",
         str(shapes_dir),
         *SETTINGS,
+        "--test-split",
+        "0.2",
         "--project",
         str(tmp_path / "runs"),
         "--name",
@@ -54,7 +57,11 @@ def test_two_processes_match_one_and_write_one_model(shapes_dir: Path, tmp_path:
     history = _history(two)
     assert len(history) == 4
     assert all(row["val_count"] == 24 for row in history)  # each validation image counted exactly once
-    accuracy_two = imgclf.load_model(two / "model").info.metrics["val_acc"]
+    metrics = imgclf.load_model(two / "model").info.metrics
+    assert (
+        metrics["test_count"] == 24 and metrics["test_acc"] >= 0.85
+    )  # rank 0 alone evaluates the test split
+    accuracy_two = metrics["val_acc"]
     assert accuracy_two >= 0.85 and abs(accuracy_two - single.metrics["val_acc"]) <= 0.1
 
 

@@ -64,7 +64,14 @@ from imgclf.models.summary import summarize_model
 from imgclf.paths import cache_dir
 from imgclf.predict import Predictor
 from imgclf.training.checkpoint import SaveCheckpoint, load_checkpoint, restore_checkpoint
-from imgclf.training.distributed import barrier, broadcast_object, init_distributed, rank_device, shutdown
+from imgclf.training.distributed import (
+    DistInfo,
+    barrier,
+    broadcast_object,
+    init_distributed,
+    rank_device,
+    shutdown,
+)
 from imgclf.training.events import Callback, EarlyStopping, KeepBest, MetricsLog, TrainState
 from imgclf.training.finetune import FineTuneStages, classifier_of, penultimate_features, set_trainable
 from imgclf.training.loop import StepContext, fit, predict_logits, prepare_batch
@@ -510,7 +517,10 @@ def train(
 
     # 7. Restore the best weights and evaluate them on validation and test.
     best_model, _ = load_artifact(artifact_dir, device=device)
-    image_ctx = dataclasses.replace(ctx, normalize=True, augment=None, frozen_norm=[])  # whole images in
+    # rank 0 alone, on whole images, over every sample
+    image_ctx = dataclasses.replace(
+        ctx, normalize=True, augment=None, frozen_norm=[], dist=DistInfo(), wrapped=None
+    )
     if channels_last:
         best_model.to(memory_format=torch.channels_last)
     final: dict[str, float] = {}
