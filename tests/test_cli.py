@@ -195,6 +195,7 @@ def test_help_documents_every_train_option() -> None:
         "--monitor",
     ):
         assert flag in result.output
+    assert "[default: 0.002]" in result.output and "[default: cosine]" in result.output  # from config.py
 
 
 def test_sharded_prediction_equals_unsharded(trained: tuple[Path, Path], tmp_path: Path) -> None:

@@ -105,6 +105,16 @@ TRAIN_HELP = "Training"
 OUT_HELP = "Output"
 
 
+def _default(key: str) -> str:
+    """The default of a setting ("train.lr"), for help texts that never drift from config.py."""
+    from imgclf.config import Config
+
+    value: Any = Config()
+    for part in key.split("."):
+        value = getattr(value, part)
+    return str(value)
+
+
 def _without_option(argv: list[str], name: str) -> list[str]:
     """argv with `name VALUE` / `name=VALUE` removed (to pass the rest on to torchrun)."""
     kept: list[str] = []
@@ -154,26 +164,31 @@ def train(
     ] = None,
     project: Annotated[
         str | None,
-        typer.Option(help="Folder that holds run folders. [default: runs]", rich_help_panel=OUT_HELP),
+        typer.Option(
+            help=f"Folder that holds run folders. \\[default: {_default('output.project')}]",
+            rich_help_panel=OUT_HELP,
+        ),
     ] = None,
     name: Annotated[
         str | None,
         typer.Option(
-            help="Run folder name; -2, -3 … appended if taken. [default: train]", rich_help_panel=OUT_HELP
+            help=f"Run folder name; -2, -3 … appended if taken. \\[default: {_default('output.name')}]",
+            rich_help_panel=OUT_HELP,
         ),
     ] = None,
     seed: Annotated[
         int | None,
         typer.Option(
-            help="Seed of the split, initialisation and shuffling. [default: 0]", rich_help_panel=DATA_HELP
+            help=f"Seed of the split, initialisation and shuffling. \\[default: {_default('seed')}]",
+            rich_help_panel=DATA_HELP,
         ),
     ] = None,
     path_col: Annotated[
         str | None,
-        typer.Option(help="CSV column with image paths. [default: auto]", rich_help_panel=DATA_HELP),
+        typer.Option(help="CSV column with image paths. \\[default: auto]", rich_help_panel=DATA_HELP),
     ] = None,
     label_col: Annotated[
-        str | None, typer.Option(help="CSV column with labels. [default: auto]", rich_help_panel=DATA_HELP)
+        str | None, typer.Option(help="CSV column with labels. \\[default: auto]", rich_help_panel=DATA_HELP)
     ] = None,
     classes: Annotated[
         str | None,
@@ -188,13 +203,15 @@ def train(
     val_split: Annotated[
         float | None,
         typer.Option(
-            help="Validation fraction carved from training data. [default: 0.2]", rich_help_panel=DATA_HELP
+            help=f"Validation fraction carved from training data. \\[default: {_default('data.val_split')}]",
+            rich_help_panel=DATA_HELP,
         ),
     ] = None,
     test_split: Annotated[
         float | None,
         typer.Option(
-            help="Test fraction carved when the data has no test folder. [default: 0]",
+            help="Test fraction carved when the data has no test folder. "
+            f"\\[default: {_default('data.test_split')}]",
             rich_help_panel=DATA_HELP,
         ),
     ] = None,
@@ -205,46 +222,52 @@ def train(
     image_size: Annotated[
         str | None,
         typer.Option(
-            help="Model input size: 32 or 32,48 (height,width). [default: from the data]",
+            help="Model input size: 32 or 32,48 (height,width). \\[default: from the data]",
             rich_help_panel=DATA_HELP,
         ),
     ] = None,
     channels: Annotated[
         int | None,
-        typer.Option(help="1 or 3. [default: 1 if every image is grayscale]", rich_help_panel=DATA_HELP),
+        typer.Option(help="1 or 3. \\[default: 1 if every image is grayscale]", rich_help_panel=DATA_HELP),
     ] = None,
     resize: Annotated[
-        str | None, typer.Option(help="stretch | crop | pad. [default: stretch]", rich_help_panel=DATA_HELP)
+        str | None,
+        typer.Option(
+            help=f"stretch | crop | pad. \\[default: {_default('data.resize')}]", rich_help_panel=DATA_HELP
+        ),
     ] = None,
     interpolation: Annotated[
         str | None,
         typer.Option(
-            help="nearest | bilinear | bicubic | lanczos. [default: bilinear]", rich_help_panel=DATA_HELP
+            help=f"nearest | bilinear | bicubic | lanczos. \\[default: {_default('data.interpolation')}]",
+            rich_help_panel=DATA_HELP,
         ),
     ] = None,
     normalize: Annotated[
         str | None,
         typer.Option(
-            help="auto | rescale (x/255) | half (to -1..1) | imagenet. [default: auto]",
+            help="auto | rescale (x/255) | half (to -1..1) | imagenet. "
+            f"\\[default: {_default('data.normalize')}]",
             rich_help_panel=DATA_HELP,
         ),
     ] = None,
     cache: Annotated[
         str | None,
         typer.Option(
-            help="auto | ram | none: decode once into RAM, or stream. [default: auto]",
+            help=f"auto | ram | none: decode once into RAM, or stream. \\[default: {_default('data.cache')}]",
             rich_help_panel=DATA_HELP,
         ),
     ] = None,
     workers: Annotated[
         int | None,
-        typer.Option(help="Decoding processes. [default: cores, at most 8]", rich_help_panel=DATA_HELP),
+        typer.Option(help="Decoding processes. \\[default: cores, at most 8]", rich_help_panel=DATA_HELP),
     ] = None,
     augment: Annotated[
         str | None,
         typer.Option(
             "--augment",
-            help="Preset: none | light | strong (flags below override it). [default: none]",
+            help="Preset: none | light | strong (flags below override it). "
+            f"\\[default: {_default('augment.preset')}]",
             rich_help_panel=AUG_HELP,
         ),
     ] = None,
@@ -299,7 +322,7 @@ def train(
             "--model",
             "-m",
             help="mlp | cnn-small | cnn-basic | cnn | any timm "
-            "name (see `imgclf models`). [default: cnn-basic]",
+            f"name (see `imgclf models`). \\[default: {_default('model.name')}]",
             rich_help_panel=MODEL_HELP,
         ),
     ] = None,
@@ -356,12 +379,13 @@ def train(
     ] = None,
     finetune_lr: Annotated[
         float | None,
-        typer.Option(help="Stage 2 learning rate. [default: lr / 10]", rich_help_panel=MODEL_HELP),
+        typer.Option(help="Stage 2 learning rate. \\[default: lr / 10]", rich_help_panel=MODEL_HELP),
     ] = None,
     unfreeze: Annotated[
         str | None,
         typer.Option(
-            help="Stage 2 unfreezes: all | N (the last N blocks). [default: all]", rich_help_panel=MODEL_HELP
+            help=f"Stage 2 unfreezes: all | N (the last N blocks). \\[default: {_default('train.unfreeze')}]",
+            rich_help_panel=MODEL_HELP,
         ),
     ] = None,
     head_only: Annotated[
@@ -374,20 +398,36 @@ def train(
         ),
     ] = None,
     epochs: Annotated[
-        int | None, typer.Option("--epochs", "-e", help="[default: 10]", rich_help_panel=TRAIN_HELP)
+        int | None,
+        typer.Option(
+            "--epochs", "-e", help=f"\\[default: {_default('train.epochs')}]", rich_help_panel=TRAIN_HELP
+        ),
     ] = None,
     batch_size: Annotated[
-        int | None, typer.Option("--batch-size", "-b", help="[default: 32]", rich_help_panel=TRAIN_HELP)
+        int | None,
+        typer.Option(
+            "--batch-size",
+            "-b",
+            help=f"\\[default: {_default('train.batch_size')}]",
+            rich_help_panel=TRAIN_HELP,
+        ),
     ] = None,
     optimizer: Annotated[
         str | None,
-        typer.Option(help="adam | adamw | sgd | rmsprop. [default: adam]", rich_help_panel=TRAIN_HELP),
+        typer.Option(
+            help=f"adam | adamw | sgd | rmsprop. \\[default: {_default('train.optimizer')}]",
+            rich_help_panel=TRAIN_HELP,
+        ),
     ] = None,
     lr: Annotated[
-        float | None, typer.Option(help="Learning rate. [default: 0.001]", rich_help_panel=TRAIN_HELP)
+        float | None,
+        typer.Option(help=f"Learning rate. \\[default: {_default('train.lr')}]", rich_help_panel=TRAIN_HELP),
     ] = None,
     momentum: Annotated[
-        float | None, typer.Option(help="sgd momentum. [default: 0.9]", rich_help_panel=TRAIN_HELP)
+        float | None,
+        typer.Option(
+            help=f"sgd momentum. \\[default: {_default('train.momentum')}]", rich_help_panel=TRAIN_HELP
+        ),
     ] = None,
     nesterov: Annotated[
         bool | None,
@@ -399,30 +439,39 @@ def train(
         ),
     ] = None,
     weight_decay: Annotated[
-        float | None, typer.Option(help="[default: 0]", rich_help_panel=TRAIN_HELP)
+        float | None,
+        typer.Option(help=f"\\[default: {_default('train.weight_decay')}]", rich_help_panel=TRAIN_HELP),
     ] = None,
     label_smoothing: Annotated[
-        float | None, typer.Option(help="[default: 0]", rich_help_panel=TRAIN_HELP)
+        float | None,
+        typer.Option(help=f"\\[default: {_default('train.label_smoothing')}]", rich_help_panel=TRAIN_HELP),
     ] = None,
     schedule: Annotated[
         str | None,
         typer.Option(
-            help="constant | cosine | onecycle | plateau. [default: constant]", rich_help_panel=TRAIN_HELP
+            help=f"constant | cosine | onecycle | plateau. \\[default: {_default('train.schedule')}]",
+            rich_help_panel=TRAIN_HELP,
         ),
     ] = None,
     warmup_epochs: Annotated[
         float | None,
         typer.Option(
-            help="Linear warm-up length (constant, cosine). [default: 0]", rich_help_panel=TRAIN_HELP
+            help=f"Linear warm-up length (constant, cosine). \\[default: {_default('train.warmup_epochs')}]",
+            rich_help_panel=TRAIN_HELP,
         ),
     ] = None,
     class_weight: Annotated[
-        str | None, typer.Option(help="auto (balanced) | none. [default: none]", rich_help_panel=TRAIN_HELP)
+        str | None,
+        typer.Option(
+            help=f"auto (balanced) | none. \\[default: {_default('train.class_weight')}]",
+            rich_help_panel=TRAIN_HELP,
+        ),
     ] = None,
     monitor: Annotated[
         str | None,
         typer.Option(
-            help="val_loss | val_acc: picks the best model. [default: val_loss]", rich_help_panel=TRAIN_HELP
+            help=f"val_loss | val_acc: picks the best model. \\[default: {_default('train.monitor')}]",
+            rich_help_panel=TRAIN_HELP,
         ),
     ] = None,
     patience: Annotated[
@@ -434,11 +483,17 @@ def train(
     ] = None,
     device: Annotated[
         str | None,
-        typer.Option(help="auto | cpu | cuda | cuda:N. [default: auto]", rich_help_panel=TRAIN_HELP),
+        typer.Option(
+            help=f"auto | cpu | cuda | cuda:N. \\[default: {_default('train.device')}]",
+            rich_help_panel=TRAIN_HELP,
+        ),
     ] = None,
     precision: Annotated[
         str | None,
-        typer.Option(help="auto (bf16 on CUDA) | fp32 | bf16. [default: auto]", rich_help_panel=TRAIN_HELP),
+        typer.Option(
+            help=f"auto (bf16 on CUDA) | fp32 | bf16. \\[default: {_default('train.precision')}]",
+            rich_help_panel=TRAIN_HELP,
+        ),
     ] = None,
     devices: Annotated[
         int | None,
@@ -646,7 +701,7 @@ def evaluate(
     out: Annotated[
         Path | None,
         typer.Option(
-            "--out", "-o", help="Folder for the outputs. [default: runs/evaluate, suffixed -2, -3 …]"
+            "--out", "-o", help="Folder for the outputs. \\[default: runs/evaluate, suffixed -2, -3 …]"
         ),
     ] = None,
     manifest: Annotated[
@@ -690,7 +745,7 @@ def report(
         Path, typer.Argument(help="A run folder written by `imgclf train`.", show_default=False)
     ],
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="HTML file. [default: RUN_DIR/report.html]")
+        Path | None, typer.Option("--out", "-o", help="HTML file. \\[default: RUN_DIR/report.html]")
     ] = None,
 ) -> None:
     """Write one self-contained report.html (images embedded, opens offline) for a training run."""
@@ -713,7 +768,7 @@ def check(
     path_col: Annotated[str | None, typer.Option(help="CSV column with image paths.")] = None,
     label_col: Annotated[str | None, typer.Option(help="CSV column with labels.")] = None,
     workers: Annotated[
-        int | None, typer.Option(help="Processes reading files. [default: cores, at most 8]")
+        int | None, typer.Option(help="Processes reading files. \\[default: cores, at most 8]")
     ] = None,
     imbalance: Annotated[
         float,
@@ -856,7 +911,7 @@ def augment_preview(
     contrast: Annotated[float | None, typer.Option(help="Contrast range.")] = None,
     fill: Annotated[str | None, typer.Option(help="nearest | constant | reflect | wrap.")] = None,
     image_size: Annotated[
-        str | None, typer.Option(help="Size to show the images at. [default: from the data]")
+        str | None, typer.Option(help="Size to show the images at. \\[default: from the data]")
     ] = None,
     seed: Annotated[int, typer.Option(help="Which images and transforms are drawn.")] = 0,
 ) -> None:
