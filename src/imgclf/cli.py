@@ -143,6 +143,63 @@ def _size(value: str | None) -> list[int] | None:
         raise typer.BadParameter(f"{value!r}: give one size (32) or height,width (32,48)") from None
 
 
+# Augmentation flags, shared by `train` and `augment-preview` (Keras ImageDataGenerator meanings).
+AugmentOption = Annotated[
+    str | None,
+    typer.Option(
+        "--augment",
+        help="Preset: none | light | strong (flags below override it). "
+        f"\\[default: {_default('augment.preset')}]",
+        rich_help_panel=AUG_HELP,
+    ),
+]
+RotationOption = Annotated[
+    float | None,
+    typer.Option(help="Rotation range in degrees (rotation_range).", rich_help_panel=AUG_HELP),
+]
+WidthShiftOption = Annotated[
+    float | None, typer.Option(help="Horizontal shift, fraction of width.", rich_help_panel=AUG_HELP)
+]
+HeightShiftOption = Annotated[
+    float | None, typer.Option(help="Vertical shift, fraction of height.", rich_help_panel=AUG_HELP)
+]
+ShearOption = Annotated[
+    float | None,
+    typer.Option(help="Shear angle range in degrees, as Keras' shear_range.", rich_help_panel=AUG_HELP),
+]
+ZoomOption = Annotated[
+    float | None,
+    typer.Option(help="Zoom range: x and y zoom drawn from [1-z, 1+z].", rich_help_panel=AUG_HELP),
+]
+HflipOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--hflip/--no-hflip",
+        help="Random horizontal flips.",
+        rich_help_panel=AUG_HELP,
+        show_default=False,
+    ),
+]
+VflipOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--vflip/--no-vflip", help="Random vertical flips.", rich_help_panel=AUG_HELP, show_default=False
+    ),
+]
+BrightnessOption = Annotated[
+    float | None, typer.Option(help="Brightness factor drawn from [1-b, 1+b].", rich_help_panel=AUG_HELP)
+]
+ContrastOption = Annotated[
+    float | None, typer.Option(help="Contrast factor drawn from [1-c, 1+c].", rich_help_panel=AUG_HELP)
+]
+FillOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Fill outside the image: nearest | constant | reflect | wrap.", rich_help_panel=AUG_HELP
+    ),
+]
+
+
 @app.command()
 @handle_errors
 def train(
@@ -262,60 +319,17 @@ def train(
         int | None,
         typer.Option(help="Decoding processes. \\[default: cores, at most 8]", rich_help_panel=DATA_HELP),
     ] = None,
-    augment: Annotated[
-        str | None,
-        typer.Option(
-            "--augment",
-            help="Preset: none | light | strong (flags below override it). "
-            f"\\[default: {_default('augment.preset')}]",
-            rich_help_panel=AUG_HELP,
-        ),
-    ] = None,
-    rotation: Annotated[
-        float | None,
-        typer.Option(help="Rotation range in degrees (rotation_range).", rich_help_panel=AUG_HELP),
-    ] = None,
-    width_shift: Annotated[
-        float | None, typer.Option(help="Horizontal shift, fraction of width.", rich_help_panel=AUG_HELP)
-    ] = None,
-    height_shift: Annotated[
-        float | None, typer.Option(help="Vertical shift, fraction of height.", rich_help_panel=AUG_HELP)
-    ] = None,
-    shear: Annotated[
-        float | None,
-        typer.Option(help="Shear angle range in degrees, as Keras' shear_range.", rich_help_panel=AUG_HELP),
-    ] = None,
-    zoom: Annotated[
-        float | None,
-        typer.Option(help="Zoom range: x and y zoom drawn from [1-z, 1+z].", rich_help_panel=AUG_HELP),
-    ] = None,
-    hflip: Annotated[
-        bool | None,
-        typer.Option(
-            "--hflip/--no-hflip",
-            help="Random horizontal flips.",
-            rich_help_panel=AUG_HELP,
-            show_default=False,
-        ),
-    ] = None,
-    vflip: Annotated[
-        bool | None,
-        typer.Option(
-            "--vflip/--no-vflip", help="Random vertical flips.", rich_help_panel=AUG_HELP, show_default=False
-        ),
-    ] = None,
-    brightness: Annotated[
-        float | None, typer.Option(help="Brightness factor drawn from [1-b, 1+b].", rich_help_panel=AUG_HELP)
-    ] = None,
-    contrast: Annotated[
-        float | None, typer.Option(help="Contrast factor drawn from [1-c, 1+c].", rich_help_panel=AUG_HELP)
-    ] = None,
-    fill: Annotated[
-        str | None,
-        typer.Option(
-            help="Fill outside the image: nearest | constant | reflect | wrap.", rich_help_panel=AUG_HELP
-        ),
-    ] = None,
+    augment: AugmentOption = None,
+    rotation: RotationOption = None,
+    width_shift: WidthShiftOption = None,
+    height_shift: HeightShiftOption = None,
+    shear: ShearOption = None,
+    zoom: ZoomOption = None,
+    hflip: HflipOption = None,
+    vflip: VflipOption = None,
+    brightness: BrightnessOption = None,
+    contrast: ContrastOption = None,
+    fill: FillOption = None,
     model: Annotated[
         str | None,
         typer.Option(
@@ -899,17 +913,17 @@ def augment_preview(
         int, typer.Option(help="Augmented versions per image (columns after the original).")
     ] = 7,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML settings file.")] = None,
-    augment: Annotated[str | None, typer.Option("--augment", help="Preset: none | light | strong.")] = None,
-    rotation: Annotated[float | None, typer.Option(help="Rotation range in degrees.")] = None,
-    width_shift: Annotated[float | None, typer.Option(help="Fraction of width.")] = None,
-    height_shift: Annotated[float | None, typer.Option(help="Fraction of height.")] = None,
-    shear: Annotated[float | None, typer.Option(help="Shear range in degrees.")] = None,
-    zoom: Annotated[float | None, typer.Option(help="Zoom range.")] = None,
-    hflip: Annotated[bool | None, typer.Option("--hflip/--no-hflip", show_default=False)] = None,
-    vflip: Annotated[bool | None, typer.Option("--vflip/--no-vflip", show_default=False)] = None,
-    brightness: Annotated[float | None, typer.Option(help="Brightness range.")] = None,
-    contrast: Annotated[float | None, typer.Option(help="Contrast range.")] = None,
-    fill: Annotated[str | None, typer.Option(help="nearest | constant | reflect | wrap.")] = None,
+    augment: AugmentOption = None,
+    rotation: RotationOption = None,
+    width_shift: WidthShiftOption = None,
+    height_shift: HeightShiftOption = None,
+    shear: ShearOption = None,
+    zoom: ZoomOption = None,
+    hflip: HflipOption = None,
+    vflip: VflipOption = None,
+    brightness: BrightnessOption = None,
+    contrast: ContrastOption = None,
+    fill: FillOption = None,
     image_size: Annotated[
         str | None, typer.Option(help="Size to show the images at. \\[default: from the data]")
     ] = None,
