@@ -14,9 +14,11 @@ SHARED_DATASETS = REPO_ROOT.parent / "shared" / "datasets"
 
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Every test gets its own imgclf cache folder (archives are unpacked there)."""
+    """Every test gets its own imgclf cache folder (archives are unpacked there) and its own working
+    directory, so that default outputs (runs/…) never land in the repository."""
     cache = tmp_path_factory.mktemp("imgclf-cache")
     monkeypatch.setenv("IMGCLF_CACHE_DIR", str(cache))
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
     return cache
 
 

@@ -138,6 +138,7 @@ def test_user_errors_are_one_line_with_exit_code_2(
     _, data = trained
     result = runner.invoke(app, [a.replace("{data}", str(data)) for a in args])
     assert result.exit_code == 2, result.output
+    assert not Path("runs").exists()  # a usage error leaves no run folder behind
     assert message in result.output
     assert "Traceback" not in result.output
 

@@ -346,6 +346,9 @@ def train(
         cfg.data, cfg.model.name, image_set, pretrained=cfg.model.pretrained or bool(cfg.model.weights)
     )
     display_names = _display_names(cfg.data, image_set.classes)
+    args = model_args(
+        cfg.model, len(image_set.classes), spec.channels, [spec.height, spec.width]
+    )  # checks the name
 
     # 3. Run folder: config, split and skipped files are written before any training.
     if run_dir is None:
@@ -386,7 +389,6 @@ def train(
     )
 
     # 5. Model, optimizer, schedule, loss.
-    args = model_args(cfg.model, len(image_set.classes), spec.channels, [spec.height, spec.width])
     model = create_model(args)
     weights_source = None
     if cfg.model.pretrained or cfg.model.weights:
