@@ -43,10 +43,6 @@ def _timm():
     return timm
 
 
-def is_timm_model(name: str) -> bool:
-    return name not in BUILTIN_MODELS and _timm().is_model(name)
-
-
 def model_args(cfg: ModelConfig, num_classes: int, in_channels: int, image_size: list[int]) -> dict[str, Any]:
     """The full argument set stored in the artifact, from which `create_model` rebuilds the network."""
     args: dict[str, Any] = {
