@@ -788,9 +788,9 @@ def select_split(image_set: ImageSet, split: str, manifest: str | Path | None) -
     return image_set.subset(keep), splits[keep]
 
 
-def load_model(path: str | Path, device: str = "cpu") -> Predictor:
-    """Load a saved model (artifact folder or run folder) ready to predict."""
-    return Predictor.from_path(path, device=device)
+def load_model(path: str | Path, device: str = "cpu", backend: str = "auto") -> Predictor:
+    """Load a saved model (artifact folder, run folder or exported .onnx file) ready to predict."""
+    return Predictor.from_path(path, device=device, backend=backend)
 
 
 def evaluate(
@@ -813,7 +813,11 @@ def evaluate(
     metrics.json, the confusion matrices, most_confused.csv, predictions.csv, misclassified.png and
     reliability.png into `out` (default: a new folder runs/evaluate[-N]).
     """
-    predictor = model if isinstance(model, Predictor) else Predictor.from_path(model, device=device)
+    predictor = (
+        model if isinstance(model, Predictor) else Predictor.from_path(model, device=device, backend="torch")
+    )
+    if predictor.model is None:
+        raise UsageError("evaluate runs the PyTorch model; give the model folder, not an ONNX export")
     info = predictor.info
     cfg = DataConfig(path_col=path_col, label_col=label_col)
     image_set = load_data(data, cfg, labels=labels)
@@ -865,7 +869,7 @@ def features(
     resolved = resolve_device(device)
     path = Path(model_or_backbone).expanduser()
     if path.exists():
-        predictor = Predictor.from_path(path, device=str(resolved))
+        predictor = Predictor.from_path(path, device=str(resolved), backend="torch")
         model, spec = predictor.model, predictor.spec
     else:
         from imgclf.config import ModelConfig

@@ -88,6 +88,12 @@ def handle_errors(command: Callable) -> Callable:
     return wrapper
 
 
+class Backend(str, Enum):
+    auto = "auto"
+    torch = "torch"
+    onnxruntime = "onnxruntime"
+
+
 class Split(str, Enum):
     train = "train"
     val = "val"
@@ -612,7 +618,10 @@ def train(
 @handle_errors
 def predict(
     model: Annotated[
-        Path, typer.Argument(help="Model folder (or a run folder holding model/).", show_default=False)
+        Path,
+        typer.Argument(
+            help="Model folder, run folder holding model/, or exported .onnx file.", show_default=False
+        ),
     ],
     inputs: Annotated[
         list[str],
@@ -643,9 +652,20 @@ def predict(
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per forward pass.")] = 64,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "cpu",
+    backend: Annotated[
+        Backend,
+        typer.Option(
+            help="auto: ONNX Runtime on the CPU when the model folder holds a current model.onnx "
+            "(see imgclf export), else PyTorch."
+        ),
+    ] = Backend.auto,
+    threads: Annotated[
+        int | None, typer.Option(help="ONNX Runtime threads \\[default: one per core].", show_default=False)
+    ] = None,
 ) -> None:
     """Top-k predictions for images, streamed (bounded memory on folders of any size).
 
+    MODEL is a model folder, a run folder or an exported .onnx file.
     Exit code 0: all read; 1: some could not be read; 2: usage error.
     """
     from imgclf.console import console, err_console
@@ -657,7 +677,10 @@ def predict(
         raise typer.BadParameter("--output must end in .csv or .jsonl")
     if resume and output is None:
         raise typer.BadParameter("--resume continues an --output file; name it")
-    predictor = Predictor.from_path(model, device=device, label_map=label_map)
+    predictor = Predictor.from_path(
+        model, device=device, label_map=label_map, backend=backend.value, threads=threads
+    )
+    err_console.print(f"backend: {predictor.backend}", style="dim")
     paths = iter_inputs(inputs)
     if shard is not None:
         paths = select_shard(paths, *parse_shard(shard))
@@ -697,6 +720,161 @@ def prediction_line(result: Any) -> str:
     return f"{result.source}  {result.names[0]} {result.probabilities[0]:.4f}" + (
         f"  ({others})" if others else ""
     )
+
+
+# ---------------------------------------------------------------------------------------------------
+# export
+# ---------------------------------------------------------------------------------------------------
+class ExportFormat(str, Enum):
+    onnx = "onnx"
+
+
+@app.command()
+@handle_errors
+def export(
+    model: Annotated[
+        Path, typer.Argument(help="Model folder (or a run folder holding model/).", show_default=False)
+    ],
+    format: Annotated[
+        ExportFormat, typer.Option("--format", "-f", help="Export format.")
+    ] = ExportFormat.onnx,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="The .onnx file to write \\[default: model.onnx in the model folder, where predict and "
+            "serve find it].",
+            show_default=False,
+        ),
+    ] = None,
+    opset: Annotated[int, typer.Option(help="ONNX opset version (18 or later).")] = 18,
+    dynamic_batch: Annotated[
+        bool,
+        typer.Option(
+            "--dynamic-batch/--fixed-batch",
+            help="A free batch dimension, or one fixed at --batch-size.",
+        ),
+    ] = True,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="The batch of --fixed-batch.")] = 1,
+    check_images: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--check-images",
+            help="Images (files, folders, globs) for the ONNX Runtime vs PyTorch check "
+            "\\[default: 16 images of the training data, if still there].",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Export a model to ONNX, with normalization and softmax inside the graph.
+
+    Input `image`: float32 N×C×H×W, RGB (or grey) pixels / 255, resized as the model's spec says.
+
+    Output `probabilities`: float32 N×K. The ONNX metadata holds classes, names and the spec.
+
+    ONNX Runtime must match PyTorch on a real batch within 1e-4, or nothing is written.
+    """
+    from imgclf.console import console
+    from imgclf.export.onnx import export_onnx
+
+    result = export_onnx(
+        model,
+        out,
+        opset=opset,
+        dynamic_batch=dynamic_batch,
+        batch_size=batch_size,
+        check_images=check_images,
+    )
+    batch = "dynamic" if result.dynamic_batch else f"fixed at {batch_size}"
+    console.print(
+        f"wrote {result.path} ({result.size_bytes / 1e6:.1f} MB, opset {result.opset}, batch {batch})",
+        markup=False,
+    )
+    console.print(
+        f"check: ONNX Runtime vs PyTorch on {result.check_source}: max |Δp| = {result.max_abs_diff:.2e} "
+        f"(limit 1e-04), top-1 agreement {result.top1_agreement:.0%}",
+        markup=False,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# serve
+# ---------------------------------------------------------------------------------------------------
+@app.command()
+@handle_errors
+def serve(
+    model: Annotated[
+        Path,
+        typer.Argument(
+            help="Model folder, run folder holding model/, or exported .onnx file.", show_default=False
+        ),
+    ],
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; 0.0.0.0 opens the service to the network.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    max_batch: Annotated[
+        int, typer.Option(help="Most images in one forward pass; 1 turns micro-batching off.")
+    ] = 32,
+    batch_wait_ms: Annotated[
+        float, typer.Option(help="How long the first request of a batch waits for others (ms).")
+    ] = 2.0,
+    max_body_mb: Annotated[float, typer.Option(help="Largest request body (MB); larger gets 413.")] = 20.0,
+    max_pixels: Annotated[
+        int, typer.Option(help="Largest image (width × height); larger gets 400, before decoding.")
+    ] = 40_000_000,
+    max_images: Annotated[int, typer.Option(help="Most images in one request.")] = 32,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", help="Classes per image unless a request asks.")] = 5,
+    label_map: Annotated[
+        Path | None, typer.Option(help="JSON of display names (class names or 1-based indices as keys).")
+    ] = None,
+    backend: Annotated[
+        Backend, typer.Option(help="auto: ONNX Runtime on the CPU when a current model.onnx exists.")
+    ] = Backend.auto,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda (PyTorch backend).")] = "cpu",
+    threads: Annotated[
+        int | None, typer.Option(help="ONNX Runtime threads \\[default: one per core].", show_default=False)
+    ] = None,
+    access_log: Annotated[bool, typer.Option("--access-log", help="Log every request.")] = False,
+) -> None:
+    """Serve a model over HTTP: POST /predict, GET /health, GET /model, web page at /, docs at /docs.
+
+    Concurrent requests are micro-batched (see --max-batch, --batch-wait-ms). Ctrl-C stops it.
+    """
+    import uvicorn
+
+    from imgclf.console import err_console
+    from imgclf.predict import Predictor
+    from imgclf.serve import ServeSettings, create_app
+
+    for name, value in (("--max-batch", max_batch), ("--max-images", max_images), ("--top-k", top_k)):
+        if value < 1:
+            raise typer.BadParameter(f"{name} must be at least 1")
+    if not 0 < port < 65536:
+        raise typer.BadParameter("--port must be between 1 and 65535")
+    predictor = Predictor.from_path(
+        model, device=device, label_map=label_map, backend=backend.value, threads=threads
+    )
+    settings = ServeSettings(
+        max_batch=max_batch,
+        batch_wait_ms=batch_wait_ms,
+        max_body_mb=max_body_mb,
+        max_pixels=max_pixels,
+        max_images=max_images,
+        default_top_k=top_k,
+    )
+    application = create_app(predictor, settings)
+    shown = f"[{host}]" if ":" in host else host
+    err_console.print(
+        f"serving {len(predictor.classes)} classes with {predictor.backend} at http://{shown}:{port}/ "
+        f"(API docs: /docs; micro-batching: {'off' if max_batch == 1 else f'up to {max_batch} images'})",
+        markup=False,
+        soft_wrap=True,
+    )
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        err_console.print(f"note: listening on {host}, reachable from other machines", style="yellow")
+    uvicorn.run(application, host=host, port=port, log_level="warning", access_log=access_log)
 
 
 # ---------------------------------------------------------------------------------------------------

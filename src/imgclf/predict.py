@@ -13,17 +13,20 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-from imgclf.artifact import ModelInfo, load_artifact
+from imgclf.artifact import ModelInfo, load_artifact, resolve_artifact_path
 from imgclf.data.decode import ImageDecodeError, decode_image, is_image_file
 from imgclf.data.preprocess import PreprocessSpec, normalize_batch, prepare_image
 from imgclf.data.sources import array_to_image, load_label_map
 from imgclf.errors import UsageError
+
+if TYPE_CHECKING:
+    from imgclf.export.onnx import OnnxClassifier
 
 logger = logging.getLogger(__name__)
 
@@ -101,17 +104,27 @@ def select_shard(paths: Iterable[str], index: int, count: int) -> Iterator[str]:
             yield path
 
 
+BACKENDS = ("auto", "torch", "onnxruntime")
+
+
 class Predictor:
-    """Predict with a saved model; preprocessing comes from the model, never from the caller."""
+    """Predict with a saved model; preprocessing comes from the model, never from the caller.
+
+    Runs the network with PyTorch (`model`) or with ONNX Runtime (`onnx`, an exported model);
+    `backend` says which.
+    """
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: torch.nn.Module | None,
         info: ModelInfo,
         device: torch.device,
         label_map: str | Path | None = None,
+        onnx: OnnxClassifier | None = None,
     ) -> None:
-        self.model = model.eval()
+        self.model = model.eval() if model is not None else None
+        self.onnx = onnx
+        self.backend = "onnxruntime" if onnx is not None else "torch"
         self.info = info
         self.device = device
         self.names = list(info.display_names or info.classes)
@@ -121,12 +134,42 @@ class Predictor:
 
     @classmethod
     def from_path(
-        cls, path: str | Path, device: str = "cpu", label_map: str | Path | None = None
+        cls,
+        path: str | Path,
+        device: str = "cpu",
+        label_map: str | Path | None = None,
+        backend: str = "auto",
+        threads: int | None = None,
     ) -> Predictor:
-        from imgclf.api import resolve_device
+        """Load an artifact folder, a run folder or an exported .onnx file.
 
+        backend "auto" runs an artifact's exported model.onnx with ONNX Runtime when the device is
+        the CPU and the export matches the weights, else PyTorch; a .onnx file always runs with
+        ONNX Runtime.
+        """
+        from imgclf.api import resolve_device
+        from imgclf.export.onnx import OnnxClassifier, find_current_export
+
+        if backend not in BACKENDS:
+            raise UsageError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        location = Path(path).expanduser()
+        if location.suffix.lower() == ".onnx":
+            if backend == "torch":
+                raise UsageError("a .onnx file runs with ONNX Runtime; for --backend torch give the model")
+            onnx = OnnxClassifier(location, threads)
+            return cls(None, onnx.info, torch.device("cpu"), label_map, onnx=onnx)
         resolved = resolve_device(device)
-        model, info = load_artifact(path, device=resolved)
+        artifact_dir = resolve_artifact_path(location)
+        if backend == "onnxruntime" or (backend == "auto" and resolved.type == "cpu"):
+            export = find_current_export(artifact_dir)
+            if export is not None:
+                onnx = OnnxClassifier(export, threads)
+                return cls(None, onnx.info, torch.device("cpu"), label_map, onnx=onnx)
+            if backend == "onnxruntime":
+                raise UsageError(
+                    f"{artifact_dir} has no current model.onnx; run `imgclf export {path}` first"
+                )
+        model, info = load_artifact(artifact_dir, device=resolved)
         return cls(model, info, resolved, label_map)
 
     @property
@@ -140,6 +183,8 @@ class Predictor:
     @torch.no_grad()
     def predict_arrays(self, arrays: np.ndarray) -> np.ndarray:
         """Prepared uint8 images (N×H×W×C, as `prepare_image` makes them) → class probabilities N×K."""
+        if self.onnx is not None:
+            return self.onnx(arrays)
         batch = torch.from_numpy(np.ascontiguousarray(arrays)).permute(0, 3, 1, 2).to(self.device)
         logits = self.model(normalize_batch(batch, self.spec))
         return torch.softmax(logits.float(), dim=1).cpu().numpy()
@@ -177,10 +222,11 @@ class Predictor:
                     if array is None:
                         yield Prediction(source, error=error)
                         continue
-                    yield self._top_k(source, probabilities[row], top_k)
+                    yield self.top_classes(source, probabilities[row], top_k)
                     row += 1
 
-    def _top_k(self, source: str, probabilities: np.ndarray, top_k: int) -> Prediction:
+    def top_classes(self, source: str, probabilities: np.ndarray, top_k: int) -> Prediction:
+        """The `top_k` classes of one row of probabilities, most likely first."""
         order = np.argsort(-probabilities, kind="stable")[:top_k]
         return Prediction(
             source,

@@ -96,13 +96,21 @@ def read_header(source: str | Path | bytes) -> ImageHeader:
         image.close()
 
 
-def decode_image(source: str | Path | bytes, draft_size: tuple[int, int] | None = None) -> Image.Image:
+def decode_image(
+    source: str | Path | bytes, draft_size: tuple[int, int] | None = None, max_pixels: int | None = None
+) -> Image.Image:
     """Fully decode an image, apply its EXIF orientation, and return it in its own mode.
 
     `draft_size` (width, height) lets JPEG decoding downscale in the DCT domain when the source is at
     least twice that size, which is much faster than decoding at full size and resizing.
+    `max_pixels` refuses larger images from their header, before any pixel is decoded.
     """
     image = _open(source)
+    if max_pixels is not None and image.width * image.height > max_pixels:
+        image.close()
+        raise ImageDecodeError(
+            f"image too large: {image.width}×{image.height} pixels, over the limit of {max_pixels:,}"
+        )
     try:
         if draft_size is not None and image.format == "JPEG":
             image.draft(image.mode, draft_size)

@@ -1,0 +1,311 @@
+"""ONNX export of a saved model, and the ONNX Runtime model that runs it.
+
+The exported graph has one input and one output:
+
+- input `image`: float32, N×C×H×W, the image resized to the model's size by its preprocessing spec
+  (see `prepare_image`), channels RGB (or one grey channel), pixel values divided by 255 (0.0–1.0);
+- output `probabilities`: float32, N×K, softmax over the classes in the order of `imgclf.classes`.
+
+The per-channel mean/std normalization and the softmax are inside the graph, so an application only
+resizes, scales to 0–1 and transposes. The model's metadata (`metadata_props`) carries everything
+else: `imgclf.classes`, `imgclf.display_names`, `imgclf.preprocessing` (JSON), `imgclf.input` (this
+contract in words), `imgclf.model` (the full imgclf.json) and `imgclf.weights_sha256`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from imgclf.artifact import WEIGHTS_FILE, ModelInfo, load_artifact, resolve_artifact_path
+from imgclf.data.preprocess import PreprocessSpec
+from imgclf.errors import ModelError, UsageError
+from imgclf.io import write_atomic
+
+logger = logging.getLogger(__name__)
+
+ONNX_FILE = "model.onnx"
+INPUT_NAME = "image"
+OUTPUT_NAME = "probabilities"
+DEFAULT_OPSET = 18
+MIN_OPSET = 18  # the torch.export-based exporter emits opset 18 and later
+MAX_ABS_DIFF = 1e-4
+INPUT_CONTRACT = (
+    "image: float32 N×C×H×W, resized to H×W by the preprocessing spec (resize policy and interpolation), "
+    "channels RGB (C=3) or grey (C=1), values = uint8 pixel / 255 (0.0–1.0); mean/std normalization "
+    "happens inside the graph. Output probabilities: float32 N×K, softmax, classes in imgclf.classes order."
+)
+
+
+class ExportWrapper(nn.Module):
+    """The trained network between its normalization and a softmax: what the ONNX graph computes."""
+
+    def __init__(self, model: nn.Module, spec: PreprocessSpec) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(spec.mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(spec.std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        logits = self.model((image - self.mean) / self.std)
+        return torch.softmax(logits.float(), dim=1)
+
+
+@dataclass
+class ExportResult:
+    """What `export_onnx` wrote and how closely ONNX Runtime matched PyTorch."""
+
+    path: Path
+    opset: int
+    dynamic_batch: bool
+    check_images: int
+    check_source: str
+    max_abs_diff: float
+    top1_agreement: float
+    size_bytes: int
+
+
+def weights_digest(artifact_dir: Path) -> str:
+    """sha256 of model.safetensors: ties an export to the weights it was made from."""
+    digest = hashlib.sha256()
+    with (artifact_dir / WEIGHTS_FILE).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def export_onnx(
+    model_path: str | Path,
+    out: str | Path | None = None,
+    *,
+    opset: int = DEFAULT_OPSET,
+    dynamic_batch: bool = True,
+    batch_size: int = 1,
+    check_images: Any = None,
+    check_count: int = 16,
+) -> ExportResult:
+    """Export a saved model to ONNX, then check ONNX Runtime against PyTorch on real images.
+
+    Args:
+        model_path: the artifact folder (or a run folder holding model/).
+        out: the .onnx file to write (default: model.onnx inside the artifact folder, where
+            `imgclf predict` and `imgclf serve` find it).
+        opset: ONNX opset version (18 or later).
+        dynamic_batch: a free batch dimension; otherwise the batch is fixed at `batch_size`.
+        check_images: files, folders or globs for the check batch; default: images of the data the
+            model was trained on, when they are still there.
+        check_count: how many images the check uses.
+
+    Raises ModelError when export fails or the check's largest probability difference is over 1e-4.
+    """
+    if opset < MIN_OPSET:
+        raise UsageError(f"--opset {opset} is too old; imgclf exports opset {MIN_OPSET} or later")
+    if batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    artifact_dir = resolve_artifact_path(model_path)
+    out_path = Path(out).expanduser() if out is not None else artifact_dir / ONNX_FILE
+    if out_path.suffix.lower() != ".onnx":
+        raise UsageError(f"--out must end in .onnx, got {out_path.name}")
+    model, info = load_artifact(artifact_dir, device="cpu")
+    spec = info.preprocessing
+    wrapper = ExportWrapper(model, spec).eval()
+
+    images, check_source = load_check_batch(info, check_images, check_count)
+    example_batch = 2 if dynamic_batch else batch_size
+    example = torch.from_numpy(images[:example_batch]) if len(images) >= example_batch else None
+    if example is None or example.shape[0] != example_batch:
+        example = torch.rand(example_batch, spec.channels, spec.height, spec.width)
+    onnx_bytes = _export_graph(wrapper, example, opset, dynamic_batch)
+
+    import onnx
+
+    proto = onnx.load_from_string(onnx_bytes)
+    proto.doc_string = f"imgclf image classifier: {len(info.classes)} classes. {INPUT_CONTRACT}"
+    metadata = {
+        "imgclf.classes": json.dumps(info.classes, ensure_ascii=False),
+        "imgclf.display_names": json.dumps(info.display_names or info.classes, ensure_ascii=False),
+        "imgclf.preprocessing": json.dumps(spec.to_dict()),
+        "imgclf.input": INPUT_CONTRACT,
+        "imgclf.model": json.dumps(info.to_dict(), ensure_ascii=False),
+        "imgclf.weights_sha256": weights_digest(artifact_dir),
+    }
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    payload = proto.SerializeToString()
+
+    # The check runs on the bytes about to be written, so a file on disk has always passed it.
+    session = create_session(payload)
+    with torch.no_grad():
+        expected = wrapper(torch.from_numpy(images)).numpy()
+    got = _run_in_batches(session, images, None if dynamic_batch else batch_size)
+    max_abs_diff = float(np.abs(got - expected).max())
+    top1_agreement = float(np.mean(got.argmax(1) == expected.argmax(1)))
+    if not max_abs_diff < MAX_ABS_DIFF:
+        raise ModelError(
+            f"ONNX Runtime and PyTorch disagree: max |Δp| = {max_abs_diff:.2e} (limit {MAX_ABS_DIFF:.0e}); "
+            "nothing was written"
+        )
+    write_atomic(out_path, lambda tmp: tmp.write_bytes(payload))
+    logger.debug("exported %s (max |Δp| %.2e on %d images)", out_path, max_abs_diff, len(images))
+    return ExportResult(
+        path=out_path,
+        opset=opset,
+        dynamic_batch=dynamic_batch,
+        check_images=len(images),
+        check_source=check_source,
+        max_abs_diff=max_abs_diff,
+        top1_agreement=top1_agreement,
+        size_bytes=len(payload),
+    )
+
+
+def _export_graph(wrapper: nn.Module, example: torch.Tensor, opset: int, dynamic_batch: bool) -> bytes:
+    dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=65536)},) if dynamic_batch else None
+    buffer = io.BytesIO()
+    # The exporter prints its progress on stdout; imgclf's own output says what happened.
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(
+                wrapper,
+                (example,),
+                buffer,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                opset_version=opset,
+                dynamic_shapes=dynamic_shapes,
+                dynamo=True,
+                external_data=False,
+            )
+        except Exception as error:  # the exporter raises many types; all mean "this graph did not export"
+            message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ModelError(f"ONNX export failed: {message}") from error
+    return buffer.getvalue()
+
+
+def load_check_batch(info: ModelInfo, check_images: Any, count: int) -> tuple[np.ndarray, str]:
+    """Prepared float images (N×C×H×W, 0–1) for the export check, and where they came from."""
+    from imgclf.data.preprocess import load_prepared, prepare_image
+    from imgclf.predict import iter_inputs
+
+    spec = info.preprocessing
+    arrays: list[np.ndarray] = []
+    if check_images is not None:
+        items = [check_images] if isinstance(check_images, (str, Path)) else list(check_images)
+        for path in iter_inputs(items):
+            try:
+                arrays.append(load_prepared(path, spec))
+            except Exception as error:  # an unreadable check image is skipped, like everywhere else
+                logger.warning("export check: skipping %s (%s)", path, error)
+            if len(arrays) >= count:
+                break
+        if not arrays:
+            raise UsageError("none of the --check-images could be read")
+        source = "the given images"
+    else:
+        source = "random images (the training data was not found; give --check-images for real ones)"
+        data = info.dataset.get("source")
+        if data and Path(data).exists():
+            try:
+                from imgclf.data.sources import scan_source
+
+                image_set = scan_source(data)
+                picks = np.linspace(0, len(image_set) - 1, num=min(count, len(image_set))).round()
+                for index in dict.fromkeys(int(i) for i in picks):
+                    with contextlib.suppress(Exception):
+                        arrays.append(prepare_image(image_set.reader.open(image_set.keys[index]), spec))
+                if arrays:
+                    source = f"{len(arrays)} training images from {data}"
+            except Exception as error:  # the check falls back to random input; say why
+                logger.warning("export check: cannot read the training data (%s)", error)
+    if not arrays:
+        rng = np.random.default_rng(0)
+        arrays = list(rng.integers(0, 256, (count, spec.height, spec.width, spec.channels), dtype=np.uint8))
+    batch = np.stack(arrays).transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+    return np.ascontiguousarray(batch), source
+
+
+def create_session(model: bytes | str | Path, threads: int | None = None):
+    """An ONNX Runtime CPU session with full graph optimization."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    source = model if isinstance(model, bytes) else str(model)
+    try:
+        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime raises its own exception classes for bad files
+        raise ModelError(f"ONNX Runtime cannot load the model: {str(error).splitlines()[0]}") from error
+
+
+def _run_in_batches(session: Any, images: np.ndarray, fixed_batch: int | None) -> np.ndarray:
+    """Run float images through a session; a fixed-batch model gets full batches (the last one padded)."""
+    if fixed_batch is None:
+        return session.run([OUTPUT_NAME], {INPUT_NAME: images})[0]
+    outputs = []
+    for start in range(0, len(images), fixed_batch):
+        chunk = images[start : start + fixed_batch]
+        rows = len(chunk)
+        if rows < fixed_batch:
+            pad = np.zeros((fixed_batch - rows, *chunk.shape[1:]), dtype=chunk.dtype)
+            chunk = np.concatenate([chunk, pad])
+        outputs.append(session.run([OUTPUT_NAME], {INPUT_NAME: chunk})[0][:rows])
+    return np.concatenate(outputs)
+
+
+class OnnxClassifier:
+    """An exported model run by ONNX Runtime, with the imgclf metadata it carries."""
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        self.path = Path(path).expanduser()
+        if not self.path.is_file():
+            raise UsageError(f"model not found: {self.path}")
+        self.session = create_session(self.path, threads)
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        if "imgclf.model" not in metadata:
+            raise ModelError(f"{self.path} was not exported by imgclf (no imgclf metadata)")
+        self.info = ModelInfo.from_dict(json.loads(metadata["imgclf.model"]))
+        self.weights_sha256 = metadata.get("imgclf.weights_sha256", "")
+        batch = self.session.get_inputs()[0].shape[0]
+        self.fixed_batch = batch if isinstance(batch, int) else None
+
+    def __call__(self, arrays: np.ndarray) -> np.ndarray:
+        """Prepared uint8 images N×H×W×C → class probabilities N×K."""
+        images = np.ascontiguousarray(arrays.transpose(0, 3, 1, 2), dtype=np.float32)
+        images /= 255.0
+        return _run_in_batches(self.session, images, self.fixed_batch)
+
+
+def find_current_export(artifact_dir: Path) -> Path | None:
+    """The artifact's model.onnx when it was exported from the weights now in the folder."""
+    path = artifact_dir / ONNX_FILE
+    if not path.is_file():
+        return None
+    try:
+        import onnx
+
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # a damaged export is ignored here; torch runs the model instead
+        logger.warning("%s cannot be read; predicting with PyTorch", path)
+        return None
+    metadata = {entry.key: entry.value for entry in proto.metadata_props}
+    if metadata.get("imgclf.weights_sha256") != weights_digest(artifact_dir):
+        logger.warning("%s is older than the model's weights; predicting with PyTorch (export again)", path)
+        return None
+    return path

@@ -1,0 +1,338 @@
+"""The HTTP prediction service: FastAPI app over a `Predictor`, with micro-batching and a web page.
+
+Endpoints: `POST /predict` (multipart files or JSON with base64 images), `GET /health`,
+`GET /model`, `GET /` (the web page), `GET /docs` (OpenAPI docs, served from the package: no CDN).
+Bad input is answered with a JSON error and never stops the server: a body over the size limit gets
+413, an unreadable, truncated or over-large image 400, a missing or wrong field 422.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass
+from importlib import resources
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+from pydantic import BaseModel, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from imgclf.data.decode import ImageDecodeError, decode_image
+from imgclf.data.preprocess import prepare_image
+from imgclf.predict import Predictor
+from imgclf.serve.batching import MicroBatcher
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ServeSettings:
+    """Limits and batching of the service (the `imgclf serve` flags)."""
+
+    max_batch: int = 32
+    batch_wait_ms: float = 2.0
+    max_body_mb: float = 20.0
+    max_pixels: int = 40_000_000
+    max_images: int = 32
+    default_top_k: int = 5
+
+
+# --------------------------------------------------------------------------------------------------
+# request and response bodies (they make the OpenAPI schema)
+# --------------------------------------------------------------------------------------------------
+class PredictJSON(BaseModel):
+    """JSON body of POST /predict."""
+
+    images: list[str] = Field(
+        min_length=1,
+        description="Images as base64 strings (a data: URL prefix, data:image/png;base64, is allowed).",
+    )
+    names: list[str] | None = Field(None, description="Optional names echoed back, one per image.")
+    top_k: int | None = Field(None, ge=1, le=1000, description="Classes per image (overrides the query).")
+
+
+class ClassScore(BaseModel):
+    label: str = Field(description="Class name, as in the training data.")
+    name: str = Field(description="Display name (from the label map, or the class name).")
+    probability: float
+
+
+class ImagePrediction(BaseModel):
+    image: str = Field(description="The file name, or the given name, or image-N.")
+    top: list[ClassScore]
+
+
+class PredictResponse(BaseModel):
+    predictions: list[ImagePrediction]
+    backend: str
+
+
+class Health(BaseModel):
+    status: str
+
+
+class ErrorBody(BaseModel):
+    detail: Any
+
+
+MULTIPART_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "files": {
+            "type": "array",
+            "items": {"type": "string", "format": "binary"},
+            "description": "One or more image files (the field may also be called `file`).",
+        }
+    },
+    "required": ["files"],
+}
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class BodySizeLimit:
+    """ASGI middleware: 413 for a request body over `limit` bytes, by Content-Length or as it streams."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._reject(send)
+            return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise _BodyTooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _BodyTooLarge:
+            if not started:
+                await self._reject(send)
+
+    async def _reject(self, send: Send) -> None:
+        body = json.dumps({"detail": f"request body over the limit of {self.limit:,} bytes"}).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+def _missing_field(name: str) -> RequestValidationError:
+    return RequestValidationError(
+        [{"type": "missing", "loc": ["body", name], "msg": "Field required", "input": None}]
+    )
+
+
+def _decode_base64(text: str, position: int) -> bytes:
+    if text.startswith("data:") and "," in text:
+        text = text.split(",", 1)[1]
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise HTTPException(400, f"image {position}: not valid base64") from None
+
+
+def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> FastAPI:
+    """The FastAPI application serving `predictor`."""
+    from imgclf import __version__
+
+    settings = settings or ServeSettings()
+    info = predictor.info
+    spec = predictor.spec
+    batcher = MicroBatcher(predictor.predict_arrays, settings.max_batch, settings.batch_wait_ms / 1000.0)
+    num_classes = len(predictor.classes)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await batcher.close()
+
+    app = FastAPI(
+        lifespan=lifespan,
+        title="imgclf",
+        version=__version__,
+        summary=f"Image classifier: {num_classes} classes ({info.architecture.get('name', 'model')}).",
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.batcher = batcher
+    app.state.settings = settings
+    app.add_middleware(BodySizeLimit, limit=int(settings.max_body_mb * 1_000_000))
+
+    def prepare(blob: bytes, name: str) -> np.ndarray:
+        if not blob:
+            raise HTTPException(400, f"{name}: empty file")
+        try:
+            image = decode_image(blob, draft_size=(spec.width, spec.height), max_pixels=settings.max_pixels)
+            return prepare_image(image, spec)
+        except ImageDecodeError as error:
+            raise HTTPException(400, f"{name}: {error}") from None
+        except Exception as error:  # Pillow plug-ins raise assorted errors on hostile files
+            raise HTTPException(400, f"{name}: cannot decode ({type(error).__name__})") from None
+
+    async def read_request(request: Request, top_k: int | None) -> tuple[list[bytes], list[str], int | None]:
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type == "multipart/form-data":
+            form = await request.form(max_files=settings.max_images, max_fields=100)
+            uploads = form.getlist("files") + form.getlist("file")
+            if not uploads:
+                raise _missing_field("files")
+            blobs, names = [], []
+            for position, upload in enumerate(uploads, start=1):
+                if not isinstance(upload, UploadFile):
+                    raise RequestValidationError(
+                        [{"type": "value_error", "loc": ["body", "files"], "msg": "expected a file upload"}]
+                    )
+                blobs.append(await upload.read())
+                names.append(upload.filename or f"image-{position}")
+            return blobs, names, top_k
+        if content_type == "application/json" or content_type.endswith("+json"):
+            try:
+                body = PredictJSON.model_validate_json(await request.body())
+            except ValidationError as error:
+                raise RequestValidationError(
+                    jsonable_encoder(error.errors(include_url=False, include_context=False))
+                ) from None
+            blobs = [_decode_base64(text, i) for i, text in enumerate(body.images, start=1)]
+            names = list(body.names or [])
+            names += [f"image-{i}" for i in range(len(names) + 1, len(blobs) + 1)]
+            return blobs, names[: len(blobs)], body.top_k or top_k
+        raise HTTPException(415, "send multipart/form-data (field `files`) or application/json")
+
+    @app.post(
+        "/predict",
+        response_model=PredictResponse,
+        summary="Top-k classes of one or more images",
+        responses={
+            400: {"model": ErrorBody, "description": "Not an image, truncated, or over the pixel limit."},
+            413: {"model": ErrorBody, "description": "Request body over the size limit."},
+            415: {"model": ErrorBody, "description": "Neither multipart/form-data nor JSON."},
+        },
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "multipart/form-data": {"schema": MULTIPART_SCHEMA},
+                    "application/json": {"schema": PredictJSON.model_json_schema()},
+                },
+            }
+        },
+    )
+    async def predict(
+        request: Request,
+        top_k: int | None = Query(
+            None, ge=1, le=1000, description=f"Classes per image (default {settings.default_top_k})."
+        ),
+    ) -> PredictResponse:
+        blobs, names, top_k = await read_request(request, top_k)
+        if len(blobs) > settings.max_images:
+            raise HTTPException(413, f"{len(blobs)} images; at most {settings.max_images} a request")
+        arrays = await run_in_threadpool(lambda: [prepare(blob, name) for blob, name in zip(blobs, names)])
+        probabilities = await batcher.predict(np.stack(arrays))
+        k = min(top_k or settings.default_top_k, num_classes)
+        predictions = []
+        for name, row in zip(names, probabilities):
+            result = predictor.top_classes(name, row, k)
+            top = [
+                ClassScore(label=label, name=display, probability=round(float(p), 6))
+                for label, display, p in zip(result.labels, result.names, result.probabilities)
+            ]
+            predictions.append(ImagePrediction(image=name, top=top))
+        return PredictResponse(predictions=predictions, backend=predictor.backend)
+
+    @app.get("/health", response_model=Health, summary="Liveness check")
+    async def health() -> Health:
+        return Health(status="ok")
+
+    @app.get("/model", summary="Classes, preprocessing, training metrics and serving settings")
+    async def model() -> dict[str, Any]:
+        stats = batcher.stats
+        return {
+            "architecture": info.architecture,
+            "classes": info.classes,
+            "display_names": predictor.names,
+            "preprocessing": spec.to_dict(),
+            "metrics": info.metrics,
+            "dataset": {k: v for k, v in info.dataset.items() if k != "source"},
+            "created": info.created,
+            "backend": predictor.backend,
+            "serving": {
+                **asdict(settings),
+                "batches": stats.batches,
+                "images": stats.images,
+                "mean_batch": round(stats.mean, 3),
+                "largest_batch": stats.largest,
+            },
+        }
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> HTMLResponse:
+        return HTMLResponse(resources.files("imgclf.serve").joinpath("page.html").read_text(encoding="utf-8"))
+
+    _add_offline_docs(app)
+
+    return app
+
+
+def _add_offline_docs(app: FastAPI) -> None:
+    """Swagger UI at /docs from the swagger-ui-bundle package, so the docs work without internet."""
+    from fastapi.staticfiles import StaticFiles
+
+    try:
+        import swagger_ui_bundle
+    except ImportError:  # the API still works; only its browsable docs are missing
+        logger.warning("swagger-ui-bundle is not installed; /docs is off (the schema is at /openapi.json)")
+        return
+    app.mount("/docs-static", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-static")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} API",
+            swagger_js_url="/docs-static/swagger-ui-bundle.js",
+            swagger_css_url="/docs-static/swagger-ui.css",
+            swagger_favicon_url="/docs-static/favicon-32x32.png",
+            swagger_ui_parameters={"validatorUrl": None},  # no call to the public validator
+        )
