@@ -1,0 +1,180 @@
+"""ONNX export: the graph follows its documented input contract, carries its metadata, and matches PyTorch."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+import imgclf
+from conftest import write_class_folders
+from imgclf.artifact import ModelInfo, load_artifact, save_artifact
+from imgclf.cli import app
+from imgclf.data.preprocess import PreprocessSpec
+from imgclf.errors import UsageError
+from imgclf.export.onnx import export_onnx
+from imgclf.models import create_model
+from imgclf.predict import Predictor
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory):
+    """A small CNN trained on RGB shapes, with display names, and its data."""
+    root = tmp_path_factory.mktemp("export")
+    data = write_class_folders(root / "data", ["square", "disc", "cross"], 24, size=28, mode="RGB")
+    names = root / "names.json"
+    names.write_text(json.dumps({"square": "Square", "disc": "Disc", "cross": "Cross"}))
+    result = imgclf.train(
+        data,
+        model="cnn-small",
+        epochs=2,
+        batch_size=16,
+        image_size=[32, 32],
+        normalize="imagenet",
+        label_map=str(names),
+        seed=1,
+        project=str(root / "runs"),
+    )
+    return result.artifact, data
+
+
+def contract_input(path: Path, spec: PreprocessSpec) -> np.ndarray:
+    """The export's documented input, computed by hand: RGB, resized, pixels / 255, N×C×H×W float32."""
+    image = Image.open(path).convert("RGB").resize((spec.width, spec.height), Image.Resampling.BILINEAR)
+    return (np.asarray(image, dtype=np.float32) / 255.0).transpose(2, 0, 1)[None]
+
+
+def test_export_writes_a_model_that_follows_the_documented_contract(trained, tmp_path: Path) -> None:
+    artifact, data = trained
+    out = tmp_path / "classifier.onnx"
+    result = export_onnx(artifact, out)
+    assert out.is_file() and result.max_abs_diff < 1e-4 and result.check_images == 16
+    assert "training images" in result.check_source
+
+    proto = onnx.load(str(out))
+    onnx.checker.check_model(proto)
+    metadata = {entry.key: entry.value for entry in proto.metadata_props}
+    assert json.loads(metadata["imgclf.classes"]) == [
+        "cross",
+        "disc",
+        "square",
+    ]
+    assert json.loads(metadata["imgclf.display_names"]) == ["Cross", "Disc", "Square"]
+    spec = PreprocessSpec.from_dict(json.loads(metadata["imgclf.preprocessing"]))
+    assert (spec.height, spec.width, spec.channels) == (32, 32, 3)
+    assert spec.mean == pytest.approx([0.485, 0.456, 0.406])
+
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["image"]
+    assert [o.name for o in session.get_outputs()] == ["probabilities"]
+    files = sorted((data / "disc").iterdir())[:3] + sorted((data / "cross").iterdir())[:2]
+    batch = np.concatenate([contract_input(path, spec) for path in files])
+    probabilities = session.run(None, {"image": batch})[0]
+    assert probabilities.shape == (5, 3)
+    np.testing.assert_allclose(probabilities.sum(1), 1.0, atol=1e-5)
+
+    model, info = load_artifact(artifact)
+    mean = torch.tensor(info.preprocessing.mean).view(1, -1, 1, 1)
+    std = torch.tensor(info.preprocessing.std).view(1, -1, 1, 1)
+    with torch.no_grad():
+        expected = torch.softmax(model((torch.from_numpy(batch) - mean) / std), 1).numpy()
+    assert np.abs(probabilities - expected).max() < 1e-4
+
+
+def test_predict_uses_onnxruntime_when_a_current_export_is_present(trained, tmp_path: Path) -> None:
+    artifact, data = trained
+    copy = tmp_path / "model"
+    shutil.copytree(artifact, copy)
+    files = sorted(str(p) for p in (data / "square").iterdir())[:6]
+    assert Predictor.from_path(copy).backend == "torch"
+    with pytest.raises(UsageError, match="imgclf export"):
+        Predictor.from_path(copy, backend="onnxruntime")
+
+    export_onnx(copy)
+    fast = Predictor.from_path(copy)
+    exact = Predictor.from_path(copy, backend="torch")
+    assert (fast.backend, exact.backend) == ("onnxruntime", "torch")
+    assert fast.names == ["Cross", "Disc", "Square"]
+    for a, b in zip(fast.predict(files, top_k=3), exact.predict(files, top_k=3)):
+        assert a.labels == b.labels
+        np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-4)
+    from_file = Predictor.from_path(copy / "model.onnx").predict(files[0])[0]
+    assert from_file.label == exact.predict(files[0])[0].label
+
+
+def test_stale_export_is_not_used(trained, tmp_path: Path) -> None:
+    artifact, _ = trained
+    copy = tmp_path / "model"
+    shutil.copytree(artifact, copy)
+    export_onnx(copy)
+    onnx_bytes = (copy / "model.onnx").read_bytes()
+    model, info = load_artifact(copy)
+    with torch.no_grad():
+        next(model.parameters()).mul_(0.5)
+    save_artifact(copy, model, info)  # replaces the folder: the export is gone
+    (copy / "model.onnx").write_bytes(onnx_bytes)  # an old export put back by hand
+    assert Predictor.from_path(copy).backend == "torch"
+    with pytest.raises(UsageError):
+        Predictor.from_path(copy, backend="onnxruntime")
+
+
+def test_fixed_batch_export_predicts_any_number_of_images(trained, tmp_path: Path) -> None:
+    artifact, data = trained
+    out = tmp_path / "fixed.onnx"
+    export_onnx(artifact, out, dynamic_batch=False, batch_size=4)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape[0] == 4
+    files = sorted(str(p) for p in (data / "disc").iterdir())[:7]
+    fixed = Predictor.from_path(out).predict(files)
+    exact = Predictor.from_path(artifact, backend="torch").predict(files)
+    assert len(fixed) == 7 and [p.label for p in fixed] == [p.label for p in exact]
+
+
+def test_pretrained_backbone_exports_within_tolerance(tmp_path: Path) -> None:
+    """A timm EfficientNet-Lite0 (depthwise convs, BN, ReLU6) exports and matches PyTorch."""
+    architecture = {"name": "efficientnet_lite0", "num_classes": 5, "in_channels": 3, "image_size": [96, 96]}
+    model = create_model(architecture)
+    torch.manual_seed(0)
+    with torch.no_grad():  # non-trivial BatchNorm statistics, as after training
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+    spec = PreprocessSpec(96, 96, 3, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
+    info = ModelInfo(architecture=architecture, classes=list("abcde"), preprocessing=spec)
+    save_artifact(tmp_path / "lite0", model, info)
+    images = tmp_path / "images"
+    write_class_folders(images, ["a", "b"], 4, size=120, mode="RGB", suffix=".jpg")
+    result = export_onnx(tmp_path / "lite0", check_images=[str(images)])
+    assert result.check_source == "the given images" and result.check_images == 8
+    assert result.max_abs_diff < 1e-4 and result.top1_agreement == 1.0
+
+
+def test_export_cli_prints_the_check_and_refuses_bad_options(trained, tmp_path: Path) -> None:
+    artifact, data = trained
+    out = tmp_path / "m.onnx"
+    result = runner.invoke(app, ["export", str(artifact), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "max |Δp| =" in result.output and "limit 1e-04" in result.output
+    predicted = runner.invoke(app, ["predict", str(out), str(data / "cross"), "-k", "1"])
+    assert predicted.exit_code == 0 and "Cross" in predicted.output
+    torch_on_onnx = runner.invoke(app, ["predict", str(out), str(data), "--backend", "torch"])
+    assert torch_on_onnx.exit_code == 2 and "ONNX Runtime" in torch_on_onnx.output
+    old_opset = runner.invoke(
+        app, ["export", str(artifact), "--opset", "13", "--out", str(tmp_path / "x.onnx")]
+    )
+    assert old_opset.exit_code == 2 and not (tmp_path / "x.onnx").exists()
+    not_onnx = runner.invoke(app, ["export", str(artifact), "--out", str(tmp_path / "model.pt")])
+    assert not_onnx.exit_code == 2
+    missing = runner.invoke(app, ["export", str(tmp_path / "nothing")])
+    assert missing.exit_code == 2 and "not found" in missing.output

@@ -1,0 +1,269 @@
+"""The HTTP service: answers match the Predictor, bad input gets 4xx and never takes it down, batching
+happens under concurrency, the OpenAPI schema survives generated input, and the web page works in a
+real browser."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import schemathesis
+import uvicorn
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from PIL import Image
+
+import imgclf
+from conftest import write_class_folders
+from imgclf.export.onnx import export_onnx
+from imgclf.predict import Predictor
+from imgclf.serve import ServeSettings, create_app
+from imgclf.serve.batching import MicroBatcher
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory):
+    """A model trained on RGB shapes and exported to ONNX, its data, and a Predictor for it."""
+    root = tmp_path_factory.mktemp("serve")
+    data = write_class_folders(root / "data", ["square", "disc", "cross"], 24, size=28, mode="RGB")
+    result = imgclf.train(
+        data, model="cnn-small", epochs=2, batch_size=16, image_size=[32, 32], seed=2, project=str(root / "r")
+    )
+    export_onnx(result.artifact)
+    return Predictor.from_path(result.artifact), data
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    predictor, _ = served
+    with TestClient(create_app(predictor, ServeSettings(max_pixels=1_000_000, max_body_mb=2.0))) as client:
+        yield client
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_health_and_model(client) -> None:
+    assert client.get("/health").json() == {"status": "ok"}
+    model = client.get("/model").json()
+    assert model["classes"] == ["cross", "disc", "square"]
+    assert model["preprocessing"]["width"] == 32 and model["backend"] == "onnxruntime"
+    assert "val_acc" in model["metrics"] and "source" not in model["dataset"]
+
+
+def test_multipart_predictions_match_the_predictor(client, served) -> None:
+    predictor, data = served
+    paths = sorted((data / "disc").iterdir())[:2] + sorted((data / "cross").iterdir())[:1]
+    files = [("files", (p.name, p.read_bytes(), "image/png")) for p in paths]
+    response = client.post("/predict", params={"top_k": 2}, files=files)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["backend"] == "onnxruntime" and len(body["predictions"]) == 3
+    for path, answer in zip(paths, body["predictions"]):
+        expected = predictor.predict(str(path), top_k=2)[0]
+        assert answer["image"] == path.name
+        assert [s["label"] for s in answer["top"]] == expected.labels
+        assert [s["probability"] for s in answer["top"]] == pytest.approx(expected.probabilities, abs=1e-5)
+
+
+def test_json_base64_with_names_and_top_k(client, served) -> None:
+    _, data = served
+    path = sorted((data / "square").iterdir())[0]
+    encoded = base64.b64encode(path.read_bytes()).decode()
+    body = {"images": [encoded, f"data:image/png;base64,{encoded}"], "names": ["first"], "top_k": 1}
+    response = client.post("/predict", json=body)
+    assert response.status_code == 200, response.text
+    predictions = response.json()["predictions"]
+    assert [p["image"] for p in predictions] == ["first", "image-2"]
+    assert all(len(p["top"]) == 1 for p in predictions)
+    assert predictions[0]["top"] == predictions[1]["top"]
+
+
+def test_bad_input_gets_a_json_error_and_the_server_keeps_serving(client, served, tmp_path: Path) -> None:
+    _, data = served
+    good = sorted((data / "disc").iterdir())[0].read_bytes()
+    cases = {
+        "not an image": (400, {"files": ("a.png", b"this is text", "image/png")}),
+        "truncated": (400, {"files": ("t.png", good[: len(good) // 2], "image/png")}),
+        "empty": (400, {"files": ("e.png", b"", "image/png")}),
+        "over the pixel limit": (
+            400,
+            {"files": ("big.png", png_bytes(Image.new("L", (1200, 1000))), "image/png")},
+        ),
+        "wrong field": (422, {"picture": ("a.png", good, "image/png")}),
+    }
+    for name, (status, files) in cases.items():
+        response = client.post("/predict", files=files)
+        assert response.status_code == status, (name, response.text)
+        assert response.headers["content-type"].startswith("application/json"), name
+    assert "too large" in client.post("/predict", files=cases["over the pixel limit"][1]).json()["detail"]
+    oversized = client.post("/predict", files={"files": ("huge.png", b"\0" * 2_500_000, "image/png")})
+    assert oversized.status_code == 413 and "limit" in oversized.json()["detail"]
+    assert client.post("/predict", json={"images": ["@@not base64@@"]}).status_code == 400
+    assert client.post("/predict", json={"pictures": []}).status_code == 422
+    assert client.post("/predict", json={"images": []}).status_code == 422
+    assert client.post("/predict", params={"top_k": 0}, json={"images": ["AAAA"]}).status_code == 422
+    assert client.post("/predict", content=b"raw", headers={"content-type": "text/plain"}).status_code == 415
+    too_many = [("files", (f"{i}.png", good, "image/png")) for i in range(40)]
+    assert client.post("/predict", files=too_many).status_code in (400, 413)
+    assert client.post("/predict", files={"files": ("ok.png", good, "image/png")}).status_code == 200
+
+
+def test_web_page_and_docs_load_nothing_from_other_hosts(client) -> None:
+    page = client.get("/")
+    assert page.status_code == 200 and 'id="file"' in page.text
+    assert "http://" not in page.text and "https://" not in page.text
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "/docs-static/swagger-ui-bundle.js" in docs.text
+    assert "cdn" not in docs.text.lower()
+    assert client.get("/docs-static/swagger-ui-bundle.js").status_code == 200
+    schema = client.get("/openapi.json").json()
+    content = schema["paths"]["/predict"]["post"]["requestBody"]["content"]
+    assert {"multipart/form-data", "application/json"} <= set(content)
+
+
+def test_concurrent_requests_are_batched_and_answered_correctly(served) -> None:
+    predictor, data = served
+    paths = sorted((data / "square").iterdir())[:6] + sorted((data / "disc").iterdir())[:6]
+    app = create_app(predictor, ServeSettings(max_batch=16, batch_wait_ms=50))
+
+    async def run() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            return await asyncio.gather(
+                *[
+                    http.post("/predict", files={"files": (p.name, p.read_bytes(), "image/png")})
+                    for p in paths
+                ]
+            )
+
+    responses = asyncio.run(run())
+    assert all(r.status_code == 200 for r in responses)
+    for path, response in zip(paths, responses):
+        assert response.json()["predictions"][0]["top"][0]["label"] == predictor.predict(str(path))[0].label
+    stats = app.state.batcher.stats
+    assert stats.images == 12 and stats.largest > 1 and stats.batches < 12
+
+
+def test_micro_batcher_without_batching_runs_requests_alone() -> None:
+    seen: list[int] = []
+
+    def run(images: np.ndarray) -> np.ndarray:
+        seen.append(len(images))
+        time.sleep(0.005)
+        return images.reshape(len(images), -1)[:, :2].astype(np.float32)
+
+    async def main(batcher: MicroBatcher) -> list[np.ndarray]:
+        inputs = [np.full((1, 2, 2, 1), i, dtype=np.uint8) for i in range(8)]
+        return await asyncio.gather(*[batcher.predict(x) for x in inputs])
+
+    outputs = asyncio.run(main(MicroBatcher(run, max_batch=1)))
+    assert seen == [1] * 8
+    assert [int(o[0, 0]) for o in outputs] == list(range(8))  # every request gets its own rows
+    seen.clear()
+    outputs = asyncio.run(main(MicroBatcher(run, max_batch=8, wait_s=0.05)))
+    assert max(seen) > 1 and sum(seen) == 8
+    assert [int(o[0, 0]) for o in outputs] == list(range(8))
+
+
+# --------------------------------------------------------------------------------------------------
+# schemathesis: generated requests from the OpenAPI schema never get a server error
+# --------------------------------------------------------------------------------------------------
+def test_generated_requests_never_get_a_server_error(served) -> None:
+    """Every operation of the schema, with Hypothesis-generated bodies and parameters (both media types
+    of POST /predict included). schemathesis's pytest plug-in is not used: it does not run on pytest 9."""
+    predictor, _ = served
+    schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(predictor, ServeSettings()))
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert {f"{op.method.upper()} {op.path}" for op in operations} >= {"POST /predict", "GET /model"}
+    seen: dict[str, set[int]] = {}
+    for operation in operations:
+
+        @given(case=operation.as_strategy())
+        @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        def check(case) -> None:
+            response = case.call()
+            seen.setdefault(f"{case.method} {case.path}", set()).add(response.status_code)
+            assert response.status_code < 500, (case.method, case.path, response.status_code, response.text)
+
+        check()
+    assert seen["POST /predict"] & {400, 422}  # generated garbage was refused, not crashed on
+
+
+# --------------------------------------------------------------------------------------------------
+# a real browser: upload an image on the page, read the top label it shows
+# --------------------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (see .ci/run)")
+def test_web_page_shows_the_top_label_in_chromium(served) -> None:
+    playwright = pytest.importorskip("playwright.sync_api")
+    predictor, data = served
+    image = sorted((data / "cross").iterdir())[3]
+    expected = predictor.predict(str(image))[0]
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(predictor), host="127.0.0.1", port=port, log_level="error")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.started, "the server did not start"
+        with playwright.sync_playwright() as driver:
+            browser = driver.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+            try:
+                page = browser.new_page()
+                outside: list[str] = []
+                page.on(
+                    "request",
+                    lambda r: (
+                        outside.append(r.url)
+                        if not r.url.startswith((f"http://127.0.0.1:{port}", "blob:", "data:"))
+                        else None
+                    ),
+                )
+                page.goto(f"http://127.0.0.1:{port}/")
+                page.wait_for_function("document.getElementById('model').textContent.includes('classes')")
+                page.set_input_files("#file", str(image))
+                page.wait_for_selector(".result .label", timeout=20_000)
+                top_label = page.locator(".result .row .label").first.text_content()
+                top_value = page.locator(".result .row .probability").first.text_content()
+                bars = page.locator(".result .bar").count()
+            finally:
+                browser.close()
+        assert top_label == expected.names[0]
+        assert top_value == f"{100 * expected.probabilities[0]:.1f}%"
+        assert bars == 3 and outside == []
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
