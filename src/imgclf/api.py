@@ -34,6 +34,7 @@ from imgclf.config import (
     setting_section,
 )
 from imgclf.data.augment import BatchAugment, is_identity
+from imgclf.data.cache import allocate, load_cached, plan_cache, store
 from imgclf.data.decode import ImageDecodeError
 from imgclf.data.loader import (
     MemoryLoader,
@@ -41,7 +42,6 @@ from imgclf.data.loader import (
     StreamLoader,
     create_loader,
     decode_all,
-    resolve_cache_mode,
 )
 from imgclf.data.preprocess import PreprocessSpec, prepare_image, resolve_normalization
 from imgclf.data.sources import (
@@ -111,8 +111,9 @@ class PreparedData:
     splits: np.ndarray
     spec: PreprocessSpec
     cache_mode: str
-    images: np.ndarray | None = None  # decoded N×H×W×C uint8 when cached in RAM
+    images: np.ndarray | None = None  # decoded N×H×W×C uint8 (RAM or memory map) unless streaming
     problems: list[Problem] = field(default_factory=list)
+    rows: np.ndarray | None = None  # sample i of image_set is row rows[i] of images
 
     def indices(self, split: str) -> np.ndarray:
         if split == "all":
@@ -131,7 +132,7 @@ class PreparedData:
     ):
         index = self.indices(split)
         subset = self.image_set.subset(index)
-        cached = (self.images[index], subset.labels) if self.images is not None else None
+        cached = (self.images, subset.labels, self.rows[index]) if self.images is not None else None
         return create_loader(
             subset,
             self.spec,
@@ -238,17 +239,29 @@ def prepare_data(
     cache: str,
     workers: int | None,
     callbacks: Sequence[Callback] = (),
+    cache_budget_gb: float | None = None,
 ) -> PreparedData:
-    """Decode every image once into RAM (or set up streaming); drop the ones that fail."""
-    mode = resolve_cache_mode(cache, len(image_set), spec)
-    if mode == "none":
-        return PreparedData(image_set, splits, spec, mode)
+    """Decode every image once (or read the rows an earlier run decoded); drop the ones that fail.
+
+    See `imgclf.data.cache` for where the rows live (`cache`: auto, ram, disk or none).
+    """
+    plan = plan_cache(cache, image_set, spec, cache_budget_gb)
+    if plan.mode == "none":
+        return PreparedData(image_set, splits, spec, "none")
 
     def progress(done: int, total: int) -> None:
         for callback in callbacks:
             callback.on_progress("decode", done, total)
 
-    images, ok, problems = decode_all(image_set, spec, workers=workers, progress=progress)
+    found = load_cached(plan, len(image_set), spec)
+    if found is not None:
+        images, ok, problems = found
+        logger.info("read %d decoded images from the cache (no decoding)", len(images))
+    else:
+        shape = (len(image_set), spec.height, spec.width, spec.channels)
+        out, staging = allocate(plan, shape)
+        images, ok, problems = decode_all(image_set, spec, workers=workers, progress=progress, out=out)
+        images = store(plan, images, ok, problems, staging)
     if problems:
         named = ", ".join(f"{p.path} ({p.reason})" for p in problems[:5])
         more = f" and {len(problems) - 5} more" if len(problems) > 5 else ""
@@ -256,7 +269,7 @@ def prepare_data(
     keep = np.flatnonzero(ok)
     image_set = image_set.subset(keep)
     image_set.problems = image_set.problems + problems
-    return PreparedData(image_set, splits[keep], spec, mode, images[keep], problems)
+    return PreparedData(image_set, splits[keep], spec, plan.mode, images, problems, rows=keep)
 
 
 def _write_problems(path: Path, problems: Sequence[Problem]) -> None:
@@ -359,7 +372,9 @@ def train(
         run_dir = Path(broadcast_object(str(run_dir) if run_dir else None, dist_info))
 
     # 4. Decode once (into RAM when it fits) and build the loaders.
-    prepared = prepare_data(image_set, splits, spec, cfg.data.cache, cfg.data.workers, callbacks)
+    prepared = prepare_data(
+        image_set, splits, spec, cfg.data.cache, cfg.data.workers, callbacks, cfg.data.cache_budget_gb
+    )
     _check_classes(prepared.image_set, prepared.splits)
     problems = prepared.image_set.problems
     if dist_info.is_main:
@@ -688,7 +703,7 @@ def _image_loader(prepared: PreparedData, indices: np.ndarray):
     def load(position: int) -> np.ndarray | None:
         index = int(indices[position])
         if prepared.images is not None:
-            return prepared.images[index]
+            return prepared.images[prepared.rows[index]]
         try:
             image = prepared.image_set.reader.open(prepared.image_set.keys[index])
         except (ImageDecodeError, OSError):

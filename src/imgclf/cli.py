@@ -317,7 +317,17 @@ def train(
     cache: Annotated[
         str | None,
         typer.Option(
-            help=f"auto | ram | none: decode once into RAM, or stream. \\[default: {_default('data.cache')}]",
+            help="auto | ram | disk | none: decode once into RAM, or into a memory-mapped file in the "
+            "cache folder (auto: RAM when it fits the budget, else disk; both kept for the next run), "
+            f"or decode every batch. \\[default: {_default('data.cache')}]",
+            rich_help_panel=DATA_HELP,
+        ),
+    ] = None,
+    cache_budget: Annotated[
+        float | None,
+        typer.Option(
+            "--cache-budget",
+            help="GiB of RAM the image cache may take. \\[default: half of the available memory]",
             rich_help_panel=DATA_HELP,
         ),
     ] = None,
@@ -547,6 +557,7 @@ def train(
         "data.interpolation": interpolation,
         "data.normalize": normalize,
         "data.cache": cache,
+        "data.cache_budget_gb": cache_budget,
         "data.workers": workers,
         "augment.preset": augment,
         "augment.rotation": rotation,
@@ -790,11 +801,13 @@ def export(
     console.print(
         f"wrote {result.path} ({result.size_bytes / 1e6:.1f} MB, opset {result.opset}, batch {batch})",
         markup=False,
+        soft_wrap=True,
     )
     console.print(
         f"check: ONNX Runtime vs PyTorch on {result.check_source}: max |Δp| = {result.max_abs_diff:.2e} "
         f"(limit 1e-04), top-1 agreement {result.top1_agreement:.0%}",
         markup=False,
+        soft_wrap=True,
     )
 
 

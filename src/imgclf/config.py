@@ -37,6 +37,7 @@ class DataConfig:
     interpolation: str = "bilinear"
     normalize: str = "auto"
     cache: str = "auto"
+    cache_budget_gb: float | None = None
     workers: int | None = None
 
 
@@ -126,7 +127,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.resize": ("stretch", "crop", "pad"),
     "data.interpolation": ("nearest", "bilinear", "bicubic", "lanczos"),
     "data.normalize": ("auto", "rescale", "imagenet", "half"),
-    "data.cache": ("auto", "ram", "none"),
+    "data.cache": ("auto", "ram", "disk", "none"),
     "augment.preset": ("none", "light", "strong"),
     "augment.fill": ("nearest", "constant", "reflect", "wrap"),
     "train.optimizer": ("adam", "adamw", "sgd", "rmsprop"),

@@ -47,22 +47,6 @@ def default_workers(num_samples: int | None = None) -> int:
     return max(0, min(cores, 8))
 
 
-def resolve_cache_mode(mode: str, num_samples: int, spec: PreprocessSpec) -> str:
-    """ "auto" → "ram" when the decoded images fit in half of the available memory, else "none"."""
-    if mode != "auto":
-        return mode
-    needed = num_samples * spec.height * spec.width * spec.channels
-    budget = available_memory() // 2
-    if needed <= budget:
-        return "ram"
-    logger.info(
-        "decoded images need %.1f GiB, over the RAM budget %.1f GiB: streaming from disk",
-        needed / 2**30,
-        budget / 2**30,
-    )
-    return "none"
-
-
 class _DecodeDataset(Dataset):
     """Index → (index, prepared uint8 H×W×C array or None, error message)."""
 
@@ -91,14 +75,19 @@ def _keep_list(batch: list) -> list:
 
 
 def decode_all(
-    image_set: ImageSet, spec: PreprocessSpec, workers: int | None = None, progress: Progress | None = None
+    image_set: ImageSet,
+    spec: PreprocessSpec,
+    workers: int | None = None,
+    progress: Progress | None = None,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[Problem]]:
-    """Decode and prepare every image once, in parallel.
+    """Decode and prepare every image once, in parallel (into `out` when given, e.g. a memory map).
 
     Returns (images N×H×W×C uint8, ok mask N, problems for the files that failed).
     """
     count = len(image_set)
-    images = np.zeros((count, spec.height, spec.width, spec.channels), dtype=np.uint8)
+    shape = (count, spec.height, spec.width, spec.channels)
+    images = np.zeros(shape, dtype=np.uint8) if out is None else out
     ok = np.zeros(count, dtype=bool)
     problems: list[Problem] = []
     workers = default_workers(count) if workers is None else workers
@@ -108,6 +97,7 @@ def decode_all(
         num_workers=workers,
         collate_fn=_keep_list,
         persistent_workers=False,
+        generator=torch.Generator(),  # its own: decoding or not must not change the global RNG (init)
     )
     done = 0
     for batch in loader:
@@ -167,7 +157,11 @@ def _epoch_order(count: int, shuffle: bool, seed: int, epoch: int) -> torch.Tens
 
 
 class MemoryLoader:
-    """Batches from decoded images held in RAM (a uint8 array N×H×W×C), or from feature rows (N×D)."""
+    """Batches from decoded images (a uint8 array N×H×W×C in RAM or memory-mapped), or feature rows (N×D).
+
+    `rows` maps sample i to row rows[i] of `images`, so that a split reads the shared cache without
+    copying it.
+    """
 
     def __init__(
         self,
@@ -178,8 +172,10 @@ class MemoryLoader:
         seed: int = 0,
         drop_last: bool = False,
         shard: Shard = Shard(),
+        rows: np.ndarray | None = None,
     ) -> None:
         self.images = torch.from_numpy(images)
+        self.rows = torch.from_numpy(np.asarray(rows, dtype=np.int64)) if rows is not None else None
         self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -202,7 +198,7 @@ class MemoryLoader:
             index = order[start : start + self.batch_size]
             if self.drop_last and len(index) < self.batch_size:
                 break
-            batch = self.images[index]
+            batch = self.images[self.rows[index] if self.rows is not None else index]
             yield Batch(batch.permute(0, 3, 1, 2) if batch.ndim == 4 else batch, self.labels[index])
 
 
@@ -276,6 +272,7 @@ class StreamLoader:
             drop_last=self.drop_last,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=False,
+            generator=torch.Generator(),  # leaves the global RNG to the model and the training loop
         )
         for images, labels, failed in loader:
             for index, error in failed:
@@ -295,13 +292,13 @@ def create_loader(
     batch_size: int,
     shuffle: bool,
     seed: int = 0,
-    cached: tuple[np.ndarray, np.ndarray] | None = None,
+    cached: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None,
     workers: int | None = None,
     drop_last: bool = False,
     shard: Shard = Shard(),
 ) -> MemoryLoader | StreamLoader:
-    """A loader over decoded images in RAM (`cached` = (images, labels)) or streamed from the source."""
+    """A loader over decoded images (`cached` = (images, labels, rows)) or streamed from the source."""
     if cached is not None:
-        images, labels = cached
-        return MemoryLoader(images, labels, batch_size, shuffle, seed, drop_last, shard)
+        images, labels, rows = cached
+        return MemoryLoader(images, labels, batch_size, shuffle, seed, drop_last, shard, rows)
     return StreamLoader(image_set, spec, batch_size, shuffle, seed, workers, drop_last, shard)

@@ -1,0 +1,125 @@
+"""The decoded-image cache: decode once, read back on the next run, keyed by files and spec, within budget."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import imgclf
+from conftest import write_class_folders
+from imgclf.api import prepare_data
+from imgclf.data import cache as image_cache
+from imgclf.data.preprocess import PreprocessSpec, load_prepared
+from imgclf.data.sources import scan_source
+from imgclf.errors import DataError
+
+SPEC = PreprocessSpec(20, 20, 1)
+
+
+class CountingDecodes:
+    """Counts calls of decode_all, to prove a run read the cache instead of decoding."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import imgclf.api as api
+
+        self.calls = 0
+        original = api.decode_all
+
+        def counting(*args, **kwargs):
+            self.calls += 1
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(api, "decode_all", counting)
+
+
+def prepare(root: Path, mode: str, spec: PreprocessSpec = SPEC, budget: float | None = None):
+    image_set = scan_source(root)
+    return prepare_data(image_set, np.full(len(image_set), "train", dtype=object), spec, mode, 0, (), budget)
+
+
+@pytest.mark.parametrize("mode", ["auto", "disk"])
+def test_second_preparation_reads_the_cache_and_gets_the_same_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, isolated_cache: Path, mode: str
+) -> None:
+    root = write_class_folders(tmp_path / "data", ["a", "b"], 12)
+    (root / "b" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    decodes = CountingDecodes(monkeypatch)
+    first = prepare(root, mode)
+    second = prepare(root, mode)
+    assert decodes.calls == 1
+    assert first.cache_mode == second.cache_mode == ("ram" if mode == "auto" else "disk")
+    assert isinstance(second.images, np.memmap) == (mode == "disk")
+    np.testing.assert_array_equal(first.images[first.rows], second.images[second.rows])
+    assert [p.path for p in second.problems] == ["b/broken.png"]  # the skipped file is remembered too
+    assert len(second.image_set) == 24
+    assert len(list((isolated_cache / "decoded").iterdir())) == 1
+
+
+def test_changed_files_or_spec_are_decoded_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, isolated_cache: Path
+) -> None:
+    root = write_class_folders(tmp_path / "data", ["a", "b"], 8)
+    decodes = CountingDecodes(monkeypatch)
+    prepare(root, "auto")
+    prepare(root, "auto", PreprocessSpec(24, 24, 1))  # another size
+    assert decodes.calls == 2
+    target = root / "a" / "a_000.png"
+    write_class_folders(tmp_path / "other", ["x"], 1, seed=9)
+    target.write_bytes((tmp_path / "other" / "x" / "x_000.png").read_bytes())
+    os.utime(target, ns=(1, 1))  # new content and modification time
+    changed = prepare(root, "auto")
+    assert decodes.calls == 3
+    row = changed.rows[changed.image_set.keys.index("a/a_000.png")]
+    np.testing.assert_array_equal(changed.images[row], load_prepared(target, SPEC))
+    prepare(root, "auto")
+    assert decodes.calls == 3
+    assert len(list((isolated_cache / "decoded").iterdir())) == 3
+
+
+def test_ram_mode_refuses_more_than_its_budget_and_auto_goes_to_disk(tmp_path: Path) -> None:
+    root = write_class_folders(tmp_path / "data", ["a", "b"], 10)
+    needed_gb = 20 * 20 * 20 / 2**30
+    with pytest.raises(DataError, match="over the RAM cache budget"):
+        prepare(root, "ram", budget=needed_gb / 2)
+    prepared = prepare(root, "auto", budget=needed_gb / 2)
+    assert prepared.cache_mode == "disk" and isinstance(prepared.images, np.memmap)
+    assert prepare(root, "ram", budget=needed_gb).cache_mode == "ram"
+
+
+def test_ram_mode_writes_nothing_to_the_cache_folder(tmp_path: Path, isolated_cache: Path) -> None:
+    root = write_class_folders(tmp_path / "data", ["a", "b"], 6)
+    prepare(root, "ram")
+    assert not (isolated_cache / "decoded").exists()
+
+
+def test_arrays_from_python_are_never_written_to_disk(isolated_cache: Path) -> None:
+    images = np.random.default_rng(0).integers(0, 255, (40, 12, 12), dtype=np.uint8)
+    labels = np.arange(40) % 2
+    image_set = imgclf.api.load_data(images, imgclf.config.DataConfig(), labels=labels)
+    plan = image_cache.plan_cache("disk", image_set, PreprocessSpec(12, 12, 1))
+    assert plan.key is None and plan.mode == "ram"
+
+
+def test_training_from_the_disk_cache_matches_training_from_ram(tmp_path: Path) -> None:
+    root = write_class_folders(tmp_path / "data", ["a", "b", "c"], 16)
+    runs = {}
+    for mode in ("ram", "disk", "disk", "none"):  # the second disk run reads the cache
+        run = imgclf.train(
+            root,
+            model="cnn-small",
+            epochs=2,
+            batch_size=16,
+            seed=5,
+            cache=mode,
+            workers=0,
+            project=str(tmp_path / "runs"),
+            name=mode,
+        )
+        runs.setdefault(mode, []).append(run.history)
+    reference = runs["ram"][0]
+    for history in runs["disk"] + runs["none"]:
+        np.testing.assert_allclose(history["val_acc"], reference["val_acc"])
+        np.testing.assert_allclose(history["train_loss"], reference["train_loss"], rtol=1e-5)
