@@ -101,3 +101,41 @@ def test_presets_fill_unset_values_and_flags_win() -> None:
     cfg = AugmentConfig(preset="light", rotation=3.0)
     resolve_augment(cfg)
     assert cfg.rotation == 3.0 and cfg.hflip is True and cfg.width_shift == 0.1 and cfg.vflip is False
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_device_path_draws_the_same_transforms_as_the_cpu_path(device: str) -> None:
+    """A dot shifted by width_shift=0.3 lands uniformly within ±0.3·W, and the batch on `device`
+    (the GPU when there is one; CI checks the CPU tensors) gets exactly the CPU path's transforms."""
+    size, count = 33, 4000
+    batch = torch.zeros(count, 1, size, size)
+    batch[:, :, 16, 16] = 255.0
+    cfg = _cfg(width_shift=0.3, hflip=True)
+    reference = BatchAugment(cfg, seed=7)(batch)
+    moved = BatchAugment(cfg, seed=7)(batch.to(device)).cpu()
+    assert moved.device.type == "cpu" and torch.allclose(moved, reference, atol=1e-3)
+    columns = reference[:, 0].sum(1).argmax(1).float() - 16  # where the dot went
+    rows = reference[:, 0].sum(2).argmax(1)
+    assert torch.all(rows == 16)  # width shift moves along x only
+    limit = 0.3 * size
+    assert columns.abs().max() <= math.ceil(limit)
+    assert abs(columns.mean().item()) < 0.4  # symmetric
+    within_half = (columns.abs() <= limit / 2).float().mean().item()
+    assert 0.45 < within_half < 0.56  # uniform: half of the shifts within half of the range
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_small_cached_data_lives_on_the_gpu() -> None:
+    import numpy as np
+
+    from imgclf.data.loader import MemoryLoader
+
+    images = np.random.default_rng(0).integers(0, 255, (100, 8, 8, 1), dtype=np.uint8)
+    loader = MemoryLoader(images, np.arange(100) % 3, 32, shuffle=True, device=torch.device("cuda"))
+    batches = list(loader.epoch(0))
+    assert loader.resident and all(b.images.is_cuda and b.labels.is_cuda for b in batches)
+    assert sum(len(b.labels) for b in batches) == 100

@@ -267,3 +267,30 @@ def test_web_page_shows_the_top_label_in_chromium(served) -> None:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def test_pytorch_backend_serves_the_same_answers(served) -> None:
+    predictor, data = served
+    exact = Predictor.from_path(predictor.onnx.path.parent, backend="torch")
+    path = sorted((data / "square").iterdir())[1]
+    with TestClient(create_app(exact)) as http:
+        answer = http.post("/predict", files={"files": (path.name, path.read_bytes())}).json()
+    assert answer["backend"] == "torch"
+    expected = predictor.predict(str(path))[0]
+    assert answer["predictions"][0]["top"][0]["label"] == expected.label
+    assert answer["predictions"][0]["top"][0]["probability"] == pytest.approx(expected.probability, abs=1e-4)
+
+
+def test_serve_command_refuses_bad_options_before_listening(served, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from imgclf.cli import app
+
+    predictor, _ = served
+    runner = CliRunner()
+    missing = runner.invoke(app, ["serve", str(tmp_path / "nothing")])
+    assert missing.exit_code == 2 and "not found" in missing.output
+    zero = runner.invoke(app, ["serve", str(predictor.onnx.path), "--max-batch", "0"])
+    assert zero.exit_code == 2 and "--max-batch" in zero.output
+    port = runner.invoke(app, ["serve", str(predictor.onnx.path), "--port", "70000"])
+    assert port.exit_code == 2

@@ -171,3 +171,28 @@ def test_rgb_and_grayscale_mixed_data_trains_in_rgb(tmp_path: Path) -> None:
     Image.new("CMYK", (40, 30), (0, 255, 0, 0)).save(buffer, format="JPEG")
     prediction = imgclf.load_model(run.artifact).predict(Image.open(io.BytesIO(buffer.getvalue())))
     assert prediction[0].label in ("a", "b")
+
+
+def test_lr_scaling_rules() -> None:
+    from imgclf.training.optim import scale_lr
+
+    assert scale_lr(1e-3, 512, "none") == 1e-3
+    assert scale_lr(1e-3, 512, "linear") == pytest.approx(8e-3)
+    assert scale_lr(1e-3, 256, "sqrt") == pytest.approx(2e-3)
+    assert scale_lr(1e-3, 32, "linear", base_batch=32) == 1e-3
+
+
+def test_scaled_learning_rate_is_the_one_trained_with(shapes_dir: Path, tmp_path: Path) -> None:
+    run = _train(
+        shapes_dir, tmp_path, epochs=1, batch_size=32, lr=1e-3, lr_scaling="linear", schedule="constant",
+        warmup_epochs=0, name="scaled",
+    )  # fmt: skip
+    assert run.history["lr"].iloc[0] == pytest.approx(1e-3 * 32 / 64)
+
+
+def test_compiled_training_saves_a_plain_model(shapes_dir: Path, tmp_path: Path) -> None:
+    """--compile trains through torch.compile; the artifact loads into the plain network."""
+    run = _train(shapes_dir, tmp_path, epochs=1, model="mlp", compile=True, name="compiled")
+    model, _ = load_artifact(run.artifact)
+    assert not any("_orig_mod" in key for key in model.state_dict())
+    assert run.history["train_loss"].iloc[0] > 0

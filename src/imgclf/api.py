@@ -13,6 +13,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -76,7 +77,7 @@ from imgclf.training.events import Callback, EarlyStopping, KeepBest, MetricsLog
 from imgclf.training.finetune import FineTuneStages, classifier_of, penultimate_features, set_trainable
 from imgclf.training.loop import StepContext, fit, predict_logits, prepare_batch
 from imgclf.training.loop import evaluate as evaluate_loader
-from imgclf.training.optim import Schedule, class_weights, create_loss, create_optimizer
+from imgclf.training.optim import Schedule, class_weights, create_loss, create_optimizer, scale_lr
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +130,9 @@ class PreparedData:
         workers: int | None = None,
         drop_last: bool = False,
         shard: Shard = Shard(),
+        device: torch.device | None = None,
     ):
+        """Batches of one split; with a CUDA `device`, small cached data moves to the GPU once."""
         index = self.indices(split)
         subset = self.image_set.subset(index)
         cached = (self.images, subset.labels, self.rows[index]) if self.images is not None else None
@@ -143,6 +146,7 @@ class PreparedData:
             workers=workers,
             drop_last=drop_last,
             shard=shard,
+            device=device,
         )
 
 
@@ -163,13 +167,34 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+def configure_backends(device: torch.device) -> None:
+    """cuDNN picks the fastest kernels for the (fixed) input size; fp32 matmuls may use TF32."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def cpu_has_bf16() -> bool:
+    """True when the processor computes bfloat16 natively (AVX-512 BF16 or AMX); elsewhere bf16 on the
+    CPU is emulated and slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
 def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype: bf16 on CUDA GPUs that support it ("auto"), or wherever asked for ("bf16")."""
+    """Autocast dtype. "auto": bf16 on CUDA GPUs that support it and on processors with native bf16
+    (AVX-512 BF16, AMX), else fp32; "bf16" wherever asked for; "fp32" never."""
     if name == "fp32":
         return None
     if name == "bf16":
         return torch.bfloat16
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    if device.type == "cpu" and cpu_has_bf16():
         return torch.bfloat16
     return None
 
@@ -331,6 +356,7 @@ def train(
     device = resolve_device(cfg.train.device)
     dist_info = init_distributed(device)
     device = rank_device(device, dist_info)
+    configure_backends(device)
     if dist_info.enabled and cfg.train.head_only:
         raise ConfigError("--head-only runs in one process; start it without torchrun or --devices")
     if not dist_info.is_main:
@@ -389,6 +415,7 @@ def train(
         workers=cfg.data.workers,
         drop_last=remainder == 1,
         shard=Shard(dist_info.rank, dist_info.world_size, even=True),
+        device=device,
     )
     has_val = len(prepared.indices(val_split_name)) > 0
     val_loader = (
@@ -398,6 +425,7 @@ def train(
             shuffle=False,
             workers=cfg.data.workers,
             shard=Shard(dist_info.rank, dist_info.world_size),
+            device=device,
         )
         if has_val
         else None
@@ -427,8 +455,15 @@ def train(
         )
     trained = classifier_of(model) if cfg.train.head_only else model
     steps_per_epoch = max(1, len(train_loader))
-    optimizer = create_optimizer(trained, cfg.train)
-    schedule = Schedule(optimizer, cfg.train, steps_per_epoch, epochs=cfg.train.freeze_epochs or None)
+    global_batch = cfg.train.batch_size * dist_info.world_size
+    lr = scale_lr(cfg.train.lr, global_batch, cfg.train.lr_scaling, cfg.train.lr_base_batch)
+    if lr != cfg.train.lr:
+        logger.info(
+            "learning rate %.3g scaled to %.3g for batches of %d (%s scaling from %d)",
+            cfg.train.lr, lr, global_batch, cfg.train.lr_scaling, cfg.train.lr_base_batch,
+        )  # fmt: skip
+    optimizer = create_optimizer(trained, cfg.train, lr=lr)
+    schedule = Schedule(optimizer, cfg.train, steps_per_epoch, epochs=cfg.train.freeze_epochs or None, lr=lr)
     weights = (
         class_weights(train_set.labels, len(image_set.classes)) if cfg.train.class_weight == "auto" else None
     )
@@ -445,16 +480,23 @@ def train(
         dist=dist_info,
     )
     wrap_for_ranks(model, ctx)
+    compile_for_training(model, ctx, cfg.train.compile)
     monitor = cfg.train.monitor if has_val else "train_loss"
     state = TrainState(
         epochs=cfg.train.epochs, model=trained, optimizer=optimizer, schedule=schedule, monitor=monitor
     )
     stages = None
     if cfg.train.freeze_epochs:
-        finetune_lr = cfg.train.finetune_lr or cfg.train.lr / 10
+        finetune_lr = scale_lr(
+            cfg.train.finetune_lr or cfg.train.lr / 10,
+            global_batch,
+            cfg.train.lr_scaling,
+            cfg.train.lr_base_batch,
+        )
 
         def rebuild(current: TrainState) -> None:
             wrap_for_ranks(model, ctx)  # DistributedDataParallel must see the newly trainable weights
+            compile_for_training(model, ctx, cfg.train.compile)
             current.optimizer = create_optimizer(current.model, cfg.train, lr=finetune_lr)
             current.schedule = Schedule(
                 current.optimizer,
@@ -634,6 +676,18 @@ def _feature_loader(
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, lambda tmp: _save_arrays(tmp, features=features, labels=labels))
     return MemoryLoader(features, labels, cfg.train.batch_size, shuffle, cfg.seed)
+
+
+def compile_for_training(model: torch.nn.Module, ctx: StepContext, enabled: bool) -> None:
+    """With --compile, training steps run through torch.compile (evaluation stays eager).
+
+    The saved weights always come from `model` itself, so the artifact has no compiler traces.
+    """
+    if not enabled:
+        return
+    if ctx.device.type == "cpu" and not (shutil.which("cc") or shutil.which("gcc") or shutil.which("g++")):
+        raise ConfigError("--compile on the CPU needs a C/C++ compiler (gcc); install it or drop --compile")
+    ctx.wrapped = torch.compile(ctx.wrapped if ctx.wrapped is not None else model)
 
 
 def wrap_for_ranks(model: torch.nn.Module, ctx: StepContext) -> None:

@@ -521,7 +521,33 @@ def train(
     precision: Annotated[
         str | None,
         typer.Option(
-            help=f"auto (bf16 on CUDA) | fp32 | bf16. \\[default: {_default('train.precision')}]",
+            help="auto (bf16 on CUDA, and on processors with native bf16: AVX-512 BF16, AMX) | fp32 | bf16. "
+            f"\\[default: {_default('train.precision')}]",
+            rich_help_panel=TRAIN_HELP,
+        ),
+    ] = None,
+    compile: Annotated[
+        bool | None,
+        typer.Option(
+            "--compile/--no-compile",
+            help="Run training steps through torch.compile (faster steps after a one-time compile; "
+            "needs gcc on the CPU).",
+            show_default=False,
+            rich_help_panel=TRAIN_HELP,
+        ),
+    ] = None,
+    lr_scaling: Annotated[
+        str | None,
+        typer.Option(
+            help="none | linear | sqrt: scale --lr by (batch size × processes) / --lr-base-batch, so larger "
+            f"batches keep accuracy. \\[default: {_default('train.lr_scaling')}]",
+            rich_help_panel=TRAIN_HELP,
+        ),
+    ] = None,
+    lr_base_batch: Annotated[
+        int | None,
+        typer.Option(
+            help=f"The batch size --lr is meant for. \\[default: {_default('train.lr_base_batch')}]",
             rich_help_panel=TRAIN_HELP,
         ),
     ] = None,
@@ -597,6 +623,9 @@ def train(
         "train.patience": patience,
         "train.device": device,
         "train.precision": precision,
+        "train.compile": compile,
+        "train.lr_scaling": lr_scaling,
+        "train.lr_base_batch": lr_base_batch,
         "output.project": project,
         "output.name": name,
     }

@@ -96,6 +96,9 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"
     channels_last: bool | None = None
+    compile: bool = False
+    lr_scaling: str = "none"
+    lr_base_batch: int = 64
     freeze_epochs: int = 0
     finetune_epochs: int = 0
     finetune_lr: float | None = None
@@ -135,6 +138,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.class_weight": ("none", "auto"),
     "train.monitor": ("val_loss", "val_acc"),
     "train.precision": ("auto", "fp32", "bf16"),
+    "train.lr_scaling": ("none", "linear", "sqrt"),
 }
 
 # What the presets set; explicit flags win over them.

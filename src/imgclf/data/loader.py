@@ -173,9 +173,12 @@ class MemoryLoader:
         drop_last: bool = False,
         shard: Shard = Shard(),
         rows: np.ndarray | None = None,
+        device: torch.device | None = None,
     ) -> None:
         self.images = torch.from_numpy(images)
         self.rows = torch.from_numpy(np.asarray(rows, dtype=np.int64)) if rows is not None else None
+        self.device = device if device is not None and device.type == "cuda" else None
+        self.resident = False
         self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -183,6 +186,21 @@ class MemoryLoader:
         self.shard = shard
         self.drop_last = drop_last and self.num_samples > batch_size
         self.problems: list[Problem] = []
+        if self.device is not None:
+            self._move_to_gpu_if_small()
+
+    def _move_to_gpu_if_small(self) -> None:
+        """Data that takes at most a quarter of the free GPU memory lives there: batches never cross
+        the bus and augmentation runs where they are. Larger data goes batch by batch from pinned memory."""
+        free, _ = torch.cuda.mem_get_info(self.device)
+        if self.images.numel() * self.images.element_size() > free // 4:
+            logger.info("data larger than a quarter of the free GPU memory: streaming it from pinned memory")
+            return
+        self.images = self.images.to(self.device)
+        self.labels = self.labels.to(self.device)
+        if self.rows is not None:
+            self.rows = self.rows.to(self.device)
+        self.resident = True
 
     def __len__(self) -> int:
         return _batches(self.num_samples, self.batch_size, self.drop_last)
@@ -193,13 +211,18 @@ class MemoryLoader:
 
     def epoch(self, epoch: int = 0) -> Iterator[Batch]:
         order = self.shard.take(_epoch_order(len(self.labels), self.shuffle, self.seed, epoch))
+        if self.resident:
+            order = order.to(self.device)
         count = len(order)
         for start in range(0, count, self.batch_size):
             index = order[start : start + self.batch_size]
             if self.drop_last and len(index) < self.batch_size:
                 break
             batch = self.images[self.rows[index] if self.rows is not None else index]
-            yield Batch(batch.permute(0, 3, 1, 2) if batch.ndim == 4 else batch, self.labels[index])
+            labels = self.labels[index]
+            if self.device is not None and not self.resident:  # pinned: the copy to the GPU is async
+                batch, labels = batch.pin_memory(), labels.pin_memory()
+            yield Batch(batch.permute(0, 3, 1, 2) if batch.ndim == 4 else batch, labels)
 
 
 class _StreamDataset(Dataset):
@@ -296,9 +319,10 @@ def create_loader(
     workers: int | None = None,
     drop_last: bool = False,
     shard: Shard = Shard(),
+    device: torch.device | None = None,
 ) -> MemoryLoader | StreamLoader:
     """A loader over decoded images (`cached` = (images, labels, rows)) or streamed from the source."""
     if cached is not None:
         images, labels, rows = cached
-        return MemoryLoader(images, labels, batch_size, shuffle, seed, drop_last, shard, rows)
+        return MemoryLoader(images, labels, batch_size, shuffle, seed, drop_last, shard, rows, device)
     return StreamLoader(image_set, spec, batch_size, shuffle, seed, workers, drop_last, shard)

@@ -74,7 +74,7 @@ def train_one_epoch(
     for batch in loader.epoch(state.epoch):
         inputs, labels = prepare_batch(batch, ctx, train=True)
         with autocast(ctx):
-            logits = (ctx.wrapped or model)(inputs)
+            logits = (ctx.wrapped if ctx.wrapped is not None else model)(inputs)
         loss = loss_fn(logits.float(), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -36,6 +36,18 @@ def create_optimizer(model: nn.Module, cfg: TrainConfig, lr: float | None = None
     return torch.optim.RMSprop(groups, lr=lr, alpha=0.9)  # Keras' rho=0.9; momentum is for sgd
 
 
+def scale_lr(lr: float, batch_size: int, scaling: str, base_batch: int = 64) -> float:
+    """The learning rate for `batch_size` images per step (all processes together).
+
+    "linear" multiplies by batch_size / base_batch (Goyal et al., for SGD); "sqrt" by its square
+    root (gentler, suits Adam-type optimizers); "none" keeps `lr` as given.
+    """
+    if scaling == "none" or batch_size == base_batch:
+        return lr
+    ratio = batch_size / base_batch
+    return lr * (ratio if scaling == "linear" else math.sqrt(ratio))
+
+
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, final_fraction: float = 0.01) -> float:
     """Learning-rate factor: linear warm-up, then cosine decay to `final_fraction`."""
     if warmup_steps and step < warmup_steps:
