@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-import shutil
 import socket
 import threading
 import time
@@ -23,22 +22,11 @@ from hypothesis import HealthCheck, given, settings
 from PIL import Image
 
 import imgclf
-from conftest import write_class_folders
+from conftest import CHROMIUM, CHROMIUM_FLAGS, write_class_folders
 from imgclf.export.onnx import export_onnx
 from imgclf.predict import Predictor
 from imgclf.serve import ServeSettings, create_app
 from imgclf.serve.batching import MicroBatcher
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMIUM_FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @pytest.fixture(scope="module")
@@ -294,3 +282,15 @@ def test_serve_command_refuses_bad_options_before_listening(served, tmp_path: Pa
     assert zero.exit_code == 2 and "--max-batch" in zero.output
     port = runner.invoke(app, ["serve", str(predictor.onnx.path), "--port", "70000"])
     assert port.exit_code == 2
+
+
+def test_streamed_body_over_the_limit_gets_413_without_content_length(client) -> None:
+    def chunks():
+        for _ in range(30):
+            yield b"\0" * 100_000  # 3 MB, over the 2 MB limit, sent without a Content-Length
+
+    response = client.post(
+        "/predict", content=chunks(), headers={"content-type": "multipart/form-data; boundary=x"}
+    )
+    assert response.status_code == 413
+    assert client.get("/health").status_code == 200
