@@ -58,6 +58,7 @@ def run_demo(out: Path, epochs: int = 15) -> dict:
     console.print(f"[bold]test accuracy[/bold] {run.metrics.get('test_acc', float('nan')):.4f}")
     console.print(
         f"next: imgclf predict {run.artifact} {data / '3'} --top-k 3   |   "
-        f"imgclf evaluate {run.artifact} {data} --manifest {run.run_dir / 'manifest.csv'} --split test"
+        f"imgclf evaluate {run.artifact} {data} --manifest {run.run_dir / 'manifest.csv'} --split test   |   "
+        f"imgclf export {run.artifact}   |   imgclf serve {run.artifact}"
     )
     return {"run": run, "test_acc": run.metrics.get("test_acc")}
