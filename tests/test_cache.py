@@ -123,3 +123,20 @@ def test_training_from_the_disk_cache_matches_training_from_ram(tmp_path: Path) 
     for history in runs["disk"] + runs["none"]:
         np.testing.assert_allclose(history["val_acc"], reference["val_acc"])
         np.testing.assert_allclose(history["train_loss"], reference["train_loss"], rtol=1e-5)
+
+
+def test_cache_command_lists_and_clears(tmp_path: Path, isolated_cache: Path) -> None:
+    from typer.testing import CliRunner
+
+    from imgclf.cli import app
+
+    root = write_class_folders(tmp_path / "data", ["a", "b"], 5)
+    prepare(root, "disk")
+    runner = CliRunner()
+    listed = runner.invoke(app, ["cache"])
+    assert listed.exit_code == 0 and "decoded" in listed.output and "10 images 20×20×1" in listed.output
+    assert runner.invoke(app, ["cache", "--kind", "nope"]).exit_code == 2
+    cleared = runner.invoke(app, ["cache", "--clear", "--kind", "decoded"])
+    assert cleared.exit_code == 0 and "freed" in cleared.output
+    assert not (isolated_cache / "decoded").exists()
+    assert "0 entries" in runner.invoke(app, ["cache"]).output

@@ -920,6 +920,53 @@ def serve(
 
 
 # ---------------------------------------------------------------------------------------------------
+# cache
+# ---------------------------------------------------------------------------------------------------
+@app.command("cache")
+@handle_errors
+def cache_command(
+    clear: Annotated[
+        bool, typer.Option("--clear", help="Delete the cache's entries (all kinds, or those of --kind).")
+    ] = False,
+    kind: Annotated[
+        list[str] | None,
+        typer.Option(help="decoded | archives | features (repeatable) \\[default: all].", show_default=False),
+    ] = None,
+) -> None:
+    """What imgclf keeps in its cache folder ($IMGCLF_CACHE_DIR or ~/.cache/imgclf), and its size.
+
+    Everything there can be deleted at any time: it is rebuilt when needed.
+    """
+    import datetime
+
+    from imgclf.console import console
+    from imgclf.data.cache import CACHE_KINDS, clear_cache, list_cache
+    from imgclf.paths import cache_dir
+
+    unknown = sorted(set(kind or []) - set(CACHE_KINDS))
+    if unknown:
+        raise typer.BadParameter(f"--kind {unknown[0]!r}: use one of {', '.join(CACHE_KINDS)}")
+    if clear:
+        freed = clear_cache(kind)
+        console.print(f"freed {freed / 2**20:,.1f} MiB in {cache_dir()}", markup=False, soft_wrap=True)
+        return
+    entries = [e for e in list_cache() if not kind or e.kind in kind]
+    console.print(f"cache folder {cache_dir()}", markup=False, soft_wrap=True)
+    for entry in entries:
+        used = datetime.datetime.fromtimestamp(entry.last_used).strftime("%Y-%m-%d %H:%M")
+        console.print(
+            f"  {entry.kind:<9} {entry.name[:20]:<21} {entry.bytes / 2**20:>9,.1f} MiB  used {used}  "
+            f"{entry.detail}",
+            markup=False,
+            soft_wrap=True,
+        )
+    total = sum(e.bytes for e in entries)
+    console.print(
+        f"{len(entries)} entries, {total / 2**20:,.1f} MiB (imgclf cache --clear frees it)", markup=False
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
 # evaluate
 # ---------------------------------------------------------------------------------------------------
 @app.command()

@@ -17,6 +17,7 @@ again. Arrays given from Python are never written to disk.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -140,7 +141,8 @@ def load_cached(
     except (OSError, ValueError, KeyError, TypeError) as error:
         logger.warning("ignoring a damaged image cache entry %s (%s)", folder, error)
         return None
-    os.utime(folder / META_FILE)  # last use, for whoever cleans the cache folder
+    with contextlib.suppress(OSError):  # last use, shown by `imgclf cache`; a read-only cache is fine
+        os.utime(folder / META_FILE)
     return images, ok, problems
 
 
@@ -190,3 +192,53 @@ def store(
     if staging is not None:
         return np.memmap(plan.folder / IMAGES_FILE, dtype=np.uint8, mode="c", shape=images.shape)
     return images
+
+
+# What the cache folder holds: decoded images, unpacked archives, bottleneck features.
+CACHE_KINDS = {
+    "decoded": "decoded images (--cache auto|disk)",
+    "archives": "unpacked zip/tar data",
+    "features": "bottleneck features (--head-only)",
+}
+
+
+@dataclass
+class CacheEntry:
+    kind: str
+    name: str
+    bytes: int
+    last_used: float
+    detail: str = ""
+
+
+def list_cache() -> list[CacheEntry]:
+    """Every entry imgclf keeps in its cache folder, with its size on disk and when it was last used."""
+    entries = []
+    for kind in CACHE_KINDS:
+        folder = cache_dir() / kind
+        if not folder.is_dir():
+            continue
+        for item in sorted(folder.iterdir()):
+            if item.name.startswith("."):
+                continue
+            files = [item] if item.is_file() else [f for f in item.rglob("*") if f.is_file()]
+            size = sum(f.stat().st_size for f in files)
+            last = max((f.stat().st_mtime for f in files), default=item.stat().st_mtime)
+            detail = ""
+            if kind == "decoded":
+                with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                    count, height, width, channels = json.loads((item / META_FILE).read_text())["shape"]
+                    detail = f"{count:,} images {width}×{height}×{channels}"
+            entries.append(CacheEntry(kind, item.name, size, last, detail))
+    return entries
+
+
+def clear_cache(kinds: list[str] | None = None) -> int:
+    """Remove the cache's entries of `kinds` (default: all); returns the bytes freed."""
+    freed = 0
+    for kind in kinds or list(CACHE_KINDS):
+        folder = cache_dir() / kind
+        if folder.is_dir():
+            freed += sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+            shutil.rmtree(folder)
+    return freed
