@@ -57,7 +57,7 @@ def contract_input(path: Path, spec: PreprocessSpec) -> np.ndarray:
 def test_export_writes_a_model_that_follows_the_documented_contract(trained, tmp_path: Path) -> None:
     artifact, data = trained
     out = tmp_path / "classifier.onnx"
-    result = export_onnx(artifact, out)
+    result = imgclf.export_onnx(artifact, out)  # the public API name of export_onnx
     assert out.is_file() and result.max_abs_diff < 1e-4 and result.check_images == 16
     assert "training images" in result.check_source
 

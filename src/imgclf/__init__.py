@@ -4,7 +4,8 @@ Public API (no side effects on import):
     train(data, **settings) → Run         evaluate(model, data) → metrics
     load_model(path) → Predictor           Predictor.from_path(path).predict(inputs)
     audit(data) → AuditReport              show(data) → matplotlib Figure
-    write_report(run_dir) → report.html
+    write_report(run_dir) → report.html     export_onnx(model) → ExportResult (model.onnx, checked)
+    imgclf.serve.create_app(predictor) → FastAPI app
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ __all__ = [
     "__version__",
     "audit",
     "evaluate",
+    "export_onnx",
     "features",
     "load_model",
     "resolve_config",
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
     from imgclf.data.audit import audit
     from imgclf.data.show import show
     from imgclf.evaluation.report import write_report
+    from imgclf.export.onnx import export_onnx
     from imgclf.predict import Predictor
 
 
@@ -59,6 +62,10 @@ def __getattr__(name: str) -> Any:
         from imgclf.evaluation.report import write_report
 
         return write_report
+    if name == "export_onnx":
+        from imgclf.export.onnx import export_onnx
+
+        return export_onnx
     if name == "Predictor":
         from imgclf.predict import Predictor
 
