@@ -140,3 +140,30 @@ def test_cache_command_lists_and_clears(tmp_path: Path, isolated_cache: Path) ->
     assert cleared.exit_code == 0 and "freed" in cleared.output
     assert not (isolated_cache / "decoded").exists()
     assert "0 entries" in runner.invoke(app, ["cache"]).output
+
+
+def test_headers_are_read_once_and_again_after_a_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, isolated_cache: Path
+) -> None:
+    from imgclf.data import sources
+
+    monkeypatch.setattr(sources, "HEADER_CACHE_MIN", 10)
+    root = write_class_folders(tmp_path / "data", ["a", "b"], 8)
+    (root / "b" / "broken.png").write_bytes(b"not a png at all")
+    opened: list[str] = []
+    original = sources.FileReader.header
+
+    def counting(self, key):
+        opened.append(key)
+        return original(self, key)
+
+    monkeypatch.setattr(sources.FileReader, "header", counting)
+    first = sources.read_headers(scan_source(root))
+    assert len(opened) == 17 and len(first) == 16
+    second = sources.read_headers(scan_source(root))
+    assert len(opened) == 17  # nothing opened: the headers came from the cache folder
+    assert second.headers == first.headers and [p.path for p in second.problems] == ["b/broken.png"]
+    os.utime(root / "a" / "a_000.png", ns=(5, 5))
+    sources.read_headers(scan_source(root))
+    assert len(opened) == 34
+    assert len(list((isolated_cache / "headers").iterdir())) == 2

@@ -55,14 +55,18 @@ def test_two_processes_match_one_and_write_one_model(shapes_dir: Path, tmp_path:
     two = tmp_path / "runs" / "two"
     assert len(list(two.rglob("model.safetensors"))) == 1
     history = _history(two)
-    assert len(history) == 4
-    assert all(row["val_count"] == 24 for row in history)  # each validation image counted exactly once
+    assert len(history) == 4, history
+    # each validation image counted exactly once
+    assert all(row["val_count"] == 24 for row in history), history
     metrics = imgclf.load_model(two / "model").info.metrics
-    assert (
-        metrics["test_count"] == 24 and metrics["test_acc"] >= 0.85
-    )  # rank 0 alone evaluates the test split
+    # rank 0 alone evaluates the test split
+    assert metrics["test_count"] == 24 and metrics["test_acc"] >= 0.85, metrics
     accuracy_two = metrics["val_acc"]
-    assert accuracy_two >= 0.85 and abs(accuracy_two - single.metrics["val_acc"]) <= 0.1
+    assert accuracy_two >= 0.85 and abs(accuracy_two - single.metrics["val_acc"]) <= 0.1, (
+        accuracy_two,
+        single.metrics,
+        metrics,
+    )
 
 
 def test_a_dying_rank_stops_the_run_and_resume_completes_it(shapes_dir: Path, tmp_path: Path) -> None:

@@ -930,7 +930,9 @@ def cache_command(
     ] = False,
     kind: Annotated[
         list[str] | None,
-        typer.Option(help="decoded | archives | features (repeatable) \\[default: all].", show_default=False),
+        typer.Option(
+            help="decoded | headers | archives | features (repeatable) \\[default: all].", show_default=False
+        ),
     ] = None,
 ) -> None:
     """What imgclf keeps in its cache folder ($IMGCLF_CACHE_DIR or ~/.cache/imgclf), and its size.

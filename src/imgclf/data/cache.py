@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from imgclf.data.preprocess import PreprocessSpec
-from imgclf.data.sources import FileReader, ImageSet, Problem
+from imgclf.data.sources import ImageSet, Problem, file_list_digest
 from imgclf.errors import DataError
 from imgclf.io import replace_dir_atomic
 from imgclf.paths import cache_dir
@@ -67,18 +67,11 @@ def memory_budget(budget_gb: float | None) -> int:
 
 def cache_key(image_set: ImageSet, spec: PreprocessSpec) -> str | None:
     """A digest of what the decoded rows depend on; None for data that is not read from files."""
-    if not isinstance(image_set.reader, FileReader):
+    files = file_list_digest(image_set)
+    if files is None:
         return None
-    digest = hashlib.sha256()
     shape = [spec.height, spec.width, spec.channels, spec.resize, spec.interpolation, CACHE_VERSION]
-    digest.update(json.dumps(shape).encode())
-    for key in image_set.keys:
-        try:
-            stat = os.stat(image_set.reader.location(key))
-            digest.update(f"{key}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-        except OSError:
-            digest.update(f"{key}\0missing\n".encode())
-    return digest.hexdigest()[:32]
+    return hashlib.sha256(json.dumps([shape, files]).encode()).hexdigest()[:32]
 
 
 def plan_cache(
@@ -197,6 +190,7 @@ def store(
 # What the cache folder holds: decoded images, unpacked archives, bottleneck features.
 CACHE_KINDS = {
     "decoded": "decoded images (--cache auto|disk)",
+    "headers": "image sizes and modes of large data sets",
     "archives": "unpacked zip/tar data",
     "features": "bottleneck features (--head-only)",
 }

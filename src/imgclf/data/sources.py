@@ -580,22 +580,76 @@ def _header_job(args: tuple[FileReader | ArrayReader, list[str]]) -> list[ImageH
     return results
 
 
+def file_list_digest(image_set: ImageSet) -> str | None:
+    """A digest of the sample files: keys, sizes and modification times (None for arrays).
+
+    Keys the caches of headers and decoded images: touch, replace, add or remove a file and the
+    digest changes.
+    """
+    if not isinstance(image_set.reader, FileReader):
+        return None
+    digest = hashlib.sha256()
+    for key in image_set.keys:
+        try:
+            stat = os.stat(image_set.reader.location(key))
+            digest.update(f"{key}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        except OSError:
+            digest.update(f"{key}\0missing\n".encode())
+    return digest.hexdigest()
+
+
+HEADER_CACHE_MIN = 1000  # smaller sets are read faster than a cache file is
+
+
+def _load_header_cache(path: Path, count: int) -> list[ImageHeader | str] | None:
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+        if len(rows) != count:
+            return None
+        return [row if isinstance(row, str) else ImageHeader(*row) for row in rows]
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _save_header_cache(path: Path, results: list[ImageHeader | str]) -> None:
+    from imgclf.io import write_text_atomic
+
+    rows = [
+        r if isinstance(r, str) else [r.width, r.height, r.mode, r.format, r.exif_rotated] for r in results
+    ]
+    try:
+        write_text_atomic(path, json.dumps(rows, separators=(",", ":")))
+    except OSError as error:  # a read-only or full cache folder costs the next run a header pass
+        logger.debug("could not keep the image headers in %s: %s", path, error)
+
+
 def read_headers(image_set: ImageSet, workers: int = 0) -> ImageSet:
     """Open every image's header (in parallel processes for large sets); drop unreadable files.
 
     Returns a new ImageSet with `headers` filled and each unreadable file added to `problems`.
+    For 1,000 files or more the results are kept in the cache folder (`headers/`), keyed by the
+    files' names, sizes and modification times, so that the next run opens no file for them.
     """
     keys = image_set.keys
+    cache_file = None
     if isinstance(image_set.reader, ArrayReader):
         results: list[ImageHeader | str] = _header_job((image_set.reader, keys))
     else:
-        chunk = 512
-        jobs = [(image_set.reader, keys[i : i + chunk]) for i in range(0, len(keys), chunk)]
-        if workers > 1 and len(jobs) > 2:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                results = [item for part in pool.map(_header_job, jobs) for item in part]
+        if len(keys) >= HEADER_CACHE_MIN:
+            cache_file = cache_dir() / "headers" / f"{file_list_digest(image_set)[:32]}.json"
+        cached = _load_header_cache(cache_file, len(keys)) if cache_file else None
+        if cached is not None:
+            results = cached
         else:
-            results = [item for job in jobs for item in _header_job(job)]
+            chunk = 512
+            jobs = [(image_set.reader, keys[i : i + chunk]) for i in range(0, len(keys), chunk)]
+            if workers > 1 and len(jobs) > 2:
+                with ProcessPoolExecutor(max_workers=workers) as pool:
+                    results = [item for part in pool.map(_header_job, jobs) for item in part]
+            else:
+                results = [item for job in jobs for item in _header_job(job)]
+            if cache_file is not None:
+                _save_header_cache(cache_file, results)
     good = [i for i, result in enumerate(results) if isinstance(result, ImageHeader)]
     problems = list(image_set.problems)
     problems += [
