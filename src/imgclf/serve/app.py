@@ -214,7 +214,8 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
     async def read_request(request: Request, top_k: int | None) -> tuple[list[bytes], list[str], int | None]:
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type == "multipart/form-data":
-            form = await request.form(max_files=settings.max_images, max_fields=100)
+            # the count check below answers 413; the form parser only guards against absurd counts
+            form = await request.form(max_files=max(1000, settings.max_images), max_fields=100)
             uploads = form.getlist("files") + form.getlist("file")
             if not uploads:
                 raise _missing_field("files")
