@@ -148,7 +148,7 @@ class Predictor:
         ONNX Runtime.
         """
         from imgclf.api import resolve_device
-        from imgclf.export.onnx import OnnxClassifier, find_current_export
+        from imgclf.export.onnx import OnnxClassifier, load_current_export
 
         if backend not in BACKENDS:
             raise UsageError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -161,9 +161,8 @@ class Predictor:
         resolved = resolve_device(device)
         artifact_dir = resolve_artifact_path(location)
         if backend == "onnxruntime" or (backend == "auto" and resolved.type == "cpu"):
-            export = find_current_export(artifact_dir)
-            if export is not None:
-                onnx = OnnxClassifier(export, threads)
+            onnx = load_current_export(artifact_dir, threads)
+            if onnx is not None:
                 return cls(None, onnx.info, torch.device("cpu"), label_map, onnx=onnx)
             if backend == "onnxruntime":
                 raise UsageError(

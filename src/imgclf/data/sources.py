@@ -125,6 +125,7 @@ class ImageSet:
     splits: list[str] | None = None
     headers: list[ImageHeader] | None = None
     problems: list[Problem] = field(default_factory=list)
+    file_stats: list[str] | None = None  # "size mtime" per sample, filled once by file_list_digest
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -145,6 +146,7 @@ class ImageSet:
             splits=[self.splits[i] for i in indices] if self.splits is not None else None,
             headers=[self.headers[i] for i in indices] if self.headers is not None else None,
             problems=self.problems,
+            file_stats=[self.file_stats[i] for i in indices] if self.file_stats is not None else None,
         )
 
     def class_counts(self) -> dict[str, int]:
@@ -588,14 +590,20 @@ def file_list_digest(image_set: ImageSet) -> str | None:
     """
     if not isinstance(image_set.reader, FileReader):
         return None
+    if image_set.file_stats is None:  # stat each file once; subsets carry the results
+        image_set.file_stats = [_file_stat(image_set.reader.location(key)) for key in image_set.keys]
     digest = hashlib.sha256()
-    for key in image_set.keys:
-        try:
-            stat = os.stat(image_set.reader.location(key))
-            digest.update(f"{key}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-        except OSError:
-            digest.update(f"{key}\0missing\n".encode())
+    for key, stat in zip(image_set.keys, image_set.file_stats):
+        digest.update(f"{key}\0{stat}\n".encode())
     return digest.hexdigest()
+
+
+def _file_stat(path: str) -> str:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return "missing"
+    return f"{stat.st_size}\0{stat.st_mtime_ns}"
 
 
 HEADER_CACHE_MIN = 1000  # smaller sets are read faster than a cache file is

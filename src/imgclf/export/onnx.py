@@ -292,20 +292,17 @@ class OnnxClassifier:
         return _run_in_batches(self.session, images, self.fixed_batch)
 
 
-def find_current_export(artifact_dir: Path) -> Path | None:
-    """The artifact's model.onnx when it was exported from the weights now in the folder."""
+def load_current_export(artifact_dir: Path, threads: int | None = None) -> OnnxClassifier | None:
+    """The artifact's model.onnx, ready to run, when it was exported from the weights now in the folder."""
     path = artifact_dir / ONNX_FILE
     if not path.is_file():
         return None
     try:
-        import onnx
-
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception:  # a damaged export is ignored here; torch runs the model instead
+        export = OnnxClassifier(path, threads)
+    except ModelError:  # a damaged export is ignored here; torch runs the model instead
         logger.warning("%s cannot be read; predicting with PyTorch", path)
         return None
-    metadata = {entry.key: entry.value for entry in proto.metadata_props}
-    if metadata.get("imgclf.weights_sha256") != weights_digest(artifact_dir):
+    if export.weights_sha256 != weights_digest(artifact_dir):
         logger.warning("%s is older than the model's weights; predicting with PyTorch (export again)", path)
         return None
-    return path
+    return export
