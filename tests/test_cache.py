@@ -167,3 +167,30 @@ def test_headers_are_read_once_and_again_after_a_change(
     sources.read_headers(scan_source(root))
     assert len(opened) == 34
     assert len(list((isolated_cache / "headers").iterdir())) == 2
+
+
+@pytest.mark.parametrize("target", ["default", "memmap", "private-memmap", "plain"])
+def test_decode_workers_fill_every_kind_of_target_like_the_main_process(tmp_path: Path, target: str) -> None:
+    """Workers write rows straight into shared targets; other targets get the rows sent back."""
+    from imgclf.data.loader import _is_shared, decode_all
+
+    root = write_class_folders(tmp_path / "data", ["a", "b", "c"], 50)  # 150 files: three chunks
+    (root / "b" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    image_set = scan_source(root)
+    shape = (len(image_set), SPEC.height, SPEC.width, SPEC.channels)
+    expected, expected_ok, expected_problems = decode_all(image_set, SPEC, workers=0)
+    out = None
+    if target == "memmap":
+        out = np.memmap(tmp_path / "rows.u8", dtype=np.uint8, mode="w+", shape=shape)
+    elif target == "private-memmap":
+        np.zeros(shape, dtype=np.uint8).tofile(tmp_path / "rows.u8")
+        out = np.memmap(tmp_path / "rows.u8", dtype=np.uint8, mode="c", shape=shape)
+    elif target == "plain":
+        out = np.zeros(shape, dtype=np.uint8)
+    images, ok, problems = decode_all(image_set, SPEC, workers=2, out=out)
+    assert _is_shared(images) == (target in ("default", "memmap"))
+    np.testing.assert_array_equal(ok, expected_ok)
+    assert not ok.all() and ok.sum() == 150
+    np.testing.assert_array_equal(images, expected)
+    assert [(p.path, p.kind) for p in problems] == [(p.path, p.kind) for p in expected_problems]
+    assert [p.path for p in problems] == ["b/broken.png"]

@@ -70,16 +70,17 @@ def test_palette_with_transparency(tmp_path: Path) -> None:
     assert converted[0, 0].tolist() == [250, 10, 10]
 
 
-def test_exif_orientation_is_applied(tmp_path: Path) -> None:
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+def test_exif_orientation_is_applied(tmp_path: Path, suffix: str) -> None:
     # A 20 wide × 10 high photo whose EXIF says "rotate 90° clockwise to display" (orientation 6).
     array = np.zeros((10, 20, 3), dtype=np.uint8)
     array[:, :10] = 255  # left half white
     image = Image.fromarray(array)
     exif = image.getexif()
     exif[0x0112] = 6
-    path = tmp_path / "rotated.jpg"
-    image.save(path, exif=exif.tobytes(), quality=95)
-    header = read_header(path)
+    path = tmp_path / f"rotated{suffix}"
+    image.save(path, exif=exif.tobytes(), **({"quality": 95} if suffix == ".jpg" else {}))
+    header = read_header(path)  # a PNG's eXIf chunk is read from the header, without decoding
     assert (header.width, header.height, header.exif_rotated) == (10, 20, True)
     shown = np.asarray(decode_image(path))
     assert shown.shape[:2] == (20, 10)

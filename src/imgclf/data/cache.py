@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from imgclf.data.loader import shared_rows
 from imgclf.data.preprocess import PreprocessSpec
 from imgclf.data.sources import ImageSet, Problem, file_list_digest
 from imgclf.errors import DataError
@@ -142,7 +143,7 @@ def load_cached(
 def allocate(plan: CachePlan, shape: tuple[int, ...]) -> tuple[np.ndarray, Path | None]:
     """An array to decode into: in RAM, or (disk mode) a memory-mapped file in a temporary folder."""
     if plan.mode != "disk" or plan.folder is None:
-        return np.zeros(shape, dtype=np.uint8), None
+        return shared_rows(shape), None
     staging = plan.folder.parent / f".{plan.key}.{os.getpid()}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)

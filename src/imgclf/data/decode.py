@@ -7,6 +7,7 @@ report it instead of crashing.
 from __future__ import annotations
 
 import io
+import os
 import struct
 import warnings
 from dataclasses import dataclass
@@ -59,8 +60,8 @@ class ImageHeader:
 
 def is_image_file(path: str | Path) -> bool:
     """True for file names with a known image extension (hidden files never count)."""
-    name = Path(path).name
-    return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS
+    name = os.path.basename(os.fspath(path))
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
 def _open(source: str | Path | bytes) -> Image.Image:
@@ -85,7 +86,9 @@ def read_header(source: str | Path | bytes) -> ImageHeader:
     try:
         orientation = 1
         try:
-            orientation = image.getexif().get(0x0112, 1) or 1
+            # The base getexif reads the EXIF/XMP the header holds; PNG's own would decode every pixel to
+            # look for an eXIf chunk after them (decode_image still applies such a rare late one).
+            orientation = Image.Image.getexif(image).get(0x0112, 1) or 1
         except Exception:  # a broken EXIF block does not make the image unusable
             orientation = 1
         width, height = image.size
@@ -117,8 +120,7 @@ def decode_image(
         image.load()
         if getattr(image, "n_frames", 1) > 1:
             image.seek(0)
-        image = ImageOps.exif_transpose(image) or image
-        image.load()
+        ImageOps.exif_transpose(image, in_place=True)  # in place: no copy of an upright image
     except ImageDecodeError:
         raise
     except Image.DecompressionBombError as error:

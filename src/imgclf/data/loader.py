@@ -7,6 +7,9 @@ read again.
 from __future__ import annotations
 
 import logging
+import mmap
+import multiprocessing
+import multiprocessing.context
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -74,6 +77,61 @@ def _keep_list(batch: list) -> list:
     return batch
 
 
+DECODE_CHUNK = 64
+
+
+def shared_rows(shape: tuple[int, ...]) -> np.ndarray:
+    """A zeroed uint8 array in anonymous shared memory: decode workers forked after this write into it."""
+    size = int(np.prod(shape, dtype=np.int64))
+    if size == 0:
+        return np.zeros(shape, dtype=np.uint8)
+    return np.frombuffer(mmap.mmap(-1, size), dtype=np.uint8).reshape(shape)
+
+
+def _is_shared(array: np.ndarray) -> bool:
+    """True when a forked process writing into `array` writes into this process's memory too."""
+    base = array
+    while isinstance(base, np.ndarray):
+        if isinstance(base, np.memmap):
+            return base.mode in ("r+", "w+")  # "c" maps copy-on-write: the writes would stay private
+        base = base.base
+    if isinstance(base, memoryview):
+        base = base.obj
+    return isinstance(base, mmap.mmap)  # shared_rows: MAP_SHARED anonymous memory
+
+
+def _fork_context() -> multiprocessing.context.BaseContext | None:
+    return multiprocessing.get_context("fork") if "fork" in multiprocessing.get_all_start_methods() else None
+
+
+class _DecodeChunks(Dataset):
+    """Chunk c → (first index, failures [(index, error)], rows or None).
+
+    With `target` (shared memory or a shared memory map, inherited by forking) the worker writes each
+    prepared row into it and sends back only the failures; without, the rows travel back by pickle.
+    """
+
+    def __init__(self, image_set: ImageSet, spec: PreprocessSpec, target: np.ndarray | None) -> None:
+        self.decode = _DecodeDataset(image_set, spec)
+        self.target = target
+
+    def __len__(self) -> int:
+        return -(-len(self.decode) // DECODE_CHUNK)
+
+    def __getitem__(self, chunk: int) -> tuple[int, list[tuple[int, str]], list[np.ndarray | None] | None]:
+        start = chunk * DECODE_CHUNK
+        failures: list[tuple[int, str]] = []
+        rows: list[np.ndarray | None] = []
+        for index in range(start, min(start + DECODE_CHUNK, len(self.decode))):
+            _, array, error = self.decode[index]
+            if array is None:
+                failures.append((index, error))
+            elif self.target is not None:
+                self.target[index] = array
+            rows.append(array)
+        return start, failures, None if self.target is not None else rows
+
+
 def decode_all(
     image_set: ImageSet,
     spec: PreprocessSpec,
@@ -83,31 +141,41 @@ def decode_all(
 ) -> tuple[np.ndarray, np.ndarray, list[Problem]]:
     """Decode and prepare every image once, in parallel (into `out` when given, e.g. a memory map).
 
-    Returns (images N×H×W×C uint8, ok mask N, problems for the files that failed).
+    Returns (images N×H×W×C uint8, ok mask N, problems for the files that failed). Where processes
+    can be forked, worker processes write the rows straight into shared memory (or the shared memory
+    map `out`), so no pixel crosses a pipe and the main process only counts.
     """
     count = len(image_set)
     shape = (count, spec.height, spec.width, spec.channels)
-    images = np.zeros(shape, dtype=np.uint8) if out is None else out
+    workers = default_workers(count) if workers is None else workers
+    context = _fork_context() if workers > 0 else None
+    if out is None:
+        out = shared_rows(shape) if context is not None else np.zeros(shape, dtype=np.uint8)
+    images = out
+    target = images if workers == 0 or (context is not None and _is_shared(images)) else None
     ok = np.zeros(count, dtype=bool)
     problems: list[Problem] = []
-    workers = default_workers(count) if workers is None else workers
     loader = DataLoader(
-        _DecodeDataset(image_set, spec),
-        batch_size=64,
+        _DecodeChunks(image_set, spec, target),
+        batch_size=None,
         num_workers=workers,
         collate_fn=_keep_list,
+        multiprocessing_context=context if target is not None else None,
         persistent_workers=False,
         generator=torch.Generator(),  # its own: decoding or not must not change the global RNG (init)
     )
     done = 0
-    for batch in loader:
-        for index, array, error in batch:
-            if array is None:
-                problems.append(Problem(image_set.keys[index], "corrupt", error))
-            else:
-                images[index] = array
-                ok[index] = True
-        done += len(batch)
+    for start, failures, rows in loader:
+        stop = min(start + DECODE_CHUNK, count)
+        ok[start:stop] = True
+        for index, error in failures:
+            problems.append(Problem(image_set.keys[index], "corrupt", error))
+            ok[index] = False
+        if rows is not None:
+            for index, array in enumerate(rows, start):
+                if array is not None:
+                    images[index] = array
+        done += stop - start
         if progress is not None:
             progress(done, count)
     return images, ok, problems
