@@ -11,9 +11,11 @@ Augmentation everywhere: rescale 1/255, width shift 0.3, zoom 0.2, horizontal fl
 - imgclf, warm: a later run on the same data: headers and decoded rows come from the cache folder.
 - imgclf, epochs ≥ 2: batches from the in-memory rows, augmented in whole batches.
 - torchvision ImageFolder + DataLoader (2 workers, RandomAffine translate/scale + flip).
-- Keras ImageDataGenerator.flow_from_directory, and tf.keras image_dataset_from_directory with
-  augmentation layers in a tf.data map (TensorFlow in its own virtual environment, see tf_env.py).
-The other pipelines are timed over `--batches` batches after three warm-up batches.
+- Keras ImageDataGenerator.flow_from_directory: a whole first epoch from the start (listing the
+  folders included, as imgclf's cold number includes its set-up), then `--batches` more batches.
+- tf.keras image_dataset_from_directory with augmentation layers in a tf.data map (TensorFlow in its
+  own virtual environment, see tf_env.py).
+torchvision and tf.data are timed over `--batches` batches after three warm-up batches.
 """
 
 from __future__ import annotations
@@ -125,6 +127,7 @@ def main() -> None:
             from tf_env import run_keras
 
             flow = run_keras("flow", str(train_dir), str(args.batches))
+            rates["Keras ImageDataGenerator, epoch 1 from the start"] = flow["first_epoch_images_per_s"]
             rates["Keras ImageDataGenerator.flow_from_directory"] = flow["images_per_s"]
             keras_rss["flow"] = flow["peak_rss_mb"]
             dataset = run_keras("dataset", str(train_dir), str(args.batches))
@@ -146,11 +149,16 @@ def main() -> None:
         + "".join(f", Keras {k} {v:,.0f} MB" for k, v in keras_rss.items())
     )
     if reference:
-        worst = min(imgclf["cold"], imgclf["warm"], imgclf["steady"]) / reference
-        verdict = "meets" if worst >= 3 else "misses"
-        print(
-            f"target: imgclf >= 3x ImageDataGenerator: {worst:.1f}x at its slowest (cold epoch) ({verdict})"
-        )
+        first = rates["Keras ImageDataGenerator, epoch 1 from the start"]
+        pairs = {
+            "cold first epoch vs its first epoch (both from the start)": imgclf["cold"] / first,
+            "cold first epoch vs ImageDataGenerator's later batches": imgclf["cold"] / reference,
+            "warm run vs ImageDataGenerator's later batches": imgclf["warm"] / reference,
+            "epochs >= 2 vs ImageDataGenerator's later batches": imgclf["steady"] / reference,
+        }
+        for name, ratio in pairs.items():
+            verdict = "meets" if ratio >= 3 else "misses"
+            print(f"target: imgclf >= 3x ImageDataGenerator, {name}: {ratio:.1f}x ({verdict})")
 
 
 if __name__ == "__main__":
