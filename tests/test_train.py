@@ -196,3 +196,18 @@ def test_compiled_training_saves_a_plain_model(shapes_dir: Path, tmp_path: Path)
     model, _ = load_artifact(run.artifact)
     assert not any("_orig_mod" in key for key in model.state_dict())
     assert run.history["train_loss"].iloc[0] > 0
+
+
+def test_training_flushes_denormal_floats_and_puts_the_mode_back(shapes_dir: Path, tmp_path: Path) -> None:
+    supported = torch.set_flush_denormal(False)  # True where the processor can flush (x86 with SSE3)
+    seen = []
+
+    class Probe(Callback):
+        def on_epoch_end(self, state: TrainState) -> None:
+            seen.append(torch.tensor([1e-39], dtype=torch.float32).item())  # denormal in float32
+
+    imgclf.train(
+        shapes_dir, model="mlp", epochs=1, project=tmp_path, name="x", verbose=False, callbacks=[Probe()]
+    )
+    assert seen == [0.0 if supported else pytest.approx(1e-39)]
+    assert torch.tensor([1e-39], dtype=torch.float32).item() == pytest.approx(1e-39)  # as it was

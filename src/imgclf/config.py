@@ -8,6 +8,7 @@ that needs it.
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -225,6 +226,8 @@ def _check_type(value: Any, annotation: Any, where: str) -> Any:
                 pass
         raise ConfigError(f"{where}: expected a number, got {value!r}")
     if annotation is str:
+        if isinstance(value, os.PathLike):  # a pathlib.Path from Python, for the folders and files
+            return os.fspath(value)
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
         raise ConfigError(f"{where}: expected text, got {value!r}")
