@@ -141,19 +141,6 @@ def evaluate(model: nn.Module, loader: Loader, ctx: StepContext, prefix: str = "
     return {f"{prefix}_loss": loss_sum / count, f"{prefix}_acc": correct / count, f"{prefix}_count": count}
 
 
-def fit(
-    state: TrainState,
-    train_loader: Loader,
-    val_loader: Loader | None,
-    ctx: StepContext,
-    loss_fn: nn.Module,
-    callbacks: Sequence[Callback],
-) -> TrainState:
-    """Train until `state.epochs` epochs are done or a callback sets `state.stop`."""
-    with denormals_flushed():
-        return _fit(state, train_loader, val_loader, ctx, loss_fn, callbacks)
-
-
 def _denormals_flush() -> bool:
     return torch.tensor([1e-39], dtype=torch.float32).item() == 0.0  # 1e-39 is denormal in float32
 
@@ -162,8 +149,8 @@ def _denormals_flush() -> bool:
 def denormals_flushed() -> Iterator[None]:
     """Denormal floats flushed to zero while training (as TensorFlow does), then as they were.
 
-    On x86, the first epochs' tiny optimizer statistics are denormal and slow the step down; flushed,
-    MNIST's first epoch took 11.2-12.1 s instead of 12.8-14.3 s on 2 cores, with the same accuracy.
+    On x86, arithmetic on denormal values is slow, and early training makes some; flushed, MNIST's
+    first epoch took 11.2-12.1 s instead of 12.8-14.3 s on 2 cores, with the same accuracy.
     The mode belongs to the processor thread, so it is put back afterwards: other code (numpy,
     Hypothesis) expects IEEE-754 subnormals.
     """
@@ -175,7 +162,7 @@ def denormals_flushed() -> Iterator[None]:
         torch.set_flush_denormal(before)
 
 
-def _fit(
+def fit(
     state: TrainState,
     train_loader: Loader,
     val_loader: Loader | None,
@@ -183,31 +170,33 @@ def _fit(
     loss_fn: nn.Module,
     callbacks: Sequence[Callback],
 ) -> TrainState:
-    started = state.context.setdefault("started", time.perf_counter())
-    emit(callbacks, "on_train_start", state)
-    while state.epoch < state.epochs and not state.stop:
-        emit(callbacks, "on_epoch_start", state)
-        if ctx.augment is not None:
-            ctx.augment.reseed(ctx.seed * 100_003 + state.epoch)
-        epoch_start = time.perf_counter()
-        lr = state.optimizer.param_groups[0]["lr"]
-        train_stats = train_one_epoch(state, train_loader, ctx, loss_fn, callbacks)
-        val_stats = evaluate(state.model, val_loader, ctx) if val_loader is not None else {}
-        state.epoch += 1
-        row = {
-            "epoch": state.epoch,
-            "train_loss": train_stats["train_loss"],
-            "train_acc": train_stats["train_acc"],
-            "val_loss": val_stats.get("val_loss", float("nan")),
-            "val_acc": val_stats.get("val_acc", float("nan")),
-            "val_count": val_stats.get("val_count", 0.0),
-            "lr": lr,
-            "seconds": time.perf_counter() - epoch_start,
-            "images_per_s": train_stats["images_per_s"],
-            "elapsed": time.perf_counter() - started,
-        }
-        state.history.append(row)
-        state.schedule.step_epoch(row.get(state.monitor))
-        emit(callbacks, "on_epoch_end", state)
-    emit(callbacks, "on_train_end", state)
-    return state
+    """Train until `state.epochs` epochs are done or a callback sets `state.stop`."""
+    with denormals_flushed():
+        started = state.context.setdefault("started", time.perf_counter())
+        emit(callbacks, "on_train_start", state)
+        while state.epoch < state.epochs and not state.stop:
+            emit(callbacks, "on_epoch_start", state)
+            if ctx.augment is not None:
+                ctx.augment.reseed(ctx.seed * 100_003 + state.epoch)
+            epoch_start = time.perf_counter()
+            lr = state.optimizer.param_groups[0]["lr"]
+            train_stats = train_one_epoch(state, train_loader, ctx, loss_fn, callbacks)
+            val_stats = evaluate(state.model, val_loader, ctx) if val_loader is not None else {}
+            state.epoch += 1
+            row = {
+                "epoch": state.epoch,
+                "train_loss": train_stats["train_loss"],
+                "train_acc": train_stats["train_acc"],
+                "val_loss": val_stats.get("val_loss", float("nan")),
+                "val_acc": val_stats.get("val_acc", float("nan")),
+                "val_count": val_stats.get("val_count", 0.0),
+                "lr": lr,
+                "seconds": time.perf_counter() - epoch_start,
+                "images_per_s": train_stats["images_per_s"],
+                "elapsed": time.perf_counter() - started,
+            }
+            state.history.append(row)
+            state.schedule.step_epoch(row.get(state.monitor))
+            emit(callbacks, "on_epoch_end", state)
+        emit(callbacks, "on_train_end", state)
+        return state
