@@ -97,6 +97,35 @@ def test_brightness_scales_and_clips() -> None:
     assert (out.flatten(1).std(1) < 1e-4).all()  # one factor per image
 
 
+def test_random_resized_crops_stay_inside_the_image_and_zoom_in() -> None:
+    """A crop keeps 25-100% of the area (aspect 3/4-4/3) and is stretched: content grows, never leaves."""
+    cfg = _cfg(crop_scale=0.25, fill="constant")  # constant fill would show any point outside as 0
+    white = torch.full((256, 1, 32, 32), 255.0)
+    assert torch.allclose(BatchAugment(cfg, seed=0)(white), white)  # no sample reaches outside
+    params = sample_augment_params(cfg, 4000, 32, 32, torch.Generator().manual_seed(1))
+    area = params.crop_w * params.crop_h
+    ratio = params.crop_w / params.crop_h
+    assert area.min() >= 0.25 * 0.99 and area.max() <= 1.0 + 1e-9
+    assert 0.55 < area.mean() < 0.7  # U(0.25, 1), a little less where a side was clipped to 1
+    assert (ratio > 0.74).all() and (ratio < 1.34).all() and ratio.log().mean().abs() < 0.03
+    assert (params.crop_x.abs() <= (1 - params.crop_w) * 15.5 + 1e-9).all()
+    dot = torch.zeros(200, 1, 32, 32)
+    dot[:, :, 14:18, 14:18] = 255.0  # 16 bright pixels in the middle
+    grown = (BatchAugment(cfg, seed=2)(dot) > 127).sum(dim=(1, 2, 3)).float()
+    assert grown.mean() > 16 * 1.3  # stretched crops show the dot larger on average
+
+
+def test_crops_off_leave_the_other_draws_unchanged() -> None:
+    """Adding crops to imgclf did not change what a seed draws for the Keras settings."""
+    keras = _cfg(rotation=20, width_shift=0.2, zoom=0.1, hflip=True)
+    cropped = _cfg(rotation=20, width_shift=0.2, zoom=0.1, hflip=True, crop_scale=0.5)
+    plain = sample_augment_params(keras, 8, 16, 16, torch.Generator().manual_seed(5))
+    both = sample_augment_params(cropped, 8, 16, 16, torch.Generator().manual_seed(5))
+    assert torch.equal(plain.angle, both.angle) and torch.equal(plain.shift_x, both.shift_x)
+    assert torch.equal(plain.crop_w, torch.ones(8, dtype=torch.float64))
+    assert not torch.equal(both.crop_w, plain.crop_w)
+
+
 def test_presets_fill_unset_values_and_flags_win() -> None:
     cfg = AugmentConfig(preset="light", rotation=3.0)
     resolve_augment(cfg)
@@ -139,3 +168,12 @@ def test_small_cached_data_lives_on_the_gpu() -> None:
     batches = list(loader.epoch(0))
     assert loader.resident and all(b.images.is_cuda and b.labels.is_cuda for b in batches)
     assert sum(len(b.labels) for b in batches) == 100
+
+
+@pytest.mark.parametrize("value", [0.0, 1.5])
+def test_crop_scale_outside_its_range_is_a_clear_error(value: float) -> None:
+    from imgclf.config import resolve_config
+    from imgclf.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="crop_scale"):
+        resolve_config(None, {"augment.crop_scale": value})

@@ -198,6 +198,15 @@ BrightnessOption = Annotated[
 ContrastOption = Annotated[
     float | None, typer.Option(help="Contrast factor drawn from [1-c, 1+c].", rich_help_panel=AUG_HELP)
 ]
+CropScaleOption = Annotated[
+    float | None,
+    typer.Option(
+        help="Random-resized crop: each crop keeps a random share of the area between this and 1 "
+        "(aspect ratio 3/4 to 4/3) and is stretched to the full size, as torchvision's "
+        "RandomResizedCrop; 1 = off.",
+        rich_help_panel=AUG_HELP,
+    ),
+]
 FillOption = Annotated[
     str | None,
     typer.Option(
@@ -345,6 +354,7 @@ def train(
     vflip: VflipOption = None,
     brightness: BrightnessOption = None,
     contrast: ContrastOption = None,
+    crop_scale: CropScaleOption = None,
     fill: FillOption = None,
     model: Annotated[
         str | None,
@@ -595,6 +605,7 @@ def train(
         "augment.vflip": vflip,
         "augment.brightness": brightness,
         "augment.contrast": contrast,
+        "augment.crop_scale": crop_scale,
         "augment.fill": fill,
         "model.name": model,
         "model.filters": _csv_list(filters),
@@ -1192,6 +1203,7 @@ def augment_preview(
     vflip: VflipOption = None,
     brightness: BrightnessOption = None,
     contrast: ContrastOption = None,
+    crop_scale: CropScaleOption = None,
     fill: FillOption = None,
     image_size: Annotated[
         str | None, typer.Option(help="Size to show the images at. \\[default: from the data]")
@@ -1213,6 +1225,7 @@ def augment_preview(
         "augment.vflip": vflip,
         "augment.brightness": brightness,
         "augment.contrast": contrast,
+        "augment.crop_scale": crop_scale,
         "augment.fill": fill,
         "data.image_size": _size(image_size),
         "seed": seed,

@@ -56,6 +56,7 @@ class AugmentConfig:
     vflip: bool | None = None
     brightness: float | None = None
     contrast: float | None = None
+    crop_scale: float | None = None
     fill: str = "nearest"
 
 
@@ -167,6 +168,7 @@ AUGMENT_OFF: dict[str, Any] = {
     "vflip": False,
     "brightness": 0.0,
     "contrast": 0.0,
+    "crop_scale": 1.0,
 }
 
 
@@ -396,6 +398,11 @@ def validate_config(cfg: Config) -> None:
         value = getattr(augment, key)
         if not 0.0 <= value < 1.0:
             raise ConfigError(f"augment.{key} must be a fraction in [0, 1), got {value}")
+    if not 0.0 < augment.crop_scale <= 1.0:
+        raise ConfigError(
+            f"augment.crop_scale is the smallest share of the image a crop keeps, in (0, 1], "
+            f"got {augment.crop_scale}"
+        )
     if cfg.model.dropout is not None and not 0.0 <= cfg.model.dropout < 1.0:
         raise ConfigError("dropout must be in [0, 1)")
 

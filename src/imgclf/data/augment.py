@@ -13,6 +13,10 @@ Meaning of each setting, as in Keras:
     hflip/vflip   each with probability 0.5
     brightness    pixel values × U(1 - b, 1 + b)
     contrast      (x − image mean) × U(1 - c, 1 + c) + image mean (no Keras equivalent)
+    crop_scale    random-resized crop (torchvision's RandomResizedCrop, no Keras equivalent): a crop
+                  of area share ~ U(s, 1) and aspect ratio ~ log-U(3/4, 4/3) of the image, at a random
+                  place inside it, stretched to the full size; 1 = off. Applied after the Keras
+                  transforms, so a crop never shows points outside the image on its own.
     fill          how points outside the image are filled: nearest (edge), constant (0), reflect, wrap
 """
 
@@ -43,6 +47,10 @@ class AugmentParams:
     vflip: torch.Tensor  # bool
     brightness: torch.Tensor  # factor
     contrast: torch.Tensor  # factor
+    crop_w: torch.Tensor  # share of the width the crop keeps
+    crop_h: torch.Tensor  # share of the height
+    crop_x: torch.Tensor  # crop centre, pixels from the image centre
+    crop_y: torch.Tensor
 
 
 def is_identity(cfg: AugmentConfig) -> bool:
@@ -58,12 +66,17 @@ def is_identity(cfg: AugmentConfig) -> bool:
             cfg.vflip,
             cfg.brightness,
             cfg.contrast,
+            _crops(cfg),
         ]
     )
 
 
+def _crops(cfg: AugmentConfig) -> bool:
+    return cfg.crop_scale is not None and cfg.crop_scale < 1.0
+
+
 def _is_geometric(cfg: AugmentConfig) -> bool:
-    return bool(cfg.rotation or cfg.width_shift or cfg.height_shift or cfg.shear or cfg.zoom)
+    return bool(cfg.rotation or cfg.width_shift or cfg.height_shift or cfg.shear or cfg.zoom or _crops(cfg))
 
 
 def _uniform(n: int, low: float, high: float, generator: torch.Generator) -> torch.Tensor:
@@ -79,7 +92,7 @@ def sample_augment_params(
         return _uniform(n, -amount, amount, generator)
 
     zoom = float(cfg.zoom or 0.0)
-    return AugmentParams(
+    drawn = dict(
         angle=symmetric(math.radians(cfg.rotation or 0.0)),
         shear=symmetric(math.radians(cfg.shear or 0.0)),
         zoom_x=_uniform(n, 1.0 - zoom, 1.0 + zoom, generator),
@@ -91,13 +104,26 @@ def sample_augment_params(
         brightness=_uniform(n, 1.0 - (cfg.brightness or 0.0), 1.0 + (cfg.brightness or 0.0), generator),
         contrast=_uniform(n, 1.0 - (cfg.contrast or 0.0), 1.0 + (cfg.contrast or 0.0), generator),
     )
+    whole, centre = torch.ones(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
+    if not _crops(cfg):  # drawn last and only when on: other settings draw as they always did
+        return AugmentParams(**drawn, crop_w=whole, crop_h=whole, crop_x=centre, crop_y=centre)
+    # random-resized crop, as torchvision draws it (area share, then log aspect ratio), clipped to fit
+    area = _uniform(n, float(cfg.crop_scale), 1.0, generator)
+    ratio = torch.exp(_uniform(n, math.log(3 / 4), math.log(4 / 3), generator))
+    crop_w = torch.sqrt(area * ratio).clamp(max=1.0)
+    crop_h = torch.sqrt(area / ratio).clamp(max=1.0)
+    # centres keep the outermost samples on or inside the outermost pixel centres: no fill ever shows
+    crop_x = (torch.rand(n, generator=generator, dtype=torch.float64) - 0.5) * (1.0 - crop_w) * (width - 1)
+    crop_y = (torch.rand(n, generator=generator, dtype=torch.float64) - 0.5) * (1.0 - crop_h) * (height - 1)
+    return AugmentParams(**drawn, crop_w=crop_w, crop_h=crop_h, crop_x=crop_x, crop_y=crop_y)
 
 
 def affine_matrices(params: AugmentParams, height: int, width: int) -> torch.Tensor:
     """N×2×3 matrices mapping output to input coordinates in `affine_grid`'s normalized space.
 
     Built as Keras does in pixel space around the image centre — rotation · (shear · zoom · p + shift)
-    — then conjugated by the pixel→normalized scaling so non-square images rotate correctly.
+    — then taken into the crop (crop size · q + crop centre), and conjugated by the pixel→normalized
+    scaling so non-square images rotate correctly.
     """
     cos, sin = torch.cos(params.angle), torch.sin(params.angle)
     n = len(cos)
@@ -107,8 +133,10 @@ def affine_matrices(params: AugmentParams, height: int, width: int) -> torch.Ten
     shear[:, 1, 0] = -torch.sin(params.shear)
     shear[:, 1, 1] = 1.0
     zoom = torch.diag_embed(torch.stack([params.zoom_x, params.zoom_y], -1))
-    linear = rotation @ shear @ zoom
-    shift = rotation @ torch.stack([params.shift_x, params.shift_y], -1).unsqueeze(-1)
+    crop = torch.diag_embed(torch.stack([params.crop_w, params.crop_h], -1))
+    linear = crop @ rotation @ shear @ zoom
+    shift = crop @ rotation @ torch.stack([params.shift_x, params.shift_y], -1).unsqueeze(-1)
+    shift = shift + torch.stack([params.crop_x, params.crop_y], -1).unsqueeze(-1)
     scale = torch.tensor([width / 2.0, height / 2.0], dtype=torch.float64)
     linear_normalized = linear * scale.view(1, 1, 2) / scale.view(1, 2, 1)
     shift_normalized = shift / scale.view(1, 2, 1)
