@@ -115,8 +115,8 @@ def main() -> None:
         train_dir = root / "train"
         rates = {}
         imgclf = imgclf_epochs(train_dir)
-        rates["imgclf, cold (epoch 1: decode once + augment)"] = imgclf["cold"]
-        rates["imgclf, warm (a later run: cache read + augment)"] = imgclf["warm"]
+        rates["imgclf, cold (epoch 1 from the start)"] = imgclf["cold"]
+        rates["imgclf, warm (a later run: caches read)"] = imgclf["warm"]
         rates["imgclf, epochs >= 2 (augment only)"] = imgclf["steady"]
         imgclf_rss = peak_rss_mb()
         rates["torchvision ImageFolder + DataLoader (2 workers)"] = torchvision_loader(
