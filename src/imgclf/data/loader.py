@@ -128,8 +128,9 @@ class _DecodeChunks(Dataset):
                 failures.append((index, error))
             elif self.target is not None:
                 self.target[index] = array
-            rows.append(array)
-        return start, failures, None if self.target is not None else rows
+            if self.target is None:
+                rows.append(array)
+        return start, failures, rows if self.target is None else None
 
 
 def decode_all(

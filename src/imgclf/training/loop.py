@@ -162,6 +162,7 @@ def denormals_flushed() -> Iterator[None]:
         torch.set_flush_denormal(before)
 
 
+@denormals_flushed()
 def fit(
     state: TrainState,
     train_loader: Loader,
@@ -171,32 +172,31 @@ def fit(
     callbacks: Sequence[Callback],
 ) -> TrainState:
     """Train until `state.epochs` epochs are done or a callback sets `state.stop`."""
-    with denormals_flushed():
-        started = state.context.setdefault("started", time.perf_counter())
-        emit(callbacks, "on_train_start", state)
-        while state.epoch < state.epochs and not state.stop:
-            emit(callbacks, "on_epoch_start", state)
-            if ctx.augment is not None:
-                ctx.augment.reseed(ctx.seed * 100_003 + state.epoch)
-            epoch_start = time.perf_counter()
-            lr = state.optimizer.param_groups[0]["lr"]
-            train_stats = train_one_epoch(state, train_loader, ctx, loss_fn, callbacks)
-            val_stats = evaluate(state.model, val_loader, ctx) if val_loader is not None else {}
-            state.epoch += 1
-            row = {
-                "epoch": state.epoch,
-                "train_loss": train_stats["train_loss"],
-                "train_acc": train_stats["train_acc"],
-                "val_loss": val_stats.get("val_loss", float("nan")),
-                "val_acc": val_stats.get("val_acc", float("nan")),
-                "val_count": val_stats.get("val_count", 0.0),
-                "lr": lr,
-                "seconds": time.perf_counter() - epoch_start,
-                "images_per_s": train_stats["images_per_s"],
-                "elapsed": time.perf_counter() - started,
-            }
-            state.history.append(row)
-            state.schedule.step_epoch(row.get(state.monitor))
-            emit(callbacks, "on_epoch_end", state)
-        emit(callbacks, "on_train_end", state)
-        return state
+    started = state.context.setdefault("started", time.perf_counter())
+    emit(callbacks, "on_train_start", state)
+    while state.epoch < state.epochs and not state.stop:
+        emit(callbacks, "on_epoch_start", state)
+        if ctx.augment is not None:
+            ctx.augment.reseed(ctx.seed * 100_003 + state.epoch)
+        epoch_start = time.perf_counter()
+        lr = state.optimizer.param_groups[0]["lr"]
+        train_stats = train_one_epoch(state, train_loader, ctx, loss_fn, callbacks)
+        val_stats = evaluate(state.model, val_loader, ctx) if val_loader is not None else {}
+        state.epoch += 1
+        row = {
+            "epoch": state.epoch,
+            "train_loss": train_stats["train_loss"],
+            "train_acc": train_stats["train_acc"],
+            "val_loss": val_stats.get("val_loss", float("nan")),
+            "val_acc": val_stats.get("val_acc", float("nan")),
+            "val_count": val_stats.get("val_count", 0.0),
+            "lr": lr,
+            "seconds": time.perf_counter() - epoch_start,
+            "images_per_s": train_stats["images_per_s"],
+            "elapsed": time.perf_counter() - started,
+        }
+        state.history.append(row)
+        state.schedule.step_epoch(row.get(state.monitor))
+        emit(callbacks, "on_epoch_end", state)
+    emit(callbacks, "on_train_end", state)
+    return state
