@@ -177,3 +177,32 @@ def test_crop_scale_outside_its_range_is_a_clear_error(value: float) -> None:
 
     with pytest.raises(ConfigError, match="crop_scale"):
         resolve_config(None, {"augment.crop_scale": value})
+
+
+def _smooth_picture(size: int, n: int = 6) -> torch.Tensor:
+    """The same smooth picture sampled at size×size pixel centres (bilinear sampling is nearly exact)."""
+    centres = (torch.arange(size, dtype=torch.float64) + 0.5) / size
+    v, u = torch.meshgrid(centres, centres, indexing="ij")
+    picture = 127.5 + 60 * torch.sin(2 * math.pi * 1.3 * u) + 60 * torch.cos(2 * math.pi * 0.9 * v + 0.4)
+    return picture.float().expand(n, 1, size, size).clone()
+
+
+@pytest.mark.parametrize(
+    "settings", [{"crop_scale": 0.3}, {"crop_scale": 0.3, "rotation": 20, "width_shift": 0.1, "shear": 10}]
+)
+def test_a_larger_cached_picture_warps_to_the_same_model_size_picture(settings: dict) -> None:
+    """Training rows cached 1.15× larger for crops are warped straight to the model's size, and a seed
+    draws the same transform at either size: the outputs agree to within interpolation error."""
+    cfg = _cfg(**settings, hflip=True)
+    at_model_size = BatchAugment(cfg, seed=4, size=(48, 48))(_smooth_picture(48))
+    from_larger = BatchAugment(cfg, seed=4, size=(48, 48))(_smooth_picture(55))
+    another_seed = BatchAugment(cfg, seed=5, size=(48, 48))(_smooth_picture(55))
+    assert from_larger.shape == (6, 1, 48, 48)
+    assert (from_larger - at_model_size).abs().max() < 1.5  # of 0..255
+    assert (another_seed - at_model_size).abs().mean() > 10  # the comparison can tell transforms apart
+
+
+def test_output_size_without_a_geometric_setting_resizes() -> None:
+    out = BatchAugment(_cfg(brightness=0.2), seed=0, size=(8, 8))(torch.full((3, 1, 16, 16), 100.0))
+    assert out.shape == (3, 1, 8, 8)
+    assert torch.allclose(out, out[:, :, :1, :1].expand_as(out))  # a flat image stays flat

@@ -194,3 +194,42 @@ def test_decode_workers_fill_every_kind_of_target_like_the_main_process(tmp_path
     np.testing.assert_array_equal(images, expected)
     assert [(p.path, p.kind) for p in problems] == [(p.path, p.kind) for p in expected_problems]
     assert [p.path for p in problems] == ["b/broken.png"]
+
+
+def test_random_resized_crops_cache_the_training_split_larger(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, isolated_cache: Path
+) -> None:
+    """With crops on and photos large enough, the training split is decoded 1.15× larger into its own
+    rows; the other splits are decoded at the model's size, exactly as prediction prepares them."""
+    from imgclf.api import crop_cache_spec
+    from imgclf.config import AugmentConfig
+    from imgclf.data.sources import read_headers
+
+    root = write_class_folders(tmp_path / "data", ["a", "b"], 12, size=64)
+    for name in ("a/a_broken.png", "b/b_broken.png"):  # a whole header, half the pixels
+        (root / name).write_bytes((root / "a" / "a_000.png").read_bytes()[:300])
+    image_set = read_headers(scan_source(root))
+    assert len(image_set) == 26
+    spec = PreprocessSpec(48, 48, 1)
+    assert crop_cache_spec(spec, AugmentConfig(crop_scale=1.0), image_set) is None  # no crops
+    too_large = PreprocessSpec(60, 60, 1)  # 69 px cached: larger than the photos
+    assert crop_cache_spec(too_large, AugmentConfig(crop_scale=0.5), image_set) is None
+    train_spec = crop_cache_spec(spec, AugmentConfig(crop_scale=0.5), image_set)
+    assert (train_spec.height, train_spec.width) == (55, 55) and train_spec.channels == 1
+
+    splits = np.asarray(["train" if i % 3 else "val" for i in range(len(image_set))], dtype=object)
+    decodes = CountingDecodes(monkeypatch)
+    for _ in range(2):  # the second preparation reads both parts from the cache
+        prepared = prepare_data(image_set, splits, spec, "auto", 0, (), None, train_spec)
+        assert decodes.calls == 2
+        assert sorted(p.path for p in prepared.problems) == ["a/a_broken.png", "b/b_broken.png"]
+        assert len(prepared.image_set) == 24
+        for split, expected in (("train", train_spec), ("val", spec)):
+            batches = list(prepared.loader(split, 64, shuffle=False).epoch(0))
+            assert batches[0].images.shape[1:] == (1, expected.height, expected.width)
+            keys = [prepared.image_set.keys[i] for i in prepared.indices(split)]
+            decoded = np.stack([load_prepared(root / key, expected) for key in keys])
+            np.testing.assert_array_equal(batches[0].images.permute(0, 2, 3, 1).numpy(), decoded)
+    assert len(list((isolated_cache / "decoded").iterdir())) == 2
+    with pytest.raises(ValueError, match="another size"):
+        prepared.loader("all", 64, shuffle=False)

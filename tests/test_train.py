@@ -211,3 +211,17 @@ def test_training_flushes_denormal_floats_and_puts_the_mode_back(shapes_dir: Pat
     )
     assert seen == [0.0 if supported else pytest.approx(1e-39)]
     assert torch.tensor([1e-39], dtype=torch.float32).item() == pytest.approx(1e-39)  # as it was
+
+
+def test_random_resized_crops_train_from_larger_rows_and_save_the_model_size(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = write_class_folders(tmp_path / "shapes", ["square", "disc", "cross"], 30, size=40)
+    with caplog.at_level("INFO", logger="imgclf"):
+        run = _train(root, tmp_path, image_size="32", crop_scale=0.6, epochs=4, lr=3e-3, test_split=0.2)
+    assert "training images cached at 37×37 (model input 32×32)" in caplog.text
+    info = json.loads((run.artifact / "imgclf.json").read_text())
+    assert (info["preprocessing"]["height"], info["preprocessing"]["width"]) == (32, 32)
+    assert run.metrics["test_acc"] >= 0.8
+    prediction = imgclf.load_model(run.artifact).predict(root / "disc" / "disc_000.png")[0]
+    assert prediction.label == "disc"

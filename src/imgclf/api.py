@@ -15,7 +15,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ import torch
 from imgclf import runs
 from imgclf.artifact import ModelInfo, load_artifact, save_artifact, update_artifact_info
 from imgclf.config import (
+    AugmentConfig,
     Config,
     DataConfig,
     config_to_dict,
@@ -34,8 +35,8 @@ from imgclf.config import (
     save_config,
     setting_section,
 )
-from imgclf.data.augment import BatchAugment, is_identity
-from imgclf.data.cache import allocate, load_cached, plan_cache, store
+from imgclf.data.augment import BatchAugment, crops, is_identity
+from imgclf.data.cache import allocate, load_cached, memory_budget, plan_cache, store
 from imgclf.data.decode import ImageDecodeError
 from imgclf.data.loader import (
     MemoryLoader,
@@ -106,7 +107,12 @@ class Run:
 
 @dataclass
 class PreparedData:
-    """A data source scanned, split and decoded for one preprocessing spec."""
+    """A data source scanned, split and decoded for one preprocessing spec.
+
+    With random-resized crops the training split may be decoded larger (`train_spec`, see
+    `crop_cache_spec`) into its own rows (`train_images`, `train_rows`); every other split is decoded at
+    `spec`, exactly as prediction prepares an image.
+    """
 
     image_set: ImageSet
     splits: np.ndarray
@@ -114,12 +120,23 @@ class PreparedData:
     cache_mode: str
     images: np.ndarray | None = None  # decoded N×H×W×C uint8 (RAM or memory map) unless streaming
     problems: list[Problem] = field(default_factory=list)
-    rows: np.ndarray | None = None  # sample i of image_set is row rows[i] of images
+    rows: np.ndarray | None = None  # sample i of image_set is row rows[i] of images (-1: in train_images)
+    train_spec: PreprocessSpec | None = None
+    train_images: np.ndarray | None = None
+    train_rows: np.ndarray | None = None  # training sample i is row train_rows[i] of train_images
 
     def indices(self, split: str) -> np.ndarray:
         if split == "all":
             return np.arange(len(self.image_set))
         return np.flatnonzero(self.splits == split)
+
+    def split_spec(self, split: str) -> PreprocessSpec:
+        """The spec the rows of `split` are decoded at."""
+        if self.train_spec is None or split != "train":
+            if self.train_spec is not None and split == "all":
+                raise ValueError("the training split is decoded at another size: ask for one split")
+            return self.spec
+        return self.train_spec
 
     def loader(
         self,
@@ -135,10 +152,13 @@ class PreparedData:
         """Batches of one split; with a CUDA `device`, small cached data moves to the GPU once."""
         index = self.indices(split)
         subset = self.image_set.subset(index)
-        cached = (self.images, subset.labels, self.rows[index]) if self.images is not None else None
+        spec = self.split_spec(split)
+        in_train_rows = self.train_spec is not None and split == "train"
+        images, rows = (self.train_images, self.train_rows) if in_train_rows else (self.images, self.rows)
+        cached = (images, subset.labels, rows[index]) if images is not None and rows is not None else None
         return create_loader(
             subset,
-            self.spec,
+            spec,
             batch_size=batch_size,
             shuffle=shuffle,
             seed=seed,
@@ -148,6 +168,30 @@ class PreparedData:
             shard=shard,
             device=device,
         )
+
+
+CROP_CACHE_SCALE = 1.15
+
+
+def crop_cache_spec(
+    spec: PreprocessSpec, augment: AugmentConfig, image_set: ImageSet
+) -> PreprocessSpec | None:
+    """The larger spec the training split is decoded at for random-resized crops, or None.
+
+    A crop keeps an area share s of the image and is stretched to the model's size; taken from rows
+    cached at the model's size, it is magnified by up to 1/sqrt(s) and blurs. Cached CROP_CACHE_SCALE
+    times larger, a crop keeps that much more of the photo's detail, as torchvision's
+    RandomResizedCrop on the full-size photo does, for 1.15² ≈ 1.3× the memory. Only when the photos
+    have the detail: at least half of them must be that large on both sides (upscaling adds none).
+    """
+    if not crops(augment) or not image_set.headers:
+        return None
+    height = round(spec.height * CROP_CACHE_SCALE)
+    width = round(spec.width * CROP_CACHE_SCALE)
+    large = sum(1 for h in image_set.headers if h.height >= height and h.width >= width)
+    if large * 2 < len(image_set.headers):
+        return None
+    return dataclasses.replace(spec, height=height, width=width)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -265,19 +309,85 @@ def prepare_data(
     workers: int | None,
     callbacks: Sequence[Callback] = (),
     cache_budget_gb: float | None = None,
+    train_spec: PreprocessSpec | None = None,
 ) -> PreparedData:
     """Decode every image once (or read the rows an earlier run decoded); drop the ones that fail.
 
-    See `imgclf.data.cache` for where the rows live (`cache`: auto, ram, disk or none).
+    See `imgclf.data.cache` for where the rows live (`cache`: auto, ram, disk or none). With
+    `train_spec` the training split is decoded at that spec into rows of its own and the other splits
+    at `spec`; the two share one memory budget in proportion to their size.
     """
-    plan = plan_cache(cache, image_set, spec, cache_budget_gb)
-    if plan.mode == "none":
-        return PreparedData(image_set, splits, spec, "none")
+    is_train = splits == "train"
+    if train_spec is None or train_spec == spec or not is_train.any():
+        train_spec = None
+        parts = [(np.arange(len(image_set)), spec)]
+    else:
+        parts = [(np.flatnonzero(is_train), train_spec), (np.flatnonzero(~is_train), spec)]
+        parts = [(rows, part_spec) for rows, part_spec in parts if len(rows)]
+    needed = [len(rows) * s.height * s.width * s.channels for rows, s in parts]
+    budget = memory_budget(cache_budget_gb)
+    if cache == "ram" and sum(needed) > budget:
+        raise DataError(
+            f"the decoded images need {sum(needed) / 2**30:.2f} GiB, over the RAM cache budget of "
+            f"{budget / 2**30:.2f} GiB; use --cache disk (or auto), or raise --cache-budget"
+        )
+    total, done_before = len(image_set), 0
 
-    def progress(done: int, total: int) -> None:
+    def progress(done: int, _: int) -> None:
         for callback in callbacks:
-            callback.on_progress("decode", done, total)
+            callback.on_progress("decode", done_before + done, total)
 
+    ok = np.ones(len(image_set), dtype=bool)
+    problems: list[Problem] = []
+    decoded: list[tuple[str, np.ndarray | None, np.ndarray]] = []
+    for (rows, part_spec), part_needed in zip(parts, needed):
+        share_gb = budget * part_needed / max(1, sum(needed)) / 2**30
+        mode, images, part_ok, part_problems = _decode_rows(
+            image_set.subset(rows), part_spec, cache, workers, progress, share_gb
+        )
+        ok[rows] = part_ok
+        problems += part_problems
+        position = np.full(len(image_set), -1, dtype=np.int64)
+        position[rows] = np.arange(len(rows))
+        decoded.append((mode, images, position))
+        done_before += len(rows)
+    if problems:
+        named = ", ".join(f"{p.path} ({p.reason})" for p in problems[:5])
+        more = f" and {len(problems) - 5} more" if len(problems) > 5 else ""
+        logger.warning("skipped %d unreadable images: %s%s", len(problems), named, more)
+    keep = np.flatnonzero(ok)
+    kept = image_set.subset(keep)
+    kept.problems = image_set.problems + problems
+    mode, images, position = decoded[-1]
+    prepared = PreparedData(
+        kept, splits[keep], spec, mode, images, problems, rows=position[keep] if mode != "none" else None
+    )
+    if train_spec is not None:
+        train_mode, train_images, train_position = decoded[0]
+        prepared.train_spec = train_spec
+        prepared.train_images = train_images
+        prepared.train_rows = train_position[keep] if train_mode != "none" else None
+        if len(decoded) == 1:  # every sample is a training sample
+            prepared.images, prepared.rows = None, None
+        logger.info(
+            "random-resized crops: training images cached at %d×%d (model input %d×%d)",
+            train_spec.width, train_spec.height, spec.width, spec.height,
+        )  # fmt: skip
+    return prepared
+
+
+def _decode_rows(
+    image_set: ImageSet,
+    spec: PreprocessSpec,
+    cache: str,
+    workers: int | None,
+    progress: Callable[[int, int], None],
+    budget_gb: float | None,
+) -> tuple[str, np.ndarray | None, np.ndarray, list[Problem]]:
+    """(cache mode, decoded rows or None when streaming, ok mask, problems) of one spec."""
+    plan = plan_cache(cache, image_set, spec, budget_gb)
+    if plan.mode == "none":
+        return "none", None, np.ones(len(image_set), dtype=bool), []
     found = load_cached(plan, len(image_set), spec)
     if found is not None:
         images, ok, problems = found
@@ -287,14 +397,7 @@ def prepare_data(
         out, staging = allocate(plan, shape)
         images, ok, problems = decode_all(image_set, spec, workers=workers, progress=progress, out=out)
         images = store(plan, images, ok, problems, staging)
-    if problems:
-        named = ", ".join(f"{p.path} ({p.reason})" for p in problems[:5])
-        more = f" and {len(problems) - 5} more" if len(problems) > 5 else ""
-        logger.warning("skipped %d unreadable images: %s%s", len(problems), named, more)
-    keep = np.flatnonzero(ok)
-    image_set = image_set.subset(keep)
-    image_set.problems = image_set.problems + problems
-    return PreparedData(image_set, splits[keep], spec, plan.mode, images, problems, rows=keep)
+    return plan.mode, images, ok, problems
 
 
 def _write_problems(path: Path, problems: Sequence[Problem]) -> None:
@@ -398,8 +501,20 @@ def train(
         run_dir = Path(broadcast_object(str(run_dir) if run_dir else None, dist_info))
 
     # 4. Decode once (into RAM when it fits) and build the loaders.
+    train_spec = (
+        None
+        if cfg.train.head_only
+        else crop_cache_spec(spec, cfg.augment, image_set.subset(np.flatnonzero(splits == "train")))
+    )
     prepared = prepare_data(
-        image_set, splits, spec, cfg.data.cache, cfg.data.workers, callbacks, cfg.data.cache_budget_gb
+        image_set,
+        splits,
+        spec,
+        cfg.data.cache,
+        cfg.data.workers,
+        callbacks,
+        cfg.data.cache_budget_gb,
+        train_spec,
     )
     _check_classes(prepared.image_set, prepared.splits)
     problems = prepared.image_set.problems
@@ -471,7 +586,11 @@ def train(
     ctx = StepContext(
         device=device,
         spec=spec,
-        augment=None if is_identity(cfg.augment) else BatchAugment(cfg.augment, seed),
+        augment=(
+            None
+            if is_identity(cfg.augment) and prepared.train_spec is None
+            else BatchAugment(cfg.augment, seed, size=(spec.height, spec.width))
+        ),
         autocast_dtype=resolve_precision(cfg.train.precision, device),
         channels_last=channels_last and not cfg.train.head_only,
         seed=seed,

@@ -203,7 +203,8 @@ CropScaleOption = Annotated[
     typer.Option(
         help="Random-resized crop: each crop keeps a random share of the area between this and 1 "
         "(aspect ratio 3/4 to 4/3) and is stretched to the full size, as torchvision's "
-        "RandomResizedCrop; 1 = off.",
+        "RandomResizedCrop; 1 = off. Training images are then cached 1.15x the model size when "
+        "they are that large, so crops keep their detail.",
         rich_help_panel=AUG_HELP,
     ),
 ]

@@ -20,7 +20,7 @@ def write_augment_preview(data: str, out: Path, cfg: Config, images: int = 6, va
     from PIL import Image
     from torchvision.utils import make_grid
 
-    from imgclf.api import resolve_spec
+    from imgclf.api import crop_cache_spec, resolve_spec
 
     image_set = scan_source(
         data, path_col=cfg.data.path_col, label_col=cfg.data.label_col, classes=cfg.data.classes
@@ -30,16 +30,21 @@ def write_augment_preview(data: str, out: Path, cfg: Config, images: int = 6, va
     sample = read_headers(image_set.subset(chosen))
     if len(sample) == 0:
         raise DataError("no readable image found to preview")
-    spec = resolve_spec(cfg.data, cfg.model.name, sample)
+    spec = resolve_spec(cfg.data, cfg.model.name, sample, cfg.model.pretrained)
     decoded, ok, _ = decode_all(sample, spec, workers=0)
-    decoded = decoded[ok][:images]
+    # training augments the rows it caches, larger for random-resized crops (see crop_cache_spec)
+    source_spec = crop_cache_spec(spec, cfg.augment, sample) or spec
+    sources, source_ok = (
+        (decoded, ok) if source_spec is spec else decode_all(sample, source_spec, workers=0)[:2]
+    )
+    decoded, sources = decoded[ok & source_ok][:images], sources[ok & source_ok][:images]
     if len(decoded) == 0:
         raise DataError("no readable image found to preview")
     originals = torch.from_numpy(decoded).permute(0, 3, 1, 2).float()
-    augment = BatchAugment(cfg.augment, cfg.seed)
+    augment = BatchAugment(cfg.augment, cfg.seed, size=(spec.height, spec.width))
     rows = []
-    for original in originals:
-        repeated = original.unsqueeze(0).repeat(variants, 1, 1, 1)
+    for original, source in zip(originals, torch.from_numpy(sources).permute(0, 3, 1, 2).float()):
+        repeated = source.unsqueeze(0).repeat(variants, 1, 1, 1)
         rows.append(torch.cat([original.unsqueeze(0), augment(repeated)]))
     grid = make_grid(torch.cat(rows) / 255.0, nrow=variants + 1, padding=2, pad_value=1.0)
     array = (grid.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()

@@ -66,17 +66,18 @@ def is_identity(cfg: AugmentConfig) -> bool:
             cfg.vflip,
             cfg.brightness,
             cfg.contrast,
-            _crops(cfg),
+            crops(cfg),
         ]
     )
 
 
-def _crops(cfg: AugmentConfig) -> bool:
+def crops(cfg: AugmentConfig) -> bool:
+    """True when random-resized crops are on (`crop_scale` < 1)."""
     return cfg.crop_scale is not None and cfg.crop_scale < 1.0
 
 
 def _is_geometric(cfg: AugmentConfig) -> bool:
-    return bool(cfg.rotation or cfg.width_shift or cfg.height_shift or cfg.shear or cfg.zoom or _crops(cfg))
+    return bool(cfg.rotation or cfg.width_shift or cfg.height_shift or cfg.shear or cfg.zoom or crops(cfg))
 
 
 def _uniform(n: int, low: float, high: float, generator: torch.Generator) -> torch.Tensor:
@@ -105,7 +106,7 @@ def sample_augment_params(
         contrast=_uniform(n, 1.0 - (cfg.contrast or 0.0), 1.0 + (cfg.contrast or 0.0), generator),
     )
     whole, centre = torch.ones(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
-    if not _crops(cfg):  # drawn last and only when on: other settings draw as they always did
+    if not crops(cfg):  # drawn last and only when on: other settings draw as they always did
         return AugmentParams(**drawn, crop_w=whole, crop_h=whole, crop_x=centre, crop_y=centre)
     # random-resized crop, as torchvision draws it (area share, then log aspect ratio), clipped to fit
     area = _uniform(n, float(cfg.crop_scale), 1.0, generator)
@@ -143,17 +144,30 @@ def affine_matrices(params: AugmentParams, height: int, width: int) -> torch.Ten
     return torch.cat([linear_normalized, shift_normalized], dim=2)
 
 
-def apply_augment(batch: torch.Tensor, params: AugmentParams, cfg: AugmentConfig) -> torch.Tensor:
-    """Apply drawn parameters to a float batch N×C×H×W of pixel values in [0, 255]."""
-    _, _, height, width = batch.shape
+def apply_augment(
+    batch: torch.Tensor, params: AugmentParams, cfg: AugmentConfig, size: tuple[int, int] | None = None
+) -> torch.Tensor:
+    """Apply drawn parameters to a float batch N×C×H×W of pixel values in [0, 255].
+
+    `size` (height, width) is the output size when it differs from the batch's: the training split
+    cached larger for random-resized crops (`imgclf.api.crop_cache_spec`) is sampled straight down to
+    the model's size by the same warp. The parameters are drawn for the batch's own size; in
+    `affine_grid`'s normalized coordinates they mean the same transform at any resolution.
+    """
+    n, channels, height, width = batch.shape
+    out_height, out_width = size or (height, width)
     device = batch.device
     if _is_geometric(cfg):
         theta = affine_matrices(params, height, width).to(device=device, dtype=torch.float32)
-        grid = F.affine_grid(theta, list(batch.shape), align_corners=False)
+        grid = F.affine_grid(theta, [n, channels, out_height, out_width], align_corners=False)
         if cfg.fill == "wrap":
             grid = torch.remainder(grid + 1.0, 2.0) - 1.0
         batch = F.grid_sample(
             batch.float(), grid, mode="bilinear", padding_mode=PADDING_MODES[cfg.fill], align_corners=False
+        )
+    elif (out_height, out_width) != (height, width):
+        batch = F.interpolate(
+            batch.float(), size=(out_height, out_width), mode="bilinear", antialias=True, align_corners=False
         )
     if cfg.hflip:
         mask = params.hflip.to(device).view(-1, 1, 1, 1)
@@ -175,8 +189,9 @@ def apply_augment(batch: torch.Tensor, params: AugmentParams, cfg: AugmentConfig
 class BatchAugment:
     """Callable augmentation with its own seeded generator: `augment(batch_uint8_or_float)`."""
 
-    def __init__(self, cfg: AugmentConfig, seed: int = 0) -> None:
+    def __init__(self, cfg: AugmentConfig, seed: int = 0, size: tuple[int, int] | None = None) -> None:
         self.cfg = cfg
+        self.size = size  # output (height, width); None: the batch's own size
         self.generator = torch.Generator().manual_seed(seed)
         self.active = not is_identity(cfg)
 
@@ -185,9 +200,10 @@ class BatchAugment:
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         batch = batch.float()
-        if not self.active:
+        size = self.size if self.size is not None and self.size != tuple(batch.shape[2:]) else None
+        if not self.active and size is None:
             return batch
         params = sample_augment_params(
             self.cfg, batch.shape[0], batch.shape[2], batch.shape[3], self.generator
         )
-        return apply_augment(batch, params, self.cfg)
+        return apply_augment(batch, params, self.cfg, size)
