@@ -9,8 +9,9 @@
 - imgclf: `imgclf.train` on real files, images/s of the training epochs after the first (decoding,
   batching, augmentation and the transfer to the device included; validation excluded).
   cnn-basic: the 60,000 MNIST training PNGs at 28 px with the tutorial's augmentation, batch 64 (512
-  on a GPU). efficientnet_lite0: generated 500×375 JPEG photos at 224 px (random crop-like zoom and
-  flips), batch 32 (256 on a GPU); 512 images on the CPU, 20,000 on a GPU.
+  on a GPU). efficientnet_lite0: generated 500×375 JPEG photos at 224 px (random-resized crops of 35-100%
+  of the area, from rows cached at 258 px, and flips), batch 32 (256 on a GPU); 512 images on the
+  CPU, 20,000 on a GPU.
 Peak memory (RSS, and GPU memory when present) is printed at the end.
 """
 
@@ -131,7 +132,7 @@ def main() -> None:
                 before = ceiling("efficientnet_lite0", 224, 3, batch, device, args.compile)
                 rate = imgclf_rate(
                     photos, folder, model="efficientnet_lite0", pretrained=True, image_size=[224, 224],
-                    zoom=0.2, hflip=True, epochs=3, batch_size=batch, device=str(device),
+                    crop_scale=0.35, hflip=True, epochs=3, batch_size=batch, device=str(device),
                     compile=args.compile, val_split=0.02,
                 )  # fmt: skip
                 top = max(before, ceiling("efficientnet_lite0", 224, 3, batch, device, args.compile))

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from imgclf.config import AugmentConfig, resolve_augment
-from imgclf.data.augment import BatchAugment, apply_augment, sample_augment_params
+from imgclf.data.augment import BatchAugment, BatchMix, apply_augment, sample_augment_params
 
 
 def _cfg(**values) -> AugmentConfig:
@@ -206,3 +207,42 @@ def test_output_size_without_a_geometric_setting_resizes() -> None:
     out = BatchAugment(_cfg(brightness=0.2), seed=0, size=(8, 8))(torch.full((3, 1, 16, 16), 100.0))
     assert out.shape == (3, 1, 8, 8)
     assert torch.allclose(out, out[:, :, :1, :1].expand_as(out))  # a flat image stays flat
+
+
+def _numbered_batch(n: int = 8, size: int = 10) -> torch.Tensor:
+    """Sample i is a flat image of value i."""
+    return torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 3, size, size).clone()
+
+
+def test_mixup_blends_each_sample_with_its_mirror_in_the_batch() -> None:
+    images, labels = _numbered_batch(), torch.arange(8) % 3
+    mixed, others, lam = BatchMix(mixup=0.4, cutmix=0.0, seed=1)(images, labels)
+    assert 0.0 < lam < 1.0
+    expected = lam * torch.arange(8.0) + (1 - lam) * torch.arange(8.0).flip(0)
+    assert torch.allclose(mixed[:, 0, 0, 0], expected)
+    assert torch.equal(others, labels.flip(0))
+    again = BatchMix(mixup=0.4, cutmix=0.0, seed=1)(images, labels)
+    assert torch.equal(again[0], mixed) and again[2] == lam  # seeded
+
+
+def test_cutmix_pastes_a_box_whose_area_is_the_returned_share() -> None:
+    images, labels = _numbered_batch(size=32), torch.arange(8)
+    mix = BatchMix(mixup=0.0, cutmix=1.0, seed=3)
+    for _ in range(20):
+        mixed, others, lam = mix(images, labels)
+        own = mixed == images
+        pasted = mixed == images.flip(0)
+        assert (own | pasted).all()  # every pixel comes from one of the two images, unblended
+        assert own[0, 0].float().mean().item() == pytest.approx(lam)
+        assert torch.equal(others, labels.flip(0))
+
+
+def test_mixing_draws_lambda_from_beta_and_switches_between_the_two() -> None:
+    images, labels = _numbered_batch(2, 40), torch.arange(2)
+    mix = BatchMix(mixup=0.4, cutmix=0.0, seed=0)
+    lams = np.array([mix(images, labels)[2] for _ in range(3000)])
+    assert lams.mean() == pytest.approx(0.5, abs=0.03)
+    assert lams.var() == pytest.approx(1 / (4 * (2 * 0.4 + 1)), rel=0.1)  # Beta(a, a): 1/(4(2a+1))
+    both = BatchMix(mixup=0.4, cutmix=1.0, seed=0)
+    blended = [bool((both(images, labels)[0] % 1 != 0).any()) for _ in range(400)]
+    assert 0.4 < np.mean(blended) < 0.6  # about half MixUp (fractional values), half CutMix

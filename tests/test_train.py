@@ -17,7 +17,7 @@ from PIL import Image
 import imgclf
 from conftest import write_class_folders
 from imgclf.artifact import load_artifact
-from imgclf.errors import DataError
+from imgclf.errors import ConfigError, DataError
 from imgclf.training.events import Callback, EarlyStopping, KeepBest, TrainState
 
 SMALL = {"model": "cnn-small", "epochs": 3, "batch_size": 16, "seed": 0}
@@ -111,8 +111,10 @@ class _Interrupt(Callback):
             raise KeyboardInterrupt
 
 
-def test_resume_continues_exactly_where_it_stopped(shapes_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("mixing", [{}, {"mixup": 0.4, "cutmix": 1.0}])
+def test_resume_continues_exactly_where_it_stopped(shapes_dir: Path, tmp_path: Path, mixing: dict) -> None:
     settings = {"epochs": 4, "augment": "light", "schedule": "cosine", "model": "cnn", "filters": [8, 16]}
+    settings.update(mixing)  # MixUp/CutMix draws are seeded per epoch too
     reference = _train(shapes_dir, tmp_path, name="reference", **settings)
     with pytest.raises(KeyboardInterrupt):
         _train(shapes_dir, tmp_path, name="interrupted", callbacks=[_Interrupt(2)], **settings)
@@ -225,3 +227,15 @@ def test_random_resized_crops_train_from_larger_rows_and_save_the_model_size(
     assert run.metrics["test_acc"] >= 0.8
     prediction = imgclf.load_model(run.artifact).predict(root / "disc" / "disc_000.png")[0]
     assert prediction.label == "disc"
+
+
+def test_mixup_and_cutmix_train_a_good_model_and_are_checked(shapes_dir: Path, tmp_path: Path) -> None:
+    run = _train(shapes_dir, tmp_path, mixup=0.4, cutmix=1.0, epochs=6, lr=3e-3, test_split=0.2)
+    config = yaml.safe_load((run.run_dir / "config.yaml").read_text())
+    assert config["augment"]["mixup"] == 0.4 and config["augment"]["cutmix"] == 1.0
+    assert run.metrics["test_acc"] >= 0.85
+    assert run.history["train_loss"].iloc[-1] > 0.2  # mixed targets keep the training loss up
+    with pytest.raises(ConfigError, match="mixup"):
+        _train(shapes_dir, tmp_path, mixup=-1.0)
+    with pytest.raises(ConfigError, match="head_only"):
+        _train(shapes_dir, tmp_path, model="efficientnet_lite0", pretrained=True, head_only=True, cutmix=1.0)

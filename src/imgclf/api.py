@@ -35,7 +35,7 @@ from imgclf.config import (
     save_config,
     setting_section,
 )
-from imgclf.data.augment import BatchAugment, crops, is_identity
+from imgclf.data.augment import BatchAugment, BatchMix, crops, is_identity
 from imgclf.data.cache import allocate, load_cached, memory_budget, plan_cache, store
 from imgclf.data.decode import ImageDecodeError
 from imgclf.data.loader import (
@@ -590,6 +590,11 @@ def train(
             None
             if is_identity(cfg.augment) and prepared.train_spec is None
             else BatchAugment(cfg.augment, seed, size=(spec.height, spec.width))
+        ),
+        mix=(
+            BatchMix(cfg.augment.mixup, cfg.augment.cutmix, seed)
+            if cfg.augment.mixup or cfg.augment.cutmix
+            else None
         ),
         autocast_dtype=resolve_precision(cfg.train.precision, device),
         channels_last=channels_last and not cfg.train.head_only,

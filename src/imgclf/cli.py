@@ -357,6 +357,22 @@ def train(
     contrast: ContrastOption = None,
     crop_scale: CropScaleOption = None,
     fill: FillOption = None,
+    mixup: Annotated[
+        float | None,
+        typer.Option(
+            help="MixUp: blend each training batch with itself reversed, weight ~ Beta(a, a) per batch "
+            "(timm's mixup_alpha; 0.2-0.4 is usual; 0 = off).",
+            rich_help_panel=AUG_HELP,
+        ),
+    ] = None,
+    cutmix: Annotated[
+        float | None,
+        typer.Option(
+            help="CutMix: paste a box of the reversed batch, its area share ~ Beta(a, a) per batch "
+            "(timm's cutmix_alpha; 1.0 is usual; 0 = off). With --mixup, each batch gets one of them.",
+            rich_help_panel=AUG_HELP,
+        ),
+    ] = None,
     model: Annotated[
         str | None,
         typer.Option(
@@ -608,6 +624,8 @@ def train(
         "augment.contrast": contrast,
         "augment.crop_scale": crop_scale,
         "augment.fill": fill,
+        "augment.mixup": mixup,
+        "augment.cutmix": cutmix,
         "model.name": model,
         "model.filters": _csv_list(filters),
         "model.dense": _csv_list(dense),

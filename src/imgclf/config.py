@@ -58,6 +58,8 @@ class AugmentConfig:
     contrast: float | None = None
     crop_scale: float | None = None
     fill: str = "nearest"
+    mixup: float | None = None
+    cutmix: float | None = None
 
 
 @dataclass
@@ -169,6 +171,8 @@ AUGMENT_OFF: dict[str, Any] = {
     "brightness": 0.0,
     "contrast": 0.0,
     "crop_scale": 1.0,
+    "mixup": 0.0,
+    "cutmix": 0.0,
 }
 
 
@@ -403,6 +407,11 @@ def validate_config(cfg: Config) -> None:
             f"augment.crop_scale is the smallest share of the image a crop keeps, in (0, 1], "
             f"got {augment.crop_scale}"
         )
+    for key in ("mixup", "cutmix"):
+        if getattr(augment, key) < 0:
+            raise ConfigError(f"augment.{key} is the alpha of a Beta(alpha, alpha) draw: 0 (off) or more")
+    if train.head_only and (augment.mixup or augment.cutmix):
+        raise ConfigError("mixup and cutmix mix images; head_only trains on features: leave them off")
     if cfg.model.dropout is not None and not 0.0 <= cfg.model.dropout < 1.0:
         raise ConfigError("dropout must be in [0, 1)")
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -207,3 +208,47 @@ class BatchAugment:
             self.cfg, batch.shape[0], batch.shape[2], batch.shape[3], self.generator
         )
         return apply_augment(batch, params, self.cfg, size)
+
+
+class BatchMix:
+    """MixUp and CutMix on whole batches (timm's "batch" mode): regularization for small data sets.
+
+    Each batch is mixed with itself reversed (sample i with sample N-1-i; batches are shuffled):
+    MixUp blends whole images, image·λ + other·(1-λ); CutMix pastes a box of the other image that
+    covers a share 1-λ of the area. λ ~ Beta(α, α) per batch, from a seeded generator. With both on,
+    each batch gets one of them with probability 1/2, as timm does. The loss is then
+    λ·loss(label) + (1-λ)·loss(other label), for CutMix with λ the share the box left.
+    """
+
+    def __init__(self, mixup: float, cutmix: float, seed: int = 0) -> None:
+        self.mixup = float(mixup or 0.0)
+        self.cutmix = float(cutmix or 0.0)
+        self.rng = np.random.default_rng(seed)
+
+    @property
+    def active(self) -> bool:
+        return self.mixup > 0 or self.cutmix > 0
+
+    def reseed(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(
+        self, images: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """(mixed images, the other labels, λ) for a float batch N×C×H×W (any normalization)."""
+        use_cutmix = self.cutmix > 0 and (self.mixup <= 0 or self.rng.random() < 0.5)
+        alpha = self.cutmix if use_cutmix else self.mixup
+        lam = float(self.rng.beta(alpha, alpha))
+        other = images.flip(0)
+        if not use_cutmix:
+            return images * lam + other * (1.0 - lam), labels.flip(0), lam
+        height, width = images.shape[-2:]
+        ratio = math.sqrt(1.0 - lam)
+        cut_h, cut_w = int(height * ratio), int(width * ratio)
+        cy, cx = int(self.rng.integers(height)), int(self.rng.integers(width))
+        y0, y1 = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, height)
+        x0, x1 = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, width)
+        images = images.clone()
+        images[..., y0:y1, x0:x1] = other[..., y0:y1, x0:x1]
+        lam = 1.0 - (y1 - y0) * (x1 - x0) / (height * width)  # the share the box really left
+        return images, labels.flip(0), lam

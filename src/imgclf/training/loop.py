@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from imgclf.data.augment import BatchAugment
+from imgclf.data.augment import BatchAugment, BatchMix
 from imgclf.data.loader import Batch, MemoryLoader, StreamLoader
 from imgclf.data.preprocess import PreprocessSpec, normalize_batch
 from imgclf.training.distributed import DistInfo, all_reduce_sum
@@ -30,6 +30,7 @@ class StepContext:
     device: torch.device
     spec: PreprocessSpec
     augment: BatchAugment | None = None
+    mix: BatchMix | None = None  # MixUp / CutMix of training batches
     autocast_dtype: torch.dtype | None = None
     channels_last: bool = False
     seed: int = 0
@@ -73,9 +74,14 @@ def train_one_epoch(
     state.batch, state.batches = 0, len(loader)
     for batch in loader.epoch(state.epoch):
         inputs, labels = prepare_batch(batch, ctx, train=True)
+        if ctx.mix is not None:
+            inputs, others, lam = ctx.mix(inputs, labels)
         with autocast(ctx):
             logits = (ctx.wrapped if ctx.wrapped is not None else model)(inputs)
         loss = loss_fn(logits.float(), labels)
+        if ctx.mix is not None:
+            loss = lam * loss + (1.0 - lam) * loss_fn(logits.float(), others)
+            labels = labels if lam >= 0.5 else others  # accuracy counts the label with the larger share
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -178,6 +184,8 @@ def fit(
         emit(callbacks, "on_epoch_start", state)
         if ctx.augment is not None:
             ctx.augment.reseed(ctx.seed * 100_003 + state.epoch)
+        if ctx.mix is not None:
+            ctx.mix.reseed(ctx.seed * 100_003 + state.epoch + 50_000)
         epoch_start = time.perf_counter()
         lr = state.optimizer.param_groups[0]["lr"]
         train_stats = train_one_epoch(state, train_loader, ctx, loss_fn, callbacks)
