@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 import imgclf
 from imgclf.cli import app
 from imgclf.data.preprocess import PreprocessSpec, normalize_batch, prepare_image
-from imgclf.errors import ModelError
+from imgclf.errors import ConfigError, ModelError
 from imgclf.models.factory import create_model
 from imgclf.models.pretrained import load_pretrained, load_weights_file, offline_state_dict
 from imgclf.training.events import Callback, TrainState
@@ -134,6 +134,50 @@ def test_unfreeze_last_blocks_only(shapes_dir: Path, tmp_path: Path) -> None:
     assert torch.equal(weights["blocks.0.0.bn1.running_mean"], pretrained["blocks.0.0.bn1.running_mean"])
     assert not torch.equal(weights["blocks.6.0.conv_pw.weight"], pretrained["blocks.6.0.conv_pw.weight"])
     assert not torch.equal(weights["conv_head.weight"], pretrained["conv_head.weight"])
+
+
+@pytest.mark.parametrize("stages", [{"freeze_epochs": 1, "finetune_epochs": 1}, {"epochs": 1}])
+def test_finetune_bn_frozen_keeps_imagenet_statistics_while_the_rest_learns(
+    shapes_dir: Path, tmp_path: Path, stages: dict
+) -> None:
+    pretrained = offline_state_dict("efficientnet_lite0")
+    final = _FinalWeights()
+    imgclf.train(
+        shapes_dir,
+        model="efficientnet_lite0",
+        pretrained=True,
+        finetune_bn="frozen",
+        callbacks=[final],
+        project=str(tmp_path / "runs"),
+        **stages,
+        **FAST,
+    )
+    weights = final.weights
+    statistics = [k for k in weights if k.endswith(("running_mean", "running_var"))]
+    assert len(statistics) > 90
+    for key in statistics:
+        assert torch.equal(weights[key], pretrained[key]), key
+    for key in ("conv_stem.weight", "bn1.weight", "blocks.6.0.bn3.bias"):  # BatchNorm's scale/shift learn
+        assert not torch.equal(weights[key], pretrained[key]), key
+
+
+def test_finetune_bn_trains_the_statistics_by_default_and_frozen_needs_pretrained_weights(
+    shapes_dir: Path, tmp_path: Path
+) -> None:
+    pretrained = offline_state_dict("efficientnet_lite0")
+    final = _FinalWeights()
+    imgclf.train(
+        shapes_dir,
+        model="efficientnet_lite0",
+        pretrained=True,
+        epochs=1,
+        callbacks=[final],
+        project=str(tmp_path / "runs"),
+        **FAST,
+    )
+    assert not torch.equal(final.weights["bn1.running_mean"], pretrained["bn1.running_mean"])
+    with pytest.raises(ConfigError, match="finetune_bn frozen"):
+        imgclf.train(shapes_dir, model="cnn-small", finetune_bn="frozen", project=str(tmp_path / "runs"))
 
 
 def test_head_only_saves_the_whole_model(shapes_dir: Path, tmp_path: Path, isolated_cache: Path) -> None:

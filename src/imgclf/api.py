@@ -551,7 +551,11 @@ def train(
     weights_source = None
     if cfg.model.pretrained or cfg.model.weights:
         weights_source = load_pretrained(model, cfg.model.name, cfg.model.weights)
-    frozen_norm = set_trainable(model, None) if cfg.train.freeze_epochs or cfg.train.head_only else []
+    frozen_bn = cfg.train.finetune_bn == "frozen"
+    if cfg.train.freeze_epochs or cfg.train.head_only:
+        frozen_norm = set_trainable(model, None)
+    else:  # fine-tuning from the first epoch
+        frozen_norm = set_trainable(model, "all", frozen_bn) if frozen_bn else []
     summary = summarize_model(model, (spec.channels, spec.height, spec.width))
     channels_last = (
         cfg.train.channels_last if cfg.train.channels_last is not None else cfg.model.name != "mlp"
@@ -636,7 +640,13 @@ def train(
                 finetune_lr,
             )
 
-        stages = FineTuneStages(cfg.train.freeze_epochs, cfg.train.unfreeze, ctx.frozen_norm, rebuild)
+        stages = FineTuneStages(
+            cfg.train.freeze_epochs,
+            cfg.train.unfreeze,
+            ctx.frozen_norm,
+            rebuild,
+            frozen_bn=frozen_bn,
+        )
     if resume is not None:
         payload = load_checkpoint(run_dir / runs.CHECKPOINT_FILE)
         if stages is not None and payload["epoch"] >= cfg.train.freeze_epochs:

@@ -445,6 +445,15 @@ def train(
             rich_help_panel=MODEL_HELP,
         ),
     ] = None,
+    finetune_bn: Annotated[
+        str | None,
+        typer.Option(
+            help="Stage 2 BatchNorm statistics: train (they follow the new data) | frozen (the "
+            "ImageNet statistics stay, as in the Keras transfer-learning guide; the layers' scale "
+            f"and shift still learn). \\[default: {_default('train.finetune_bn')}]",
+            rich_help_panel=MODEL_HELP,
+        ),
+    ] = None,
     head_only: Annotated[
         bool | None,
         typer.Option(
@@ -637,6 +646,7 @@ def train(
         "train.finetune_epochs": finetune_epochs,
         "train.finetune_lr": finetune_lr,
         "train.unfreeze": unfreeze,
+        "train.finetune_bn": finetune_bn,
         "train.head_only": head_only,
         "train.epochs": epochs,
         "train.batch_size": batch_size,

@@ -107,6 +107,7 @@ class TrainConfig:
     finetune_epochs: int = 0
     finetune_lr: float | None = None
     unfreeze: str = "all"
+    finetune_bn: str = "train"
     head_only: bool = False
 
 
@@ -143,6 +144,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.monitor": ("val_loss", "val_acc"),
     "train.precision": ("auto", "fp32", "bf16"),
     "train.lr_scaling": ("none", "linear", "sqrt"),
+    "train.finetune_bn": ("train", "frozen"),
 }
 
 # What the presets set; explicit flags win over them.
@@ -382,6 +384,10 @@ def validate_config(cfg: Config) -> None:
     if train.head_only and not (cfg.model.pretrained or cfg.model.weights):
         raise ConfigError(
             "head_only trains a head on a pretrained backbone: add --pretrained (or --weights PATH)"
+        )
+    if train.finetune_bn == "frozen" and not (cfg.model.pretrained or cfg.model.weights):
+        raise ConfigError(
+            "finetune_bn frozen keeps pretrained BatchNorm statistics: add --pretrained (or --weights PATH)"
         )
     if train.epochs < 1:
         raise ConfigError("epochs must be at least 1")

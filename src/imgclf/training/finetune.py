@@ -2,7 +2,8 @@
 
 As in the Keras transfer-learning guide: in stage 1 only the new classifier learns and the
 backbone's BatchNorm layers keep their ImageNet statistics (they run in eval mode); in stage 2 all of
-the network, or its last N blocks, trains on with a lower learning rate.
+the network, or its last N blocks, trains on with a lower learning rate, its BatchNorm statistics
+following the new data or (`finetune_bn="frozen"`, as the guide does) staying as they were.
 """
 
 from __future__ import annotations
@@ -43,10 +44,12 @@ def _blocks(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.children() if m is not classifier_of(model)]
 
 
-def set_trainable(model: nn.Module, unfreeze: str | None) -> list[nn.Module]:
+def set_trainable(model: nn.Module, unfreeze: str | None, frozen_bn: bool = False) -> list[nn.Module]:
     """Make the classifier trainable plus: nothing (None), everything ("all"), or the last N blocks.
 
     Returns the normalization layers that stay frozen: they must run in eval mode while training.
+    With `frozen_bn` every BatchNorm layer runs in eval mode (its ImageNet statistics stay), trainable
+    or not, as the Keras transfer-learning guide fine-tunes.
     """
     classifier = classifier_of(model)
     for parameter in model.parameters():
@@ -62,6 +65,8 @@ def set_trainable(model: nn.Module, unfreeze: str | None) -> list[nn.Module]:
     for module in trainable:
         for parameter in module.parameters():
             parameter.requires_grad = True
+    if frozen_bn:
+        return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if unfreeze == "all":
         return []
     live = {id(m) for module in trainable for m in module.modules()}
@@ -81,15 +86,17 @@ class FineTuneStages(Callback):
         unfreeze: str,
         frozen_norm: list[nn.Module],
         rebuild: Callable[[TrainState], None],
+        frozen_bn: bool = False,
     ) -> None:
         self.freeze_epochs = freeze_epochs
         self.unfreeze = unfreeze
+        self.frozen_bn = frozen_bn
         self.frozen_norm = frozen_norm
         self.rebuild = rebuild
         self.done = False
 
     def enter_stage_two(self, state: TrainState) -> None:
-        self.frozen_norm[:] = set_trainable(state.model, self.unfreeze)
+        self.frozen_norm[:] = set_trainable(state.model, self.unfreeze, self.frozen_bn)
         self.rebuild(state)
         self.done = True
 
