@@ -128,3 +128,33 @@ def test_show_returns_a_figure_and_the_cli_writes_a_png(tmp_path: Path) -> None:
         app, ["show", str(data), "--per-class", "3", "--out", str(tmp_path / "g.png")]
     )
     assert result.exit_code == 0 and (tmp_path / "g.png").stat().st_size > 1000
+
+
+def test_test_time_augmentation_averages_each_image_with_its_mirror_image(
+    run, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """predict and evaluate with --tta give the mean of the image's and the mirror image's
+    probabilities, and say so; the model here was trained without --hflip, so a warning says that."""
+    result, data = run
+    plain = imgclf.load_model(result.artifact, backend="torch")
+    with caplog.at_level("WARNING", logger="imgclf"):
+        mirrored = imgclf.load_model(result.artifact, backend="torch", tta=True)
+    assert "trained without --hflip" in caplog.text
+    files = sorted((data / "stripes").glob("*.png"))[:6] + sorted((data / "square").glob("*.png"))[:6]
+    arrays = np.stack([np.asarray(imgclf.predict.Image.open(f)) for f in files])[..., None]
+    expected = (plain.predict_arrays(arrays) + plain.predict_arrays(arrays[:, :, ::-1].copy())) / 2
+    np.testing.assert_allclose(mirrored.predict_arrays(arrays), expected, atol=1e-6)
+    assert not np.allclose(plain.predict_arrays(arrays), expected, atol=1e-3)  # the flip changes something
+
+    evaluation = imgclf.evaluate(
+        result.artifact, data, manifest=result.run_dir / "manifest.csv", split="test", out=tmp_path / "tta",
+        tta=True,
+    )  # fmt: skip
+    metrics = json.loads((tmp_path / "tta" / "metrics.json").read_text())
+    assert metrics["tta"] is True and evaluation.metrics["tta"] is True
+    rows = list(csv.DictReader((tmp_path / "tta" / "predictions.csv").open()))
+    by_path = {r["path"]: r for r in rows}
+    first = next(iter(by_path))
+    array = np.asarray(imgclf.predict.Image.open(data / first))[None, ..., None]
+    probabilities = mirrored.predict_arrays(array)[0]
+    assert float(by_path[first]["confidence"]) == pytest.approx(probabilities.max(), abs=1e-5)

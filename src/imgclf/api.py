@@ -932,6 +932,7 @@ def evaluate_split(
         _image_loader(prepared, indices),
         split=name or split,
         top_k=top_k,
+        extra={"tta": ctx.tta},
     )
 
 
@@ -991,9 +992,12 @@ def select_split(image_set: ImageSet, split: str, manifest: str | Path | None) -
     return image_set.subset(keep), splits[keep]
 
 
-def load_model(path: str | Path, device: str = "cpu", backend: str = "auto") -> Predictor:
-    """Load a saved model (artifact folder, run folder or exported .onnx file) ready to predict."""
-    return Predictor.from_path(path, device=device, backend=backend)
+def load_model(path: str | Path, device: str = "cpu", backend: str = "auto", tta: bool = False) -> Predictor:
+    """Load a saved model (artifact folder, run folder or exported .onnx file) ready to predict.
+
+    `tta`: average each image's probabilities with its mirror image's (test-time augmentation).
+    """
+    return Predictor.from_path(path, device=device, backend=backend, tta=tta)
 
 
 def evaluate(
@@ -1009,16 +1013,21 @@ def evaluate(
     path_col: str | None = None,
     label_col: str | None = None,
     labels: Any = None,
+    tta: bool = False,
 ) -> Evaluation:
     """Evaluate a saved model on any data source, with the model's own preprocessing.
 
     `split` picks the layout's (or the manifest's) split: train, val, test, or all. Writes
     metrics.json, the confusion matrices, most_confused.csv, predictions.csv, misclassified.png and
-    reliability.png into `out` (default: a new folder runs/evaluate[-N]).
+    reliability.png into `out` (default: a new folder runs/evaluate[-N]). `tta` averages each image's
+    probabilities with its mirror image's (test-time augmentation; also on with a Predictor's `tta`).
     """
     predictor = (
-        model if isinstance(model, Predictor) else Predictor.from_path(model, device=device, backend="torch")
+        model
+        if isinstance(model, Predictor)
+        else Predictor.from_path(model, device=device, backend="torch", tta=tta)
     )
+    tta = tta or predictor.tta
     if predictor.model is None:
         raise UsageError("evaluate runs the PyTorch model; give the model folder, not an ONNX export")
     info = predictor.info
@@ -1036,7 +1045,7 @@ def evaluate(
     if len(image_set) == 0:
         raise DataError("no usable image found in the data")
     prepared = prepare_data(image_set, splits, info.preprocessing, "auto", None)
-    ctx = StepContext(device=predictor.device, spec=info.preprocessing)
+    ctx = StepContext(device=predictor.device, spec=info.preprocessing, tta=tta)
     out_dir = Path(out) if out is not None else runs.create_run_dir("runs", "evaluate")
     evaluation = evaluate_split(predictor.model, prepared, "all", ctx, out_dir, batch_size, top_k, name=split)
     evaluation.metrics["skipped"] = [p.__dict__ for p in prepared.image_set.problems]

@@ -742,6 +742,14 @@ def predict(
     threads: Annotated[
         int | None, typer.Option(help="ONNX Runtime threads \\[default: one per core].", show_default=False)
     ] = None,
+    tta: Annotated[
+        bool,
+        typer.Option(
+            "--tta",
+            help="Test-time augmentation: average each image's probabilities with its mirror image's "
+            "(twice the compute; for models trained with --hflip).",
+        ),
+    ] = False,
 ) -> None:
     """Top-k predictions for images, streamed (bounded memory on folders of any size).
 
@@ -758,9 +766,10 @@ def predict(
     if resume and output is None:
         raise typer.BadParameter("--resume continues an --output file; name it")
     predictor = Predictor.from_path(
-        model, device=device, label_map=label_map, backend=backend.value, threads=threads
+        model, device=device, label_map=label_map, backend=backend.value, threads=threads, tta=tta
     )
-    err_console.print(f"backend: {predictor.backend}", style="dim")
+    mirrored = ", test-time augmentation (mirror images)" if tta else ""
+    err_console.print(f"backend: {predictor.backend}{mirrored}", style="dim")
     paths = iter_inputs(inputs)
     if shard is not None:
         paths = select_shard(paths, *parse_shard(shard))
@@ -1035,6 +1044,14 @@ def evaluate(
     label_col: Annotated[str | None, typer.Option(help="CSV column with labels.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b")] = 128,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+    tta: Annotated[
+        bool,
+        typer.Option(
+            "--tta",
+            help="Test-time augmentation: average each image's probabilities with its mirror image's "
+            "(twice the compute; for models trained with --hflip).",
+        ),
+    ] = False,
 ) -> None:
     """Evaluate a saved model on labelled data, with the model's own preprocessing.
 
@@ -1056,6 +1073,7 @@ def evaluate(
         top_k=top_k,
         path_col=path_col,
         label_col=label_col,
+        tta=tta,
     )
     print_evaluation(evaluation.metrics)
     console.print(f"[bold]outputs[/bold] {evaluation.out_dir}")

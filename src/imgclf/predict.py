@@ -107,6 +107,16 @@ def select_shard(paths: Iterable[str], index: int, count: int) -> Iterator[str]:
 BACKENDS = ("auto", "torch", "onnxruntime")
 
 
+def warn_if_not_flip_trained(info: ModelInfo) -> None:
+    """Mirror-image test-time augmentation suits models trained with horizontal flips."""
+    augment = ((info.training or {}).get("config") or {}).get("augment") or {}
+    if augment and not augment.get("hflip"):
+        logger.warning(
+            "test-time augmentation averages each image with its mirror image, but this model was "
+            "trained without --hflip: mirrored inputs may lower its accuracy"
+        )
+
+
 class Predictor:
     """Predict with a saved model; preprocessing comes from the model, never from the caller.
 
@@ -121,8 +131,10 @@ class Predictor:
         device: torch.device,
         label_map: str | Path | None = None,
         onnx: OnnxClassifier | None = None,
+        tta: bool = False,
     ) -> None:
         self.model = model.eval() if model is not None else None
+        self.tta = tta
         self.onnx = onnx
         self.backend = "onnxruntime" if onnx is not None else "torch"
         self.info = info
@@ -140,13 +152,29 @@ class Predictor:
         label_map: str | Path | None = None,
         backend: str = "auto",
         threads: int | None = None,
+        tta: bool = False,
     ) -> Predictor:
         """Load an artifact folder, a run folder or an exported .onnx file.
 
         backend "auto" runs an artifact's exported model.onnx with ONNX Runtime when the device is
         the CPU and the export matches the weights, else PyTorch; a .onnx file always runs with
-        ONNX Runtime.
+        ONNX Runtime. `tta`: see `predict_arrays`.
         """
+        predictor = cls._load(path, device, label_map, backend, threads)
+        predictor.tta = tta
+        if tta:
+            warn_if_not_flip_trained(predictor.info)
+        return predictor
+
+    @classmethod
+    def _load(
+        cls,
+        path: str | Path,
+        device: str,
+        label_map: str | Path | None,
+        backend: str,
+        threads: int | None,
+    ) -> Predictor:
         from imgclf.api import resolve_device
         from imgclf.export.onnx import OnnxClassifier, load_current_export
 
@@ -179,12 +207,23 @@ class Predictor:
     def spec(self) -> PreprocessSpec:
         return self.info.preprocessing
 
-    @torch.no_grad()
     def predict_arrays(self, arrays: np.ndarray) -> np.ndarray:
-        """Prepared uint8 images (N×H×W×C, as `prepare_image` makes them) → class probabilities N×K."""
+        """Prepared uint8 images (N×H×W×C, as `prepare_image` makes them) → class probabilities N×K.
+
+        With `tta` (test-time augmentation) the probabilities are the mean of the image's and its
+        mirror image's, as fastai's `tta` and Ultralytics' `augment=True` flip: twice the compute.
+        """
+        probabilities = self._probabilities(arrays)
+        if self.tta:
+            probabilities = (probabilities + self._probabilities(arrays[:, :, ::-1])) / 2.0
+        return probabilities
+
+    @torch.no_grad()
+    def _probabilities(self, arrays: np.ndarray) -> np.ndarray:
         if self.onnx is not None:
-            return self.onnx(arrays)
-        batch = torch.from_numpy(np.ascontiguousarray(arrays)).permute(0, 3, 1, 2).to(self.device)
+            return self.onnx(np.ascontiguousarray(arrays))
+        arrays = np.require(arrays, requirements=["C_CONTIGUOUS", "WRITEABLE"])  # torch needs both
+        batch = torch.from_numpy(arrays).permute(0, 3, 1, 2).to(self.device)
         logits = self.model(normalize_batch(batch, self.spec))
         return torch.softmax(logits.float(), dim=1).cpu().numpy()
 

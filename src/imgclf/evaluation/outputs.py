@@ -59,13 +59,15 @@ def write_evaluation(
     split: str = "all",
     top_k: int = 5,
     gallery_size: int = 24,
+    extra: dict | None = None,
 ) -> Evaluation:
-    """Compute the metrics and write every evaluation output into `out_dir`."""
+    """Compute the metrics (plus `extra` entries) and write every evaluation output into `out_dir`."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     classes = list(classes)
     metrics = compute_metrics(probabilities, labels, classes)
     metrics["split"] = split
+    metrics.update(extra or {})
     write_text_atomic(out_dir / METRICS_FILE, json.dumps(_json_ready(metrics), indent=2))
     matrix = np.asarray(metrics["confusion_matrix"])
     save_figure(confusion_figure(matrix, classes), out_dir / CONFUSION_FILE)
