@@ -158,3 +158,18 @@ def test_test_time_augmentation_averages_each_image_with_its_mirror_image(
     array = np.asarray(imgclf.predict.Image.open(data / first))[None, ..., None]
     probabilities = mirrored.predict_arrays(array)[0]
     assert float(by_path[first]["confidence"]) == pytest.approx(probabilities.max(), abs=1e-5)
+
+
+def test_a_run_reports_the_metrics_its_saved_model_gives(tmp_path: Path) -> None:
+    """Training may run (and validate each epoch) under bf16 autocast; the saved model predicts in
+    float32, and the run's final metrics are computed the same way, so evaluate agrees with them."""
+    data = write_class_folders(tmp_path / "data", ["square", "disc", "cross", "stripes"], 20)
+    result = imgclf.train(
+        data, model="cnn-small", epochs=1, batch_size=16, seed=1, precision="bf16",
+        project=str(tmp_path / "runs"),
+    )  # fmt: skip
+    again = imgclf.evaluate(
+        result.artifact, data, manifest=result.run_dir / "manifest.csv", split="val", out=tmp_path / "eval"
+    )
+    assert again.metrics["loss"] == pytest.approx(result.metrics["val_loss"], rel=1e-5)
+    assert again.metrics["accuracy"] == result.metrics["val_acc"]

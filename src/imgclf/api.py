@@ -711,8 +711,11 @@ def train(
     # 7. Restore the best weights and evaluate them on validation and test.
     best_model, _ = load_artifact(artifact_dir, device=device)
     # rank 0 alone, on whole images, over every sample
+    # The saved model predicts in float32 (Predictor, ONNX Runtime): the metrics the run reports
+    # come from the same numerics, not from the bf16 autocast that training and its per-epoch
+    # validation may use.
     image_ctx = dataclasses.replace(
-        ctx, normalize=True, augment=None, frozen_norm=[], dist=DistInfo(), wrapped=None
+        ctx, normalize=True, augment=None, frozen_norm=[], dist=DistInfo(), wrapped=None, autocast_dtype=None
     )
     if channels_last:
         best_model.to(memory_format=torch.channels_last)
