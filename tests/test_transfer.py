@@ -235,3 +235,16 @@ def test_resume_inside_the_finetune_stage(shapes_dir: Path, tmp_path: Path) -> N
         imgclf.train(shapes_dir, callbacks=[_StopAt(2)], **settings)
     run = imgclf.train(resume=tmp_path / "runs" / "staged")
     assert list(run.history["epoch"]) == [1, 2, 3]
+
+
+def test_pretrained_backbones_resize_with_their_own_filter(shapes_dir: Path) -> None:
+    from imgclf.api import resolve_spec
+    from imgclf.config import DataConfig
+    from imgclf.data.sources import read_headers, scan_source
+
+    image_set = read_headers(scan_source(shapes_dir))
+    backbone = resolve_spec(DataConfig(), "efficientnet_lite0", image_set, pretrained=True)
+    assert backbone.interpolation == "bicubic"  # as its ImageNet weights were made
+    assert resolve_spec(DataConfig(), "cnn-basic", image_set).interpolation == "bilinear"
+    chosen = DataConfig(interpolation="lanczos")
+    assert resolve_spec(chosen, "efficientnet_lite0", image_set, pretrained=True).interpolation == "lanczos"

@@ -60,7 +60,7 @@ from imgclf.errors import ConfigError, DataError, UsageError
 from imgclf.evaluation.outputs import Evaluation, write_evaluation
 from imgclf.evaluation.plots import class_grid_figure, save_figure
 from imgclf.io import write_atomic, write_text_atomic
-from imgclf.models.factory import create_model, model_args, model_mean_std
+from imgclf.models.factory import create_model, model_args, model_interpolation, model_mean_std
 from imgclf.models.pretrained import load_pretrained, pretrained_resolution
 from imgclf.models.summary import summarize_model
 from imgclf.paths import cache_dir
@@ -298,7 +298,10 @@ def resolve_spec(
             side = int(np.clip(np.median(short_sides), 32, 224))
             height = width = side
     mean, std = resolve_normalization(cfg.normalize, channels, model_mean_std(model_name))
-    return PreprocessSpec(int(height), int(width), int(channels), cfg.resize, cfg.interpolation, mean, std)
+    interpolation = cfg.interpolation
+    if interpolation == "auto":  # a pretrained backbone's own filter (as timm resolves it), else bilinear
+        interpolation = (model_interpolation(model_name) if pretrained else None) or "bilinear"
+    return PreprocessSpec(int(height), int(width), int(channels), cfg.resize, interpolation, mean, std)
 
 
 def prepare_data(

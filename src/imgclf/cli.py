@@ -312,7 +312,9 @@ def train(
     interpolation: Annotated[
         str | None,
         typer.Option(
-            help=f"nearest | bilinear | bicubic | lanczos. \\[default: {_default('data.interpolation')}]",
+            help="auto (a pretrained backbone's own filter, e.g. bicubic for EfficientNet-Lite; else "
+            "bilinear) | nearest | bilinear | bicubic | lanczos. "
+            f"\\[default: {_default('data.interpolation')}]",
             rich_help_panel=DATA_HELP,
         ),
     ] = None,

@@ -35,7 +35,7 @@ class DataConfig:
     image_size: list[int] | None = None
     channels: int | None = None
     resize: str = "stretch"
-    interpolation: str = "bilinear"
+    interpolation: str = "auto"
     normalize: str = "auto"
     cache: str = "auto"
     cache_budget_gb: float | None = None
@@ -133,7 +133,7 @@ class Config:
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.resize": ("stretch", "crop", "pad"),
-    "data.interpolation": ("nearest", "bilinear", "bicubic", "lanczos"),
+    "data.interpolation": ("auto", "nearest", "bilinear", "bicubic", "lanczos"),
     "data.normalize": ("auto", "rescale", "imagenet", "half"),
     "data.cache": ("auto", "ram", "disk", "none"),
     "augment.preset": ("none", "light", "strong"),

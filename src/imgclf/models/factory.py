@@ -112,6 +112,17 @@ def model_mean_std(name: str) -> tuple[tuple, tuple] | None:
     return tuple(cfg.mean), tuple(cfg.std)
 
 
+def model_interpolation(name: str) -> str | None:
+    """The resampling filter a timm architecture's pretrained weights were made with (e.g. bicubic)."""
+    if name in BUILTIN_MODELS:
+        return None
+    import timm
+
+    cfg = timm.get_pretrained_cfg(architecture_name(name))
+    interpolation = getattr(cfg, "interpolation", None) if cfg is not None else None
+    return interpolation if interpolation in ("nearest", "bilinear", "bicubic", "lanczos") else None
+
+
 def list_models(pattern: str | None = None) -> list[tuple[str, str]]:
     """(name, description) of the builtins, then timm architectures matching `pattern` (fnmatch)."""
     rows = [(name, model.description) for name, model in BUILTIN_MODELS.items()]
