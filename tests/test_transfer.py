@@ -115,21 +115,24 @@ class _FinalWeights(Callback):
         self.weights = {k: v.detach().clone() for k, v in state.model.state_dict().items()}
 
 
-def test_unfreeze_last_blocks_only(shapes_dir: Path, tmp_path: Path) -> None:
-    pretrained = offline_state_dict("efficientnet_lite0")
+def _final_lite0_weights(data: Path, tmp_path: Path, **settings) -> dict[str, torch.Tensor]:
+    """Train pretrained EfficientNet-Lite0 briefly; the weights as training left them."""
     final = _FinalWeights()
     imgclf.train(
-        shapes_dir,
+        data,
         model="efficientnet_lite0",
         pretrained=True,
-        freeze_epochs=1,
-        finetune_epochs=1,
-        unfreeze="2",
         callbacks=[final],
         project=str(tmp_path / "runs"),
+        **settings,
         **FAST,
     )
-    weights = final.weights
+    return final.weights
+
+
+def test_unfreeze_last_blocks_only(shapes_dir: Path, tmp_path: Path) -> None:
+    pretrained = offline_state_dict("efficientnet_lite0")
+    weights = _final_lite0_weights(shapes_dir, tmp_path, freeze_epochs=1, finetune_epochs=1, unfreeze="2")
     assert torch.equal(weights["conv_stem.weight"], pretrained["conv_stem.weight"])
     assert torch.equal(weights["blocks.0.0.bn1.running_mean"], pretrained["blocks.0.0.bn1.running_mean"])
     assert not torch.equal(weights["blocks.6.0.conv_pw.weight"], pretrained["blocks.6.0.conv_pw.weight"])
@@ -141,18 +144,7 @@ def test_finetune_bn_frozen_keeps_imagenet_statistics_while_the_rest_learns(
     shapes_dir: Path, tmp_path: Path, stages: dict
 ) -> None:
     pretrained = offline_state_dict("efficientnet_lite0")
-    final = _FinalWeights()
-    imgclf.train(
-        shapes_dir,
-        model="efficientnet_lite0",
-        pretrained=True,
-        finetune_bn="frozen",
-        callbacks=[final],
-        project=str(tmp_path / "runs"),
-        **stages,
-        **FAST,
-    )
-    weights = final.weights
+    weights = _final_lite0_weights(shapes_dir, tmp_path, finetune_bn="frozen", **stages)
     statistics = [k for k in weights if k.endswith(("running_mean", "running_var"))]
     assert len(statistics) > 90
     for key in statistics:
@@ -165,17 +157,8 @@ def test_finetune_bn_trains_the_statistics_by_default_and_frozen_needs_pretraine
     shapes_dir: Path, tmp_path: Path
 ) -> None:
     pretrained = offline_state_dict("efficientnet_lite0")
-    final = _FinalWeights()
-    imgclf.train(
-        shapes_dir,
-        model="efficientnet_lite0",
-        pretrained=True,
-        epochs=1,
-        callbacks=[final],
-        project=str(tmp_path / "runs"),
-        **FAST,
-    )
-    assert not torch.equal(final.weights["bn1.running_mean"], pretrained["bn1.running_mean"])
+    weights = _final_lite0_weights(shapes_dir, tmp_path, epochs=1)
+    assert not torch.equal(weights["bn1.running_mean"], pretrained["bn1.running_mean"])
     with pytest.raises(ConfigError, match="finetune_bn frozen"):
         imgclf.train(shapes_dir, model="cnn-small", finetune_bn="frozen", project=str(tmp_path / "runs"))
 

@@ -208,6 +208,14 @@ CropScaleOption = Annotated[
         rich_help_panel=AUG_HELP,
     ),
 ]
+TtaOption = Annotated[
+    bool,
+    typer.Option(
+        "--tta",
+        help="Test-time augmentation: average each image's probabilities with its mirror image's "
+        "(twice the compute; for models trained with --hflip).",
+    ),
+]
 FillOption = Annotated[
     str | None,
     typer.Option(
@@ -744,14 +752,7 @@ def predict(
     threads: Annotated[
         int | None, typer.Option(help="ONNX Runtime threads \\[default: one per core].", show_default=False)
     ] = None,
-    tta: Annotated[
-        bool,
-        typer.Option(
-            "--tta",
-            help="Test-time augmentation: average each image's probabilities with its mirror image's "
-            "(twice the compute; for models trained with --hflip).",
-        ),
-    ] = False,
+    tta: TtaOption = False,
 ) -> None:
     """Top-k predictions for images, streamed (bounded memory on folders of any size).
 
@@ -1046,14 +1047,7 @@ def evaluate(
     label_col: Annotated[str | None, typer.Option(help="CSV column with labels.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b")] = 128,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
-    tta: Annotated[
-        bool,
-        typer.Option(
-            "--tta",
-            help="Test-time augmentation: average each image's probabilities with its mirror image's "
-            "(twice the compute; for models trained with --hflip).",
-        ),
-    ] = False,
+    tta: TtaOption = False,
 ) -> None:
     """Evaluate a saved model on labelled data, with the model's own preprocessing.
 
