@@ -36,7 +36,7 @@ from imgclf.config import (
     setting_section,
 )
 from imgclf.data.augment import BatchAugment, BatchMix, crops, is_identity
-from imgclf.data.cache import allocate, load_cached, memory_budget, plan_cache, store
+from imgclf.data.cache import allocate, check_ram_budget, load_cached, memory_budget, plan_cache, store
 from imgclf.data.decode import ImageDecodeError
 from imgclf.data.loader import (
     MemoryLoader,
@@ -130,13 +130,15 @@ class PreparedData:
             return np.arange(len(self.image_set))
         return np.flatnonzero(self.splits == split)
 
-    def split_spec(self, split: str) -> PreprocessSpec:
-        """The spec the rows of `split` are decoded at."""
-        if self.train_spec is None or split != "train":
-            if self.train_spec is not None and split == "all":
-                raise ValueError("the training split is decoded at another size: ask for one split")
-            return self.spec
-        return self.train_spec
+    def view(self, split: str) -> tuple[PreprocessSpec, np.ndarray | None, np.ndarray | None]:
+        """(spec, decoded rows, row of each sample) that `split` is read from."""
+        if self.train_spec is None:
+            return self.spec, self.images, self.rows
+        if split == "all":
+            raise ValueError("the training split is decoded at another size: ask for one split")
+        if split == "train":
+            return self.train_spec, self.train_images, self.train_rows
+        return self.spec, self.images, self.rows
 
     def loader(
         self,
@@ -152,9 +154,7 @@ class PreparedData:
         """Batches of one split; with a CUDA `device`, small cached data moves to the GPU once."""
         index = self.indices(split)
         subset = self.image_set.subset(index)
-        spec = self.split_spec(split)
-        in_train_rows = self.train_spec is not None and split == "train"
-        images, rows = (self.train_images, self.train_rows) if in_train_rows else (self.images, self.rows)
+        spec, images, rows = self.view(split)
         cached = (images, subset.labels, rows[index]) if images is not None and rows is not None else None
         return create_loader(
             subset,
@@ -329,11 +329,8 @@ def prepare_data(
         parts = [(rows, part_spec) for rows, part_spec in parts if len(rows)]
     needed = [len(rows) * s.height * s.width * s.channels for rows, s in parts]
     budget = memory_budget(cache_budget_gb)
-    if cache == "ram" and sum(needed) > budget:
-        raise DataError(
-            f"the decoded images need {sum(needed) / 2**30:.2f} GiB, over the RAM cache budget of "
-            f"{budget / 2**30:.2f} GiB; use --cache disk (or auto), or raise --cache-budget"
-        )
+    if cache == "ram":
+        check_ram_budget(sum(needed), budget)
     total, done_before = len(image_set), 0
 
     def progress(done: int, _: int) -> None:

@@ -225,10 +225,6 @@ class BatchMix:
         self.cutmix = float(cutmix or 0.0)
         self.rng = np.random.default_rng(seed)
 
-    @property
-    def active(self) -> bool:
-        return self.mixup > 0 or self.cutmix > 0
-
     def reseed(self, seed: int) -> None:
         self.rng = np.random.default_rng(seed)
 

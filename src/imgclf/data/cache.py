@@ -66,6 +66,15 @@ def memory_budget(budget_gb: float | None) -> int:
     return available_memory() // 2
 
 
+def check_ram_budget(needed: int, budget: int) -> None:
+    """`--cache ram` refuses decoded images larger than its budget, with the way out."""
+    if needed > budget:
+        raise DataError(
+            f"the decoded images need {needed / 2**30:.2f} GiB, over the RAM cache budget of "
+            f"{budget / 2**30:.2f} GiB; use --cache disk (or auto), or raise --cache-budget"
+        )
+
+
 def cache_key(image_set: ImageSet, spec: PreprocessSpec) -> str | None:
     """A digest of what the decoded rows depend on; None for data that is not read from files."""
     files = file_list_digest(image_set)
@@ -86,11 +95,8 @@ def plan_cache(
     if mode == "none":
         return CachePlan("none", needed, budget, None)
     key = cache_key(image_set, spec) if mode != "ram" else None
-    if mode == "ram" and needed > budget:
-        raise DataError(
-            f"the decoded images need {needed / 2**30:.2f} GiB, over the RAM cache budget of "
-            f"{budget / 2**30:.2f} GiB; use --cache disk (or auto), or raise --cache-budget"
-        )
+    if mode == "ram":
+        check_ram_budget(needed, budget)
     if mode == "auto":
         mode = "ram" if needed <= budget else "disk"
     if key is None and mode == "disk":

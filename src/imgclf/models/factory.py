@@ -100,13 +100,18 @@ def create_model(args: dict[str, Any]) -> nn.Module:
         raise ModelError(f"cannot build {name}: {error}") from error
 
 
-def model_mean_std(name: str) -> tuple[tuple, tuple] | None:
-    """The normalization a timm architecture was designed with (None for imgclf's builtins)."""
+def _pretrained_cfg(name: str):
+    """timm's pretrained config of an architecture (None for imgclf's builtins and unknown names)."""
     if name in BUILTIN_MODELS:
         return None
     import timm
 
-    cfg = timm.get_pretrained_cfg(architecture_name(name))
+    return timm.get_pretrained_cfg(architecture_name(name))
+
+
+def model_mean_std(name: str) -> tuple[tuple, tuple] | None:
+    """The normalization a timm architecture was designed with (None for imgclf's builtins)."""
+    cfg = _pretrained_cfg(name)
     if cfg is None or cfg.mean is None:
         return None
     return tuple(cfg.mean), tuple(cfg.std)
@@ -114,12 +119,7 @@ def model_mean_std(name: str) -> tuple[tuple, tuple] | None:
 
 def model_interpolation(name: str) -> str | None:
     """The resampling filter a timm architecture's pretrained weights were made with (e.g. bicubic)."""
-    if name in BUILTIN_MODELS:
-        return None
-    import timm
-
-    cfg = timm.get_pretrained_cfg(architecture_name(name))
-    interpolation = getattr(cfg, "interpolation", None) if cfg is not None else None
+    interpolation = getattr(_pretrained_cfg(name), "interpolation", None)
     return interpolation if interpolation in ("nearest", "bilinear", "bicubic", "lanczos") else None
 
 
