@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from imgclf.data.decode import ImageDecodeError, decode_image, read_header, to_channels
-from imgclf.data.preprocess import PreprocessSpec, prepare_image, resize_image
+from imgclf.data.decode import (
+    ImageDecodeError,
+    decode_image,
+    decode_plain_png,
+    plain_png_header,
+    read_header,
+    to_channels,
+)
+from imgclf.data.preprocess import PreprocessSpec, load_prepared, prepare_image, resize_image
 
 
 def _gradient(size: int = 16) -> np.ndarray:
@@ -121,3 +130,95 @@ def test_prepare_image_gives_uint8_hwc() -> None:
     spec = PreprocessSpec(height=8, width=12, channels=1)
     array = prepare_image(Image.new("RGB", (30, 30), (0, 255, 0)), spec)
     assert array.shape == (8, 12, 1) and array.dtype == np.uint8
+
+
+def _chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def _png(
+    picture: np.ndarray | Image.Image, early: tuple[bytes, ...] = (), late: tuple[bytes, ...] = (), **save
+) -> bytes:
+    """PNG bytes from Pillow, with extra chunks put right after IHDR (early) or before IEND (late)."""
+    buffer = io.BytesIO()
+    image = picture if isinstance(picture, Image.Image) else Image.fromarray(picture)
+    image.save(buffer, format="PNG", **save)
+    data = buffer.getvalue()
+    data = data[:33] + b"".join(early) + data[33:]
+    return data[:-12] + b"".join(late) + data[-12:]
+
+
+def _png_cases() -> dict[str, tuple[bytes, bool, bool]]:
+    """name → (PNG bytes, header read without Pillow, decoded without Pillow's file reader)."""
+    rng = np.random.default_rng(7)
+    noise = rng.integers(0, 256, (21, 13, 4), dtype=np.uint8)
+    noise[:, :6] //= 4  # smooth and noisy parts, so that the encoder picks different row filters
+    gray, rgb = noise[..., 0], noise[..., :3]
+    colour_chunks = (
+        _chunk(b"gAMA", struct.pack(">I", 45455)),
+        _chunk(b"sRGB", b"\x00"),
+        _chunk(b"cHRM", struct.pack(">8I", *range(31270, 31278))),
+    )
+    xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>'  # noqa: E501
+    exif = Image.new("L", (1, 1)).getexif()
+    exif[0x0112] = 6
+    interlaced = bytearray(_png(gray))
+    interlaced[28] = 1
+    interlaced[29:33] = struct.pack(">I", zlib.crc32(bytes(interlaced[12:29])))
+    bad_crc = bytearray(_png(rgb, early=colour_chunks[:1]))
+    bad_crc[33 + 8] ^= 0xFF  # the gAMA value changes, its checksum does not
+    whole = _png(rgb)
+    return {
+        "L": (_png(gray), True, True),
+        "RGB": (_png(rgb), True, True),
+        "RGBA": (_png(noise), True, True),
+        "LA": (_png(noise[..., :2]), True, True),
+        "RGB with gAMA, sRGB, cHRM": (_png(rgb, early=colour_chunks), True, True),
+        "RGB with pHYs (dpi)": (_png(rgb, dpi=(300, 300)), True, True),
+        "L with tEXt": (_png(gray, early=(_chunk(b"tEXt", b"Comment\x00hello"),)), False, False),
+        "L with late XMP orientation": (
+            _png(gray, late=(_chunk(b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + xmp),)),
+            True,
+            False,
+        ),
+        "RGB with eXIf orientation": (_png(rgb, exif=exif.tobytes()), False, False),
+        "L with transparency": (_png(gray, transparency=0), False, False),
+        "P": (_png(Image.fromarray(rgb).convert("P")), False, False),
+        "I;16": (_png(gray.astype(np.uint16) * 257), False, False),
+        "1-bit": (_png(gray > 128), False, False),
+        "interlaced": (bytes(interlaced), True, False),
+        "broken gAMA checksum": (bytes(bad_crc), False, False),
+        "cut in the pixel data": (whole[: len(whole) // 2], True, False),
+    }
+
+
+@pytest.mark.parametrize("name", list(_png_cases()))
+def test_plain_pngs_read_and_decode_exactly_as_through_pillow(tmp_path: Path, name: str) -> None:
+    """The plain-PNG shortcut gives Pillow's header and pixels, and is taken exactly for plain files."""
+    data, header_plain, decode_plain = _png_cases()[name]
+    path = tmp_path / "image.png"
+    path.write_bytes(data)
+    assert (plain_png_header(data) is not None) == header_plain
+    assert (decode_plain_png(data) is not None) == decode_plain
+    try:
+        through_pillow = read_header(data)  # bytes never take the shortcut
+    except ImageDecodeError:
+        with pytest.raises(ImageDecodeError):
+            read_header(path)
+        return
+    assert read_header(path) == through_pillow
+    height, width = through_pillow.height, through_pillow.width
+    for spec in (
+        PreprocessSpec(height, width, 1),
+        PreprocessSpec(height, width, 3),
+        PreprocessSpec(8, 10, 3, interpolation="bicubic"),
+    ):
+        try:
+            expected = prepare_image(decode_image(path), spec)
+        except ImageDecodeError:
+            with pytest.raises(ImageDecodeError):
+                load_prepared(path, spec)
+            continue
+        prepared = load_prepared(path, spec)
+        assert prepared.dtype == np.uint8 and prepared.shape == expected.shape
+        np.testing.assert_array_equal(prepared, expected)

@@ -20,8 +20,8 @@ import torch
 from PIL import Image
 
 from imgclf.artifact import ModelInfo, load_artifact, resolve_artifact_path
-from imgclf.data.decode import ImageDecodeError, decode_image, is_image_file
-from imgclf.data.preprocess import PreprocessSpec, normalize_batch, prepare_image
+from imgclf.data.decode import ImageDecodeError, is_image_file
+from imgclf.data.preprocess import PreprocessSpec, load_prepared, normalize_batch, prepare_image
 from imgclf.data.sources import array_to_image, load_label_map
 from imgclf.errors import UsageError
 
@@ -236,8 +236,7 @@ class Predictor:
         try:
             if not Path(source).is_file():
                 return source, None, "file not found"
-            image = decode_image(source, draft_size=(self.spec.width, self.spec.height))
-            return source, prepare_image(image, self.spec), None
+            return source, load_prepared(source, self.spec), None
         except ImageDecodeError as error:
             return source, None, str(error)
         except OSError as error:

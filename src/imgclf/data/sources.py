@@ -624,9 +624,7 @@ def _load_header_cache(path: Path, count: int) -> list[ImageHeader | str] | None
 def _save_header_cache(path: Path, results: list[ImageHeader | str]) -> None:
     from imgclf.io import write_text_atomic
 
-    rows = [
-        r if isinstance(r, str) else [r.width, r.height, r.mode, r.format, r.exif_rotated] for r in results
-    ]
+    rows = [r if isinstance(r, str) else list(r) for r in results]
     try:
         write_text_atomic(path, json.dumps(rows, separators=(",", ":")))
     except OSError as error:  # a read-only or full cache folder costs the next run a header pass
