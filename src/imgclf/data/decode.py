@@ -127,7 +127,8 @@ def decode_plain_png(data: bytes | bytearray) -> Image.Image | None:
 
     The pixel data goes straight to Pillow's PNG ("zip") decoder, the one `decode_image` uses, so the
     pixels are the same; what is skipped is the per-file work around it (format probing, header parsing
-    in Python, the EXIF and XMP look-up a plain PNG has no chunk for): 35 → 21 µs for an MNIST digit.
+    in Python, the EXIF and XMP look-up a plain PNG has no chunk for): an MNIST digit's file is read
+    and prepared in 25 µs instead of 45 µs.
     Damaged pixel data gives None, and `decode_image` then reports it as usual.
     """
     header = plain_png_header(data[:PLAIN_PNG_HEADER_BYTES])
@@ -155,7 +156,7 @@ def decode_plain_png(data: bytes | bytearray) -> Image.Image | None:
 
 def read_header(source: str | Path | bytes) -> ImageHeader:
     """Open an image lazily and report its size, mode and whether EXIF says to rotate it."""
-    if isinstance(source, (str, Path)):
+    if isinstance(source, (str, Path)) and os.fspath(source)[-4:].lower() == ".png":  # no second open
         try:
             with open(source, "rb") as handle:
                 plain = plain_png_header(handle.read(PLAIN_PNG_HEADER_BYTES))
