@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import PIL
 import pytest
 
 import imgclf
@@ -77,6 +78,9 @@ def test_changed_files_or_spec_are_decoded_again(
     prepare(root, "auto")
     assert decodes.calls == 3
     assert len(list((isolated_cache / "decoded").iterdir())) == 3
+    monkeypatch.setattr(PIL, "__version__", "99.0.0")  # another Pillow may decode or resize differently
+    prepare(root, "auto")
+    assert decodes.calls == 4
 
 
 def test_ram_mode_refuses_more_than_its_budget_and_auto_goes_to_disk(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import PIL
 import torch
 
 from imgclf import runs
@@ -801,6 +802,8 @@ def _feature_loader(
                 cfg.model.weights,
                 prepared.spec.to_dict(),
                 prepared.splits.tolist(),
+                PIL.__version__,  # the pixels the features come from
+                torch.__version__,
             ]
         ).encode()
     ).hexdigest()[:24]

@@ -10,9 +10,11 @@ Where the rows live (`--cache`):
   data does not decode again.
 - `none`: no cache; worker processes decode every batch (for data read once).
 
-The key covers the file list, each file's size and modification time, the labels order and the
-preprocessing spec's size, channels and resize policy: change any of them and the images are decoded
-again. Arrays given from Python are never written to disk.
+The key covers the file list, each file's size and modification time, the labels order, the
+preprocessing spec's size, channels, resize policy and filter, the Pillow version (a new Pillow may
+decode or resize a little differently, and the rows must be what prediction prepares today) and
+CACHE_VERSION (raise it when imgclf's own decoding changes its output): change any of them and the
+images are decoded again. Arrays given from Python are never written to disk.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import PIL
 
 from imgclf.data.loader import shared_rows
 from imgclf.data.preprocess import PreprocessSpec
@@ -81,6 +84,7 @@ def cache_key(image_set: ImageSet, spec: PreprocessSpec) -> str | None:
     if files is None:
         return None
     shape = [spec.height, spec.width, spec.channels, spec.resize, spec.interpolation, CACHE_VERSION]
+    shape.append(PIL.__version__)  # the decoder and the resize filters are Pillow's
     return hashlib.sha256(json.dumps([shape, files]).encode()).hexdigest()[:32]
 
 
