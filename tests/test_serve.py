@@ -23,6 +23,7 @@ from PIL import Image
 
 import imgclf
 from conftest import CHROMIUM, CHROMIUM_FLAGS, write_class_folders
+from imgclf.data.preprocess import prepare_image
 from imgclf.export.onnx import export_onnx
 from imgclf.predict import Predictor
 from imgclf.serve import ServeSettings, create_app
@@ -267,6 +268,24 @@ def test_pytorch_backend_serves_the_same_answers(served) -> None:
     expected = predictor.predict(str(path))[0]
     assert answer["predictions"][0]["top"][0]["label"] == expected.label
     assert answer["predictions"][0]["top"][0]["probability"] == pytest.approx(expected.probability, abs=1e-4)
+
+
+def test_tta_serves_the_mean_of_each_image_and_its_mirror_image(served) -> None:
+    predictor, data = served
+    mirrored = Predictor.from_path(predictor.onnx.path.parent, tta=True)
+    picture = np.asarray(Image.open(sorted((data / "cross").iterdir())[3]).convert("RGB")).copy()
+    picture[:, 18:] = 0  # lopsided, so that its mirror image looks different to the model
+    array = prepare_image(Image.fromarray(picture), predictor.spec)[None]  # as the service prepares it
+    plain = predictor.predict_arrays(array)[0]
+    expected = (plain + predictor.predict_arrays(array[:, :, ::-1])[0]) / 2
+    assert np.abs(expected - plain).max() > 1e-3
+    with TestClient(create_app(mirrored)) as http:
+        assert http.get("/model").json()["tta"] is True
+        answer = http.post(
+            "/predict", params={"top_k": 3}, files={"files": ("a.png", png_bytes(Image.fromarray(picture)))}
+        )
+    top = answer.json()["predictions"][0]["top"]
+    assert [s["probability"] for s in top] == pytest.approx(sorted(expected, reverse=True), abs=1e-5)
 
 
 def test_serve_command_refuses_bad_options_before_listening(served, tmp_path: Path) -> None:

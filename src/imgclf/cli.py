@@ -930,6 +930,7 @@ def serve(
     threads: Annotated[
         int | None, typer.Option(help="ONNX Runtime threads \\[default: one per core].", show_default=False)
     ] = None,
+    tta: TtaOption = False,
     access_log: Annotated[bool, typer.Option("--access-log", help="Log every request.")] = False,
 ) -> None:
     """Serve a model over HTTP: POST /predict, GET /health, GET /model, web page at /, docs at /docs.
@@ -948,7 +949,7 @@ def serve(
     if not 0 < port < 65536:
         raise typer.BadParameter("--port must be between 1 and 65535")
     predictor = Predictor.from_path(
-        model, device=device, label_map=label_map, backend=backend.value, threads=threads
+        model, device=device, label_map=label_map, backend=backend.value, threads=threads, tta=tta
     )
     settings = ServeSettings(
         max_batch=max_batch,
@@ -961,7 +962,8 @@ def serve(
     application = create_app(predictor, settings)
     shown = f"[{host}]" if ":" in host else host
     err_console.print(
-        f"serving {len(predictor.classes)} classes with {predictor.backend} at http://{shown}:{port}/ "
+        f"serving {len(predictor.classes)} classes with {predictor.backend}"
+        f"{', test-time augmentation (mirror images)' if tta else ''} at http://{shown}:{port}/ "
         f"(API docs: /docs; micro-batching: {'off' if max_batch == 1 else f'up to {max_batch} images'})",
         markup=False,
         soft_wrap=True,

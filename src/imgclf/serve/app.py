@@ -298,6 +298,7 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
             "dataset": {k: v for k, v in info.dataset.items() if k != "source"},
             "created": info.created,
             "backend": predictor.backend,
+            "tta": predictor.tta,
             "serving": {
                 **asdict(settings),
                 "batches": stats.batches,
