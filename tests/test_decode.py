@@ -175,6 +175,7 @@ def _png_cases() -> dict[str, tuple[bytes, bool, bool]]:
         "LA": (_png(noise[..., :2]), True, True),
         "RGB with gAMA, sRGB, cHRM": (_png(rgb, early=colour_chunks), True, True),
         "RGB with pHYs (dpi)": (_png(rgb, dpi=(300, 300)), True, True),
+        "RGB in many IDAT chunks": (_png(rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)), True, True),
         "L with tEXt": (_png(gray, early=(_chunk(b"tEXt", b"Comment\x00hello"),)), False, False),
         "L with late XMP orientation": (
             _png(gray, late=(_chunk(b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + xmp),)),
