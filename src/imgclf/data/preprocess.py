@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from imgclf.data.decode import decode_image, decode_plain_png, to_channels
+from imgclf.data.decode import decode_image, decode_plain_png, read_bytes, to_channels
 from imgclf.errors import ModelError
 
 INTERPOLATION = {
@@ -125,8 +125,7 @@ def load_prepared(source: Any, spec: PreprocessSpec) -> np.ndarray:
         data: bytes | bytearray | None = source
     else:
         try:
-            with open(source, "rb") as handle:
-                data = handle.read()
+            data = read_bytes(source)
         except OSError:
             data = None  # decode_image reports it
     image = decode_plain_png(data) if data is not None else None
