@@ -142,8 +142,8 @@ def decode_plain_png(data: bytes | bytearray) -> Image.Image | None:
 
     The pixel data goes straight to Pillow's PNG ("zip") decoder, the one `decode_image` uses, so the
     pixels are the same; what is skipped is the per-file work around it (format probing, header parsing
-    in Python, the EXIF and XMP look-up a plain PNG has no chunk for): an MNIST digit's file is read
-    and prepared in 25 µs instead of 45 µs.
+    in Python, the EXIF and XMP look-up a plain PNG has no chunk for): with `read_bytes`, an MNIST
+    digit's file is read and prepared in 22 µs instead of 45 µs.
     Damaged pixel data gives None, and `decode_image` then reports it as usual.
     """
     header = plain_png_header(data[:PLAIN_PNG_HEADER_BYTES])
