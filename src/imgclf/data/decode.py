@@ -110,12 +110,9 @@ PLAIN_PNG_CHUNKS = {b"IHDR": 13, b"IDAT": 0, b"IEND": 0, b"gAMA": 4, b"sRGB": 1,
 PLAIN_PNG_HEADER_BYTES = 4096
 
 
-def plain_png_header(data: bytes | bytearray) -> tuple[int, int, str] | None:
-    """(width, height, mode) of a plain PNG whose chunks up to the first IDAT lie in `data`, else None.
-
-    Checks what Pillow's header reading checks (the chunk CRCs, the filter method), so for a plain PNG
-    it gives what `read_header` gives through Pillow; for anything else (None) the caller asks Pillow.
-    """
+def _plain_png_prefix(data: bytes | bytearray) -> tuple[int, int, str, int] | None:
+    """(width, height, mode, offset of the first IDAT) of a plain PNG whose chunks up to that IDAT lie
+    in `data`, with what Pillow's header reading checks (the chunk CRCs, the filter method); else None."""
     if data[:8] != PNG_SIGNATURE or data[12:16] != b"IHDR":
         return None
     position, size = 8, len(data)
@@ -126,7 +123,7 @@ def plain_png_header(data: bytes | bytearray) -> tuple[int, int, str] | None:
             mode = PLAIN_PNG_MODES.get((depth, colour))
             if mode is None or filter_method != 0 or not 0 < width * height <= MAX_PIXELS:
                 return None
-            return width, height, mode
+            return width, height, mode, position
         least = PLAIN_PNG_CHUNKS.get(kind)
         end = position + 8 + length
         if least is None or length < least or end + 4 > size:
@@ -135,6 +132,16 @@ def plain_png_header(data: bytes | bytearray) -> tuple[int, int, str] | None:
             return None  # Pillow reports the broken checksum
         position = end + 4
     return None
+
+
+def plain_png_header(data: bytes | bytearray) -> tuple[int, int, str] | None:
+    """(width, height, mode) of a plain PNG whose chunks up to the first IDAT lie in `data`, else None.
+
+    Checks what Pillow's header reading checks (the chunk CRCs, the filter method), so for a plain PNG
+    it gives what `read_header` gives through Pillow; for anything else (None) the caller asks Pillow.
+    """
+    prefix = _plain_png_prefix(data)
+    return prefix[:3] if prefix is not None else None
 
 
 def decode_plain_png(data: bytes | bytearray) -> Image.Image | None:
@@ -146,12 +153,13 @@ def decode_plain_png(data: bytes | bytearray) -> Image.Image | None:
     digit's file is read and prepared in 22 µs instead of 45 µs.
     Damaged pixel data gives None, and `decode_image` then reports it as usual.
     """
-    header = plain_png_header(data[:PLAIN_PNG_HEADER_BYTES])
-    if header is None or data[28] != 0:  # interlaced: Pillow
+    prefix = _plain_png_prefix(data[:PLAIN_PNG_HEADER_BYTES])
+    if prefix is None or data[28] != 0:  # interlaced: Pillow
         return None
+    width, height, mode, position = prefix
     pixels = []
-    position, size = 8, len(data)
-    while position + 8 <= size:  # every chunk, the ones after the pixels too (Pillow reads late EXIF)
+    size = len(data)
+    while position + 8 <= size:  # the rest of the chunks too (Pillow reads a late EXIF or XMP)
         length, kind = struct.unpack_from(">I4s", data, position)
         if kind not in PLAIN_PNG_CHUNKS:
             return None
@@ -162,7 +170,6 @@ def decode_plain_png(data: bytes | bytearray) -> Image.Image | None:
             break
     else:
         return None  # no IEND: truncated
-    width, height, mode = header
     try:
         return Image.frombytes(mode, (width, height), b"".join(pixels), "zip", mode)
     except (OSError, ValueError, MemoryError):
