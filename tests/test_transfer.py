@@ -184,6 +184,33 @@ def test_head_only_saves_the_whole_model(shapes_dir: Path, tmp_path: Path, isola
     assert prediction.label == "cross"
 
 
+def test_head_only_features_follow_the_weights_not_their_path(
+    shapes_dir: Path, tmp_path: Path, isolated_cache: Path
+) -> None:
+    weights_file = tmp_path / "backbone.safetensors"
+    state = {key: tensor.contiguous() for key, tensor in offline_state_dict("efficientnet_lite0").items()}
+    settings = {
+        "model": "efficientnet_lite0",
+        "weights": str(weights_file),
+        "head_only": True,
+        "epochs": 1,
+        "project": str(tmp_path / "runs"),
+        **FAST,
+    }
+
+    def cached_features() -> set[str]:
+        imgclf.train(shapes_dir, **settings)
+        return {entry.name for entry in (isolated_cache / "features").glob("*.npz")}
+
+    save_file(state, str(weights_file))
+    first = cached_features()
+    assert len(first) == 2 and cached_features() == first  # the same weights reuse their features
+    state["conv_head.weight"] = state["conv_head.weight"] * 0.5  # other weights, same path
+    save_file(state, str(weights_file))
+    second = cached_features()
+    assert len(second) == 4 and first < second
+
+
 def test_features_command(shapes_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "bottleneck"
     result = CliRunner().invoke(app, ["features", "efficientnet_lite0", str(shapes_dir), "--out", str(out)])

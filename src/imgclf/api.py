@@ -76,7 +76,13 @@ from imgclf.training.distributed import (
     shutdown,
 )
 from imgclf.training.events import Callback, EarlyStopping, KeepBest, MetricsLog, TrainState
-from imgclf.training.finetune import FineTuneStages, classifier_of, penultimate_features, set_trainable
+from imgclf.training.finetune import (
+    FineTuneStages,
+    backbone_digest,
+    classifier_of,
+    penultimate_features,
+    set_trainable,
+)
 from imgclf.training.loop import StepContext, fit, predict_logits, prepare_batch
 from imgclf.training.loop import evaluate as evaluate_loader
 from imgclf.training.optim import Schedule, class_weights, create_loss, create_optimizer, scale_lr
@@ -799,7 +805,7 @@ def _feature_loader(
                 prepared.image_set.fingerprint(),
                 split,
                 cfg.model.name,
-                cfg.model.weights,
+                backbone_digest(model),  # the weights themselves, wherever they came from
                 prepared.spec.to_dict(),
                 prepared.splits.tolist(),
                 PIL.__version__,  # the pixels the features come from

@@ -8,6 +8,7 @@ following the new data or (`finetune_bn="frozen"`, as the guide does) staying as
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 
 import torch
@@ -30,6 +31,23 @@ def penultimate_features(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor
     if hasattr(model, "forward_head"):
         return model.forward_head(model.forward_features(inputs), pre_logits=True)
     return model.head[:-1](model.features(inputs))
+
+
+def backbone_digest(model: nn.Module) -> str:
+    """A digest of every weight the penultimate features depend on: all but the classifier's.
+
+    Names the backbone by what it holds, not by where its weights came from (a `--weights` file
+    replaced at the same path, another hub revision), so cached bottleneck features never outlive it.
+    """
+    classifier = {id(tensor) for tensor in classifier_of(model).state_dict(keep_vars=True).values()}
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        if id(tensor) in classifier:
+            continue
+        values = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}:{values.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(values.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _blocks(model: nn.Module) -> list[nn.Module]:
