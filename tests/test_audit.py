@@ -56,6 +56,15 @@ def planted(tmp_path: Path) -> Path:
         Image.open(root / "train" / "dog" / "dog1.png").resize((48, 48)),
         quality=85,
     )
+    # a byte copy of a cat filed as a dog (conflicting labels), and a resized re-encode of another cat
+    add("train", "dog", "cat3_as_dog.png").write_bytes((root / "train" / "cat" / "cat3.png").read_bytes())
+    add(
+        "train",
+        "cat",
+        "cat5_small.jpg",
+        Image.open(root / "train" / "cat" / "cat5.png").resize((56, 56)),
+        quality=90,
+    )
     # a truncated JPEG
     good = add("train", "dog", "whole.jpg", _blob_image(rng), quality=90)
     data = good.read_bytes()
@@ -80,7 +89,10 @@ def planted(tmp_path: Path) -> Path:
 
 EXPECTED = {
     "duplicate-across-splits": "error",
+    "conflicting-labels": "error",
+    "duplicate-within-split": "warning",
     "near-duplicate-across-splits": "warning",
+    "near-duplicate-within-split": "warning",
     "corrupt": "error",
     "unusual-mode": "info",
     "exif-rotated": "info",
@@ -98,6 +110,15 @@ def test_check_reports_every_planted_problem_and_no_other(planted: Path) -> None
     assert sorted(e["path"] for e in group) == ["test/cat/copy_of_cat0.png", "train/cat/cat0.png"]
     (pair,) = found["near-duplicate-across-splits"]
     assert sorted(pair["paths"]) == ["test/dog/dog1_small.jpg", "train/dog/dog1.png"]
+    (group,) = found["duplicate-within-split"]
+    assert sorted(e["path"] for e in group) == ["train/cat/cat3.png", "train/dog/cat3_as_dog.png"]
+    (conflict,) = found["conflicting-labels"]
+    assert sorted(zip(conflict["paths"], conflict["labels"])) == [
+        ("train/cat/cat3.png", "cat"),
+        ("train/dog/cat3_as_dog.png", "dog"),
+    ]
+    (pair,) = found["near-duplicate-within-split"]
+    assert sorted(pair["paths"]) == ["train/cat/cat5.png", "train/cat/cat5_small.jpg"]
     assert [f["path"] for f in found["corrupt"]] == ["train/dog/truncated.jpg"]
     assert sorted(f["mode"] for f in found["unusual-mode"]) == ["CMYK", "I;16"]
     assert found["exif-rotated"] == ["train/cat/rotated.jpg"]
@@ -114,7 +135,7 @@ def test_check_cli_writes_json_and_strict_fails(planted: Path, tmp_path: Path) -
     assert result.exit_code == 0, result.output
     assert "duplicate-across-splits" in result.output and "errors" in result.output
     saved = json.loads(out.read_text())
-    assert saved["errors"] == 3 and {f["kind"] for f in saved["findings"]} == set(EXPECTED)
+    assert saved["errors"] == 4 and {f["kind"] for f in saved["findings"]} == set(EXPECTED)
     strict = runner.invoke(app, ["check", str(planted), "--strict"])
     assert strict.exit_code == 1
 

@@ -1118,7 +1118,8 @@ def check(
     min_class_size: Annotated[int, typer.Option(help="Warn about classes with fewer images.")] = 10,
 ) -> None:
     """Audit a dataset before training: corrupt files, duplicates and leakage between splits,
-    near-duplicates, imbalance, tiny or EXIF-rotated images, unusual modes, missing files."""
+    near-duplicates, the same image under two classes, imbalance, tiny or EXIF-rotated images,
+    unusual modes, missing files."""
     import json as json_module
 
     from imgclf.console import print_audit

@@ -4,7 +4,7 @@ Every file is read once, in parallel processes: its content hash (exact duplicat
 mode, EXIF orientation), a full decode at reduced size (corrupt and truncated files), and a
 perceptual hash plus a 16×16 thumbnail (near-duplicates such as a re-encoded or resized copy).
 Findings have a level: error (the data is wrong: corrupt or missing files, an empty class, the same
-image in two splits), warning (worth a look) or info.
+image in two splits or under two classes), warning (worth a look) or info.
 """
 
 from __future__ import annotations
@@ -28,7 +28,11 @@ from imgclf.data.sources import ArrayReader, FileReader, ImageSet, scan_source
 COMMON_MODES = frozenset({"L", "RGB"})
 THUMB = 16  # first, coarse comparison of every cross-split pair
 FINE = 32  # confirmation of the candidates (fine strokes tell look-alike digits apart)
-EXHAUSTIVE_PAIRS = 4e9  # above this many cross-split pairs, candidates come from the perceptual hash
+# On 32×32 thumbnails scaled to unit contrast: no pixel of a copy is further than this many standard
+# deviations from the original's (re-encoded or resized photos: at most 0.7; two handwritten 1s
+# that correlate at 0.99: about 2)
+MAX_PIXEL_DEVIATION = 1.0
+EXHAUSTIVE_PAIRS = 4e9  # above this many pairs to compare, candidates come from the perceptual hash
 
 
 @dataclass
@@ -172,36 +176,53 @@ def _coarse(fine: np.ndarray) -> np.ndarray:
 
 
 def _near_duplicate_pairs(
-    fine_a: np.ndarray, hashes_a: np.ndarray, fine_b: np.ndarray, hashes_b: np.ndarray, min_correlation: float
+    fine_a: np.ndarray,
+    hashes_a: np.ndarray,
+    fine_b: np.ndarray,
+    hashes_b: np.ndarray,
+    min_correlation: float,
+    same: bool = False,
 ) -> list[tuple[int, int, float]]:
     """(index in a, index in b, correlation) of images that are copies of each other.
 
     Every pair is compared on 16×16 thumbnails with one matrix product per block (or, for very large
     sets, only the pairs whose perceptual hashes are close); candidates are confirmed on 32×32
-    thumbnails, so look-alike but different images (two handwritten ones) are not flagged.
+    thumbnails, by correlation and by the largest pixel difference, so look-alike but different
+    images (two handwritten ones) are not flagged. With
+    `same` (a and b are one set), each pair comes once, with index in a < index in b.
     """
     pairs: list[tuple[int, int, float]] = []
     if not len(fine_a) or not len(fine_b):
         return pairs
     coarse_a, coarse_b = _unit_rows(_coarse(fine_a)), _unit_rows(_coarse(fine_b))
-    exhaustive = len(fine_a) * len(fine_b) <= EXHAUSTIVE_PAIRS
+    compared = len(fine_a) * (len(fine_a) - 1) / 2 if same else len(fine_a) * len(fine_b)
+    exhaustive = compared <= EXHAUSTIVE_PAIRS
     candidate_threshold = min_correlation - 0.01
     block = 1024
     for start in range(0, len(fine_b), block):
         stop = min(start + block, len(fine_b))
+        width = stop if same else len(fine_a)  # one set: the pairs with a below b are enough
         if exhaustive:
-            similarity = coarse_b[start:stop] @ coarse_a.T
+            similarity = coarse_b[start:stop] @ coarse_a[:width].T
             rows, columns = np.nonzero(similarity >= candidate_threshold)
         else:
-            distances = np.bitwise_count(hashes_b[start:stop, None] ^ hashes_a[None, :])
+            distances = np.bitwise_count(hashes_b[start:stop, None] ^ hashes_a[None, :width])
             rows, columns = np.nonzero(distances <= 10)
             keep = np.einsum("ij,ij->i", coarse_b[start + rows], coarse_a[columns]) >= candidate_threshold
             rows, columns = rows[keep], columns[keep]
+        if same:
+            below = columns < start + rows
+            rows, columns = rows[below], columns[below]
         if not len(rows):
             continue
-        fine = np.einsum("ij,ij->i", _unit_rows(fine_b[start + rows]), _unit_rows(fine_a[columns]))
-        for row, column, value in zip(rows.tolist(), columns.tolist(), fine.tolist()):
-            if value >= min_correlation:
+        unit_b, unit_a = _unit_rows(fine_b[start + rows]), _unit_rows(fine_a[columns])
+        fine = np.einsum("ij,ij->i", unit_b, unit_a)
+        # a copy changes every pixel a little; another picture (a stroke moved) changes some a lot
+        deviation = np.abs(unit_b - unit_a).max(axis=1) * np.sqrt(unit_a.shape[1])
+        for row, column, value, apart in zip(
+            rows.tolist(), columns.tolist(), fine.tolist(), deviation.tolist()
+        ):
+            if value >= min_correlation and apart <= MAX_PIXEL_DEVIATION:
                 pairs.append((column, start + row, value))
     return pairs
 
@@ -311,23 +332,32 @@ def audit(
             Finding("warning", "duplicate-within-split", "identical files within a split", within)
         )
 
-    # near-duplicates across splits (perceptual hash, confirmed on thumbnails)
-    near = []
-    split_names = [s for s in split_summary if s != "all"]
+    # near-duplicates across and within splits (perceptual hash, confirmed on thumbnails)
+    near, near_within = [], []
+    near_pairs: set[tuple[int, int]] = set()
+    split_names = list(split_summary)
     hashes = np.array([facts[i].dhash for i in range(len(facts))], dtype=np.uint64)
     thumbs = np.frombuffer(b"".join(f.thumb or bytes(FINE * FINE) for f in facts), dtype=np.uint8)
     thumbs = thumbs.reshape(len(facts), FINE * FINE).astype(np.float32)
+    members_of = {
+        name: np.asarray([i for i in good if splits[i] == name], dtype=np.int64) for name in split_names
+    }
     for position, first in enumerate(split_names):
-        for second in split_names[position + 1 :]:
-            index_a = np.asarray([i for i in good if splits[i] == first], dtype=np.int64)
-            index_b = np.asarray([i for i in good if splits[i] == second], dtype=np.int64)
+        for second in split_names[position:]:
+            index_a, index_b = members_of[first], members_of[second]
             for a, b, correlation in _near_duplicate_pairs(
-                thumbs[index_a], hashes[index_a], thumbs[index_b], hashes[index_b], near_correlation
+                thumbs[index_a],
+                hashes[index_a],
+                thumbs[index_b],
+                hashes[index_b],
+                near_correlation,
+                same=first == second,
             ):
                 ia, ib = int(index_a[a]), int(index_b[b])
                 if (ia, ib) in exact_pairs:
                     continue
-                near.append(
+                near_pairs.add((ia, ib))
+                (near if first != second else near_within).append(
                     {
                         "paths": [image_set.keys[ia], image_set.keys[ib]],
                         "splits": [first, second],
@@ -341,6 +371,45 @@ def audit(
                 "near-duplicate-across-splits",
                 "look-alike images in two splits (re-encoded, resized or edited copies)",
                 near,
+            )
+        )
+    if near_within:
+        findings.append(
+            Finding(
+                "warning",
+                "near-duplicate-within-split",
+                "look-alike images within a split (a split imgclf makes can put them on both sides)",
+                near_within,
+            )
+        )
+
+    # the same picture under two classes: one of the labels is wrong
+    conflicting = []
+    for members in groups.values():
+        if len(members) > 1 and len({int(image_set.labels[i]) for i in members}) > 1:
+            conflicting.append(
+                {
+                    "paths": [image_set.keys[i] for i in members],
+                    "labels": [image_set.classes[image_set.labels[i]] for i in members],
+                    "copy": "identical",
+                }
+            )
+    for ia, ib in sorted(near_pairs):
+        if image_set.labels[ia] != image_set.labels[ib]:
+            conflicting.append(
+                {
+                    "paths": [image_set.keys[ia], image_set.keys[ib]],
+                    "labels": [image_set.classes[image_set.labels[i]] for i in (ia, ib)],
+                    "copy": "look-alike",
+                }
+            )
+    if conflicting:
+        findings.append(
+            Finding(
+                "error",
+                "conflicting-labels",
+                "the same image under different classes (identical or look-alike): a label is wrong",
+                conflicting,
             )
         )
 
@@ -393,6 +462,9 @@ def summarize_files(files: Sequence[Any], limit: int = 3) -> str:
             names.append(item)
         elif isinstance(item, dict) and "path" in item:
             names.append(str(item["path"]))
+        elif isinstance(item, dict) and "labels" in item:
+            labelled = zip(item["paths"], item["labels"])
+            names.append(" vs ".join(f"{path} ({label})" for path, label in labelled))
         elif isinstance(item, dict) and "paths" in item:
             names.append(" ≈ ".join(item["paths"]))
         elif isinstance(item, dict) and "class" in item:
