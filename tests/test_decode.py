@@ -223,3 +223,39 @@ def test_plain_pngs_read_and_decode_exactly_as_through_pillow(tmp_path: Path, na
         prepared = load_prepared(path, spec)
         assert prepared.dtype == np.uint8 and prepared.shape == expected.shape
         np.testing.assert_array_equal(prepared, expected)
+
+
+def test_damaged_plain_pngs_decode_as_through_pillow_or_are_reported() -> None:
+    """3,000 seeded byte flips, insertions, deletions and cuts of plain PNGs: the shortcut never raises,
+    never decodes what Pillow rejects, and where both decode, the pixels are the same."""
+    rng = np.random.default_rng(7)
+    originals = []
+    for mode, size in (("L", (28, 28)), ("RGB", (31, 17)), ("RGBA", (16, 16)), ("LA", (9, 40))):
+        pixels = rng.integers(0, 256, (size[1], size[0], len(mode)), dtype=np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels.squeeze(axis=2) if len(mode) == 1 else pixels, mode).save(buffer, "PNG")
+        originals.append(buffer.getvalue())
+    outcomes = {"both": 0, "neither": 0, "pillow only": 0}
+    for _ in range(3000):
+        data = bytearray(originals[rng.integers(len(originals))])
+        where = int(rng.integers(len(data)))
+        match int(rng.integers(4)):
+            case 0:
+                for spot in rng.integers(len(data), size=int(rng.integers(1, 4))):
+                    data[spot] = int(rng.integers(256))
+            case 1:
+                del data[where:]
+            case 2:
+                data[where:where] = rng.integers(0, 256, int(rng.integers(1, 9)), dtype=np.uint8).tobytes()
+            case _:
+                del data[where : where + int(rng.integers(1, 9))]
+        shortcut = decode_plain_png(bytes(data))
+        try:
+            usual = np.asarray(decode_image(bytes(data)))
+        except ImageDecodeError:
+            usual = None
+        assert not (shortcut is not None and usual is None)
+        if shortcut is not None:
+            np.testing.assert_array_equal(np.asarray(shortcut), usual)
+        outcomes["both" if shortcut is not None else "neither" if usual is None else "pillow only"] += 1
+    assert min(outcomes.values()) > 0, outcomes  # every kind of outcome was exercised
