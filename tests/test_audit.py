@@ -48,23 +48,17 @@ def planted(tmp_path: Path) -> Path:
     # a file duplicated across train and test (byte for byte)
     source = root / "train" / "cat" / "cat0.png"
     add("test", "cat", "copy_of_cat0.png").write_bytes(source.read_bytes())
+
+    def resized_copy(original: str, size: int, quality: int) -> tuple[Image.Image, dict]:
+        return Image.open(root / "train" / original).resize((size, size)), {"quality": quality}
+
     # a resized JPEG re-encode of a train image, placed in test
-    add(
-        "test",
-        "dog",
-        "dog1_small.jpg",
-        Image.open(root / "train" / "dog" / "dog1.png").resize((48, 48)),
-        quality=85,
-    )
+    image, save = resized_copy("dog/dog1.png", 48, 85)
+    add("test", "dog", "dog1_small.jpg", image, **save)
     # a byte copy of a cat filed as a dog (conflicting labels), and a resized re-encode of another cat
     add("train", "dog", "cat3_as_dog.png").write_bytes((root / "train" / "cat" / "cat3.png").read_bytes())
-    add(
-        "train",
-        "cat",
-        "cat5_small.jpg",
-        Image.open(root / "train" / "cat" / "cat5.png").resize((56, 56)),
-        quality=90,
-    )
+    image, save = resized_copy("cat/cat5.png", 56, 90)
+    add("train", "cat", "cat5_small.jpg", image, **save)
     # a truncated JPEG
     good = add("train", "dog", "whole.jpg", _blob_image(rng), quality=90)
     data = good.read_bytes()
