@@ -258,3 +258,56 @@ def test_pretrained_backbones_resize_with_their_own_filter(shapes_dir: Path) -> 
     assert resolve_spec(DataConfig(), "cnn-basic", image_set).interpolation == "bilinear"
     chosen = DataConfig(interpolation="lanczos")
     assert resolve_spec(chosen, "efficientnet_lite0", image_set, pretrained=True).interpolation == "lanczos"
+
+
+class _TrainedModule(Callback):
+    def on_train_end(self, state: TrainState) -> None:
+        self.module = state.model
+
+
+def test_head_only_drops_cached_features_in_training_and_dropout_is_a_timm_models_drop_rate(
+    shapes_dir: Path, tmp_path: Path
+) -> None:
+    trained = {}
+    for dropout in (0.0, None):  # --dropout 0 turns it off; by default --head-only drops half
+        trained[dropout] = _TrainedModule()
+        run = imgclf.train(
+            shapes_dir,
+            model="efficientnet_lite0",
+            pretrained=True,
+            head_only=True,
+            dropout=dropout,
+            epochs=2,
+            callbacks=[trained[dropout]],
+            project=str(tmp_path / "runs"),
+            **FAST,
+        )
+    info = json.loads((run.artifact / "imgclf.json").read_text())
+    assert (
+        "dropout" not in info["architecture"]
+    )  # the network as shipped: dropout was for the head's training
+    features = torch.rand(64, 1280) + 0.5
+    for dropout, expect_noise in ((0.0, False), (None, True)):
+        head = trained[dropout].module.train()
+        with torch.no_grad():  # in training, the cached features are dropped at random (as in the network)
+            assert (not torch.equal(head(features), head(features))) == expect_noise
+            head.eval()
+            assert torch.equal(head(features), head(features))
+    prediction = imgclf.load_model(run.artifact).predict(shapes_dir / "cross" / "cross_002.png")[0]
+    assert prediction.label == "cross"
+    settings = {"model": "efficientnet_lite0", "pretrained": True, "head_only": True, "dropout": 0.5}
+    with pytest.raises(KeyboardInterrupt):  # the head's checkpoint resumes with its dropout
+        imgclf.train(
+            shapes_dir,
+            epochs=3,
+            callbacks=[_StopAt(2)],
+            project=str(tmp_path),
+            name="cut",
+            **settings,
+            **FAST,
+        )
+    resumed = imgclf.train(resume=tmp_path / "cut")
+    assert list(resumed.history["epoch"]) == [1, 2, 3]
+    architecture = json.loads((resumed.artifact / "imgclf.json").read_text())["architecture"]
+    assert architecture["dropout"] == 0.5
+    assert create_model(architecture).drop_rate == 0.5  # a timm model's --dropout is its drop_rate

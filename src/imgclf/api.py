@@ -178,6 +178,10 @@ class PreparedData:
 
 
 CROP_CACHE_SCALE = 1.15
+# --head-only without --dropout: half the cached features are dropped in each training step, as in
+# the Keras tutorial's bottleneck head and fastai's default head. A linear head on fixed features
+# overfits in 2–3 epochs otherwise (flowers5: 0.699 kept by validation loss, 0.736 with it).
+HEAD_ONLY_DROPOUT = 0.5
 
 
 def crop_cache_spec(
@@ -580,6 +584,9 @@ def train(
             for split in ("train", val_split_name)
         )
     trained = classifier_of(model) if cfg.train.head_only else model
+    if cfg.train.head_only:  # dropout on the cached features, as the network's own would drop them
+        rate = HEAD_ONLY_DROPOUT if cfg.model.dropout is None else cfg.model.dropout
+        trained = torch.nn.Sequential(torch.nn.Dropout(rate), trained) if rate else trained
     steps_per_epoch = max(1, len(train_loader))
     global_batch = cfg.train.batch_size * dist_info.world_size
     lr = scale_lr(cfg.train.lr, global_batch, cfg.train.lr_scaling, cfg.train.lr_base_batch)

@@ -404,7 +404,12 @@ def train(
     ] = None,
     dropout: Annotated[
         float | None,
-        typer.Option(help="Dropout before the dense layers' outputs.", rich_help_panel=MODEL_HELP),
+        typer.Option(
+            help="Dropout rate: in the builtin CNNs' dense layers; for timm models on the pooled "
+            "features before the classifier (timm's drop_rate); with --head-only on the cached "
+            "features (default 0.5).",
+            rich_help_panel=MODEL_HELP,
+        ),
     ] = None,
     batchnorm: Annotated[
         bool | None,

@@ -64,7 +64,8 @@ class AugmentConfig:
 
 @dataclass
 class ModelConfig:
-    """Which network to build; `filters`, `dense`, `dropout` and `batchnorm` shape the builtin CNNs."""
+    """Which network to build; `filters`, `dense`, `dropout` and `batchnorm` shape the builtin CNNs
+    (`dropout` is also a timm model's drop_rate, and --head-only's dropout on cached features)."""
 
     name: str = "cnn-basic"
     filters: list[int] | None = None

@@ -59,11 +59,13 @@ def model_args(cfg: ModelConfig, num_classes: int, in_channels: int, image_size:
                 args[option] = value
     else:
         check_model_name(cfg.name)
-        given = [o for o in ("filters", "dense", "dropout", "batchnorm") if getattr(cfg, o) is not None]
+        given = [o for o in ("filters", "dense", "batchnorm") if getattr(cfg, o) is not None]
         if cfg.pretrained or cfg.weights:
             args["pretrained"] = True  # recorded for the user; the artifact holds the trained weights
         if given:
             raise ModelError(f"--{given[0]} shapes imgclf's builtin CNNs only, not the timm model {cfg.name}")
+        if cfg.dropout is not None:
+            args["dropout"] = cfg.dropout  # timm's drop_rate: on the pooled features, before the classifier
     return args
 
 
@@ -92,9 +94,14 @@ def create_model(args: dict[str, Any]) -> nn.Module:
         return builtin.cls(num_classes, in_channels, image_size, **kwargs)
     args.pop("pretrained", None)
     check_model_name(name)
+    options = {"drop_rate": args["dropout"]} if args.get("dropout") is not None else {}
     try:
         return _timm().create_model(
-            architecture_name(name), pretrained=False, num_classes=num_classes, in_chans=in_channels
+            architecture_name(name),
+            pretrained=False,
+            num_classes=num_classes,
+            in_chans=in_channels,
+            **options,
         )
     except Exception as error:  # timm raises many kinds for unsupported argument combinations
         raise ModelError(f"cannot build {name}: {error}") from error
