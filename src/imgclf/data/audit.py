@@ -188,8 +188,8 @@ def _near_duplicate_pairs(
     Every pair is compared on 16×16 thumbnails with one matrix product per block (or, for very large
     sets, only the pairs whose perceptual hashes are close); candidates are confirmed on 32×32
     thumbnails, by correlation and by the largest pixel difference, so look-alike but different
-    images (two handwritten ones) are not flagged. With
-    `same` (a and b are one set), each pair comes once, with index in a < index in b.
+    images (two handwritten ones) are not flagged. With `same` (a and b are one set), each pair
+    comes once, with index in a < index in b.
     """
     pairs: list[tuple[int, int, float]] = []
     if not len(fine_a) or not len(fine_b):
