@@ -128,6 +128,7 @@ def test_check_cli_writes_json_and_strict_fails(planted: Path, tmp_path: Path) -
     result = runner.invoke(app, ["check", str(planted), "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "duplicate-across-splits" in result.output and "errors" in result.output
+    assert "conflicting-labels" in result.output
     saved = json.loads(out.read_text())
     assert saved["errors"] == 4 and {f["kind"] for f in saved["findings"]} == set(EXPECTED)
     strict = runner.invoke(app, ["check", str(planted), "--strict"])
