@@ -577,8 +577,11 @@ def train(
     if cfg.train.head_only:  # the tutorials' bottleneck features: the backbone runs once per image
         model.eval()
         feature_ctx = StepContext(device=device, spec=spec, channels_last=channels_last)
+        backbone = backbone_digest(model)  # the weights themselves, wherever they came from
         train_loader, val_loader = (
-            _feature_loader(model, prepared, split, feature_ctx, cfg, callbacks, shuffle=split == "train")
+            _feature_loader(
+                model, backbone, prepared, split, feature_ctx, cfg, callbacks, shuffle=split == "train"
+            )
             if split == "train" or has_val
             else None
             for split in ("train", val_split_name)
@@ -798,6 +801,7 @@ def compute_features(
 
 def _feature_loader(
     model: torch.nn.Module,
+    backbone: str,
     prepared: PreparedData,
     split: str,
     ctx: StepContext,
@@ -805,14 +809,15 @@ def _feature_loader(
     callbacks: Sequence[Callback],
     shuffle: bool,
 ) -> MemoryLoader:
-    """Features of one split, computed once (and kept in the cache folder for the next run)."""
+    """Features of one split, computed once (and kept in the cache folder for the next run, under a key
+    that names the network by `backbone`, its `backbone_digest`)."""
     key = hashlib.sha256(
         json.dumps(
             [
                 prepared.image_set.fingerprint(),
                 split,
                 cfg.model.name,
-                backbone_digest(model),  # the weights themselves, wherever they came from
+                backbone,
                 prepared.spec.to_dict(),
                 prepared.splits.tolist(),
                 PIL.__version__,  # the pixels the features come from

@@ -46,7 +46,7 @@ def backbone_digest(model: nn.Module) -> str:
             continue
         values = tensor.detach().cpu().contiguous().reshape(-1)
         digest.update(f"{name}:{values.dtype}:{tuple(tensor.shape)};".encode())
-        digest.update(values.view(torch.uint8).numpy().tobytes())
+        digest.update(values.view(torch.uint8).numpy())  # the buffer itself, not a copy
     return digest.hexdigest()
 
 
