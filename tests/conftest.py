@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import shutil
 from pathlib import Path
 
@@ -88,3 +89,101 @@ def shared_datasets() -> Path:
     if not SHARED_DATASETS.is_dir():
         pytest.skip(f"shared datasets not found at {SHARED_DATASETS}")
     return SHARED_DATASETS
+
+
+UNUSUAL_MODES = (
+    "1",
+    "L",
+    "LA",
+    "P",
+    "PA",
+    "RGB",
+    "RGBA",
+    "CMYK",
+    "YCbCr",
+    "LAB",
+    "HSV",
+    "I",
+    "I;16",
+    "I;16B",
+    "F",
+)
+
+
+def unusual_image(mode: str, rng: np.random.Generator, size: tuple[int, int] = (20, 16)) -> Image.Image:
+    """A noisy picture in any Pillow mode (palette with transparency, CIELab, 16-bit, float …)."""
+    width, height = size
+    base = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+    if mode == "P":
+        image = base.convert("P")
+        image.info["transparency"] = 3
+        return image
+    if mode in ("I", "I;16", "I;16B", "F"):
+        values = rng.integers(0, 65535, (height, width))
+        dtype = {"I": np.int32, "I;16": np.uint16, "I;16B": ">u2", "F": np.float32}[mode]
+        return Image.frombytes(mode, size, values.astype(dtype).tobytes())
+    if mode == "LAB":
+        return Image.frombytes(
+            "LAB", size, rng.integers(0, 256, (height, width, 3), dtype=np.uint8).tobytes()
+        )
+    return base.convert(mode)
+
+
+def write_unusual_images(folder: Path, classes: tuple[str, ...] = ("a", "b")) -> list[Path]:
+    """Every Pillow mode in every format Pillow (and pillow-heif) can save, multi-frame files, and files
+    that are no images, spread over class folders. Returns every file written."""
+    import warnings
+
+    Image.init()
+    extension_of: dict[str, str] = {}
+    for extension, name in Image.registered_extensions().items():  # each format's first, as registered
+        extension_of.setdefault(name, extension)
+    extension_of.update({"HEIF": ".heic", "JPEG": ".jpg", "TIFF": ".tif", "PNG": ".png", "AVIF": ".avif"})
+    rng = np.random.default_rng(0)
+    written: list[Path] = []
+    for folder_name in classes:
+        (folder / folder_name).mkdir(parents=True, exist_ok=True)
+    count = 0
+    for image_format in sorted(set(Image.SAVE) | {"HEIF"}):
+        for mode in UNUSUAL_MODES:
+            image = unusual_image(mode, rng)
+            path = (
+                folder
+                / classes[count % len(classes)]
+                / f"{mode.replace(';', '_')}{extension_of.get(image_format, '.' + image_format.lower())}"
+            )
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    image.save(path, format=image_format)
+            except Exception:  # this format cannot hold this mode
+                path.unlink(missing_ok=True)
+                continue
+            written.append(path)
+            count += 1
+    for image_format, extension in (("GIF", ".gif"), ("TIFF", ".tiff"), ("PNG", ".apng"), ("WEBP", ".webp")):
+        frames = [unusual_image("RGB", rng) for _ in range(3)]
+        path = folder / classes[count % len(classes)] / f"frames{extension}"
+        frames[0].save(path, format=image_format, save_all=True, append_images=frames[1:])
+        written.append(path)
+        count += 1
+    extras = {
+        "no_extension": None,  # a JPEG saved without its extension
+        "misnamed.png": "JPEG",  # a JPEG named .png
+        "notes.txt": b"not an image",
+        "empty.jpg": b"",
+        "cut.jpg": "cut",
+    }
+    for name, kind in extras.items():
+        path = folder / classes[count % len(classes)] / name
+        count += 1
+        if isinstance(kind, bytes):
+            path.write_bytes(kind)
+        elif kind == "cut":
+            buffer = io.BytesIO()
+            unusual_image("RGB", rng, (64, 64)).save(buffer, format="JPEG")
+            path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 3])
+        else:
+            unusual_image("RGB", rng).save(path, format="JPEG")
+        written.append(path)
+    return written

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from imgclf.artifact import ModelInfo, load_artifact, resolve_artifact_path
-from imgclf.data.decode import ImageDecodeError, is_image_file
+from imgclf.data.decode import ImageDecodeError, is_image
 from imgclf.data.preprocess import PreprocessSpec, load_prepared, normalize_batch, prepare_image
 from imgclf.data.sources import array_to_image, load_label_map
 from imgclf.errors import UsageError
@@ -73,13 +73,14 @@ def iter_inputs(inputs: Sequence[str | Path]) -> Iterator[str]:
             for directory, subdirs, files in os.walk(path):
                 subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
                 for name in sorted(files):
-                    if is_image_file(name):
-                        yield str(Path(directory) / name)
+                    full = os.path.join(directory, name)
+                    if is_image(full):
+                        yield full
         elif path.exists():
             yield str(path)
         elif glob.has_magic(text):
             matches = [
-                m for m in sorted(glob.glob(text, recursive=True)) if Path(m).is_file() and is_image_file(m)
+                m for m in sorted(glob.glob(text, recursive=True)) if Path(m).is_file() and is_image(m)
             ]
             yield from matches or [text]
         else:

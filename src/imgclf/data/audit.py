@@ -22,7 +22,13 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from imgclf.data.decode import ImageDecodeError, decode_image, read_header
+from imgclf.data.decode import (
+    ImageDecodeError,
+    decode_image,
+    pillow_warnings_logged,
+    read_header,
+    to_channels,
+)
 from imgclf.data.sources import ArrayReader, FileReader, ImageSet, scan_source
 
 COMMON_MODES = frozenset({"L", "RGB"})
@@ -57,6 +63,7 @@ class AuditReport:
     findings: list[Finding]
     seconds: float = 0.0
     files_read: int = 0
+    description: str = ""  # the layout found, in one line
 
     @property
     def has_errors(self) -> bool:
@@ -72,6 +79,7 @@ class AuditReport:
         return {
             "source": self.source,
             "layout": self.layout,
+            "layout_found": self.description,
             "seconds": round(self.seconds, 3),
             "files_read": self.files_read,
             "splits": self.splits,
@@ -108,7 +116,7 @@ def _inspect_image(image: Image.Image, facts: _FileFacts) -> None:
         array = np.asarray(image, dtype=np.float64)
         peak = array.max() if array.size else 1.0
         image = Image.fromarray((array * (255.0 / max(peak, 1e-9))).clip(0, 255).astype(np.uint8))
-    gray = image.convert("L")
+    gray = to_channels(image, 1)  # any mode (CIELab, HSV, premultiplied alpha …), as training reads it
     facts.dhash = _difference_hash(gray)
     facts.thumb = gray.resize((FINE, FINE), Image.Resampling.BOX).tobytes()
 
@@ -122,14 +130,15 @@ def _inspect_file(path: str) -> _FileFacts:
         return facts
     facts.sha256 = hashlib.sha256(data).hexdigest()
     try:
-        header = read_header(data)
+        header = read_header(data, name=path)
         facts.width, facts.height, facts.mode, facts.exif_rotated = (
             header.width,
             header.height,
             header.mode,
             header.exif_rotated,
         )
-        _inspect_image(decode_image(data, draft_size=(64, 64)), facts)
+        with pillow_warnings_logged(path):
+            _inspect_image(decode_image(data, draft_size=(64, 64), name=path), facts)
     except ImageDecodeError as error:
         facts.error = str(error)
     return facts
@@ -237,11 +246,17 @@ def audit(
     min_class_size: int = 10,
     tiny_size: int = 32,
     near_correlation: float = 0.99,
+    splits: str = "auto",
 ) -> AuditReport:
-    """Check a data source for everything that spoils training; see the module docstring."""
+    """Check a data source for everything that spoils training; see the module docstring.
+
+    `splits` says which folders are splits, as `train --splits` does.
+    """
     started = time.perf_counter()
     image_set = (
-        data if isinstance(data, ImageSet) else scan_source(data, path_col=path_col, label_col=label_col)
+        data
+        if isinstance(data, ImageSet)
+        else scan_source(data, path_col=path_col, label_col=label_col, splits=splits)
     )
     facts = inspect_files(image_set, workers)
     splits = list(image_set.splits) if image_set.splits is not None else ["all"] * len(image_set)
@@ -451,6 +466,7 @@ def audit(
         findings=findings,
         seconds=time.perf_counter() - started,
         files_read=len(facts),
+        description=image_set.description,
     )
 
 

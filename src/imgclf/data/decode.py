@@ -6,34 +6,45 @@ report it instead of crashing.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
 import os
 import struct
 import warnings
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-IMAGE_EXTENSIONS = frozenset(
-    {
-        ".jpg",
-        ".jpeg",
-        ".jfif",
-        ".png",
-        ".bmp",
-        ".gif",
-        ".tif",
-        ".tiff",
-        ".webp",
-        ".ppm",
-        ".pgm",
-        ".pbm",
-        ".pnm",
-    }
-)
+logger = logging.getLogger(__name__)
+
+try:  # HEIC/HEIF photos from phones (pillow-heif); Pillow reads AVIF itself
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+except ImportError:  # pragma: no cover - a dependency; without it HEIF files are reported, not read
+    pillow_heif = None
+
+# Formats Pillow registers but cannot decode from a file by itself (they need an outside handler).
+STUB_FORMATS = frozenset({"BUFR", "GRIB", "HDF5", "MPEG"})
+
+
+def _image_extensions() -> frozenset[str]:
+    """Every file extension of a format Pillow can open (JPEG, PNG, TIFF, WebP, AVIF, HEIF, TGA, JPEG 2000,
+    ICO, PSD …), as its plugins register them."""
+    Image.init()
+    readable = {name for name in Image.OPEN if name not in STUB_FORMATS}
+    return frozenset(ext.lower() for ext, name in Image.registered_extensions().items() if name in readable)
+
+
+IMAGE_EXTENSIONS = _image_extensions() | {".heic", ".heif", ".hif", ".avif", ".avifs", ".jfif"}
+# The first bytes of the common formats, for image files with no or another extension.
+MAGIC_PREFIXES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\0", b"MM\0*")
+HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1", b"avif", b"avis")
 GRAYSCALE_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 # Refuse absurd pixel counts (decompression bombs) with a clear error instead of exhausting memory.
 MAX_PIXELS = 16_000 * 16_000
@@ -62,25 +73,58 @@ class ImageHeader(NamedTuple):
 
 
 def is_image_file(path: str | Path) -> bool:
-    """True for file names with a known image extension (hidden files never count)."""
+    """True for file names with the extension of a format Pillow can open (hidden files never count)."""
     name = os.path.basename(os.fspath(path))
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def _open(source: str | Path | bytes) -> Image.Image:
-    fp = io.BytesIO(source) if isinstance(source, bytes) else source
-    with warnings.catch_warnings():
+def looks_like_image(path: str | Path) -> bool:
+    """True when a file's first bytes are those of JPEG, PNG, GIF, BMP, TIFF, WebP, HEIF or AVIF: an
+    image saved without its extension (or with another one) is still read."""
+    try:
+        head = read_bytes(path, 32)
+    except OSError:
+        return False
+    if head.startswith(MAGIC_PREFIXES):
+        return True
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return True
+    return head[4:8] == b"ftyp" and head[8:12] in HEIF_BRANDS
+
+
+def is_image(path: str | Path) -> bool:
+    """An image file by its extension, or by its first bytes when the extension says nothing."""
+    if is_image_file(path):
+        return True
+    return not os.path.basename(os.fspath(path)).startswith(".") and looks_like_image(path)
+
+
+@contextlib.contextmanager
+def pillow_warnings_logged(source: object) -> Iterator[None]:
+    """Pillow's warnings about one file become one log line each that names the file; a decompression
+    bomb warning becomes an error."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            return Image.open(fp)
-        except Image.DecompressionBombWarning as error:
-            raise ImageDecodeError(f"image too large ({error})") from error
-        except Image.DecompressionBombError as error:
-            raise ImageDecodeError("image too large (over the pixel limit)") from error
-        except UnidentifiedImageError as error:
-            raise ImageDecodeError("not an image Pillow can read") from error
-        except (OSError, ValueError, SyntaxError) as error:
-            raise ImageDecodeError(f"cannot open: {error}") from error
+        yield
+    if caught:
+        name = os.fspath(source) if isinstance(source, (str, Path)) else "an image"
+        for warning in caught:
+            logger.warning("%s: %s", name, str(warning.message).splitlines()[0] if warning.message else "")
+
+
+def _open(source: str | Path | bytes) -> Image.Image:
+    fp = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
+    try:
+        return Image.open(fp)
+    except Image.DecompressionBombWarning as error:
+        raise ImageDecodeError(f"image too large ({error})") from error
+    except Image.DecompressionBombError as error:
+        raise ImageDecodeError("image too large (over the pixel limit)") from error
+    except UnidentifiedImageError as error:
+        raise ImageDecodeError("not an image Pillow can read") from error
+    except Exception as error:  # a plugin's parser on a damaged or unusual file: report, never crash
+        raise ImageDecodeError(f"cannot open: {error or type(error).__name__}") from error
 
 
 def read_bytes(path: str | Path, limit: int = -1) -> bytes:
@@ -176,8 +220,11 @@ def decode_plain_png(data: bytes | bytearray) -> Image.Image | None:
         return None
 
 
-def read_header(source: str | Path | bytes) -> ImageHeader:
-    """Open an image lazily and report its size, mode and whether EXIF says to rotate it."""
+def read_header(source: str | Path | bytes, name: object = None) -> ImageHeader:
+    """Open an image lazily and report its size, mode and whether EXIF says to rotate it.
+
+    Pillow's warnings are logged with `name` (default: the path).
+    """
     if isinstance(source, (str, Path)) and os.fspath(source)[-4:].lower() == ".png":  # no second open
         try:
             plain = plain_png_header(read_bytes(source, PLAIN_PNG_HEADER_BYTES))
@@ -185,7 +232,11 @@ def read_header(source: str | Path | bytes) -> ImageHeader:
             plain = None  # Pillow reports it
         if plain is not None:
             return ImageHeader(plain[0], plain[1], plain[2], "PNG", False)
-    image = _open(source)
+    with pillow_warnings_logged(name or source):
+        return _read_header(_open(source))
+
+
+def _read_header(image: Image.Image) -> ImageHeader:
     try:
         orientation = 1
         try:
@@ -203,14 +254,25 @@ def read_header(source: str | Path | bytes) -> ImageHeader:
 
 
 def decode_image(
-    source: str | Path | bytes, draft_size: tuple[int, int] | None = None, max_pixels: int | None = None
+    source: str | Path | bytes,
+    draft_size: tuple[int, int] | None = None,
+    max_pixels: int | None = None,
+    name: object = None,
 ) -> Image.Image:
     """Fully decode an image, apply its EXIF orientation, and return it in its own mode.
 
     `draft_size` (width, height) lets JPEG decoding downscale in the DCT domain when the source is at
     least twice that size, which is much faster than decoding at full size and resizing.
     `max_pixels` refuses larger images from their header, before any pixel is decoded.
+    Every failure is an `ImageDecodeError`; Pillow's warnings are logged with `name` (default: the path).
     """
+    with pillow_warnings_logged(name or source):
+        return _decode(source, draft_size, max_pixels)
+
+
+def _decode(
+    source: str | Path | bytes, draft_size: tuple[int, int] | None, max_pixels: int | None
+) -> Image.Image:
     image = _open(source)
     if max_pixels is not None and image.width * image.height > max_pixels:
         image.close()
@@ -231,6 +293,8 @@ def decode_image(
     except (OSError, ValueError, SyntaxError, EOFError, struct.error) as error:
         reason = str(error) or type(error).__name__
         raise ImageDecodeError(f"corrupt or truncated: {reason}") from error
+    except Exception as error:  # a plugin's decoder on an unusual file: report it, never crash
+        raise ImageDecodeError(f"cannot decode: {error or type(error).__name__}") from error
     return image
 
 
@@ -253,30 +317,55 @@ def _high_bit_depth_to_l(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(array, 0, 255).round().astype(np.uint8))
 
 
-def to_channels(image: Image.Image, channels: int) -> Image.Image:
-    """Convert any Pillow mode to 'L' (channels=1) or 'RGB' (channels=3).
+def _lab_to_rgb(image: Image.Image) -> Image.Image:
+    """CIELab → sRGB through Pillow's colour management (a plain mode conversion would copy the bands)."""
+    from PIL import ImageCms
 
-    Alpha is composited on black; palette images keep their colours; CMYK and other colour spaces go
-    through Pillow's own conversion; 16-bit and float images are scaled to 8 bits.
-    """
+    lab, srgb = ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB")
+    return ImageCms.applyTransform(image, ImageCms.buildTransform(lab, srgb, "LAB", "RGB"))
+
+
+def _to_l_or_rgb(image: Image.Image) -> Image.Image:
     mode = image.mode
-    if mode == "P":
+    if mode == "P":  # the palette's transparency becomes alpha, as Pillow advises
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
         mode = image.mode
     if mode in ("I", "F") or mode.startswith("I;16"):
-        image = _high_bit_depth_to_l(image)
-    elif mode == "1":
-        image = image.convert("L")
-    elif mode in ("LA", "La"):
-        array = np.asarray(image.convert("LA"))
-        image = Image.fromarray(_alpha_composite(array[..., 0], array[..., 1]))
-    elif mode in ("RGBA", "RGBa", "PA"):
+        return _high_bit_depth_to_l(image)
+    if mode == "1":
+        return image.convert("L")
+    if mode == "La":  # premultiplied: over black, the grey band is the picture
+        return image.getchannel(0)
+    if mode == "RGBa":
+        return Image.merge("RGB", image.split()[:3])
+    if mode == "LA":
+        array = np.asarray(image)
+        return Image.fromarray(_alpha_composite(array[..., 0], array[..., 1]))
+    if mode in ("RGBA", "PA"):
         array = np.asarray(image.convert("RGBA"))
-        image = Image.fromarray(_alpha_composite(array[..., :3], array[..., 3:4]))
-    elif mode not in ("L", "RGB"):
-        image = image.convert("RGB")
-    if channels == 1 and image.mode != "L":
-        image = image.convert("L")
-    elif channels == 3 and image.mode != "RGB":
-        image = image.convert("RGB")
+        return Image.fromarray(_alpha_composite(array[..., :3], array[..., 3:4]))
+    if mode == "LAB":
+        return _lab_to_rgb(image)
+    if mode not in ("L", "RGB"):  # CMYK, YCbCr, HSV, RGBX …: Pillow's own conversion
+        return image.convert("RGB")
+    return image
+
+
+def to_channels(image: Image.Image, channels: int) -> Image.Image:
+    """Convert any Pillow mode to 'L' (channels=1) or 'RGB' (channels=3).
+
+    Alpha is composited on black; palette images keep their colours; CIELab goes through colour
+    management; CMYK and other colour spaces go through Pillow's own conversion; 16-bit and float
+    images are scaled to 8 bits. A mode that cannot be converted is an `ImageDecodeError`.
+    """
+    try:
+        image = _to_l_or_rgb(image)
+        if channels == 1 and image.mode != "L":
+            image = image.convert("L")
+        elif channels == 3 and image.mode != "RGB":
+            image = image.convert("RGB")
+    except ImageDecodeError:
+        raise
+    except Exception as error:  # an unusual mode Pillow cannot convert: report the file, never crash
+        raise ImageDecodeError(f"cannot convert its mode {image.mode}: {error}") from error
     return image

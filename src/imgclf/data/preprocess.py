@@ -6,6 +6,7 @@ and channels) and `normalize_batch` (uint8 N×C×H×W tensor → float input of 
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from imgclf.data.decode import decode_image, decode_plain_png, read_bytes, to_channels
+from imgclf.data.decode import decode_image, decode_plain_png, pillow_warnings_logged, read_bytes, to_channels
 from imgclf.errors import ModelError
 
 INTERPOLATION = {
@@ -129,9 +130,12 @@ def load_prepared(source: Any, spec: PreprocessSpec) -> np.ndarray:
         except OSError:
             data = None  # decode_image reports it
     image = decode_plain_png(data) if data is not None else None
-    if image is None:
-        image = decode_image(data if data is not None else source, draft_size=(spec.width, spec.height))
-    return prepare_image(image, spec)
+    if image is not None:
+        return prepare_image(image, spec)
+    name = source if isinstance(source, (str, os.PathLike)) else None
+    with pillow_warnings_logged(name):
+        image = decode_image(data if data is not None else source, (spec.width, spec.height), name=name)
+        return prepare_image(image, spec)
 
 
 def normalize_batch(batch: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:

@@ -28,7 +28,23 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from imgclf.data.decode import ImageDecodeError, ImageHeader, decode_image, is_image_file, read_header
+from imgclf.data.decode import (
+    ImageDecodeError,
+    ImageHeader,
+    decode_image,
+    is_image,
+    read_header,
+)
+from imgclf.data.layout import (
+    IGNORED_FOLDERS,
+    FolderLayout,
+    describe,
+    find_layout,
+    split_of_name,
+    sub_folders,
+    unwrap,
+    visible_entries,
+)
 from imgclf.errors import DataError, UsageError
 from imgclf.paths import cache_dir
 
@@ -47,7 +63,6 @@ ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 TABLE_SUFFIXES = (".csv", ".tsv")
 PATH_COLUMNS = ("path", "filepath", "file_path", "filename", "file", "image", "image_path", "img", "fname")
 LABEL_COLUMNS = ("label", "class", "category", "target", "class_name", "y")
-IGNORED_NAMES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
 
 
 @dataclass
@@ -127,6 +142,7 @@ class ImageSet:
     headers: list[ImageHeader] | None = None
     problems: list[Problem] = field(default_factory=list)
     file_stats: list[str] | None = None  # "size mtime" per sample, filled once by file_list_digest
+    description: str = ""  # what was found, in one line ("split folders training_set → train (8,000) …")
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -148,6 +164,7 @@ class ImageSet:
             headers=[self.headers[i] for i in indices] if self.headers is not None else None,
             problems=self.problems,
             file_stats=[self.file_stats[i] for i in indices] if self.file_stats is not None else None,
+            description=self.description,
         )
 
     def class_counts(self) -> dict[str, int]:
@@ -231,27 +248,14 @@ def unpack_archive(path: Path) -> Path:
     return target
 
 
-def _visible_entries(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.name not in IGNORED_NAMES)
+_visible_entries = visible_entries
 
 
-def _archive_root(folder: Path) -> Path:
-    """Descend through single wrapper folders (archive/mnist_png/…) to where the data starts."""
-    while True:
-        entries = [p for p in _visible_entries(folder) if p.name != "__MACOSX"]
-        if len(entries) == 1 and entries[0].is_dir():
-            folder = entries[0]
-        else:
-            return folder
-
-
-def _split_folders(folder: Path) -> dict[str, Path]:
-    found: dict[str, Path] = {}
-    for entry in _visible_entries(folder):
-        split = SPLIT_NAMES.get(entry.name.lower())
-        if entry.is_dir() and split and split not in found:
-            found[split] = entry
-    return found
+def _data_root(folder: Path) -> Path:
+    """Descend through single wrapper folders (archive/mnist_png/…, dataset/flowers/…) to where the
+    data starts; a lone folder of images (one class) stays as it is, for a clear error."""
+    inner = unwrap(folder)
+    return inner if inner == folder or sub_folders(inner) else folder
 
 
 def _idx_files(folder: Path) -> list[Path]:
@@ -264,8 +268,14 @@ def scan_source(
     path_col: str | None = None,
     label_col: str | None = None,
     classes: Sequence[str] | None = None,
+    splits: str | None = "auto",
 ) -> ImageSet:
-    """Find every sample in a data source and the problems on the way (one code path for all)."""
+    """Find every sample in a data source and the problems on the way (one code path for all).
+
+    `splits` is the `--splits` option: "auto" finds split folders by structure and names (see
+    `imgclf.data.layout`), "none" reads the sub-folders as classes, "train=a,val=b" names them.
+    The layout found is logged in one line and kept in `ImageSet.description`.
+    """
     path = Path(source).expanduser()
     if not path.exists():
         raise UsageError(
@@ -273,7 +283,9 @@ def scan_source(
         )
     display = str(path)
     if is_archive(path):
-        path = _archive_root(unpack_archive(path))
+        path = unpack_archive(path)
+    if path.is_dir():
+        path = _data_root(path)
     if path.is_file():
         name = path.name.lower()
         if name.endswith(TABLE_SUFFIXES):
@@ -283,18 +295,21 @@ def scan_source(
         else:
             raise UsageError(f"{path} is not a folder, CSV/TSV, archive (.zip/.tar/.tar.gz) or IDX file")
     else:
-        splits = _split_folders(path)
+        layout = find_layout(path, splits)
         tables = [
             p for p in _visible_entries(path) if p.is_file() and p.name.lower().endswith(TABLE_SUFFIXES)
         ]
-        if ("train" in splits and len(splits) >= 2) or set(splits) == {"train"}:
-            image_set = scan_split_folders(splits, classes=classes)
+        if layout.splits:
+            image_set = scan_split_folders(layout, classes=classes)
         elif _idx_files(path):
             image_set = scan_idx(_idx_files(path), classes=classes)
         elif len(tables) == 1:  # a single table beside the images is their label index
             image_set = scan_table(tables[0], path_col=path_col, label_col=label_col, classes=classes)
         elif any(p.is_dir() for p in _visible_entries(path)):
             image_set = scan_class_folders(path, classes=classes)
+            for warning in layout.warnings:
+                logger.warning("%s", warning)
+            image_set.description = describe(layout, {"all": len(image_set)})
         elif tables:
             names = ", ".join(p.name for p in tables)
             raise DataError(f"{path} holds several tables ({names}); give the one to use")
@@ -308,12 +323,12 @@ def _walk_images(folder: Path, root: Path, problems: list[Problem]) -> list[str]
     """Image files below `folder` (recursively), as keys relative to `root`; others are counted."""
     keys: list[str] = []
     for directory, subdirs, files in os.walk(folder):
-        subdirs[:] = sorted(d for d in subdirs if not d.startswith(".") and d != "__MACOSX")
+        subdirs[:] = sorted(d for d in subdirs if not d.startswith(".") and d not in IGNORED_FOLDERS)
         relative = Path(directory).relative_to(root).as_posix()  # once per folder: string joins below
         prefix = "" if relative == "." else relative + "/"
         for name in sorted(files):
             key = prefix + name
-            if is_image_file(name):
+            if is_image(os.path.join(directory, name)):
                 keys.append(key)
             else:
                 problems.append(Problem(key, "non-image", "not an image file (skipped)"))
@@ -321,7 +336,7 @@ def _walk_images(folder: Path, root: Path, problems: list[Problem]) -> list[str]
 
 
 def _class_dirs(folder: Path) -> dict[str, Path]:
-    return {p.name: p for p in _visible_entries(folder) if p.is_dir() and p.name != "__MACOSX"}
+    return sub_folders(folder)
 
 
 def _order_classes(found: Sequence[str], classes: Sequence[str] | None, where: str) -> list[str]:
@@ -361,9 +376,9 @@ def scan_class_folders(folder: Path, *, classes: Sequence[str] | None = None) ->
     )
 
 
-def scan_split_folders(splits: dict[str, Path], *, classes: Sequence[str] | None = None) -> ImageSet:
-    """train/ (+ val/ + test/) folders, each holding the same class folders."""
-    root = splits["train"].parent
+def scan_split_folders(layout: FolderLayout, *, classes: Sequence[str] | None = None) -> ImageSet:
+    """Split folders (train, and val or test), each holding the same class folders."""
+    root, splits = layout.root, layout.splits
     found: set[str] = set()
     for split_dir in splits.values():
         found |= set(_class_dirs(split_dir))
@@ -383,6 +398,7 @@ def scan_split_folders(splits: dict[str, Path], *, classes: Sequence[str] | None
             keys += found_keys
             labels += [index_of[name]] * len(found_keys)
             split_of += [split] * len(found_keys)
+    counts = {split: split_of.count(split) for split in splits}
     return ImageSet(
         keys,
         np.asarray(labels, dtype=np.int64),
@@ -392,6 +408,7 @@ def scan_split_folders(splits: dict[str, Path], *, classes: Sequence[str] | None
         str(root),
         splits=split_of,
         problems=problems,
+        description=describe(layout, counts),
     )
 
 
@@ -460,7 +477,7 @@ def scan_dataframe(
         if not full.is_file():
             problems.append(Problem(raw_path, "missing", "listed in the table but not found"))
             continue
-        if not is_image_file(full):
+        if not is_image(full):
             problems.append(Problem(raw_path, "non-image", "not an image file (skipped)"))
             continue
         keep.append(row)
@@ -474,9 +491,11 @@ def scan_dataframe(
         splits = []
         for i in selected:
             value = raw_splits[keep[i]]
-            if value not in SPLIT_NAMES:
+            split = SPLIT_NAMES.get(value) or split_of_name(value)
+            if split is None:
                 raise DataError(f"split column value {value!r} is not train, val or test")
-            splits.append(SPLIT_NAMES[value])
+            splits.append(split)
+    split_note = f", split column {split_column!r}" if split_column else ""
     return ImageSet(
         [keys[i] for i in selected],
         labels,
@@ -486,6 +505,8 @@ def scan_dataframe(
         source,
         splits=splits,
         problems=problems,
+        description=f"table {Path(source).name}: path column {path_column!r}, label column "
+        f"{label_column!r}{split_note} ({len(selected):,} images)",
     )
 
 
@@ -539,6 +560,10 @@ def scan_idx(files: list[Path], *, classes: Sequence[str] | None = None) -> Imag
     image_set = from_arrays(images, raw, class_names=None, classes=classes, name=image_files[0].name)
     image_set.layout = "idx"
     image_set.splits = split_of if len(set(split_of)) > 1 else None
+    split_names = ["test" if p.name.lower().startswith(("t10k", "test")) else "train" for p in image_files]
+    image_set.description = "IDX files " + ", ".join(
+        f"{p.name} → {split}" for p, split in zip(image_files, split_names)
+    )
     return image_set
 
 

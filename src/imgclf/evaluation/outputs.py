@@ -8,7 +8,7 @@ import csv
 import io
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,9 @@ class Evaluation:
 
     metrics: dict[str, Any]
     out_dir: Path
+    problems: list[Any] = field(
+        default_factory=list
+    )  # files left out (unreadable), listed in skipped_files.csv
 
     @property
     def accuracy(self) -> float:

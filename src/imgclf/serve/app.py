@@ -204,7 +204,9 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
         if not blob:
             raise HTTPException(400, f"{name}: empty file")
         try:
-            image = decode_image(blob, draft_size=(spec.width, spec.height), max_pixels=settings.max_pixels)
+            image = decode_image(
+                blob, draft_size=(spec.width, spec.height), max_pixels=settings.max_pixels, name=name
+            )
             return prepare_image(image, spec)
         except ImageDecodeError as error:
             raise HTTPException(400, f"{name}: {error}") from None
