@@ -194,9 +194,13 @@ def test_help_documents_every_train_option() -> None:
         "--label-map",
         "--class-weight",
         "--monitor",
+        "--splits",
+        "--recipe",
+        "--time-limit",
     ):
         assert flag in result.output
-    assert "[default: 0.002]" in result.output and "[default: cosine]" in result.output  # from config.py
+    assert "[default: cosine]" in result.output and "[default: 64]" in result.output  # from config.py
+    assert "[default: plain 2e-3, transfer 1e-3]" in result.output  # the recipes' own
 
 
 def test_sharded_prediction_equals_unsharded(trained: tuple[Path, Path], tmp_path: Path) -> None:

@@ -116,8 +116,10 @@ class _FinalWeights(Callback):
 
 
 def _final_lite0_weights(data: Path, tmp_path: Path, **settings) -> dict[str, torch.Tensor]:
-    """Train pretrained EfficientNet-Lite0 briefly; the weights as training left them."""
+    """Train pretrained EfficientNet-Lite0 briefly, as configured (recipe plain unless given); the
+    weights as training left them."""
     final = _FinalWeights()
+    settings.setdefault("recipe", "plain")
     imgclf.train(
         data,
         model="efficientnet_lite0",

@@ -75,7 +75,7 @@ from imgclf.training.distributed import (
     rank_device,
     shutdown,
 )
-from imgclf.training.events import Callback, EarlyStopping, KeepBest, MetricsLog, TrainState
+from imgclf.training.events import Callback, EarlyStopping, KeepBest, MetricsLog, TimeLimit, TrainState, emit
 from imgclf.training.finetune import (
     FineTuneStages,
     backbone_digest,
@@ -83,9 +83,18 @@ from imgclf.training.finetune import (
     penultimate_features,
     set_trainable,
 )
-from imgclf.training.loop import StepContext, fit, predict_logits, prepare_batch
+from imgclf.training.loop import StepContext, autocast, fit, predict_logits, prepare_batch
 from imgclf.training.loop import evaluate as evaluate_loader
 from imgclf.training.optim import Schedule, class_weights, create_loss, create_optimizer, scale_lr
+from imgclf.training.recipe import resolve_recipe
+from imgclf.training.transfer import (
+    BACKBONE_LR_SHARE,
+    Replan,
+    create_finetune_optimizer,
+    fit_head,
+    load_head,
+    plan_finetune,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -266,7 +275,9 @@ def load_data(
         )
     if data is None:
         raise UsageError("no data given: pass a folder, CSV, archive or IDX file")
-    return scan_source(data, path_col=cfg.path_col, label_col=cfg.label_col, classes=cfg.classes)
+    return scan_source(
+        data, path_col=cfg.path_col, label_col=cfg.label_col, classes=cfg.classes, splits=cfg.splits
+    )
 
 
 def _check_classes(image_set: ImageSet, splits: np.ndarray, what: str = "training") -> None:
@@ -454,6 +465,8 @@ def train(
         if not (run_dir / runs.CONFIG_FILE).is_file():
             raise UsageError(f"{run_dir} is not a run folder to resume (no {runs.CONFIG_FILE})")
         cfg = load_config(run_dir / runs.CONFIG_FILE)
+        if cfg.train.recipe == "auto":  # a run folder from before recipes trained as configured
+            cfg.train.recipe = "plain"
         if "epochs" in overrides or "train.epochs" in overrides:
             cfg.train.epochs = int(overrides.get("epochs", overrides.get("train.epochs")))
     else:
@@ -486,6 +499,11 @@ def train(
     else:
         splits = assign_splits(image_set, cfg.data.val_split, cfg.data.test_split, seed)
     _check_classes(image_set, splits)
+    # What imgclf chooses where the user did not: the model, the recipe and its settings (one line each).
+    for line in resolve_recipe(cfg, image_set, device.type, distributed=dist_info.enabled):
+        if dist_info.is_main:
+            logger.info("%s", line)
+    transfer = cfg.train.recipe == "transfer"
     val_split_name = "val"
     if not (splits == "val").any() and (splits == "test").any():
         val_split_name = "test"
@@ -563,7 +581,9 @@ def train(
     if cfg.model.pretrained or cfg.model.weights:
         weights_source = load_pretrained(model, cfg.model.name, cfg.model.weights)
     frozen_bn = cfg.train.finetune_bn == "frozen"
-    if cfg.train.freeze_epochs or cfg.train.head_only:
+    if transfer:  # after the head stage, the later blocks train on; BatchNorm keeps its statistics
+        frozen_norm = set_trainable(model, cfg.train.unfreeze, frozen_bn)
+    elif cfg.train.freeze_epochs or cfg.train.head_only:
         frozen_norm = set_trainable(model, None)
     else:  # fine-tuning from the first epoch
         frozen_norm = set_trainable(model, "all", frozen_bn) if frozen_bn else []
@@ -598,8 +618,18 @@ def train(
             "learning rate %.3g scaled to %.3g for batches of %d (%s scaling from %d)",
             cfg.train.lr, lr, global_batch, cfg.train.lr_scaling, cfg.train.lr_base_batch,
         )  # fmt: skip
-    optimizer = create_optimizer(trained, cfg.train, lr=lr)
-    schedule = Schedule(optimizer, cfg.train, steps_per_epoch, epochs=cfg.train.freeze_epochs or None, lr=lr)
+    if transfer:  # the backbone learns more slowly than the head
+        backbone_lr = scale_lr(
+            cfg.train.finetune_lr or lr * BACKBONE_LR_SHARE, global_batch, "none", cfg.train.lr_base_batch
+        )
+        optimizer = create_finetune_optimizer(model, lr, backbone_lr, cfg.train.weight_decay)
+    else:
+        optimizer = create_optimizer(trained, cfg.train, lr=lr)
+    schedule = (
+        None  # planned after the head stage, from the measured speed and the time left
+        if cfg.train.epochs is None
+        else Schedule(optimizer, cfg.train, steps_per_epoch, epochs=cfg.train.freeze_epochs or None, lr=lr)
+    )
     weights = (
         class_weights(train_set.labels, len(image_set.classes)) if cfg.train.class_weight == "auto" else None
     )
@@ -628,7 +658,7 @@ def train(
     compile_for_training(model, ctx, cfg.train.compile)
     monitor = cfg.train.monitor if has_val else "train_loss"
     state = TrainState(
-        epochs=cfg.train.epochs, model=trained, optimizer=optimizer, schedule=schedule, monitor=monitor
+        epochs=cfg.train.epochs or 0, model=trained, optimizer=optimizer, schedule=schedule, monitor=monitor
     )
     stages = None
     if cfg.train.freeze_epochs:
@@ -665,6 +695,8 @@ def train(
             frozen_bn=frozen_bn,
         )
     if resume is not None:
+        if cfg.train.epochs is None:
+            raise UsageError(f"{run_dir} stopped before its first epoch; start it again instead of resuming")
         payload = load_checkpoint(run_dir / runs.CHECKPOINT_FILE)
         if stages is not None and payload["epoch"] >= cfg.train.freeze_epochs:
             stages.enter_stage_two(state)  # the optimizer state saved belongs to stage 2
@@ -683,6 +715,8 @@ def train(
         problems=problems,
         resumed_from=state.epoch if resume is not None else None,
         validation_split=val_split_name if has_val else None,
+        layout=image_set.description,
+        recipe=cfg.train.recipe,
     )
 
     info = ModelInfo(
@@ -713,13 +747,34 @@ def train(
     loop_callbacks.append(KeepBest(save_best))
     if cfg.train.patience is not None:
         loop_callbacks.append(EarlyStopping(cfg.train.patience))
+    if cfg.train.time_limit:
+        loop_callbacks.append(TimeLimit(cfg.train.time_limit * 60, started))
     if dist_info.is_main:
         loop_callbacks += [
             MetricsLog(run_dir / runs.METRICS_FILE, run_dir / runs.CURVES_FILE),
             SaveCheckpoint(run_dir / runs.CHECKPOINT_FILE),
             *callbacks,
         ]
-    fit(state, train_loader, val_loader, ctx, loss_fn, loop_callbacks)
+    head_stage = None
+    if transfer and resume is None:
+        head_stage = HeadStage(
+            model=model,
+            prepared=prepared,
+            ctx=StepContext(
+                device=device,
+                spec=spec,
+                channels_last=channels_last,
+                autocast_dtype=ctx.autocast_dtype,
+                frozen_norm=ctx.frozen_norm,
+            ),
+            cfg=cfg,
+            val_split=val_split_name if has_val else None,
+            callbacks=loop_callbacks,
+            config_path=run_dir / runs.CONFIG_FILE if dist_info.is_main else None,
+            steps_per_epoch=steps_per_epoch,
+            lr=lr,
+        )
+    fit(state, train_loader, val_loader, ctx, loss_fn, loop_callbacks, first_stage=head_stage)
     barrier(dist_info)
     if not dist_info.is_main:  # rank 0 evaluates the best model and writes the rest
         shutdown(dist_info)
@@ -773,6 +828,150 @@ def train(
     return run
 
 
+@dataclass
+class HeadStage:
+    """The transfer recipe's first stage, recorded as epoch 0: a linear head fitted on the backbone's
+    cached features; then the fine-tuning epochs are planned (unless given) from the measured speed
+    and the time left, and the schedule is made for them."""
+
+    model: torch.nn.Module
+    prepared: PreparedData
+    ctx: StepContext
+    cfg: Config
+    val_split: str | None
+    callbacks: list[Callback]
+    config_path: Path | None
+    steps_per_epoch: int
+    lr: float
+
+    def __call__(self, state: TrainState) -> None:
+        started = time.perf_counter()
+        self.model.eval()
+        backbone = backbone_digest(self.model)
+        features = [
+            cached_features(self.model, backbone, self.prepared, split, self.ctx, self.cfg, self.callbacks)
+            if split is not None
+            else (None, None, None)
+            for split in ("train", self.val_split)
+        ]
+        (train_x, train_y, train_speed), (val_x, val_y, val_speed) = features
+        fit = fit_head(
+            train_x,
+            train_y,
+            val_x,
+            val_y,
+            len(self.prepared.image_set.classes),
+            label_smoothing=self.cfg.train.label_smoothing or 0.0,
+        )
+        load_head(self.model, fit)
+        seconds = time.perf_counter() - started
+        logger.info(
+            "head on cached features: L2 %.3g chosen by %s, %.1f s",
+            fit.l2,
+            "validation" if val_x is not None else "3-fold cross-validation",
+            seconds,
+        )
+        if self.cfg.train.epochs is None:
+            self._plan(state, len(train_y), 0 if val_y is None else len(val_y), train_speed or val_speed)
+        state.epochs = self.cfg.train.epochs
+        state.schedule = Schedule(
+            state.optimizer, self.cfg.train, self.steps_per_epoch, epochs=max(1, state.epochs), lr=self.lr
+        )
+        row = {
+            "epoch": 0,
+            "train_loss": fit.train_loss,
+            "train_acc": fit.train_acc,
+            "val_loss": fit.val_loss,
+            "val_acc": fit.val_acc,
+            "val_count": float(0 if val_y is None else len(val_y)),
+            "lr": 0.0,
+            "seconds": seconds,
+            "images_per_s": len(train_y) / max(seconds, 1e-9),
+            "elapsed": time.perf_counter() - state.context.get("started", started),
+            "stage": "head",
+        }
+        state.history.append(row)
+        emit(self.callbacks, "on_epoch_end", state)  # kept as the best so far, logged, checkpointed
+        if val_x is None:  # no validation: the fine-tuned network replaces the head, as trained last
+            state.best_value = None
+
+    def _plan(self, state: TrainState, train_count: int, val_count: int, speed: float | None) -> None:
+        if speed is None:  # features read from the cache: time the backbone on one batch
+            speed = _inference_speed(self.model, self.ctx, self.cfg.train.batch_size)
+        train_speed = _training_speed(self.model, self.ctx, self.cfg.train.batch_size)
+        limit = self.cfg.train.time_limit
+        elapsed = time.perf_counter() - state.context.get("started", time.perf_counter())
+        plan = plan_finetune(
+            train_count,
+            val_count,
+            len(self.prepared.image_set.classes),
+            self.cfg.train.batch_size,
+            train_speed,
+            speed,
+            limit * 60 - elapsed if limit else None,
+        )
+        self.cfg.train.epochs = plan.epochs
+        if plan.epochs and limit:  # the first epoch's real duration corrects the probe's estimate
+            replan = Replan(
+                limit * 60, state.context["started"], plan.wanted, plan.validation_seconds, self._record
+            )
+            self.callbacks.insert(0, replan)
+        if plan.epochs:
+            logger.info(
+                "fine-tuning %d epochs of about %.0f s (%s; %.0f images/s training, %.0f inference)",
+                plan.epochs, plan.seconds_per_epoch, plan.reason, train_speed, speed,
+            )  # fmt: skip
+        else:
+            logger.info("no fine-tuning: %s; the head is the model", plan.reason)
+        self._record(plan.epochs)
+
+    def _record(self, epochs: int) -> None:
+        """The planned epochs go into config.yaml: --resume continues with them."""
+        self.cfg.train.epochs = epochs
+        if self.config_path is not None:
+            save_config(self.cfg, self.config_path)
+
+
+def _probe_batch(ctx: StepContext, batch_size: int) -> torch.Tensor:
+    size = max(2, min(batch_size, 32))
+    inputs = torch.randn(size, ctx.spec.channels, ctx.spec.height, ctx.spec.width, device=ctx.device)
+    return inputs.contiguous(memory_format=torch.channels_last) if ctx.channels_last else inputs
+
+
+def _inference_speed(model: torch.nn.Module, ctx: StepContext, batch_size: int) -> float:
+    """Images per second through the network in inference mode, timed on one random batch."""
+    inputs = _probe_batch(ctx, batch_size)
+    model.eval()
+    with torch.no_grad(), autocast(ctx):
+        model(inputs[:2])  # warm-up
+        started = time.perf_counter()
+        model(inputs)
+    return len(inputs) / max(time.perf_counter() - started, 1e-9)
+
+
+def _training_speed(model: torch.nn.Module, ctx: StepContext, batch_size: int) -> float:
+    """Images per second of forward and backward passes over the trainable weights, timed on two
+    random batches after a warm-up one. Nothing is learnt (no optimizer step, gradients cleared);
+    frozen BatchNorm layers stay in inference mode, so no statistic moves."""
+    inputs = _probe_batch(ctx, batch_size)
+    model.train()
+    for module in ctx.frozen_norm:
+        module.eval()
+    seconds = 0.0
+    rng = torch.get_rng_state()  # dropout draws must not shift the run's random stream
+    for step in range(3):
+        started = time.perf_counter()
+        with autocast(ctx):
+            loss = model(inputs).float().logsumexp(1).mean()
+        loss.backward()
+        if step:
+            seconds += time.perf_counter() - started
+    model.zero_grad(set_to_none=True)
+    torch.set_rng_state(rng)
+    model.eval()
+    return 2 * len(inputs) / max(seconds, 1e-9)
+
+
 def compute_features(
     model: torch.nn.Module,
     prepared: PreparedData,
@@ -781,15 +980,22 @@ def compute_features(
     batch_size: int = 64,
     callbacks: Sequence[Callback] = (),
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Penultimate-layer features (N×D float32) and labels of one split, in its order."""
+    """Penultimate-layer features (N×D float32) and labels of one split, in its order.
+
+    A split cached larger than the model's input (for random-resized crops) is resized to it first.
+    """
     loader = prepared.loader(split, batch_size, shuffle=False)
     features, labels = [], []
     done = 0
     model.eval()
+    size = (ctx.spec.height, ctx.spec.width)
     with torch.no_grad():
         for batch in loader.epoch(0):
             inputs, targets = prepare_batch(batch, ctx, train=False)
-            features.append(penultimate_features(model, inputs).float().cpu().numpy())
+            if tuple(inputs.shape[-2:]) != size:
+                inputs = torch.nn.functional.interpolate(inputs, size=size, mode="bilinear", antialias=True)
+            with autocast(ctx):  # bf16 where the hardware has it: twice the images/s on such a CPU
+                features.append(penultimate_features(model, inputs).float().cpu().numpy())
             labels.append(targets.cpu().numpy())
             done += len(targets)
             for callback in callbacks:
@@ -809,8 +1015,23 @@ def _feature_loader(
     callbacks: Sequence[Callback],
     shuffle: bool,
 ) -> MemoryLoader:
-    """Features of one split, computed once (and kept in the cache folder for the next run, under a key
-    that names the network by `backbone`, its `backbone_digest`)."""
+    """Features of one split as batches (see `cached_features`)."""
+    features, labels, _ = cached_features(model, backbone, prepared, split, ctx, cfg, callbacks)
+    return MemoryLoader(features, labels, cfg.train.batch_size, shuffle, cfg.seed)
+
+
+def cached_features(
+    model: torch.nn.Module,
+    backbone: str,
+    prepared: PreparedData,
+    split: str,
+    ctx: StepContext,
+    cfg: Config,
+    callbacks: Sequence[Callback],
+) -> tuple[np.ndarray, np.ndarray, float | None]:
+    """(features, labels, images per second or None when read from the cache) of one split, computed
+    once and kept in the cache folder for the next run, under a key that names the network by
+    `backbone`, its `backbone_digest`."""
     key = hashlib.sha256(
         json.dumps(
             [
@@ -823,17 +1044,20 @@ def _feature_loader(
                 PIL.__version__,  # the pixels the features come from
                 torch.__version__,
             ]
+            + ([prepared.view(split)[0].to_dict()] if prepared.view(split)[0] != prepared.spec else [])
+            + ([str(ctx.autocast_dtype)] if ctx.autocast_dtype is not None else [])
         ).encode()
     ).hexdigest()[:24]
     path = cache_dir() / "features" / f"{key}.npz"
     if path.is_file():
         stored = np.load(path)
-        features, labels = stored["features"], stored["labels"]
-    else:
-        features, labels = compute_features(model, prepared, split, ctx, cfg.train.batch_size, callbacks)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, lambda tmp: _save_arrays(tmp, features=features, labels=labels))
-    return MemoryLoader(features, labels, cfg.train.batch_size, shuffle, cfg.seed)
+        return stored["features"], stored["labels"], None
+    started = time.perf_counter()
+    features, labels = compute_features(model, prepared, split, ctx, cfg.train.batch_size, callbacks)
+    speed = len(labels) / max(time.perf_counter() - started, 1e-9)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, lambda tmp: _save_arrays(tmp, features=features, labels=labels))
+    return features, labels, speed
 
 
 def compile_for_training(model: torch.nn.Module, ctx: StepContext, enabled: bool) -> None:
@@ -1038,6 +1262,7 @@ def evaluate(
     label_col: str | None = None,
     labels: Any = None,
     tta: bool = False,
+    splits: str = "auto",
 ) -> Evaluation:
     """Evaluate a saved model on any data source, with the model's own preprocessing.
 
@@ -1045,6 +1270,7 @@ def evaluate(
     metrics.json, the confusion matrices, most_confused.csv, predictions.csv, misclassified.png and
     reliability.png into `out` (default: a new folder runs/evaluate[-N]). `tta` averages each image's
     probabilities with its mirror image's (test-time augmentation; also on with a Predictor's `tta`).
+    `splits` says which folders are splits, as `train --splits` does.
     """
     predictor = (
         model
@@ -1055,8 +1281,10 @@ def evaluate(
     if predictor.model is None:
         raise UsageError("evaluate runs the PyTorch model; give the model folder, not an ONNX export")
     info = predictor.info
-    cfg = DataConfig(path_col=path_col, label_col=label_col)
+    cfg = DataConfig(path_col=path_col, label_col=label_col, splits=splits)
     image_set = load_data(data, cfg, labels=labels)
+    if image_set.description:
+        logger.info("layout: %s", image_set.description)
     unknown = sorted(set(image_set.classes) - set(info.classes))
     if unknown:
         raise DataError(f"the data has class {unknown[0]!r}, which the model does not know")
@@ -1072,7 +1300,9 @@ def evaluate(
     ctx = StepContext(device=predictor.device, spec=info.preprocessing, tta=tta)
     out_dir = Path(out) if out is not None else runs.create_run_dir("runs", "evaluate")
     evaluation = evaluate_split(predictor.model, prepared, "all", ctx, out_dir, batch_size, top_k, name=split)
-    evaluation.metrics["skipped"] = [p.__dict__ for p in prepared.image_set.problems]
+    evaluation.problems = list(prepared.image_set.problems)
+    evaluation.metrics["skipped"] = [p.__dict__ for p in evaluation.problems]
+    _write_problems(out_dir / runs.PROBLEMS_FILE, evaluation.problems)  # every file: evaluated or listed
     return evaluation
 
 
@@ -1089,15 +1319,18 @@ def features(
     path_col: str | None = None,
     label_col: str | None = None,
     callbacks: Sequence[Callback] = (),
+    splits: str = "auto",
 ) -> Path:
     """Bottleneck features of every image: a saved model's penultimate layer, or a pretrained backbone's.
 
     Writes `features.npy` (N×D float32), `labels.npy` (N int64), `samples.csv` (path, label, split)
     and `classes.json` into `out`.
     """
-    cfg = DataConfig(path_col=path_col, label_col=label_col)
+    cfg = DataConfig(path_col=path_col, label_col=label_col, splits=splits)
     image_set = load_data(data, cfg)
-    image_set, splits = select_split(
+    if image_set.description:
+        logger.info("layout: %s", image_set.description)
+    image_set, split_names = select_split(
         read_headers(image_set, _header_workers(len(image_set), None)), split, manifest
     )
     if len(image_set) == 0:
@@ -1117,7 +1350,7 @@ def features(
         )
         load_pretrained(model, name, weights)
         model.to(resolved)
-    prepared = prepare_data(image_set, splits, spec, "auto", None, callbacks)
+    prepared = prepare_data(image_set, split_names, spec, "auto", None, callbacks)
     ctx = StepContext(device=resolved, spec=spec)
     values, labels = compute_features(model, prepared, "all", ctx, batch_size, callbacks)
     out = Path(out)

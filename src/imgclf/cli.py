@@ -149,12 +149,24 @@ def _size(value: str | None) -> list[int] | None:
         raise typer.BadParameter(f"{value!r}: give one size (32) or height,width (32,48)") from None
 
 
+SplitsOption = Annotated[
+    str | None,
+    typer.Option(
+        "--splits",
+        help="Which folders are splits: auto (folders holding the same class folders, named by their "
+        "words: training_set, seg_test, Validation …) | none (the sub-folders are classes) | "
+        "train=FOLDER,val=FOLDER,test=FOLDER. \\[default: auto]",
+        rich_help_panel=DATA_HELP,
+    ),
+]
 # Augmentation flags, shared by `train` and `augment-preview` (Keras ImageDataGenerator meanings).
 AugmentOption = Annotated[
     str | None,
     typer.Option(
         "--augment",
-        help="Preset: none | light | strong (flags below override it). "
+        help="Preset: auto (the recipe's: strong for recipe transfer, digits for the CNN chosen for small "
+        "grey images, else none) | none | light | strong | digits (shifts, zoom, rotation; no flips). "
+        "Flags below override it. "
         f"\\[default: {_default('augment.preset')}]",
         rich_help_panel=AUG_HELP,
     ),
@@ -281,6 +293,7 @@ def train(
             help="JSON of display names (keys: class names or 1-based indices).", rich_help_panel=DATA_HELP
         ),
     ] = None,
+    splits: SplitsOption = None,
     val_split: Annotated[
         float | None,
         typer.Option(
@@ -388,8 +401,10 @@ def train(
         typer.Option(
             "--model",
             "-m",
-            help="mlp | cnn-small | cnn-basic | cnn | any timm "
-            f"name (see `imgclf models`). \\[default: {_default('model.name')}]",
+            help="auto (photos: efficientnet_lite0 with ImageNet weights; small grey images such as "
+            "digits: cnn from scratch; says which and why) | mlp | cnn-small | cnn-basic | cnn | "
+            "efficientnet_lite0 | any timm name (see `imgclf models`). "
+            f"\\[default: {_default('model.name')}]",
             rich_help_panel=MODEL_HELP,
         ),
     ] = None,
@@ -451,7 +466,11 @@ def train(
     ] = None,
     finetune_lr: Annotated[
         float | None,
-        typer.Option(help="Stage 2 learning rate. \\[default: lr / 10]", rich_help_panel=MODEL_HELP),
+        typer.Option(
+            help="The backbone's learning rate when fine-tuning (stage 2; recipe transfer). "
+            "\\[default: lr / 10; transfer: lr × 0.3]",
+            rich_help_panel=MODEL_HELP,
+        ),
     ] = None,
     unfreeze: Annotated[
         str | None,
@@ -465,7 +484,7 @@ def train(
         typer.Option(
             help="Stage 2 BatchNorm statistics: train (they follow the new data) | frozen (the "
             "ImageNet statistics stay, as in the Keras transfer-learning guide; the layers' scale "
-            f"and shift still learn). \\[default: {_default('train.finetune_bn')}]",
+            "and shift still learn). \\[default: frozen with recipe transfer, else train]",
             rich_help_panel=MODEL_HELP,
         ),
     ] = None,
@@ -478,10 +497,34 @@ def train(
             show_default=False,
         ),
     ] = None,
+    recipe: Annotated[
+        str | None,
+        typer.Option(
+            help="auto | transfer (a head fitted on cached features, then the whole network fine-tuned "
+            "from it at a lower learning rate for the backbone, the best epoch kept by validation "
+            "accuracy) | plain (train as configured). auto: transfer for a pretrained backbone "
+            "unless --head-only or --freeze-epochs, else plain. \\[default: auto]",
+            rich_help_panel=TRAIN_HELP,
+        ),
+    ] = None,
+    time_limit: Annotated[
+        float | None,
+        typer.Option(
+            "--time-limit",
+            help="Minutes for the whole run: no epoch starts that would end after it (the best epoch "
+            "is kept); recipe transfer plans its fine-tuning epochs to fit. 0 = none. \\[default: "
+            "transfer on the CPU: 10 min per 2,000 images, at least 5; else none]",
+            rich_help_panel=TRAIN_HELP,
+        ),
+    ] = None,
     epochs: Annotated[
         int | None,
         typer.Option(
-            "--epochs", "-e", help=f"\\[default: {_default('train.epochs')}]", rich_help_panel=TRAIN_HELP
+            "--epochs",
+            "-e",
+            help="Epochs (recipe transfer: fine-tuning epochs after the head). \\[default: plain 10; "
+            "transfer: planned from the data and the time limit]",
+            rich_help_panel=TRAIN_HELP,
         ),
     ] = None,
     batch_size: Annotated[
@@ -489,7 +532,7 @@ def train(
         typer.Option(
             "--batch-size",
             "-b",
-            help=f"\\[default: {_default('train.batch_size')}]",
+            help="\\[default: plain 64, transfer 32]",
             rich_help_panel=TRAIN_HELP,
         ),
     ] = None,
@@ -502,7 +545,10 @@ def train(
     ] = None,
     lr: Annotated[
         float | None,
-        typer.Option(help=f"Learning rate. \\[default: {_default('train.lr')}]", rich_help_panel=TRAIN_HELP),
+        typer.Option(
+            help="Learning rate (recipe transfer: the head's). \\[default: plain 2e-3, transfer 1e-3]",
+            rich_help_panel=TRAIN_HELP,
+        ),
     ] = None,
     momentum: Annotated[
         float | None,
@@ -525,7 +571,7 @@ def train(
     ] = None,
     label_smoothing: Annotated[
         float | None,
-        typer.Option(help=f"\\[default: {_default('train.label_smoothing')}]", rich_help_panel=TRAIN_HELP),
+        typer.Option(help="\\[default: plain 0, transfer 0.1]", rich_help_panel=TRAIN_HELP),
     ] = None,
     schedule: Annotated[
         str | None,
@@ -537,7 +583,7 @@ def train(
     warmup_epochs: Annotated[
         float | None,
         typer.Option(
-            help=f"Linear warm-up length (constant, cosine). \\[default: {_default('train.warmup_epochs')}]",
+            help="Linear warm-up length (constant, cosine). \\[default: plain 1, transfer 0.3]",
             rich_help_panel=TRAIN_HELP,
         ),
     ] = None,
@@ -551,7 +597,8 @@ def train(
     monitor: Annotated[
         str | None,
         typer.Option(
-            help=f"val_loss | val_acc: picks the best model. \\[default: {_default('train.monitor')}]",
+            help="val_loss | val_acc (ties broken by val_loss): picks the best model. \\[default: plain "
+            "val_loss, transfer val_acc]",
             rich_help_panel=TRAIN_HELP,
         ),
     ] = None,
@@ -625,6 +672,7 @@ def train(
         "data.label_col": label_col,
         "data.classes": _csv_list(classes),
         "data.label_map": str(label_map) if label_map else None,
+        "data.splits": splits,
         "data.val_split": val_split,
         "data.test_split": test_split,
         "data.manifest": str(manifest) if manifest else None,
@@ -663,6 +711,8 @@ def train(
         "train.unfreeze": unfreeze,
         "train.finetune_bn": finetune_bn,
         "train.head_only": head_only,
+        "train.recipe": recipe,
+        "train.time_limit": time_limit,
         "train.epochs": epochs,
         "train.batch_size": batch_size,
         "train.optimizer": optimizer,
@@ -1052,6 +1102,7 @@ def evaluate(
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="Classes per row in predictions.csv.")] = 5,
     path_col: Annotated[str | None, typer.Option(help="CSV column with image paths.")] = None,
     label_col: Annotated[str | None, typer.Option(help="CSV column with labels.")] = None,
+    splits: SplitsOption = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b")] = 128,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
     tta: TtaOption = False,
@@ -1063,7 +1114,7 @@ def evaluate(
     reliability.png.
     """
     from imgclf import api
-    from imgclf.console import console, print_evaluation
+    from imgclf.console import console, print_evaluation, problems_line
 
     evaluation = api.evaluate(
         model,
@@ -1076,9 +1127,13 @@ def evaluate(
         top_k=top_k,
         path_col=path_col,
         label_col=label_col,
+        splits=splits or "auto",
         tta=tta,
     )
     print_evaluation(evaluation.metrics)
+    line = problems_line(evaluation.problems, "skipped_files.csv")
+    if line:
+        console.print(f"[yellow]{line}[/yellow]")
     console.print(f"[bold]outputs[/bold] {evaluation.out_dir}")
 
 
@@ -1111,6 +1166,7 @@ def check(
     ] = None,
     path_col: Annotated[str | None, typer.Option(help="CSV column with image paths.")] = None,
     label_col: Annotated[str | None, typer.Option(help="CSV column with labels.")] = None,
+    splits: SplitsOption = None,
     workers: Annotated[
         int | None, typer.Option(help="Processes reading files. \\[default: cores, at most 8]")
     ] = None,
@@ -1135,6 +1191,7 @@ def check(
         data,
         path_col=path_col,
         label_col=label_col,
+        splits=splits or "auto",
         workers=workers,
         imbalance_threshold=imbalance,
         min_class_size=min_class_size,
@@ -1158,12 +1215,21 @@ def show(
     seed: Annotated[int, typer.Option(help="Which images are drawn.")] = 0,
     path_col: Annotated[str | None, typer.Option(help="CSV column with image paths.")] = None,
     label_col: Annotated[str | None, typer.Option(help="CSV column with labels.")] = None,
+    splits: SplitsOption = None,
 ) -> None:
     """Write a grid of sample images per class (in Python, `imgclf.show(...)` returns the figure)."""
     from imgclf.console import console
     from imgclf.data.show import show as show_samples
 
-    show_samples(data, per_class=per_class, out=out, seed=seed, path_col=path_col, label_col=label_col)
+    show_samples(
+        data,
+        per_class=per_class,
+        out=out,
+        seed=seed,
+        path_col=path_col,
+        label_col=label_col,
+        splits=splits or "auto",
+    )
     console.print(f"wrote {out}")
 
 
@@ -1189,6 +1255,7 @@ def features(
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
     path_col: Annotated[str | None, typer.Option(help="CSV column with image paths.")] = None,
     label_col: Annotated[str | None, typer.Option(help="CSV column with labels.")] = None,
+    splits: SplitsOption = None,
 ) -> None:
     """Bottleneck features (the tutorials' predict_generator → np.save), in batches with a progress bar."""
     import numpy as np
@@ -1207,6 +1274,7 @@ def features(
         device=device,
         path_col=path_col,
         label_col=label_col,
+        splits=splits or "auto",
         callbacks=[ConsoleReporter()],
     )
     shape = np.load(folder / "features.npy", mmap_mode="r").shape

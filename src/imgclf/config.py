@@ -25,6 +25,7 @@ class DataConfig:
     """Where the images are and how they are read, split and preprocessed."""
 
     source: str | None = None
+    splits: str = "auto"  # auto (found by structure and names), none (sub-folders are classes), train=a,val=b
     path_col: str | None = None
     label_col: str | None = None
     classes: list[str] | None = None
@@ -46,7 +47,7 @@ class DataConfig:
 class AugmentConfig:
     """Training augmentation, with the meaning of Keras `ImageDataGenerator`'s arguments."""
 
-    preset: str = "none"
+    preset: str = "auto"  # auto: the recipe's (strong for transfer, digits for small grey images, else none)
     rotation: float | None = None
     width_shift: float | None = None
     height_shift: float | None = None
@@ -65,9 +66,12 @@ class AugmentConfig:
 @dataclass
 class ModelConfig:
     """Which network to build; `filters`, `dense`, `dropout` and `batchnorm` shape the builtin CNNs
-    (`dropout` is also a timm model's drop_rate, and --head-only's dropout on cached features)."""
+    (`dropout` is also a timm model's drop_rate, and --head-only's dropout on cached features).
 
-    name: str = "cnn-basic"
+    `name="auto"` chooses from the data: the offline pretrained backbone for photos, a builtin CNN for
+    small grey images such as digits (see `imgclf.training.recipe`)."""
+
+    name: str = "auto"
     filters: list[int] | None = None
     dense: list[int] | None = None
     dropout: float | None = None
@@ -80,23 +84,26 @@ class ModelConfig:
 class TrainConfig:
     """How the model is trained.
 
-    The defaults are imgclf's recipe (AdamW, one warm-up epoch, cosine decay); the tutorials' Keras
+    The defaults are imgclf's recipe (AdamW, a warm-up then cosine decay); the tutorials' Keras
     settings are `batch_size=32, optimizer="adam", lr=1e-3, weight_decay=0, schedule="constant",
-    warmup_epochs=0`.
+    warmup_epochs=0`. Settings left at None are set by the recipe (`imgclf.training.recipe`), and
+    the resolved values are what `config.yaml` records.
     """
 
-    epochs: int = 10
-    batch_size: int = 64
+    recipe: str = "auto"
+    epochs: int | None = None
+    batch_size: int | None = None
     optimizer: str = "adamw"
-    lr: float = 2e-3
+    lr: float | None = None
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 0.01
-    label_smoothing: float = 0.0
+    label_smoothing: float | None = None
     schedule: str = "cosine"
-    warmup_epochs: float = 1.0
+    warmup_epochs: float | None = None
     class_weight: str = "none"
-    monitor: str = "val_loss"
+    monitor: str | None = None
+    time_limit: float | None = None  # minutes for the whole run; 0 = none
     patience: int | None = None
     device: str = "auto"
     precision: str = "auto"
@@ -107,8 +114,8 @@ class TrainConfig:
     freeze_epochs: int = 0
     finetune_epochs: int = 0
     finetune_lr: float | None = None
-    unfreeze: str = "all"
-    finetune_bn: str = "train"
+    unfreeze: str | None = None
+    finetune_bn: str | None = None
     head_only: bool = False
 
 
@@ -137,21 +144,24 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.interpolation": ("auto", "nearest", "bilinear", "bicubic", "lanczos"),
     "data.normalize": ("auto", "rescale", "imagenet", "half"),
     "data.cache": ("auto", "ram", "disk", "none"),
-    "augment.preset": ("none", "light", "strong"),
+    "augment.preset": ("auto", "none", "light", "strong", "digits"),
     "augment.fill": ("nearest", "constant", "reflect", "wrap"),
     "train.optimizer": ("adam", "adamw", "sgd", "rmsprop"),
     "train.schedule": ("constant", "cosine", "onecycle", "plateau"),
     "train.class_weight": ("none", "auto"),
-    "train.monitor": ("val_loss", "val_acc"),
+    "train.monitor": (None, "val_loss", "val_acc"),
+    "train.recipe": ("auto", "transfer", "plain"),
     "train.precision": ("auto", "fp32", "bf16"),
     "train.lr_scaling": ("none", "linear", "sqrt"),
-    "train.finetune_bn": ("train", "frozen"),
+    "train.finetune_bn": (None, "train", "frozen"),
 }
 
 # What the presets set; explicit flags win over them.
 AUGMENT_PRESETS: dict[str, dict[str, Any]] = {
     "none": {},
     "light": {"rotation": 10.0, "width_shift": 0.1, "height_shift": 0.1, "zoom": 0.1, "hflip": True},
+    # small grey images such as digits: shifts, zoom and a little rotation, never mirrored
+    "digits": {"rotation": 10.0, "width_shift": 0.1, "height_shift": 0.1, "zoom": 0.1},
     "strong": {
         "rotation": 30.0,
         "width_shift": 0.2,
@@ -342,10 +352,15 @@ def setting_section(key: str) -> str:
 
 
 def resolve_augment(augment: AugmentConfig) -> None:
-    """Fill the settings the user left unset from the preset (or switch them off)."""
+    """Fill the settings the user left unset from the preset (or switch them off).
+
+    The preset "auto" fills nothing yet: the training recipe picks a preset once it has seen the data.
+    """
+    if augment.preset == "auto":
+        return
     if augment.preset not in AUGMENT_PRESETS:
         raise ConfigError(
-            f"augment.preset must be one of {', '.join(AUGMENT_PRESETS)}, got {augment.preset!r}"
+            f"augment.preset must be one of auto, {', '.join(AUGMENT_PRESETS)}, got {augment.preset!r}"
         )
     preset = {**AUGMENT_OFF, **AUGMENT_PRESETS[augment.preset]}
     for key, value in preset.items():
@@ -354,7 +369,10 @@ def resolve_augment(augment: AugmentConfig) -> None:
 
 
 def validate_config(cfg: Config) -> None:
-    """Check value ranges and choices; raise ConfigError with the fix."""
+    """Check value ranges and choices; raise ConfigError with the fix.
+
+    Settings the recipe has not set yet (None, the model "auto") are checked once it has.
+    """
     for dotted, choices in CHOICES.items():
         section, key = dotted.split(".")
         value = getattr(getattr(cfg, section), key)
@@ -378,49 +396,56 @@ def validate_config(cfg: Config) -> None:
         raise ConfigError("freeze_epochs and finetune_epochs must be 0 or more")
     if train.freeze_epochs > 0:  # freeze, then fine-tune: the stages make up the whole run
         train.epochs = train.freeze_epochs + train.finetune_epochs
-    if train.unfreeze != "all" and not (train.unfreeze.isdigit() and int(train.unfreeze) > 0):
+    if train.unfreeze not in (None, "all") and not (train.unfreeze.isdigit() and int(train.unfreeze) > 0):
         raise ConfigError(f"unfreeze is 'all' or a number of final blocks, got {train.unfreeze!r}")
     if train.finetune_lr is not None and train.finetune_lr <= 0:
         raise ConfigError("finetune_lr must be positive")
-    if train.head_only and not (cfg.model.pretrained or cfg.model.weights):
+    pretrained = cfg.model.pretrained or cfg.model.weights or cfg.model.name == "auto"
+    if train.head_only and not pretrained:
         raise ConfigError(
             "head_only trains a head on a pretrained backbone: add --pretrained (or --weights PATH)"
         )
-    if train.finetune_bn == "frozen" and not (cfg.model.pretrained or cfg.model.weights):
+    if train.finetune_bn == "frozen" and not pretrained:
         raise ConfigError(
             "finetune_bn frozen keeps pretrained BatchNorm statistics: add --pretrained (or --weights PATH)"
         )
-    if train.epochs < 1:
-        raise ConfigError("epochs must be at least 1")
-    if train.batch_size < 1:
+    if train.epochs is not None and train.epochs < (0 if train.recipe == "transfer" else 1):
+        raise ConfigError("epochs must be at least 1 (recipe transfer: 0 keeps the head alone)")
+    if train.batch_size is not None and train.batch_size < 1:
         raise ConfigError("batch_size must be at least 1")
-    if train.lr <= 0:
+    if train.lr is not None and train.lr <= 0:
         raise ConfigError("lr (learning rate) must be positive")
-    if not 0.0 <= train.label_smoothing < 1.0:
+    if train.label_smoothing is not None and not 0.0 <= train.label_smoothing < 1.0:
         raise ConfigError("label_smoothing must be in [0, 1)")
     if train.patience is not None and train.patience < 1:
         raise ConfigError("patience must be at least 1 epoch")
-    if train.warmup_epochs < 0:
+    if train.warmup_epochs is not None and train.warmup_epochs < 0:
         raise ConfigError("warmup_epochs must be 0 or more")
+    if train.time_limit is not None and train.time_limit < 0:
+        raise ConfigError("time_limit is minutes for the whole run: 0 (none) or more")
+    _validate_augment(augment)
+    if train.head_only and (augment.mixup or augment.cutmix):
+        raise ConfigError("mixup and cutmix mix images; head_only trains on features: leave them off")
+    if cfg.model.dropout is not None and not 0.0 <= cfg.model.dropout < 1.0:
+        raise ConfigError("dropout must be in [0, 1)")
+
+
+def _validate_augment(augment: AugmentConfig) -> None:
     for key in ("rotation", "shear"):
-        if getattr(augment, key) < 0:
+        if (getattr(augment, key) or 0) < 0:
             raise ConfigError(f"augment.{key} is a range in degrees and must be 0 or more")
     for key in ("width_shift", "height_shift", "zoom", "brightness", "contrast"):
         value = getattr(augment, key)
-        if not 0.0 <= value < 1.0:
+        if value is not None and not 0.0 <= value < 1.0:
             raise ConfigError(f"augment.{key} must be a fraction in [0, 1), got {value}")
-    if not 0.0 < augment.crop_scale <= 1.0:
+    if augment.crop_scale is not None and not 0.0 < augment.crop_scale <= 1.0:
         raise ConfigError(
             f"augment.crop_scale is the smallest share of the image a crop keeps, in (0, 1], "
             f"got {augment.crop_scale}"
         )
     for key in ("mixup", "cutmix"):
-        if getattr(augment, key) < 0:
+        if (getattr(augment, key) or 0) < 0:
             raise ConfigError(f"augment.{key} is the alpha of a Beta(alpha, alpha) draw: 0 (off) or more")
-    if train.head_only and (augment.mixup or augment.cutmix):
-        raise ConfigError("mixup and cutmix mix images; head_only trains on features: leave them off")
-    if cfg.model.dropout is not None and not 0.0 <= cfg.model.dropout < 1.0:
-        raise ConfigError("dropout must be in [0, 1)")
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

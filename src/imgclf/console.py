@@ -84,6 +84,8 @@ class ConsoleReporter(Callback):
         spec = context.get("spec")
         print_ = self.console.print
         print_(f"[bold]run folder[/bold] {context.get('run_dir')}")
+        if context.get("layout"):
+            print_(f"[bold]layout[/bold] {context['layout']}")
         classes = context.get("classes", [])
         shown = ", ".join(classes[:12]) + (f" … ({len(classes)} in all)" if len(classes) > 12 else "")
         print_(f"[bold]classes[/bold] {len(classes)}: {shown}")
@@ -141,10 +143,15 @@ class ConsoleReporter(Callback):
             self.progress = None
         row = state.last
         text = f"epoch {state.epoch}/{state.epochs}  "
+        if row.get("stage") == "head":
+            text += "head on cached features: "
         text += f"train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}"
         if math.isfinite(row.get("val_loss", float("nan"))):
             text += f" | val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}"
-        text += f" | lr {row['lr']:.2e} | {row['seconds']:.1f} s, {row['images_per_s']:,.0f} img/s"
+        if row.get("stage") == "head":
+            text += f" | {row['seconds']:.1f} s"
+        else:
+            text += f" | lr {row['lr']:.2e} | {row['seconds']:.1f} s, {row['images_per_s']:,.0f} img/s"
         if state.improved:
             text += "  [green]best[/green]"
         self.console.print(text, soft_wrap=True)
@@ -208,7 +215,7 @@ def print_audit(report: Any, out: Console | None = None) -> None:
     from imgclf.data.audit import summarize_files
 
     out = out or console
-    splits = Table(title=f"{report.source} ({report.layout})")
+    splits = Table(title=f"{report.source} ({report.description or report.layout})")
     splits.add_column("split")
     splits.add_column("images", justify="right")
     splits.add_column("classes", justify="right")

@@ -13,6 +13,7 @@ from imgclf.data.loader import decode_all
 from imgclf.data.sources import read_headers, scan_source
 from imgclf.errors import DataError
 from imgclf.io import write_atomic
+from imgclf.training.recipe import resolve_recipe
 
 
 def write_augment_preview(data: str, out: Path, cfg: Config, images: int = 6, variants: int = 7) -> Path:
@@ -23,13 +24,18 @@ def write_augment_preview(data: str, out: Path, cfg: Config, images: int = 6, va
     from imgclf.api import crop_cache_spec, resolve_spec
 
     image_set = scan_source(
-        data, path_col=cfg.data.path_col, label_col=cfg.data.label_col, classes=cfg.data.classes
+        data,
+        path_col=cfg.data.path_col,
+        label_col=cfg.data.label_col,
+        classes=cfg.data.classes,
+        splits=cfg.data.splits,
     )
     rng = np.random.default_rng(cfg.seed)
     chosen = rng.choice(len(image_set), size=min(len(image_set), images * 3), replace=False)
     sample = read_headers(image_set.subset(chosen))
     if len(sample) == 0:
         raise DataError("no readable image found to preview")
+    resolve_recipe(cfg, sample)  # the model and augmentation `train` would choose for these images
     spec = resolve_spec(cfg.data, cfg.model.name, sample, cfg.model.pretrained)
     decoded, ok, _ = decode_all(sample, spec, workers=0)
     # training augments the rows it caches, larger for random-resized crops (see crop_cache_spec)

@@ -11,6 +11,7 @@ import csv
 import io
 import logging
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,23 +96,32 @@ def _monitored(row: dict[str, float], monitor: str) -> float | None:
 
 
 class KeepBest(Callback):
-    """Track the monitored metric and save the model (via `save`) whenever it improves."""
+    """Track the monitored metric and save the model (via `save`) whenever it improves.
+
+    With `val_acc`, an epoch that ties the best accuracy with a lower validation loss improves too
+    (small validation sets tie often).
+    """
 
     def __init__(self, save: Callable[[TrainState], None], min_delta: float = 0.0) -> None:
         self.save = save
         self.min_delta = min_delta
+        self.best_loss: float | None = None
 
     def on_epoch_end(self, state: TrainState) -> None:
         value = _monitored(state.last, state.monitor)
         if value is None:  # no validation data: the latest model is the best we know
             value = -float(state.epoch) if state.monitor == "val_loss" else float(state.epoch)
         lower_is_better = state.monitor.endswith("loss")
+        loss = _monitored(state.last, "val_loss")
         if state.best_value is None:
             improved = True
         elif lower_is_better:
             improved = value < state.best_value - self.min_delta
         else:
             improved = value > state.best_value + self.min_delta
+            if not improved and value == state.best_value and loss is not None:
+                best_loss = self._best_loss(state)
+                improved = best_loss is not None and loss < best_loss
         state.improved = improved
         if improved:
             state.best_value = value
@@ -120,6 +130,28 @@ class KeepBest(Callback):
             self.save(state)
         else:
             state.epochs_without_improvement += 1
+
+    @staticmethod
+    def _best_loss(state: TrainState) -> float | None:
+        rows = [row for row in state.history if row.get("epoch") == state.best_epoch]
+        return _monitored(rows[-1], "val_loss") if rows else None
+
+
+class TimeLimit(Callback):
+    """Stop after the epoch when the next one would end past `seconds` since the run started."""
+
+    def __init__(self, seconds: float, started: float) -> None:
+        self.seconds = seconds
+        self.started = started
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        elapsed = time.perf_counter() - self.started
+        if state.epoch < state.epochs and elapsed + state.last.get("seconds", 0.0) > self.seconds:
+            state.stop = True
+            state.stop_reason = (
+                f"time limit: {self.seconds / 60:.1f} min would be passed by epoch {state.epoch + 1} "
+                f"({elapsed / 60:.1f} min so far); the best epoch is kept"
+            )
 
 
 class EarlyStopping(Callback):

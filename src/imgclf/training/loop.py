@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -183,10 +183,17 @@ def fit(
     ctx: StepContext,
     loss_fn: nn.Module,
     callbacks: Sequence[Callback],
+    first_stage: Callable[[TrainState], None] | None = None,
 ) -> TrainState:
-    """Train until `state.epochs` epochs are done or a callback sets `state.stop`."""
+    """Train until `state.epochs` epochs are done or a callback sets `state.stop`.
+
+    `first_stage` runs after on_train_start and before the first epoch (the transfer recipe's head,
+    fitted on cached features, which it records as epoch 0).
+    """
     started = state.context.setdefault("started", time.perf_counter())
     emit(callbacks, "on_train_start", state)
+    if first_stage is not None:
+        first_stage(state)
     while state.epoch < state.epochs and not state.stop:
         emit(callbacks, "on_epoch_start", state)
         if ctx.augment is not None:

@@ -78,6 +78,7 @@ class Schedule:
         lr = cfg.lr if lr is None else lr
         total = (cfg.epochs if epochs is None else epochs) * steps_per_epoch
         warmup = round(cfg.warmup_epochs * steps_per_epoch)
+        self.steps_per_epoch, self.warmup = steps_per_epoch, warmup
         self.per_batch = self.kind in ("cosine", "onecycle", "constant")
         if self.kind == "cosine":
             self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -98,6 +99,17 @@ class Schedule:
             self.scheduler = torch.optim.lr_scheduler.LambdaLR(
                 optimizer, lambda step: warmup_constant(step, warmup)
             )
+
+    def replan(self, epochs: int) -> bool:
+        """Stretch or shorten a cosine schedule to `epochs` in all, from where it stands (the steps taken
+        keep their rates); False for the other kinds, which keep their length."""
+        if self.kind != "cosine":
+            return False
+        total, warmup = epochs * self.steps_per_epoch, self.warmup
+        self.scheduler.lr_lambdas = [
+            lambda step: warmup_cosine(step, warmup, total) for _ in self.scheduler.lr_lambdas
+        ]
+        return True
 
     def step_batch(self) -> None:
         if self.per_batch:

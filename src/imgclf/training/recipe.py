@@ -1,0 +1,211 @@
+"""What `imgclf train` does when the user says nothing: the model, the recipe and their settings,
+chosen from the data and the hardware. Every choice is said in one line, and every flag the user
+gives wins over it.
+
+- `--model auto`: photos get the offline pretrained backbone (EfficientNet-Lite0, ImageNet weights);
+  small grey images such as digits get the builtin `cnn`, trained from scratch.
+- `--recipe auto`: a pretrained backbone gets the transfer recipe (a head fitted on cached features,
+  then the whole network fine-tuned from it at a lower learning rate, the best of both kept by
+  validation accuracy; see `imgclf.training.transfer`); anything else, and any run given
+  `--head-only` or `--freeze-epochs`, trains as configured (`plain`).
+- Settings left unset (None) take the recipe's values; `config.yaml` records the resolved ones, so
+  that `--resume` and `--config` repeat the run exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from imgclf.config import Config, resolve_augment, validate_config
+from imgclf.data.sources import ImageSet
+from imgclf.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+PRETRAINED_BACKBONE = "efficientnet_lite0"
+# Grey images up to this size (the median short side) are digits, glyphs or scans: a small CNN
+# trained from scratch learns them fast; an ImageNet backbone would see them upscaled 7× at 30× the cost.
+SMALL_GREY_SIDE = 64
+SCRATCH_MODEL = "cnn"
+# the BatchNorm of `cnn` needs enough training steps for its running statistics; fewer images than this
+# train the tutorials' `cnn-basic` (no BatchNorm) instead
+SCRATCH_BATCHNORM_MIN_IMAGES = 1000
+SMALL_SCRATCH_MODEL = "cnn-basic"
+# an unset time limit on the CPU (the transfer recipe): 10 minutes per 2,000 images, at least 5
+CPU_MINUTES_PER_IMAGE = 10 / 2000
+CPU_MIN_MINUTES = 5.0
+
+
+@dataclass(frozen=True)
+class RecipeDefaults:
+    """The settings a recipe gives those the user left unset."""
+
+    lr: float
+    label_smoothing: float
+    warmup_epochs: float
+    monitor: str
+    finetune_bn: str
+    preset: str
+    epochs: int | None  # None: planned from the data and the time limit (transfer)
+    batch_size: int
+
+
+TRANSFER = RecipeDefaults(
+    lr=1e-3,
+    label_smoothing=0.1,
+    warmup_epochs=0.3,
+    monitor="val_acc",
+    finetune_bn="frozen",
+    preset="strong",
+    epochs=None,
+    batch_size=32,
+)
+PLAIN = RecipeDefaults(
+    lr=2e-3,
+    label_smoothing=0.0,
+    warmup_epochs=1.0,
+    monitor="val_loss",
+    finetune_bn="train",
+    preset="none",
+    epochs=10,
+    batch_size=64,
+)
+# a builtin CNN chosen by --model auto for small grey images: the plain recipe with augmentation
+# that suits digits (shifts, zoom, rotation; no mirror images)
+SCRATCH = RecipeDefaults(
+    lr=2e-3,
+    label_smoothing=0.0,
+    warmup_epochs=1.0,
+    monitor="val_loss",
+    finetune_bn="train",
+    preset="digits",
+    epochs=10,
+    batch_size=64,
+)
+
+
+def choose_time_limit(cfg: Config, count: int, device_type: str) -> str | None:
+    """Resolve an unset time limit: on the CPU, the transfer recipe plans its fine-tuning to end within
+    CPU_MINUTES_PER_IMAGE per image (at least CPU_MIN_MINUTES); elsewhere, and for the other recipes,
+    there is none (0)."""
+    train = cfg.train
+    if train.time_limit is not None:
+        return None
+    if train.recipe != "transfer" or train.epochs is not None or device_type != "cpu":
+        train.time_limit = 0.0
+        return None
+    minutes = round(max(CPU_MIN_MINUTES, count * CPU_MINUTES_PER_IMAGE), 1)
+    train.time_limit = minutes
+    return (
+        f"time limit {minutes:g} min on the CPU ({CPU_MINUTES_PER_IMAGE * 2000:g} min per 2,000 images): "
+        "fine-tuning plans its epochs to end within it; --time-limit MIN sets another, 0 none"
+    )
+
+
+def describe_images(image_set: ImageSet) -> tuple[float, int]:
+    """(share of grey images, median short side in pixels) from the headers."""
+    headers = image_set.headers or []
+    if not headers:
+        return 0.0, 224
+    grey = sum(1 for header in headers if header.grayscale) / len(headers)
+    side = int(np.median([min(header.width, header.height) for header in headers]))
+    return grey, side
+
+
+def choose_model(cfg: Config, image_set: ImageSet) -> str | None:
+    """Resolve `--model auto`; returns the line that says what was chosen and why (None if nothing was)."""
+    if cfg.model.name != "auto":
+        return None
+    grey, side = describe_images(image_set)
+    if cfg.model.pretrained or cfg.model.weights or cfg.train.head_only:
+        cfg.model.name, cfg.model.pretrained = PRETRAINED_BACKBONE, not cfg.model.weights
+        return (
+            f"model {PRETRAINED_BACKBONE} (pretrained weights were asked for; "
+            "--model NAME chooses another backbone)"
+        )
+    if grey >= 0.5 and side <= SMALL_GREY_SIDE:
+        few = len(image_set) < SCRATCH_BATCHNORM_MIN_IMAGES
+        cfg.model.name = SMALL_SCRATCH_MODEL if few else SCRATCH_MODEL
+        return (
+            f"model {cfg.model.name}, from scratch: small grey images ({grey:.0%} grey, median side "
+            f"{side} px) such as digits{' (under 1,000: no BatchNorm)' if few else ''}; "
+            f"--model {PRETRAINED_BACKBONE} --pretrained for the ImageNet backbone"
+        )
+    cfg.model.name, cfg.model.pretrained = PRETRAINED_BACKBONE, True
+    kind = "colour photos" if grey < 0.5 else f"grey images of {side} px"
+    return (
+        f"model {PRETRAINED_BACKBONE} with ImageNet weights (offline): {kind} (median side {side} px) "
+        f"learn best from a pretrained backbone; --model cnn trains one from scratch"
+    )
+
+
+def choose_recipe(
+    cfg: Config, model_line: str | None, distributed: bool = False
+) -> tuple[RecipeDefaults, str | None]:
+    """Resolve `--recipe auto` and the recipe's settings; returns them and a line when it was a guess."""
+    train = cfg.train
+    pretrained = bool(cfg.model.pretrained or cfg.model.weights)
+    staged = train.head_only or train.freeze_epochs > 0
+    line = None
+    if train.recipe == "auto":
+        if pretrained and not staged and not distributed:
+            train.recipe = "transfer"
+            line = (
+                "recipe transfer: a head fitted on cached features, then the whole network fine-tuned "
+                "from it, the best epoch kept by validation (--recipe plain trains as configured)"
+            )
+        else:
+            train.recipe = "plain"
+    if train.recipe == "transfer":
+        if not pretrained:
+            raise ConfigError("--recipe transfer fine-tunes a pretrained backbone: add --pretrained")
+        if staged:
+            raise ConfigError("--recipe transfer has its own stages: drop --head-only and --freeze-epochs")
+        if distributed:
+            raise ConfigError("--recipe transfer runs in one process; use --recipe plain with --devices")
+        return TRANSFER, line
+    chosen_here = model_line is not None and cfg.model.name in (SCRATCH_MODEL, SMALL_SCRATCH_MODEL)
+    return (SCRATCH if chosen_here else PLAIN), line
+
+
+def resolve_recipe(
+    cfg: Config, image_set: ImageSet, device_type: str = "cpu", distributed: bool = False
+) -> list[str]:
+    """Fill every setting the user left to imgclf (model, recipe, unset training settings, the time
+    limit) from the data and the hardware; returns the lines that say what was guessed. A resolved
+    config passes through unchanged."""
+    lines = []
+    model_line = choose_model(cfg, image_set)
+    if model_line:
+        lines.append(model_line)
+    defaults, recipe_line = choose_recipe(cfg, model_line, distributed)
+    if recipe_line:
+        lines.append(recipe_line)
+    time_line = choose_time_limit(cfg, len(image_set), device_type)
+    if time_line:
+        lines.append(time_line)
+    train = cfg.train
+    if train.lr is None:
+        train.lr = defaults.lr
+    if train.label_smoothing is None:
+        train.label_smoothing = defaults.label_smoothing
+    if train.warmup_epochs is None:
+        train.warmup_epochs = defaults.warmup_epochs
+    if train.monitor is None:
+        train.monitor = defaults.monitor
+    if train.finetune_bn is None:
+        train.finetune_bn = defaults.finetune_bn if (cfg.model.pretrained or cfg.model.weights) else "train"
+    if train.unfreeze is None:
+        train.unfreeze = "all"
+    if train.batch_size is None:
+        train.batch_size = defaults.batch_size
+    if train.epochs is None and defaults.epochs is not None:
+        train.epochs = defaults.epochs
+    if cfg.augment.preset == "auto":
+        cfg.augment.preset = defaults.preset
+        resolve_augment(cfg.augment)
+    validate_config(cfg)
+    return lines

@@ -1,0 +1,278 @@
+"""The transfer recipe's steps: a linear head fitted on cached features, the fine-tuning plan, and the
+optimizer that gives the backbone a lower learning rate than the head.
+
+As fastai's `fine_tune` does, the head learns first on the frozen backbone, then everything trains on
+from there; unlike its first epoch, the head here is fitted exactly, in seconds, on features computed
+once (the bottleneck route), so fine-tuning starts from the best head the features allow. Fine-tuning
+keeps the backbone's BatchNorm statistics (as the Keras guide does) and runs for as many epochs as the
+data profits from and the time limit allows; the run keeps whichever epoch (the head is epoch 0)
+validates best.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from imgclf.training.events import Callback, TrainState
+from imgclf.training.finetune import classifier_of
+
+logger = logging.getLogger(__name__)
+
+# L2 strengths tried for the head (on standardized features, per mean cross-entropy), strongest first
+HEAD_L2 = (1.0, 0.3, 0.1, 0.03, 0.01, 0.003)
+HEAD_MAX_ITERATIONS = 300
+# optimizer steps fine-tuning aims at, and the bounds on its epochs (flowers5, 108 steps per epoch at
+# batch 32: 0.826 after 8 epochs of a 10-epoch schedule, 0.830 after the 10th)
+FINETUNE_STEPS = 1200
+FINETUNE_MIN_EPOCHS = 3
+FINETUNE_MAX_EPOCHS = 15
+# below this many training images per class, fine-tuning has too little to learn from
+FINETUNE_MIN_PER_CLASS = 10
+# the backbone's learning rate as a share of the head's (fastai's fine_tune spreads 1/100..1 over the
+# layers; on flowers5, 0.1 learnt too slowly: 0.785 after 6 epochs; 1.0 first undid the head: 0.58)
+BACKBONE_LR_SHARE = 0.3
+# what an epoch costs beyond its measured forward and backward passes (augmentation, loading)
+EPOCH_OVERHEAD = 1.15
+
+
+@dataclass
+class HeadFit:
+    """A linear head fitted on features: weights for the raw (unstandardized) features."""
+
+    weight: torch.Tensor  # classes × features
+    bias: torch.Tensor  # classes
+    l2: float
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+
+
+def _lbfgs(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    l2: float,
+    start: tuple[torch.Tensor, torch.Tensor],
+    label_smoothing: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    weight = start[0].clone().requires_grad_(True)
+    bias = start[1].clone().requires_grad_(True)
+    optimizer = torch.optim.LBFGS(
+        [weight, bias],
+        lr=1,
+        max_iter=HEAD_MAX_ITERATIONS,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+        tolerance_grad=1e-7,
+        tolerance_change=1e-10,
+    )
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        logits = features @ weight + bias
+        loss = nn.functional.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+        loss = loss + l2 * weight.square().sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return weight.detach(), bias.detach()
+
+
+def _scores(features: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor):
+    logits = features @ weight + bias
+    loss = nn.functional.cross_entropy(logits, labels).item()
+    return loss, (logits.argmax(1) == labels).double().mean().item()
+
+
+def fit_head(
+    train_features: np.ndarray,
+    train_labels: np.ndarray,
+    val_features: np.ndarray | None,
+    val_labels: np.ndarray | None,
+    num_classes: int,
+    label_smoothing: float = 0.0,
+) -> HeadFit:
+    """Multinomial logistic regression on standardized features (L-BFGS), its L2 strength chosen by
+    validation accuracy (then loss); without validation data, by 3-fold cross-validation.
+
+    The head is fitted with the `label_smoothing` fine-tuning will use: a head fitted without it is
+    far more confident than that loss wants, and its first fine-tuning steps, with large gradients,
+    undo much of what the backbone knew (flowers5: 0.73 → 0.58 after the first epoch).
+    """
+    mean = train_features.mean(0)
+    scale = train_features.std(0) + 1e-6
+    x = torch.tensor((train_features - mean) / scale, dtype=torch.float64)
+    y = torch.as_tensor(train_labels, dtype=torch.int64)
+    has_val = val_features is not None and len(val_features) > 0
+    if has_val:
+        xv = torch.tensor((val_features - mean) / scale, dtype=torch.float64)
+        yv = torch.as_tensor(val_labels, dtype=torch.int64)
+    zero = (
+        torch.zeros(x.shape[1], num_classes, dtype=torch.float64),
+        torch.zeros(num_classes, dtype=torch.float64),
+    )
+    best: tuple[float, float, float, tuple[torch.Tensor, torch.Tensor]] | None = None
+    start = zero
+    for l2 in HEAD_L2:  # strongest first: each fit starts from the last one's answer
+        start = _lbfgs(x, y, l2, start, label_smoothing)
+        if has_val:
+            loss, acc = _scores(xv, yv, *start)
+        else:
+            loss, acc = _cross_validate(x, y, l2, zero, label_smoothing)
+        if best is None or acc > best[1] + 1e-9 or (abs(acc - best[1]) <= 1e-9 and loss < best[0]):
+            best = (loss, acc, l2, start)
+    assert best is not None
+    val_loss, val_acc, l2, (weight, bias) = best
+    train_loss, train_acc = _scores(x, y, weight, bias)
+    scale_t = torch.tensor(scale, dtype=torch.float64)
+    raw_weight = (weight / scale_t[:, None]).T  # fold the standardization into the layer
+    raw_bias = bias - torch.tensor(mean / scale, dtype=torch.float64) @ weight
+    return HeadFit(
+        raw_weight.float(),
+        raw_bias.float(),
+        l2,
+        train_loss,
+        train_acc,
+        val_loss if has_val else float("nan"),
+        val_acc if has_val else float("nan"),
+    )
+
+
+def _cross_validate(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    l2: float,
+    zero: tuple[torch.Tensor, torch.Tensor],
+    label_smoothing: float,
+) -> tuple[float, float]:
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    folds = order.chunk(3)
+    losses, accuracies = [], []
+    for held in folds:
+        keep = torch.ones(len(y), dtype=torch.bool)
+        keep[held] = False
+        weight, bias = _lbfgs(x[keep], y[keep], l2, zero, label_smoothing)
+        loss, acc = _scores(x[held], y[held], weight, bias)
+        losses.append(loss)
+        accuracies.append(acc)
+    return float(np.mean(losses)), float(np.mean(accuracies))
+
+
+def load_head(model: nn.Module, fit: HeadFit) -> None:
+    """Put a fitted head into the network's classifier."""
+    classifier = classifier_of(model)
+    with torch.no_grad():
+        classifier.weight.copy_(fit.weight.to(classifier.weight))
+        classifier.bias.copy_(fit.bias.to(classifier.bias))
+
+
+@dataclass
+class FineTunePlan:
+    epochs: int
+    seconds_per_epoch: float
+    reason: str
+    wanted: int = 0  # the epochs the data asks for, before the time limit
+    validation_seconds: float = 0.0
+
+
+def plan_finetune(
+    train_count: int,
+    val_count: int,
+    num_classes: int,
+    batch_size: int,
+    train_speed: float,
+    inference_speed: float,
+    seconds_left: float | None,
+) -> FineTunePlan:
+    """How many fine-tuning epochs: about FINETUNE_STEPS optimizer steps (within FINETUNE_MIN_EPOCHS
+    and FINETUNE_MAX_EPOCHS), no more than fit in the time left (with the final evaluation), and none
+    when the data is too small to profit or not even FINETUNE_MIN_EPOCHS fit.
+
+    `train_speed` and `inference_speed` are images per second measured on this hardware.
+    """
+    steps = max(1, math.ceil(train_count / batch_size))
+    wanted = min(FINETUNE_MAX_EPOCHS, max(FINETUNE_MIN_EPOCHS, round(FINETUNE_STEPS / steps)))
+    validation = val_count / max(inference_speed, 1e-6)
+    per_epoch = EPOCH_OVERHEAD * (train_count / max(train_speed, 1e-6) + validation)
+
+    def plan(epochs: int, reason: str) -> FineTunePlan:
+        return FineTunePlan(epochs, per_epoch, reason, wanted, validation)
+
+    if train_count < FINETUNE_MIN_PER_CLASS * num_classes:
+        return plan(0, f"fewer than {FINETUNE_MIN_PER_CLASS} training images per class")
+    if seconds_left is None:
+        return plan(wanted, f"{steps} steps per epoch")
+    left = f"{max(seconds_left, 0) / 60:.1f} min of the time limit left"
+    fits = int(max(seconds_left - validation, 0) // per_epoch)
+    if fits < FINETUNE_MIN_EPOCHS:
+        return plan(0, f"{FINETUNE_MIN_EPOCHS} epochs of about {per_epoch:.0f} s do not fit ({left})")
+    if fits < wanted:
+        return plan(fits, left)
+    return plan(wanted, f"{steps} steps per epoch")
+
+
+def create_finetune_optimizer(
+    model: nn.Module, lr: float, backbone_lr: float, weight_decay: float
+) -> torch.optim.Optimizer:
+    """AdamW with the backbone at `backbone_lr` and the classifier at `lr`; no weight decay on biases
+    and normalization weights, as timm and torchvision do."""
+    head = {id(parameter) for parameter in classifier_of(model).parameters()}
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for parameter in model.parameters():
+        if parameter.requires_grad:
+            groups.setdefault((id(parameter) in head, parameter.ndim > 1), []).append(parameter)
+    return torch.optim.AdamW(
+        [
+            {
+                "params": params,
+                "lr": lr if is_head else backbone_lr,
+                "weight_decay": weight_decay if decays else 0.0,
+            }
+            for (is_head, decays), params in sorted(groups.items())
+        ]
+    )
+
+
+class Replan(Callback):
+    """After the first fine-tuning epoch, fit the planned epochs to the time limit again, from that
+    epoch's measured duration (the plan before it had only a short timing probe), and stretch the
+    cosine schedule to match. `on_change(epochs)` records the new count (config.yaml, for --resume).
+    """
+
+    def __init__(
+        self,
+        seconds: float,
+        started: float,
+        wanted: int,
+        validation_seconds: float,
+        on_change: Callable[[int], None],
+    ) -> None:
+        self.seconds = seconds
+        self.started = started
+        self.wanted = wanted
+        self.validation_seconds = validation_seconds
+        self.on_change = on_change
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        if state.epoch != 1 or state.epochs < 1:
+            return
+        left = self.seconds - (time.perf_counter() - self.started) - self.validation_seconds
+        epoch_seconds = max(state.last.get("seconds", 0.0), 1e-6)
+        epochs = min(self.wanted, 1 + int(max(left, 0) // epoch_seconds))
+        epochs = max(epochs, min(state.epochs, FINETUNE_MIN_EPOCHS))  # the plan's minimum stands
+        if epochs != state.epochs and state.schedule.replan(epochs):
+            logger.info(
+                "fine-tuning replanned to %d epochs: the first took %.0f s (%.1f min left)",
+                epochs, epoch_seconds, max(left, 0) / 60,
+            )  # fmt: skip
+            state.epochs = epochs
+            self.on_change(epochs)

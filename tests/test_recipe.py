@@ -1,0 +1,276 @@
+"""Zero-flag training: the model, the recipe and its settings chosen from the data, each said in one
+line, every flag the user gives winning; the transfer recipe's head, plan and optimizer."""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+import imgclf
+from conftest import write_class_folders
+from imgclf.artifact import load_artifact
+from imgclf.cli import app
+from imgclf.config import resolve_config
+from imgclf.data.decode import ImageHeader
+from imgclf.data.sources import ImageSet
+from imgclf.errors import ConfigError
+from imgclf.models.factory import create_model
+from imgclf.training.events import Callback, TrainState
+from imgclf.training.optim import Schedule, warmup_cosine
+from imgclf.training.recipe import resolve_recipe
+from imgclf.training.transfer import (
+    FINETUNE_MAX_EPOCHS,
+    FINETUNE_MIN_EPOCHS,
+    Replan,
+    create_finetune_optimizer,
+    fit_head,
+    load_head,
+    plan_finetune,
+)
+
+runner = CliRunner()
+
+
+def _images(count: int, size: tuple[int, int], mode: str) -> ImageSet:
+    image_set = ImageSet(
+        [f"{i}.png" for i in range(count)],
+        np.arange(count) % 2,
+        ["a", "b"],
+        reader=None,  # type: ignore[arg-type]
+        layout="class-folders",
+        source="generated",
+    )
+    image_set.headers = [ImageHeader(size[0], size[1], mode, "PNG", False)] * count
+    return image_set
+
+
+@pytest.mark.parametrize(
+    ("count", "size", "mode", "model", "pretrained", "recipe"),
+    [
+        (60_000, (28, 28), "L", "cnn", False, "plain"),  # MNIST
+        (300, (28, 28), "L", "cnn-basic", False, "plain"),  # few digits: no BatchNorm
+        (2_000, (500, 375), "RGB", "efficientnet_lite0", True, "transfer"),  # photos
+        (2_000, (512, 512), "L", "efficientnet_lite0", True, "transfer"),  # grey X-rays are photos too
+        (5_000, (32, 32), "RGB", "efficientnet_lite0", True, "transfer"),  # small colour images
+    ],
+)
+def test_the_model_and_recipe_follow_the_data(
+    count: int, size: tuple[int, int], mode: str, model: str, pretrained: bool, recipe: str
+) -> None:
+    cfg = resolve_config(None, {})
+    assert cfg.model.name == "auto" and cfg.train.recipe == "auto" and cfg.train.epochs is None
+    lines = resolve_recipe(cfg, _images(count, size, mode), "cpu")
+    assert (cfg.model.name, cfg.model.pretrained, cfg.train.recipe) == (model, pretrained, recipe)
+    assert lines[0].startswith(f"model {model}") and all("\n" not in line for line in lines)
+    if recipe == "transfer":
+        assert lines[1].startswith("recipe transfer")
+        assert (cfg.train.lr, cfg.train.monitor, cfg.train.finetune_bn, cfg.train.batch_size) == (
+            1e-3,
+            "val_acc",
+            "frozen",
+            32,
+        )
+        assert cfg.augment.preset == "strong" and cfg.augment.rotation == 30 and cfg.augment.hflip
+        assert cfg.train.epochs is None  # planned after the head, from the measured speed
+        assert cfg.train.time_limit == max(5.0, count / 200) and "time limit" in lines[2]
+    else:
+        assert (cfg.train.lr, cfg.train.monitor, cfg.train.epochs, cfg.train.time_limit) == (
+            2e-3,
+            "val_loss",
+            10,
+            0.0,
+        )
+        assert cfg.augment.preset == "digits" and not cfg.augment.hflip and cfg.augment.width_shift == 0.1
+
+
+def test_flags_the_user_gives_win() -> None:
+    photos = _images(1_000, (400, 300), "RGB")
+    cfg = resolve_config(
+        None, {"train.lr": 5e-4, "train.epochs": 3, "augment.preset": "light", "train.monitor": "val_loss"}
+    )
+    resolve_recipe(cfg, photos, "cpu")
+    assert cfg.train.recipe == "transfer"
+    assert (cfg.train.lr, cfg.train.epochs, cfg.train.monitor) == (5e-4, 3, "val_loss")
+    assert cfg.augment.preset == "light" and cfg.train.time_limit == 0.0  # epochs given: nothing planned
+    explicit = resolve_config(None, {"model.name": "cnn-small"})
+    assert resolve_recipe(explicit, photos, "cpu") == []  # nothing guessed, nothing said
+    assert explicit.train.recipe == "plain" and explicit.augment.preset == "none"
+    staged = resolve_config(None, {"train.head_only": True})
+    resolve_recipe(staged, photos, "cpu")
+    assert staged.model.name == "efficientnet_lite0" and staged.train.recipe == "plain"
+    gpu = resolve_config(None, {})
+    resolve_recipe(gpu, photos, "cuda")
+    assert gpu.train.time_limit == 0.0
+    given = resolve_config(None, {"train.time_limit": 2.5})
+    resolve_recipe(given, photos, "cpu")
+    assert given.train.time_limit == 2.5
+    with pytest.raises(ConfigError, match="add --pretrained"):
+        resolve_recipe(resolve_config(None, {"model.name": "cnn", "train.recipe": "transfer"}), photos)
+    with pytest.raises(ConfigError, match="own stages"):
+        resolve_recipe(resolve_config(None, {"train.recipe": "transfer", "train.freeze_epochs": 1}), photos)
+
+
+def test_the_head_is_fitted_exactly_and_folds_the_standardization() -> None:
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 1, (3, 40)) * np.linspace(0.1, 30, 40)  # very different feature scales
+    labels = rng.integers(0, 3, 600)
+    features = (centres[labels] + rng.normal(0, 2, (600, 40)) * np.linspace(0.1, 30, 40)).astype(np.float32)
+    fit = fit_head(features[:450], labels[:450], features[450:], labels[450:], 3)
+    assert fit.val_acc > 0.9 and fit.train_acc > 0.9
+    model = create_model({"name": "cnn", "num_classes": 3, "in_channels": 1, "image_size": [8, 8]})
+    model.head = torch.nn.Sequential(torch.nn.Linear(40, 3))
+    load_head(model, fit)
+    logits = model.head(torch.from_numpy(features[450:]))
+    assert (logits.argmax(1).numpy() == labels[450:]).mean() == pytest.approx(fit.val_acc)
+    without_val = fit_head(features[:450], labels[:450], None, None, 3)  # L2 by cross-validation
+    assert np.isnan(without_val.val_acc) and without_val.train_acc > 0.9
+
+
+def test_finetuning_is_planned_from_the_data_and_the_time_left() -> None:
+    def plan(train: int, val: int, classes: int, seconds_left: float | None):
+        return plan_finetune(train, val, classes, 32, 40.0, 120.0, seconds_left)
+
+    small = plan(1_600, 400, 2, None)  # 50 steps per epoch: the most epochs
+    assert small.epochs == FINETUNE_MAX_EPOCHS and "50 steps" in small.reason
+    assert small.seconds_per_epoch == pytest.approx(1.15 * (1_600 / 40 + 400 / 120))
+    assert plan(3_453, 864, 5, None).epochs == 11  # flowers5: 108 steps per epoch
+    assert plan(48_000, 12_000, 10, None).epochs == FINETUNE_MIN_EPOCHS
+    limited = plan(1_600, 400, 2, 600)
+    assert (
+        limited.epochs == int((600 - 400 / 120) // limited.seconds_per_epoch)
+        and "time limit" in limited.reason
+    )
+    assert plan(1_600, 400, 2, 100).epochs == 0  # not even 3 epochs fit
+    assert plan(15, 5, 2, None).epochs == 0  # under 10 images per class
+
+
+def test_the_backbone_learns_more_slowly_than_the_head() -> None:
+    model = create_model(
+        {"name": "efficientnet_lite0", "num_classes": 2, "in_channels": 3, "image_size": [64, 64]}
+    )
+    optimizer = create_finetune_optimizer(model, lr=1e-3, backbone_lr=3e-4, weight_decay=0.01)
+    head = {id(p) for p in model.get_classifier().parameters()}
+    for group in optimizer.param_groups:
+        is_head = all(id(p) in head for p in group["params"])
+        assert group["lr"] == (1e-3 if is_head else 3e-4)
+        assert group["weight_decay"] == (0.01 if group["params"][0].ndim > 1 else 0.0)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("photos") / "dataset"
+    write_class_folders(root / "training_set", ["disc", "cross"], 24, size=72, mode="RGB", suffix=".jpg")
+    write_class_folders(root / "test_set", ["disc", "cross"], 6, size=72, mode="RGB", suffix=".jpg", seed=5)
+    return root
+
+
+def _metrics(run_dir: Path) -> list[dict[str, str]]:
+    with (run_dir / "metrics.csv").open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_zero_flag_training_on_photos_runs_the_transfer_recipe(photos: Path, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    result = runner.invoke(
+        app,
+        ["train", str(photos), "--image-size", "64", "--epochs", "2", "--project", str(runs)],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    output = " ".join(result.output.split())  # log lines wrap at the terminal's width
+    assert "layout split folders training_set → train (48), test_set → test (12)" in output
+    assert "model efficientnet_lite0 with ImageNet weights" in output
+    assert "recipe transfer" in output and "epoch 0/2 head on cached features" in output
+    run_dir = runs / "train"
+    rows = _metrics(run_dir)
+    assert [row["epoch"] for row in rows] == ["0", "1", "2"]
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["model"]["name"] == "efficientnet_lite0" and saved["model"]["pretrained"] is True
+    assert saved["train"]["recipe"] == "transfer" and saved["train"]["epochs"] == 2
+    assert saved["augment"]["preset"] == "strong" and saved["train"]["batch_size"] == 32
+    assert "test_acc" in (run_dir / "summary.txt").read_text()
+    # --resume after the run trains on from the resolved config, without a second head stage
+    more = runner.invoke(app, ["train", "--resume", str(run_dir), "--epochs", "3"], catch_exceptions=False)
+    assert more.exit_code == 0, more.output
+    assert "head on cached features" not in more.output
+    assert [row["epoch"] for row in _metrics(run_dir)] == ["0", "1", "2", "3"]
+
+
+def test_a_tight_time_limit_keeps_the_head_alone(photos: Path, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    result = runner.invoke(
+        app,
+        ["train", str(photos), "--image-size", "64", "--time-limit", "0.001", "--project", str(runs)],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    output = " ".join(result.output.split())
+    assert "no fine-tuning" in output and "time limit" in output, output
+    run_dir = runs / "train"
+    assert [row["epoch"] for row in _metrics(run_dir)] == ["0"]
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["epochs"] == 0
+    assert "best epoch: 0" in (run_dir / "summary.txt").read_text()
+
+
+class _Interrupt(Callback):
+    """Ctrl-C at the start of a given epoch."""
+
+    def __init__(self, at_epoch: int) -> None:
+        self.at_epoch = at_epoch
+
+    def on_epoch_start(self, state: TrainState) -> None:
+        if state.epoch == self.at_epoch:
+            raise KeyboardInterrupt
+
+
+def test_an_interrupted_transfer_run_resumes_to_the_same_weights(photos: Path, tmp_path: Path) -> None:
+    settings = {"image_size": [64, 64], "epochs": 3, "project": str(tmp_path / "runs"), "seed": 1}
+    reference = imgclf.train(photos, name="reference", **settings)
+    with pytest.raises(KeyboardInterrupt):
+        imgclf.train(photos, name="interrupted", callbacks=[_Interrupt(2)], **settings)
+    interrupted = tmp_path / "runs" / "interrupted"
+    resumed = imgclf.train(resume=interrupted)
+    assert [row["epoch"] for row in _metrics(interrupted)] == ["0", "1", "2", "3"]
+    columns = ("epoch", "train_loss", "val_loss", "val_acc", "lr")
+    assert [[row[c] for c in columns] for row in _metrics(interrupted)] == [
+        [row[c] for c in columns] for row in _metrics(reference.run_dir)
+    ]
+    model_a, _ = load_artifact(reference.artifact)
+    model_b, _ = load_artifact(resumed.artifact)
+    for (name, a), b in zip(model_a.state_dict().items(), model_b.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_the_plan_is_corrected_after_the_first_epoch() -> None:
+    model = torch.nn.Linear(4, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    cfg = resolve_config(None, {"train.epochs": 4, "train.warmup_epochs": 0.0})
+    schedule = Schedule(optimizer, cfg.train, steps_per_epoch=10)
+    state = TrainState(epochs=4, model=model, optimizer=optimizer, schedule=schedule)
+    for _ in range(10):  # the first epoch's steps, on the 4-epoch schedule
+        optimizer.step()
+        schedule.step_batch()
+    rate_after_one = optimizer.param_groups[0]["lr"]
+    recorded = []
+    started = time.perf_counter() - 10.0  # 10 s of the run are gone, 5 of them the first epoch
+    replan = Replan(
+        seconds=62.0, started=started, wanted=15, validation_seconds=1.0, on_change=recorded.append
+    )
+    state.epoch = 1
+    state.history.append({"epoch": 1, "seconds": 5.0})
+    replan.on_epoch_end(state)
+    assert state.epochs == 1 + int((62.0 - 10.0 - 1.0) // 5.0) == 11 and recorded == [11]
+    optimizer.step()
+    schedule.step_batch()  # the second epoch's first step follows the 11-epoch cosine
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * warmup_cosine(11, 0, 110))
+    assert optimizer.param_groups[0]["lr"] > rate_after_one
+    state.epoch, state.history[-1]["seconds"] = 2, 500.0  # only after the first epoch
+    replan.on_epoch_end(state)
+    assert state.epochs == 11 and recorded == [11]
