@@ -77,24 +77,17 @@ def subset(spec: str, workdir: Path) -> Path:
 def run(data: Path, recipe: str, workdir: Path, extra: list[str]) -> dict[str, object]:
     project = workdir / "runs"
     name = f"{data.name}-{recipe}"
-    env = {**os.environ, "IMGCLF_CACHE_DIR": str(workdir / f"cache-{name}")}
-    command = [
-        "imgclf",
-        "train",
-        str(data),
-        *RECIPES[recipe],
-        *extra,
-        "--project",
-        str(project),
-        "--name",
-        name,
-    ]
+    env = {**os.environ, "IMGCLF_CACHE_DIR": str(workdir / f"cache-{name}"), "COLUMNS": "120"}
+    command = ["imgclf", "train", str(data), *RECIPES[recipe].split(), *extra]
+    command += ["--project", str(project), "--name", name]
     started = time.perf_counter()
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - started
     if result.returncode != 0:
-        return {"error": (result.stderr.strip().splitlines() or ["?"])[-1], "seconds": seconds}
+        words = [line.strip(" │╭╮╰╯─") for line in result.stderr.splitlines()]
+        return {"error": " ".join(w for w in words if w)[-300:] or "?", "seconds": seconds}
     run_dir = project / name
+    (run_dir / "console.log").write_text(result.stderr + result.stdout, encoding="utf-8")  # what it printed
     summary = dict(
         line.split(": ", 1) for line in (run_dir / "summary.txt").read_text().splitlines() if ": " in line
     )

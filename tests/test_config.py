@@ -16,7 +16,8 @@ def test_defaults_yaml_and_overrides(tmp_path: Path) -> None:
     cfg = resolve_config(file, {"train.epochs": 7, "data.image_size": "32"})
     assert (cfg.train.lr, cfg.train.epochs, cfg.model.name) == (0.01, 7, "cnn-small")
     assert cfg.data.image_size == [32, 32]
-    assert cfg.train.batch_size == 64  # default kept
+    assert cfg.train.optimizer == "adamw"  # default kept
+    assert cfg.train.batch_size is None  # left for the recipe to set
 
 
 def test_resolved_config_round_trips(tmp_path: Path) -> None:

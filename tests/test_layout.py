@@ -203,3 +203,32 @@ def test_validation_is_carved_from_the_training_folder(tmp_path: Path) -> None:
     assert all(k.startswith("training_set/") for k in keys[splits == "val"])
     assert all(k.startswith("test_set/") for k in keys[splits == "test"])
     assert (splits == "val").sum() == 4 and (splits == "test").sum() == 8
+
+
+def test_check_evaluate_and_features_read_the_same_layout(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from imgclf.cli import app
+
+    runner = CliRunner()
+    root = _splits(tmp_path / "dataset", {"training_set": 12, "test_set": 4}, wrap=True)
+    archive = _zip(root, tmp_path / "dataset.zip")
+
+    def run(*args: object) -> str:
+        result = runner.invoke(app, [str(a) for a in args], env={"COLUMNS": "200"}, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return " ".join(result.output.split())
+
+    found = "split folders training_set → train (24), test_set → test (8)"
+    assert found in run("check", archive)
+    trained = run("train", archive, "--model", "cnn-small", "--epochs", "1", "--project", tmp_path / "runs")
+    assert f"layout {found}" in trained and "images train 20, val 4, test 8" in trained
+    evaluated = run(
+        "evaluate", tmp_path / "runs" / "train" / "model", root, "--split", "test", "--out", tmp_path / "e"
+    )
+    assert found in evaluated and "8 images (test)" in evaluated
+    run("features", tmp_path / "runs" / "train" / "model", root, "--split", "train", "--out", tmp_path / "f")
+    assert len(np.load(tmp_path / "f" / "labels.npy")) == 24
+    # the folders can be named another way
+    named = run("check", root, "--splits", "train=training_set,val=test_set")
+    assert "training_set → train (24), test_set → val (8)" in named

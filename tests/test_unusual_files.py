@@ -124,7 +124,14 @@ def test_check_train_evaluate_predict_and_serve_use_or_list_every_file(
 
     runs = tmp_path / "runs"
     result = invoke(
-        "train", root, "--model", "cnn-small", "--epochs", "1", "--image-size", "16", "--project", runs
+        "train",
+        root,
+        "--epochs",
+        "1",
+        "--image-size",
+        "32",
+        "--project",
+        runs,  # zero flags but the size
     )
     assert result.exit_code == 0, result.output
     run_dir = runs / "train"

@@ -581,7 +581,8 @@ def train(
     if cfg.model.pretrained or cfg.model.weights:
         weights_source = load_pretrained(model, cfg.model.name, cfg.model.weights)
     frozen_bn = cfg.train.finetune_bn == "frozen"
-    if transfer:  # after the head stage, the later blocks train on; BatchNorm keeps its statistics
+    if transfer:  # after the head stage the network (or its last --unfreeze blocks) trains on; BatchNorm
+        # keeps its statistics (--finetune-bn frozen)
         frozen_norm = set_trainable(model, cfg.train.unfreeze, frozen_bn)
     elif cfg.train.freeze_epochs or cfg.train.head_only:
         frozen_norm = set_trainable(model, None)

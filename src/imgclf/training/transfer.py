@@ -41,6 +41,8 @@ FINETUNE_MIN_PER_CLASS = 10
 BACKBONE_LR_SHARE = 0.3
 # what an epoch costs beyond its measured forward and backward passes (augmentation, loading)
 EPOCH_OVERHEAD = 1.15
+# kept free at the end of the time limit for the final evaluation's plots and files (seconds)
+FINAL_RESERVE = 15.0
 
 
 @dataclass
@@ -212,7 +214,7 @@ def plan_finetune(
     if seconds_left is None:
         return plan(wanted, f"{steps} steps per epoch")
     left = f"{max(seconds_left, 0) / 60:.1f} min of the time limit left"
-    fits = int(max(seconds_left - validation, 0) // per_epoch)
+    fits = int(max(seconds_left - validation - FINAL_RESERVE, 0) // per_epoch)
     if fits < FINETUNE_MIN_EPOCHS:
         return plan(0, f"{FINETUNE_MIN_EPOCHS} epochs of about {per_epoch:.0f} s do not fit ({left})")
     if fits < wanted:
@@ -265,7 +267,7 @@ class Replan(Callback):
     def on_epoch_end(self, state: TrainState) -> None:
         if state.epoch != 1 or state.epochs < 1:
             return
-        left = self.seconds - (time.perf_counter() - self.started) - self.validation_seconds
+        left = self.seconds - (time.perf_counter() - self.started) - self.validation_seconds - FINAL_RESERVE
         epoch_seconds = max(state.last.get("seconds", 0.0), 1e-6)
         epochs = min(self.wanted, 1 + int(max(left, 0) // epoch_seconds))
         epochs = max(epochs, min(state.epochs, FINETUNE_MIN_EPOCHS))  # the plan's minimum stands
