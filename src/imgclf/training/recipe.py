@@ -16,7 +16,7 @@ gives wins over it.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -74,7 +74,7 @@ PLAIN = RecipeDefaults(
     epochs=10,
     batch_size=64,
 )
-# a builtin CNN chosen by --model auto for small grey images: the plain recipe with augmentation
+# a builtin CNN chosen by --model auto for many small grey images: the plain recipe with augmentation
 # that suits digits (shifts, zoom, rotation; no mirror images)
 SCRATCH = RecipeDefaults(
     lr=2e-3,
@@ -86,6 +86,9 @@ SCRATCH = RecipeDefaults(
     epochs=10,
     batch_size=64,
 )
+# the same for small colour images (objects, animals, vehicles at 32 px): mirror images are still
+# the same class, so the `light` preset (shifts, zoom, rotation and horizontal flips)
+SCRATCH_COLOUR = replace(SCRATCH, preset="light")
 
 
 def choose_time_limit(cfg: Config, count: int, device_type: str) -> str | None:
@@ -146,9 +149,10 @@ def choose_model(cfg: Config, image_set: ImageSet) -> str | None:
 
 
 def choose_recipe(
-    cfg: Config, model_line: str | None, distributed: bool = False
+    cfg: Config, model_line: str | None, distributed: bool = False, grey: float = 1.0
 ) -> tuple[RecipeDefaults, str | None]:
-    """Resolve `--recipe auto` and the recipe's settings; returns them and a line when it was a guess."""
+    """Resolve `--recipe auto` and the recipe's settings; returns them and a line when it was a guess.
+    `grey` is the share of grey images, which chooses the scratch CNN's augmentation."""
     train = cfg.train
     pretrained = bool(cfg.model.pretrained or cfg.model.weights)
     staged = train.head_only or train.freeze_epochs > 0
@@ -170,8 +174,17 @@ def choose_recipe(
         if distributed:
             raise ConfigError("--recipe transfer runs in one process; use --recipe plain with --devices")
         return TRANSFER, line
-    chosen_here = model_line is not None and cfg.model.name == SCRATCH_MODEL
-    return (SCRATCH if chosen_here else PLAIN), line
+    if model_line is not None and cfg.model.name == SCRATCH_MODEL:
+        defaults = SCRATCH if grey >= 0.5 else SCRATCH_COLOUR
+        if cfg.augment.preset == "auto":
+            why = (
+                "grey small images: shifts, zoom and rotation, never mirrored, as a mirrored glyph is another"
+                if defaults is SCRATCH
+                else "small colour images: shifts, zoom, rotation and mirror images"
+            )
+            line = f"recipe plain with the {defaults.preset} augmentation for {why} (--augment sets another)"
+        return defaults, line
+    return PLAIN, line
 
 
 def resolve_recipe(
@@ -184,7 +197,7 @@ def resolve_recipe(
     model_line = choose_model(cfg, image_set)
     if model_line:
         lines.append(model_line)
-    defaults, recipe_line = choose_recipe(cfg, model_line, distributed)
+    defaults, recipe_line = choose_recipe(cfg, model_line, distributed, describe_images(image_set)[0])
     if recipe_line:
         lines.append(recipe_line)
     time_line = choose_time_limit(cfg, len(image_set), device_type)

@@ -197,7 +197,9 @@ def plan_finetune(
 ) -> FineTunePlan:
     """How many fine-tuning epochs: about FINETUNE_STEPS optimizer steps (within FINETUNE_MIN_EPOCHS
     and FINETUNE_MAX_EPOCHS), no more than fit in the time left (with the final evaluation), and none
-    when the data is too small to profit or not even FINETUNE_MIN_EPOCHS fit.
+    when the data is too small to profit or not one epoch fits. Fewer epochs than wanted still run:
+    `Replan` stretches them after the first when the timing probe was pessimistic (a busy machine),
+    and the best epoch is kept, the head included, when they do not help.
 
     `train_speed` and `inference_speed` are images per second measured on this hardware.
     """
@@ -215,8 +217,8 @@ def plan_finetune(
         return plan(wanted, f"{steps} steps per epoch")
     left = f"{max(seconds_left, 0) / 60:.1f} min of the time limit left"
     fits = int(max(seconds_left - validation - FINAL_RESERVE, 0) // per_epoch)
-    if fits < FINETUNE_MIN_EPOCHS:
-        return plan(0, f"{FINETUNE_MIN_EPOCHS} epochs of about {per_epoch:.0f} s do not fit ({left})")
+    if fits < 1:
+        return plan(0, f"not one epoch of about {per_epoch:.0f} s fits ({left})")
     if fits < wanted:
         return plan(fits, left)
     return plan(wanted, f"{steps} steps per epoch")
@@ -270,7 +272,8 @@ class Replan(Callback):
         left = self.seconds - (time.perf_counter() - self.started) - self.validation_seconds - FINAL_RESERVE
         epoch_seconds = max(state.last.get("seconds", 0.0), 1e-6)
         epochs = min(self.wanted, 1 + int(max(left, 0) // epoch_seconds))
-        epochs = max(epochs, min(state.epochs, FINETUNE_MIN_EPOCHS))  # the plan's minimum stands
+        epochs = max(epochs, min(state.epochs, FINETUNE_MIN_EPOCHS))  # never cut below 3 (the time
+        # limit callback still stops the run in time)
         if epochs != state.epochs and state.schedule.replan(epochs):
             logger.info(
                 "fine-tuning replanned to %d epochs: the first took %.0f s (%.1f min left)",
