@@ -45,10 +45,11 @@ def peak_rss_mb() -> float:
 
 def imgclf_epochs(train_dir: Path) -> dict[str, float]:
     """Cold (decode + augment one epoch), warm (cache read + one epoch), and a steady epoch."""
-    from imgclf.api import _header_workers, prepare_data
     from imgclf.data.augment import BatchAugment
+    from imgclf.data.headers import read_headers
+    from imgclf.data.prepared import header_workers, prepare_data
     from imgclf.data.preprocess import PreprocessSpec, normalize_batch
-    from imgclf.data.sources import read_headers, scan_source
+    from imgclf.data.sources import scan_source
 
     spec = PreprocessSpec(28, 28, 1)
     augment = BatchAugment(AUGMENT, seed=0)
@@ -63,7 +64,7 @@ def imgclf_epochs(train_dir: Path) -> dict[str, float]:
     results = {}
     for label in ("cold", "warm"):
         start = time.perf_counter()
-        image_set = read_headers(scan_source(train_dir), workers=_header_workers(60_000, None))  # as train
+        image_set = read_headers(scan_source(train_dir), workers=header_workers(60_000, None))  # as train
         splits = np.full(len(image_set), "all", dtype=object)
         prepared = prepare_data(image_set, splits, spec, "auto", None)
         count = one_epoch(prepared)
@@ -109,7 +110,7 @@ def main() -> None:
     print(f"machine: {describe_machine()}")
     with tempfile.TemporaryDirectory() as cache:
         os.environ["IMGCLF_CACHE_DIR"] = cache  # cold means cold: nothing decoded before
-        from imgclf.data.sources import unpack_archive
+        from imgclf.data.archives import unpack_archive
 
         root = unpack_archive(SHARED / "mnist_png.zip") / "mnist_png"
         train_dir = root / "train"

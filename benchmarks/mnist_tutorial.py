@@ -83,7 +83,7 @@ def main() -> None:
     parser.add_argument("--no-keras", action="store_true")
     args = parser.parse_args()
     print(f"machine: {describe_machine()}", flush=True)
-    from imgclf.data.sources import unpack_archive
+    from imgclf.data.archives import unpack_archive
 
     root = unpack_archive(SHARED / "mnist_png.zip") / "mnist_png"
     print(f"imgclf recipe {args.recipe}: {' '.join(RECIPES[args.recipe])}", flush=True)
@@ -103,7 +103,7 @@ def main() -> None:
     if not args.no_keras:
         from tf_env import run_keras
 
-        from imgclf.data.sources import unpack_archive
+        from imgclf.data.archives import unpack_archive
 
         root = unpack_archive(SHARED / "mnist_png.zip") / "mnist_png"
         keras = run_keras(

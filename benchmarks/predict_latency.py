@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import BENCH_MODELS, describe_machine, make_bench_artifact
 
 from imgclf.export.onnx import export_onnx
-from imgclf.predict import Predictor
+from imgclf.inference.predictor import Predictor
 
 
 def timed(function, seconds: float, minimum: int = 20) -> np.ndarray:

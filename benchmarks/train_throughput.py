@@ -33,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import SHARED, describe_machine
 
 import imgclf
-from imgclf.api import resolve_device, resolve_precision
 from imgclf.config import ModelConfig
+from imgclf.device import resolve_device, resolve_precision
 from imgclf.models import create_model
 from imgclf.models.factory import model_args
 from imgclf.training.loop import denormals_flushed

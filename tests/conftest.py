@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import shutil
 from pathlib import Path
 
@@ -33,6 +34,33 @@ def isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     monkeypatch.setenv("IMGCLF_CACHE_DIR", str(cache))
     monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
     return cache
+
+
+@pytest.fixture(scope="session")
+def shapes_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The model the tests that only need one share (export, serve): a small CNN trained once on RGB
+    shapes, with display names and ImageNet normalization. Returns (artifact folder, data folder);
+    copy the artifact before changing it."""
+    import imgclf
+
+    root = tmp_path_factory.mktemp("shapes-model")
+    data = write_class_folders(root / "data", ["square", "disc", "cross"], 24, size=28, mode="RGB")
+    names = root / "names.json"
+    names.write_text(json.dumps({"square": "Square", "disc": "Disc", "cross": "Cross"}))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("IMGCLF_CACHE_DIR", str(root / "cache"))
+        run = imgclf.train(
+            data,
+            model="cnn-small",
+            epochs=2,
+            batch_size=16,
+            image_size=[32, 32],
+            normalize="imagenet",
+            label_map=str(names),
+            seed=1,
+            project=str(root / "runs"),
+        )
+    return run.artifact, data
 
 
 def shape_image(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from imgclf.version import __version__
 
 __all__ = [
     "Config",
@@ -31,21 +31,26 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from imgclf.api import Run, evaluate, features, load_model, train
+    from imgclf.api import evaluate, features, load_model, train
     from imgclf.config import Config, resolve_config
     from imgclf.data.audit import audit
-    from imgclf.data.show import show
     from imgclf.evaluation.report import write_report
+    from imgclf.evaluation.show import show
     from imgclf.export.onnx import export_onnx
-    from imgclf.predict import Predictor
+    from imgclf.inference.predictor import Predictor
+    from imgclf.training.pipeline import Run
 
 
 def __getattr__(name: str) -> Any:
     # Imported on first use so that `import imgclf` stays cheap (torch loads only when needed).
-    if name in ("train", "evaluate", "features", "load_model", "Run"):
+    if name in ("train", "evaluate", "features", "load_model"):
         from imgclf import api
 
         return getattr(api, name)
+    if name == "Run":
+        from imgclf.training.pipeline import Run
+
+        return Run
     if name in ("Config", "resolve_config"):
         from imgclf import config
 
@@ -55,7 +60,7 @@ def __getattr__(name: str) -> Any:
 
         return audit
     if name == "show":
-        from imgclf.data.show import show
+        from imgclf.evaluation.show import show
 
         return show
     if name == "write_report":
@@ -67,7 +72,7 @@ def __getattr__(name: str) -> Any:
 
         return export_onnx
     if name == "Predictor":
-        from imgclf.predict import Predictor
+        from imgclf.inference.predictor import Predictor
 
         return Predictor
     raise AttributeError(f"module 'imgclf' has no attribute {name!r}")

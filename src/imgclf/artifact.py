@@ -44,7 +44,7 @@ class ModelInfo:
     created: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        from imgclf import __version__
+        from imgclf.version import __version__
 
         return {
             "format": FORMAT,

@@ -7,9 +7,11 @@ traceback instead.
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import os
 import sys
+import typing
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
@@ -17,6 +19,15 @@ from typing import Annotated, Any
 
 import typer
 
+from imgclf.config import (
+    AUGMENT_PANEL,
+    DATA_PANEL,
+    MODEL_PANEL,
+    OUTPUT_PANEL,
+    TRAIN_PANEL,
+    Setting,
+    settings,
+)
 from imgclf.errors import ImgclfError
 
 app = typer.Typer(
@@ -45,7 +56,7 @@ def _setup_logging(verbose: bool) -> None:
 
 def _version(value: bool) -> None:
     if value:
-        from imgclf import __version__
+        from imgclf.version import __version__
 
         typer.echo(f"imgclf {__version__}")
         raise typer.Exit()
@@ -104,21 +115,77 @@ class Split(str, Enum):
 # ---------------------------------------------------------------------------------------------------
 # train
 # ---------------------------------------------------------------------------------------------------
-DATA_HELP = "Data flags"
-AUG_HELP = "Augmentation (Keras ImageDataGenerator meanings)"
-MODEL_HELP = "Model"
-TRAIN_HELP = "Training"
-OUT_HELP = "Output"
+def _cli_type(annotation: Any) -> type:
+    """The type a setting's flag parses: bool, int or float; anything else (choices, lists, paths) is
+    text that the configuration checks and converts."""
+    options = [arg for arg in typing.get_args(annotation) if arg is not type(None)] or [annotation]
+    return options[0] if options[0] in (bool, int, float) else str
 
 
-def _default(key: str) -> str:
-    """The default of a setting ("train.lr"), for help texts that never drift from config.py."""
-    from imgclf.config import Config
+def setting_option(item: Setting) -> Any:
+    """The typer option of one configuration setting: its flag, help, panel and default, as declared
+    in `imgclf.config`."""
+    kind = _cli_type(item.annotation)
+    names = [f"{item.flag}/--no-{item.flag[2:]}" if kind is bool else item.flag]
+    if item.short:
+        names.append(item.short)
+    default = f"\\[default: {item.default_text}]" if item.default_text else ""
+    help_text = " ".join(part for part in (item.help, default) if part)
+    option = typer.Option(*names, help=help_text, rich_help_panel=item.panel, show_default=False)
+    return Annotated[kind | None, option]
 
-    value: Any = Config()
-    for part in key.split("."):
-        value = getattr(value, part)
-    return str(value)
+
+PANELS = (DATA_PANEL, AUGMENT_PANEL, MODEL_PANEL, TRAIN_PANEL, OUTPUT_PANEL)
+
+
+def _panel(param: inspect.Parameter) -> str | None:
+    """The help panel of a command's option ("" for none); None for an argument."""
+    for info in getattr(param.annotation, "__metadata__", ()):
+        if isinstance(info, typer.models.OptionInfo):
+            return info.rich_help_panel or ""
+    return None
+
+
+def _panel_rank(param: inspect.Parameter) -> int:
+    panel = _panel(param)
+    return PANELS.index(panel) if panel in PANELS else len(PANELS)
+
+
+def with_settings(chosen: Callable[[Setting], bool]) -> Callable[[Callable], Callable]:
+    """Give a command one option per configuration setting that `chosen` picks; the command receives
+    the ones given, by dotted key, in `settings` (each parsed as its declaration says)."""
+
+    def decorate(command: Callable) -> Callable:
+        picked = [item for item in settings() if chosen(item)]
+        by_param = {item.param: item for item in picked}
+        signature = inspect.signature(command, eval_str=True)
+        own = [param for param in signature.parameters.values() if param.name != "settings"]
+        generated = [
+            inspect.Parameter(
+                item.param, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=setting_option(item)
+            )
+            for item in picked
+        ]
+
+        @functools.wraps(command)
+        def wrapper(**kwargs: Any) -> Any:
+            given: dict[str, Any] = {}
+            for name in [name for name in kwargs if name in by_param]:
+                value, item = kwargs.pop(name), by_param[name]
+                if value is not None:
+                    given[item.key] = item.parse(value) if item.parse else value
+            return command(**kwargs, settings=given)
+
+        arguments = [param for param in own if _panel(param) is None]
+        keyword = inspect.Parameter.KEYWORD_ONLY
+        own_options = [param.replace(kind=keyword) for param in own if _panel(param) is not None]
+        options = sorted(own_options + generated, key=_panel_rank)
+        parameters = [*arguments, *options]
+        wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {param.name: param.annotation for param in parameters}
+        return wrapper
+
+    return decorate
 
 
 def _without_option(argv: list[str], name: str) -> list[str]:
@@ -135,91 +202,8 @@ def _without_option(argv: list[str], name: str) -> list[str]:
     return kept
 
 
-def _csv_list(value: str | None) -> list[str] | None:
-    return None if value is None else [part.strip() for part in value.split(",") if part.strip()]
-
-
-def _size(value: str | None) -> list[int] | None:
-    if value is None:
-        return None
-    parts = value.lower().replace("x", ",").split(",")
-    try:
-        return [int(part) for part in parts if part.strip()]
-    except ValueError:
-        raise typer.BadParameter(f"{value!r}: give one size (32) or height,width (32,48)") from None
-
-
-SplitsOption = Annotated[
-    str | None,
-    typer.Option(
-        "--splits",
-        help="Which folders are splits: auto (folders holding the same class folders, named by their "
-        "words: training_set, seg_test, Validation …) | none (the sub-folders are classes) | "
-        "train=FOLDER,val=FOLDER,test=FOLDER. \\[default: auto]",
-        rich_help_panel=DATA_HELP,
-    ),
-]
-# Augmentation flags, shared by `train` and `augment-preview` (Keras ImageDataGenerator meanings).
-AugmentOption = Annotated[
-    str | None,
-    typer.Option(
-        "--augment",
-        help="Preset: auto (the recipe's: strong for recipe transfer, digits for the CNN chosen for small "
-        "grey images, else none) | none | light | strong | digits (shifts, zoom, rotation; no flips). "
-        "Flags below override it. "
-        f"\\[default: {_default('augment.preset')}]",
-        rich_help_panel=AUG_HELP,
-    ),
-]
-RotationOption = Annotated[
-    float | None,
-    typer.Option(help="Rotation range in degrees (rotation_range).", rich_help_panel=AUG_HELP),
-]
-WidthShiftOption = Annotated[
-    float | None, typer.Option(help="Horizontal shift, fraction of width.", rich_help_panel=AUG_HELP)
-]
-HeightShiftOption = Annotated[
-    float | None, typer.Option(help="Vertical shift, fraction of height.", rich_help_panel=AUG_HELP)
-]
-ShearOption = Annotated[
-    float | None,
-    typer.Option(help="Shear angle range in degrees, as Keras' shear_range.", rich_help_panel=AUG_HELP),
-]
-ZoomOption = Annotated[
-    float | None,
-    typer.Option(help="Zoom range: x and y zoom drawn from [1-z, 1+z].", rich_help_panel=AUG_HELP),
-]
-HflipOption = Annotated[
-    bool | None,
-    typer.Option(
-        "--hflip/--no-hflip",
-        help="Random horizontal flips.",
-        rich_help_panel=AUG_HELP,
-        show_default=False,
-    ),
-]
-VflipOption = Annotated[
-    bool | None,
-    typer.Option(
-        "--vflip/--no-vflip", help="Random vertical flips.", rich_help_panel=AUG_HELP, show_default=False
-    ),
-]
-BrightnessOption = Annotated[
-    float | None, typer.Option(help="Brightness factor drawn from [1-b, 1+b].", rich_help_panel=AUG_HELP)
-]
-ContrastOption = Annotated[
-    float | None, typer.Option(help="Contrast factor drawn from [1-c, 1+c].", rich_help_panel=AUG_HELP)
-]
-CropScaleOption = Annotated[
-    float | None,
-    typer.Option(
-        help="Random-resized crop: each crop keeps a random share of the area between this and 1 "
-        "(aspect ratio 3/4 to 4/3) and is stretched to the full size, as torchvision's "
-        "RandomResizedCrop; 1 = off. Training images are then cached 1.15x the model size when "
-        "they are that large, so crops keep their detail.",
-        rich_help_panel=AUG_HELP,
-    ),
-]
+_SPLITS = next(item for item in settings() if item.key == "data.splits")
+SplitsOption = setting_option(_SPLITS)
 TtaOption = Annotated[
     bool,
     typer.Option(
@@ -228,16 +212,11 @@ TtaOption = Annotated[
         "(twice the compute; for models trained with --hflip).",
     ),
 ]
-FillOption = Annotated[
-    str | None,
-    typer.Option(
-        help="Fill outside the image: nearest | constant | reflect | wrap.", rich_help_panel=AUG_HELP
-    ),
-]
 
 
 @app.command()
 @handle_errors
+@with_settings(lambda item: True)
 def train(
     data: Annotated[
         str | None,
@@ -249,404 +228,14 @@ def train(
     ] = None,
     config: Annotated[
         Path | None,
-        typer.Option("--config", "-c", help="YAML file with settings (flags win).", rich_help_panel=OUT_HELP),
+        typer.Option(
+            "--config", "-c", help="YAML file with settings (flags win).", rich_help_panel=OUTPUT_PANEL
+        ),
     ] = None,
     resume: Annotated[
         Path | None,
-        typer.Option(help="Continue an interrupted run folder where it stopped.", rich_help_panel=OUT_HELP),
-    ] = None,
-    project: Annotated[
-        str | None,
         typer.Option(
-            help=f"Folder that holds run folders. \\[default: {_default('output.project')}]",
-            rich_help_panel=OUT_HELP,
-        ),
-    ] = None,
-    name: Annotated[
-        str | None,
-        typer.Option(
-            help=f"Run folder name; -2, -3 … appended if taken. \\[default: {_default('output.name')}]",
-            rich_help_panel=OUT_HELP,
-        ),
-    ] = None,
-    seed: Annotated[
-        int | None,
-        typer.Option(
-            help=f"Seed of the split, initialisation and shuffling. \\[default: {_default('seed')}]",
-            rich_help_panel=DATA_HELP,
-        ),
-    ] = None,
-    path_col: Annotated[
-        str | None,
-        typer.Option(help="CSV column with image paths. \\[default: auto]", rich_help_panel=DATA_HELP),
-    ] = None,
-    label_col: Annotated[
-        str | None, typer.Option(help="CSV column with labels. \\[default: auto]", rich_help_panel=DATA_HELP)
-    ] = None,
-    classes: Annotated[
-        str | None,
-        typer.Option(help="Comma-separated class order (others are left out).", rich_help_panel=DATA_HELP),
-    ] = None,
-    label_map: Annotated[
-        Path | None,
-        typer.Option(
-            help="JSON of display names (keys: class names or 1-based indices).", rich_help_panel=DATA_HELP
-        ),
-    ] = None,
-    splits: SplitsOption = None,
-    val_split: Annotated[
-        float | None,
-        typer.Option(
-            help=f"Validation fraction carved from training data. \\[default: {_default('data.val_split')}]",
-            rich_help_panel=DATA_HELP,
-        ),
-    ] = None,
-    test_split: Annotated[
-        float | None,
-        typer.Option(
-            help="Test fraction carved when the data has no test folder. "
-            f"\\[default: {_default('data.test_split')}]",
-            rich_help_panel=DATA_HELP,
-        ),
-    ] = None,
-    manifest: Annotated[
-        Path | None,
-        typer.Option(help="Reuse the split of a manifest.csv (path,label,split).", rich_help_panel=DATA_HELP),
-    ] = None,
-    image_size: Annotated[
-        str | None,
-        typer.Option(
-            help="Model input size: 32 or 32,48 (height,width). \\[default: from the data]",
-            rich_help_panel=DATA_HELP,
-        ),
-    ] = None,
-    channels: Annotated[
-        int | None,
-        typer.Option(help="1 or 3. \\[default: 1 if every image is grayscale]", rich_help_panel=DATA_HELP),
-    ] = None,
-    resize: Annotated[
-        str | None,
-        typer.Option(
-            help=f"stretch | crop | pad. \\[default: {_default('data.resize')}]", rich_help_panel=DATA_HELP
-        ),
-    ] = None,
-    interpolation: Annotated[
-        str | None,
-        typer.Option(
-            help="auto (a pretrained backbone's own filter, e.g. bicubic for EfficientNet-Lite; else "
-            "bilinear) | nearest | bilinear | bicubic | lanczos. "
-            f"\\[default: {_default('data.interpolation')}]",
-            rich_help_panel=DATA_HELP,
-        ),
-    ] = None,
-    normalize: Annotated[
-        str | None,
-        typer.Option(
-            help="auto | rescale (x/255) | half (to -1..1) | imagenet. "
-            f"\\[default: {_default('data.normalize')}]",
-            rich_help_panel=DATA_HELP,
-        ),
-    ] = None,
-    cache: Annotated[
-        str | None,
-        typer.Option(
-            help="auto | ram | disk | none: decode once into RAM, or into a memory-mapped file in the "
-            "cache folder (auto: RAM when it fits the budget, else disk; both kept for the next run), "
-            f"or decode every batch. \\[default: {_default('data.cache')}]",
-            rich_help_panel=DATA_HELP,
-        ),
-    ] = None,
-    cache_budget: Annotated[
-        float | None,
-        typer.Option(
-            "--cache-budget",
-            help="GiB of RAM the image cache may take. \\[default: half of the available memory]",
-            rich_help_panel=DATA_HELP,
-        ),
-    ] = None,
-    workers: Annotated[
-        int | None,
-        typer.Option(help="Decoding processes. \\[default: cores, at most 8]", rich_help_panel=DATA_HELP),
-    ] = None,
-    augment: AugmentOption = None,
-    rotation: RotationOption = None,
-    width_shift: WidthShiftOption = None,
-    height_shift: HeightShiftOption = None,
-    shear: ShearOption = None,
-    zoom: ZoomOption = None,
-    hflip: HflipOption = None,
-    vflip: VflipOption = None,
-    brightness: BrightnessOption = None,
-    contrast: ContrastOption = None,
-    crop_scale: CropScaleOption = None,
-    fill: FillOption = None,
-    mixup: Annotated[
-        float | None,
-        typer.Option(
-            help="MixUp: blend each training batch with itself reversed, weight ~ Beta(a, a) per batch "
-            "(timm's mixup_alpha; 0.2-0.4 is usual; 0 = off).",
-            rich_help_panel=AUG_HELP,
-        ),
-    ] = None,
-    cutmix: Annotated[
-        float | None,
-        typer.Option(
-            help="CutMix: paste a box of the reversed batch, its area share ~ Beta(a, a) per batch "
-            "(timm's cutmix_alpha; 1.0 is usual; 0 = off). With --mixup, each batch gets one of them.",
-            rich_help_panel=AUG_HELP,
-        ),
-    ] = None,
-    model: Annotated[
-        str | None,
-        typer.Option(
-            "--model",
-            "-m",
-            help="auto (photos: efficientnet_lite0 with ImageNet weights; small grey images such as "
-            "digits: cnn from scratch; says which and why) | mlp | cnn-small | cnn-basic | cnn | "
-            "efficientnet_lite0 | any timm name (see `imgclf models`). "
-            f"\\[default: {_default('model.name')}]",
-            rich_help_panel=MODEL_HELP,
-        ),
-    ] = None,
-    filters: Annotated[
-        str | None, typer.Option(help="cnn: filters per block, e.g. 32,64,128.", rich_help_panel=MODEL_HELP)
-    ] = None,
-    dense: Annotated[
-        str | None,
-        typer.Option(
-            help="Dense layer sizes before the classifier, e.g. 512 or 128,64.", rich_help_panel=MODEL_HELP
-        ),
-    ] = None,
-    dropout: Annotated[
-        float | None,
-        typer.Option(
-            help="Dropout rate: in the builtin CNNs' dense layers; for timm models on the pooled "
-            "features before the classifier (timm's drop_rate); with --head-only on the cached "
-            "features (default 0.5).",
-            rich_help_panel=MODEL_HELP,
-        ),
-    ] = None,
-    batchnorm: Annotated[
-        bool | None,
-        typer.Option(
-            "--batchnorm/--no-batchnorm",
-            help="cnn: BatchNorm after convs.",
-            rich_help_panel=MODEL_HELP,
-            show_default=False,
-        ),
-    ] = None,
-    pretrained: Annotated[
-        bool | None,
-        typer.Option(
-            "--pretrained/--no-pretrained",
-            help="Start from ImageNet "
-            "weights: efficientnet_lite0 offline, other timm models from the "
-            "hub (or its cache).",
-            rich_help_panel=MODEL_HELP,
-            show_default=False,
-        ),
-    ] = None,
-    weights: Annotated[
-        Path | None,
-        typer.Option(help="Start from this weights file (.safetensors, .pth).", rich_help_panel=MODEL_HELP),
-    ] = None,
-    freeze_epochs: Annotated[
-        int | None,
-        typer.Option(
-            help="Stage 1: train only the new head on the frozen backbone for this many epochs.",
-            rich_help_panel=MODEL_HELP,
-        ),
-    ] = None,
-    finetune_epochs: Annotated[
-        int | None,
-        typer.Option(
-            help="Stage 2: then fine-tune for this many epochs (total = freeze + finetune).",
-            rich_help_panel=MODEL_HELP,
-        ),
-    ] = None,
-    finetune_lr: Annotated[
-        float | None,
-        typer.Option(
-            help="The backbone's learning rate when fine-tuning (stage 2; recipe transfer). "
-            "\\[default: lr / 10; transfer: lr × 0.3]",
-            rich_help_panel=MODEL_HELP,
-        ),
-    ] = None,
-    unfreeze: Annotated[
-        str | None,
-        typer.Option(
-            help=f"Stage 2 unfreezes: all | N (the last N blocks). \\[default: {_default('train.unfreeze')}]",
-            rich_help_panel=MODEL_HELP,
-        ),
-    ] = None,
-    finetune_bn: Annotated[
-        str | None,
-        typer.Option(
-            help="Stage 2 BatchNorm statistics: train (they follow the new data) | frozen (the "
-            "ImageNet statistics stay, as in the Keras transfer-learning guide; the layers' scale "
-            "and shift still learn). \\[default: frozen with recipe transfer, else train]",
-            rich_help_panel=MODEL_HELP,
-        ),
-    ] = None,
-    head_only: Annotated[
-        bool | None,
-        typer.Option(
-            "--head-only/--no-head-only",
-            help="Train a linear head on bottleneck features computed once (seconds); saves the whole model.",
-            rich_help_panel=MODEL_HELP,
-            show_default=False,
-        ),
-    ] = None,
-    recipe: Annotated[
-        str | None,
-        typer.Option(
-            help="auto | transfer (a head fitted on cached features, then the whole network fine-tuned "
-            "from it at a lower learning rate for the backbone, the best epoch kept by validation "
-            "accuracy) | plain (train as configured). auto: transfer for a pretrained backbone "
-            "unless --head-only or --freeze-epochs, else plain. \\[default: auto]",
-            rich_help_panel=TRAIN_HELP,
-        ),
-    ] = None,
-    time_limit: Annotated[
-        float | None,
-        typer.Option(
-            "--time-limit",
-            help="Minutes for the whole run: no epoch starts that would end after it (the best epoch "
-            "is kept); recipe transfer plans its fine-tuning epochs to fit. 0 = none. \\[default: "
-            "transfer on the CPU: 10 min per 2,000 images, at least 5; else none]",
-            rich_help_panel=TRAIN_HELP,
-        ),
-    ] = None,
-    epochs: Annotated[
-        int | None,
-        typer.Option(
-            "--epochs",
-            "-e",
-            help="Epochs (recipe transfer: fine-tuning epochs after the head). \\[default: plain 10; "
-            "transfer: planned from the data and the time limit]",
-            rich_help_panel=TRAIN_HELP,
-        ),
-    ] = None,
-    batch_size: Annotated[
-        int | None,
-        typer.Option(
-            "--batch-size",
-            "-b",
-            help="\\[default: plain 64, transfer 32]",
-            rich_help_panel=TRAIN_HELP,
-        ),
-    ] = None,
-    optimizer: Annotated[
-        str | None,
-        typer.Option(
-            help=f"adam | adamw | sgd | rmsprop. \\[default: {_default('train.optimizer')}]",
-            rich_help_panel=TRAIN_HELP,
-        ),
-    ] = None,
-    lr: Annotated[
-        float | None,
-        typer.Option(
-            help="Learning rate (recipe transfer: the head's). \\[default: plain 2e-3, transfer 1e-3]",
-            rich_help_panel=TRAIN_HELP,
-        ),
-    ] = None,
-    momentum: Annotated[
-        float | None,
-        typer.Option(
-            help=f"sgd momentum. \\[default: {_default('train.momentum')}]", rich_help_panel=TRAIN_HELP
-        ),
-    ] = None,
-    nesterov: Annotated[
-        bool | None,
-        typer.Option(
-            "--nesterov/--no-nesterov",
-            help="sgd with Nesterov momentum.",
-            rich_help_panel=TRAIN_HELP,
-            show_default=False,
-        ),
-    ] = None,
-    weight_decay: Annotated[
-        float | None,
-        typer.Option(help=f"\\[default: {_default('train.weight_decay')}]", rich_help_panel=TRAIN_HELP),
-    ] = None,
-    label_smoothing: Annotated[
-        float | None,
-        typer.Option(help="\\[default: plain 0, transfer 0.1]", rich_help_panel=TRAIN_HELP),
-    ] = None,
-    schedule: Annotated[
-        str | None,
-        typer.Option(
-            help=f"constant | cosine | onecycle | plateau. \\[default: {_default('train.schedule')}]",
-            rich_help_panel=TRAIN_HELP,
-        ),
-    ] = None,
-    warmup_epochs: Annotated[
-        float | None,
-        typer.Option(
-            help="Linear warm-up length (constant, cosine). \\[default: plain 1, transfer 0.3]",
-            rich_help_panel=TRAIN_HELP,
-        ),
-    ] = None,
-    class_weight: Annotated[
-        str | None,
-        typer.Option(
-            help=f"auto (balanced) | none. \\[default: {_default('train.class_weight')}]",
-            rich_help_panel=TRAIN_HELP,
-        ),
-    ] = None,
-    monitor: Annotated[
-        str | None,
-        typer.Option(
-            help="val_loss | val_acc (ties broken by val_loss): picks the best model. \\[default: plain "
-            "val_loss, transfer val_acc]",
-            rich_help_panel=TRAIN_HELP,
-        ),
-    ] = None,
-    patience: Annotated[
-        int | None,
-        typer.Option(
-            help="Early stop after this many epochs without improvement (restores the best).",
-            rich_help_panel=TRAIN_HELP,
-        ),
-    ] = None,
-    device: Annotated[
-        str | None,
-        typer.Option(
-            help=f"auto | cpu | cuda | cuda:N. \\[default: {_default('train.device')}]",
-            rich_help_panel=TRAIN_HELP,
-        ),
-    ] = None,
-    precision: Annotated[
-        str | None,
-        typer.Option(
-            help="auto (bf16 on CUDA, and on processors with native bf16: AVX-512 BF16, AMX) | fp32 | bf16. "
-            f"\\[default: {_default('train.precision')}]",
-            rich_help_panel=TRAIN_HELP,
-        ),
-    ] = None,
-    compile: Annotated[
-        bool | None,
-        typer.Option(
-            "--compile/--no-compile",
-            help="Run training steps through torch.compile (faster steps after a one-time compile; "
-            "needs gcc on the CPU).",
-            show_default=False,
-            rich_help_panel=TRAIN_HELP,
-        ),
-    ] = None,
-    lr_scaling: Annotated[
-        str | None,
-        typer.Option(
-            help="none | linear | sqrt: scale --lr by (batch size × processes) / --lr-base-batch, so larger "
-            f"batches keep accuracy. \\[default: {_default('train.lr_scaling')}]",
-            rich_help_panel=TRAIN_HELP,
-        ),
-    ] = None,
-    lr_base_batch: Annotated[
-        int | None,
-        typer.Option(
-            help=f"The batch size --lr is meant for. \\[default: {_default('train.lr_base_batch')}]",
-            rich_help_panel=TRAIN_HELP,
+            help="Continue an interrupted run folder where it stopped.", rich_help_panel=OUTPUT_PANEL
         ),
     ] = None,
     devices: Annotated[
@@ -654,87 +243,23 @@ def train(
         typer.Option(
             help="Train with this many processes on this machine (torchrun + DistributedDataParallel; "
             "one GPU each, or CPU processes with gloo).",
-            rich_help_panel=TRAIN_HELP,
+            rich_help_panel=TRAIN_PANEL,
         ),
     ] = None,
+    *,
+    settings: dict[str, Any],
 ) -> None:
     """Train a classifier on a folder, CSV, archive or IDX files; writes a run folder with the model.
+
+    Every setting below is also a key of the YAML file given with --config (data.val_split,
+    train.lr …); flags win over the file.
 
     Example: [bold]imgclf train data/ --model cnn-basic --width-shift 0.3 --zoom 0.2 --hflip[/bold]
     """
     from imgclf import api
     from imgclf.console import ConsoleReporter
 
-    overrides: dict[str, Any] = {
-        "seed": seed,
-        "data.source": data,
-        "data.path_col": path_col,
-        "data.label_col": label_col,
-        "data.classes": _csv_list(classes),
-        "data.label_map": str(label_map) if label_map else None,
-        "data.splits": splits,
-        "data.val_split": val_split,
-        "data.test_split": test_split,
-        "data.manifest": str(manifest) if manifest else None,
-        "data.image_size": _size(image_size),
-        "data.channels": channels,
-        "data.resize": resize,
-        "data.interpolation": interpolation,
-        "data.normalize": normalize,
-        "data.cache": cache,
-        "data.cache_budget_gb": cache_budget,
-        "data.workers": workers,
-        "augment.preset": augment,
-        "augment.rotation": rotation,
-        "augment.width_shift": width_shift,
-        "augment.height_shift": height_shift,
-        "augment.shear": shear,
-        "augment.zoom": zoom,
-        "augment.hflip": hflip,
-        "augment.vflip": vflip,
-        "augment.brightness": brightness,
-        "augment.contrast": contrast,
-        "augment.crop_scale": crop_scale,
-        "augment.fill": fill,
-        "augment.mixup": mixup,
-        "augment.cutmix": cutmix,
-        "model.name": model,
-        "model.filters": _csv_list(filters),
-        "model.dense": _csv_list(dense),
-        "model.dropout": dropout,
-        "model.batchnorm": batchnorm,
-        "model.pretrained": pretrained,
-        "model.weights": str(weights) if weights else None,
-        "train.freeze_epochs": freeze_epochs,
-        "train.finetune_epochs": finetune_epochs,
-        "train.finetune_lr": finetune_lr,
-        "train.unfreeze": unfreeze,
-        "train.finetune_bn": finetune_bn,
-        "train.head_only": head_only,
-        "train.recipe": recipe,
-        "train.time_limit": time_limit,
-        "train.epochs": epochs,
-        "train.batch_size": batch_size,
-        "train.optimizer": optimizer,
-        "train.lr": lr,
-        "train.momentum": momentum,
-        "train.nesterov": nesterov,
-        "train.weight_decay": weight_decay,
-        "train.label_smoothing": label_smoothing,
-        "train.schedule": schedule,
-        "train.warmup_epochs": warmup_epochs,
-        "train.class_weight": class_weight,
-        "train.monitor": monitor,
-        "train.patience": patience,
-        "train.device": device,
-        "train.precision": precision,
-        "train.compile": compile,
-        "train.lr_scaling": lr_scaling,
-        "train.lr_base_batch": lr_base_batch,
-        "output.project": project,
-        "output.name": name,
-    }
-    overrides = {key: value for key, value in overrides.items() if value is not None}
+    overrides = {"data.source": data, **settings} if data is not None else dict(settings)
     if devices is not None and devices < 1:
         raise typer.BadParameter("--devices must be at least 1")
     if devices is not None and devices > 1 and "WORLD_SIZE" not in os.environ:
@@ -743,7 +268,7 @@ def train(
         raise typer.Exit(launch(devices, _without_option(sys.argv[1:], "--devices")))
     reporter = ConsoleReporter()
     if resume is not None:
-        extra = {"epochs": epochs} if epochs is not None else {}
+        extra = {"epochs": settings["train.epochs"]} if "train.epochs" in settings else {}
         api.train(resume=resume, callbacks=[reporter], **extra)
         return
     if data is None and config is None:
@@ -815,7 +340,9 @@ def predict(
     Exit code 0: all read; 1: some could not be read; 2: usage error.
     """
     from imgclf.console import console, err_console
-    from imgclf.predict import PredictionWriter, Predictor, iter_inputs, parse_shard, select_shard
+    from imgclf.inference.inputs import iter_inputs, parse_shard, select_shard
+    from imgclf.inference.predictor import Predictor
+    from imgclf.inference.writer import PredictionWriter
 
     if top_k < 1:
         raise typer.BadParameter("--top-k must be at least 1")
@@ -995,7 +522,7 @@ def serve(
     import uvicorn
 
     from imgclf.console import err_console
-    from imgclf.predict import Predictor
+    from imgclf.inference.predictor import Predictor
     from imgclf.serve import ServeSettings, create_app
 
     for name, value in (("--max-batch", max_batch), ("--max-images", max_images), ("--top-k", top_k)):
@@ -1084,7 +611,12 @@ def cache_command(
 @handle_errors
 def evaluate(
     model: Annotated[
-        Path, typer.Argument(help="Model folder (or a run folder holding model/).", show_default=False)
+        Path,
+        typer.Argument(
+            help="Model folder (or a run folder holding model/), or an exported .onnx file (run with "
+            "ONNX Runtime).",
+            show_default=False,
+        ),
     ],
     data: Annotated[str, typer.Argument(help="Any data source `train` accepts.", show_default=False)],
     split: Annotated[
@@ -1219,7 +751,7 @@ def show(
 ) -> None:
     """Write a grid of sample images per class (in Python, `imgclf.show(...)` returns the figure)."""
     from imgclf.console import console
-    from imgclf.data.show import show as show_samples
+    from imgclf.evaluation.show import show as show_samples
 
     show_samples(
         data,
@@ -1302,6 +834,9 @@ def models(
 
 @app.command("augment-preview")
 @handle_errors
+@with_settings(
+    lambda item: item.key.startswith("augment.") and item.key not in ("augment.mixup", "augment.cutmix")
+)
 def augment_preview(
     data: Annotated[str, typer.Argument(help="Any data source `train` accepts.", show_default=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.")] = Path(
@@ -1312,44 +847,23 @@ def augment_preview(
         int, typer.Option(help="Augmented versions per image (columns after the original).")
     ] = 7,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML settings file.")] = None,
-    augment: AugmentOption = None,
-    rotation: RotationOption = None,
-    width_shift: WidthShiftOption = None,
-    height_shift: HeightShiftOption = None,
-    shear: ShearOption = None,
-    zoom: ZoomOption = None,
-    hflip: HflipOption = None,
-    vflip: VflipOption = None,
-    brightness: BrightnessOption = None,
-    contrast: ContrastOption = None,
-    crop_scale: CropScaleOption = None,
-    fill: FillOption = None,
     image_size: Annotated[
         str | None, typer.Option(help="Size to show the images at. \\[default: from the data]")
     ] = None,
     seed: Annotated[int, typer.Option(help="Which images and transforms are drawn.")] = 0,
+    *,
+    settings: dict[str, Any],
 ) -> None:
-    """Write a PNG grid: each row one image, first the original, then augmented versions."""
-    from imgclf.config import resolve_config
+    """Write a PNG grid: each row one image, first the original, then augmented versions.
+
+    The augmentation flags are `train`'s (MixUp and CutMix mix whole batches and are not shown)."""
+    from imgclf.config import parse_size, resolve_config
     from imgclf.preview import write_augment_preview
 
-    overrides = {
-        "augment.preset": augment,
-        "augment.rotation": rotation,
-        "augment.width_shift": width_shift,
-        "augment.height_shift": height_shift,
-        "augment.shear": shear,
-        "augment.zoom": zoom,
-        "augment.hflip": hflip,
-        "augment.vflip": vflip,
-        "augment.brightness": brightness,
-        "augment.contrast": contrast,
-        "augment.crop_scale": crop_scale,
-        "augment.fill": fill,
-        "data.image_size": _size(image_size),
-        "seed": seed,
-    }
-    cfg = resolve_config(config, {k: v for k, v in overrides.items() if v is not None})
+    overrides = {**settings, "seed": seed}
+    if image_size is not None:
+        overrides["data.image_size"] = parse_size(image_size)
+    cfg = resolve_config(config, overrides)
     path = write_augment_preview(data, out, cfg, images=images, variants=variants)
     from imgclf.console import console
 

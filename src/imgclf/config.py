@@ -11,56 +11,160 @@ import dataclasses
 import os
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from imgclf.errors import ConfigError
+
+# The help panels of `imgclf train --help`.
+DATA_PANEL = "Data flags"
+AUGMENT_PANEL = "Augmentation (Keras ImageDataGenerator meanings)"
+MODEL_PANEL = "Model"
+TRAIN_PANEL = "Training"
+OUTPUT_PANEL = "Output"
+
+
+def setting(
+    default: Any,
+    help: str,
+    panel: str,
+    *,
+    flag: str | None = None,
+    short: str | None = None,
+    shown: str | None = None,
+    parse: Callable[[str], Any] | None = None,
+    cli: bool = True,
+) -> Any:
+    """One setting, declared once: its default, and how the command line offers it.
+
+    The type (with `Literal[...]` for a choice) is the field's annotation. `flag` is the option's
+    name (default: --the-field-name), `short` an alias (-e), `shown` the default as --help shows it
+    when a recipe sets it ("" shows none; None: the default itself, unless that is None), `parse`
+    turns the flag's text into the value, `cli=False` keeps the setting off the command line.
+    `imgclf.cli` builds the options of `train` and `augment-preview` from these fields.
+    """
+    metadata = {"help": help, "panel": panel, "flag": flag, "short": short, "shown": shown}
+    return field(default=default, metadata={**metadata, "parse": parse, "cli": cli})
+
+
+def parse_size(text: str) -> list[int]:
+    """ "32" → [32]; "32,48" or "32x48" → [32, 48] (height, width)."""
+    parts = str(text).lower().replace("x", ",").split(",")
+    try:
+        return [int(part) for part in parts if part.strip()]
+    except ValueError:
+        raise ConfigError(f"image size {text!r}: give one size (32) or height,width (32,48)") from None
 
 
 @dataclass
 class DataConfig:
     """Where the images are and how they are read, split and preprocessed."""
 
-    source: str | None = None
-    splits: str = "auto"  # auto (found by structure and names), none (sub-folders are classes), train=a,val=b
-    path_col: str | None = None
-    label_col: str | None = None
-    classes: list[str] | None = None
-    label_map: str | None = None
-    val_split: float = 0.2
-    test_split: float = 0.0
-    manifest: str | None = None
-    image_size: list[int] | None = None
-    channels: int | None = None
-    resize: str = "stretch"
-    interpolation: str = "auto"
-    normalize: str = "auto"
-    cache: str = "auto"
-    cache_budget_gb: float | None = None
-    workers: int | None = None
+    source: str | None = setting(
+        None, "Folder, CSV/TSV, archive or IDX files (the DATA argument).", DATA_PANEL, cli=False
+    )
+    splits: str = setting(
+        "auto",
+        "Which folders are splits: auto (folders holding the same class folders, named by their words: "
+        "training_set, seg_test, Validation …) | none (the sub-folders are classes) | "
+        "train=FOLDER,val=FOLDER,test=FOLDER.",
+        DATA_PANEL,
+    )
+    path_col: str | None = setting(None, "CSV column with image paths.", DATA_PANEL, shown="auto")
+    label_col: str | None = setting(None, "CSV column with labels.", DATA_PANEL, shown="auto")
+    classes: list[str] | None = setting(
+        None, "Comma-separated class order (others are left out).", DATA_PANEL
+    )
+    label_map: str | None = setting(
+        None, "JSON of display names (keys: class names or 1-based indices).", DATA_PANEL
+    )
+    val_split: float = setting(0.2, "Validation fraction carved from training data.", DATA_PANEL)
+    test_split: float = setting(0.0, "Test fraction carved when the data has no test folder.", DATA_PANEL)
+    manifest: str | None = setting(None, "Reuse the split of a manifest.csv (path,label,split).", DATA_PANEL)
+    image_size: list[int] | None = setting(
+        None,
+        "Model input size: 32 or 32,48 (height,width).",
+        DATA_PANEL,
+        shown="from the data",
+        parse=parse_size,
+    )
+    channels: int | None = setting(None, "1 or 3.", DATA_PANEL, shown="1 if every image is grayscale")
+    resize: Literal["stretch", "crop", "pad"] = setting("stretch", "stretch | crop | pad.", DATA_PANEL)
+    interpolation: Literal["auto", "nearest", "bilinear", "bicubic", "lanczos"] = setting(
+        "auto",
+        "auto (a pretrained backbone's own filter, e.g. bicubic for EfficientNet-Lite; else bilinear) | "
+        "nearest | bilinear | bicubic | lanczos.",
+        DATA_PANEL,
+    )
+    normalize: Literal["auto", "rescale", "imagenet", "half"] = setting(
+        "auto", "auto | rescale (x/255) | half (to -1..1) | imagenet.", DATA_PANEL
+    )
+    cache: Literal["auto", "ram", "disk", "none"] = setting(
+        "auto",
+        "auto | ram | disk | none: decode once into RAM, or into a memory-mapped file in the cache folder "
+        "(auto: RAM when it fits the budget, else disk; both kept for the next run), or decode every batch.",
+        DATA_PANEL,
+    )
+    cache_budget_gb: float | None = setting(
+        None,
+        "GiB of RAM the image cache may take.",
+        DATA_PANEL,
+        flag="--cache-budget",
+        shown="half of the available memory",
+    )
+    workers: int | None = setting(None, "Decoding processes.", DATA_PANEL, shown="cores, at most 8")
 
 
 @dataclass
 class AugmentConfig:
-    """Training augmentation, with the meaning of Keras `ImageDataGenerator`'s arguments."""
+    """Training augmentation, with the meaning of Keras `ImageDataGenerator`'s arguments.
 
-    preset: str = "auto"  # auto: the recipe's (strong for transfer, digits for small grey images, else none)
-    rotation: float | None = None
-    width_shift: float | None = None
-    height_shift: float | None = None
-    shear: float | None = None
-    zoom: float | None = None
-    hflip: bool | None = None
-    vflip: bool | None = None
-    brightness: float | None = None
-    contrast: float | None = None
-    crop_scale: float | None = None
-    fill: str = "nearest"
-    mixup: float | None = None
-    cutmix: float | None = None
+    Settings left at None are filled from the preset (`resolve_augment`)."""
+
+    preset: Literal["auto", "none", "light", "strong", "digits"] = setting(
+        "auto",
+        "Preset: auto (the recipe's: strong for recipe transfer; for the CNN chosen for many small images, "
+        "digits when they are grey, light when in colour; else none) | none | light | strong | digits "
+        "(shifts, zoom, rotation; no flips). Flags below override it.",
+        AUGMENT_PANEL,
+        flag="--augment",
+    )
+    rotation: float | None = setting(None, "Rotation range in degrees (rotation_range).", AUGMENT_PANEL)
+    width_shift: float | None = setting(None, "Horizontal shift, fraction of width.", AUGMENT_PANEL)
+    height_shift: float | None = setting(None, "Vertical shift, fraction of height.", AUGMENT_PANEL)
+    shear: float | None = setting(None, "Shear angle range in degrees, as Keras' shear_range.", AUGMENT_PANEL)
+    zoom: float | None = setting(None, "Zoom range: x and y zoom drawn from [1-z, 1+z].", AUGMENT_PANEL)
+    hflip: bool | None = setting(None, "Random horizontal flips.", AUGMENT_PANEL)
+    vflip: bool | None = setting(None, "Random vertical flips.", AUGMENT_PANEL)
+    brightness: float | None = setting(None, "Brightness factor drawn from [1-b, 1+b].", AUGMENT_PANEL)
+    contrast: float | None = setting(None, "Contrast factor drawn from [1-c, 1+c].", AUGMENT_PANEL)
+    crop_scale: float | None = setting(
+        None,
+        "Random-resized crop: each crop keeps a random share of the area between this and 1 (aspect ratio "
+        "3/4 to 4/3) and is stretched to the full size, as torchvision's RandomResizedCrop; 1 = off. "
+        "Training images are then cached 1.15x the model size when they are that large, so crops keep "
+        "their detail.",
+        AUGMENT_PANEL,
+    )
+    fill: Literal["nearest", "constant", "reflect", "wrap"] = setting(
+        "nearest", "Fill outside the image: nearest | constant | reflect | wrap.", AUGMENT_PANEL
+    )
+    mixup: float | None = setting(
+        None,
+        "MixUp: blend each training batch with itself reversed, weight ~ Beta(a, a) per batch (timm's "
+        "mixup_alpha; 0.2-0.4 is usual; 0 = off).",
+        AUGMENT_PANEL,
+    )
+    cutmix: float | None = setting(
+        None,
+        "CutMix: paste a box of the reversed batch, its area share ~ Beta(a, a) per batch (timm's "
+        "cutmix_alpha; 1.0 is usual; 0 = off). With --mixup, each batch gets one of them.",
+        AUGMENT_PANEL,
+    )
 
 
 @dataclass
@@ -68,16 +172,37 @@ class ModelConfig:
     """Which network to build; `filters`, `dense`, `dropout` and `batchnorm` shape the builtin CNNs
     (`dropout` is also a timm model's drop_rate, and --head-only's dropout on cached features).
 
-    `name="auto"` chooses from the data: the offline pretrained backbone for photos, a builtin CNN for
-    small grey images such as digits (see `imgclf.training.recipe`)."""
+    `name="auto"` chooses from the data: the offline pretrained backbone, or a builtin CNN for many
+    small images such as digits (see `imgclf.training.recipe`)."""
 
-    name: str = "auto"
-    filters: list[int] | None = None
-    dense: list[int] | None = None
-    dropout: float | None = None
-    batchnorm: bool | None = None
-    pretrained: bool = False
-    weights: str | None = None
+    name: str = setting(
+        "auto",
+        "auto (efficientnet_lite0 with ImageNet weights; 10,000 or more small images such as digits: cnn "
+        "from scratch; says which and why) | mlp | cnn-small | cnn-basic | cnn | efficientnet_lite0 | "
+        "any timm name (see `imgclf models`).",
+        MODEL_PANEL,
+        flag="--model",
+        short="-m",
+    )
+    filters: list[int] | None = setting(None, "cnn: filters per block, e.g. 32,64,128.", MODEL_PANEL)
+    dense: list[int] | None = setting(
+        None, "Dense layer sizes before the classifier, e.g. 512 or 128,64.", MODEL_PANEL
+    )
+    dropout: float | None = setting(
+        None,
+        "Dropout rate: in the builtin CNNs' dense layers; for timm models on the pooled features before "
+        "the classifier (timm's drop_rate); with --head-only on the cached features (default 0.5).",
+        MODEL_PANEL,
+    )
+    batchnorm: bool | None = setting(None, "cnn: BatchNorm after convs.", MODEL_PANEL)
+    pretrained: bool = setting(
+        False,
+        "Start from ImageNet weights: efficientnet_lite0 offline, other timm models from the hub (or its "
+        "cache).",
+        MODEL_PANEL,
+        shown="",
+    )
+    weights: str | None = setting(None, "Start from this weights file (.safetensors, .pth).", MODEL_PANEL)
 
 
 @dataclass
@@ -90,41 +215,124 @@ class TrainConfig:
     the resolved values are what `config.yaml` records.
     """
 
-    recipe: str = "auto"
-    epochs: int | None = None
-    batch_size: int | None = None
-    optimizer: str = "adamw"
-    lr: float | None = None
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 0.01
-    label_smoothing: float | None = None
-    schedule: str = "cosine"
-    warmup_epochs: float | None = None
-    class_weight: str = "none"
-    monitor: str | None = None
-    time_limit: float | None = None  # minutes for the whole run; 0 = none
-    patience: int | None = None
-    device: str = "auto"
-    precision: str = "auto"
-    channels_last: bool | None = None
-    compile: bool = False
-    lr_scaling: str = "none"
-    lr_base_batch: int = 64
-    freeze_epochs: int = 0
-    finetune_epochs: int = 0
-    finetune_lr: float | None = None
-    unfreeze: str | None = None
-    finetune_bn: str | None = None
-    head_only: bool = False
+    recipe: Literal["auto", "transfer", "plain"] = setting(
+        "auto",
+        "auto | transfer (a head fitted on cached features, then the whole network fine-tuned from it at "
+        "a lower learning rate for the backbone, the best epoch kept by validation accuracy) | plain "
+        "(train as configured). auto: transfer for a pretrained backbone unless --head-only or "
+        "--freeze-epochs, else plain.",
+        TRAIN_PANEL,
+    )
+    epochs: int | None = setting(
+        None,
+        "Epochs (recipe transfer: fine-tuning epochs after the head).",
+        TRAIN_PANEL,
+        short="-e",
+        shown="plain 10; transfer: planned from the data and the time limit",
+    )
+    batch_size: int | None = setting(
+        None, "Images per training step.", TRAIN_PANEL, short="-b", shown="plain 64, transfer 32"
+    )
+    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = setting(
+        "adamw", "adam | adamw | sgd | rmsprop.", TRAIN_PANEL
+    )
+    lr: float | None = setting(
+        None, "Learning rate (recipe transfer: the head's).", TRAIN_PANEL, shown="plain 2e-3, transfer 1e-3"
+    )
+    momentum: float = setting(0.9, "sgd momentum.", TRAIN_PANEL)
+    nesterov: bool = setting(False, "sgd with Nesterov momentum.", TRAIN_PANEL, shown="")
+    weight_decay: float = setting(0.01, "AdamW's decoupled weight decay (L2 for the others).", TRAIN_PANEL)
+    label_smoothing: float | None = setting(
+        None, "Share of each label spread over all classes.", TRAIN_PANEL, shown="plain 0, transfer 0.1"
+    )
+    schedule: Literal["constant", "cosine", "onecycle", "plateau"] = setting(
+        "cosine", "constant | cosine | onecycle | plateau.", TRAIN_PANEL
+    )
+    warmup_epochs: float | None = setting(
+        None, "Linear warm-up length (constant, cosine).", TRAIN_PANEL, shown="plain 1, transfer 0.3"
+    )
+    class_weight: Literal["none", "auto"] = setting("none", "auto (balanced) | none.", TRAIN_PANEL)
+    monitor: Literal["val_loss", "val_acc"] | None = setting(
+        None,
+        "val_loss | val_acc (ties broken by val_loss): picks the best model.",
+        TRAIN_PANEL,
+        shown="plain val_loss, transfer val_acc",
+    )
+    time_limit: float | None = setting(
+        None,
+        "Minutes for the whole run: no epoch starts that would end after it (the best epoch is kept); "
+        "recipe transfer plans its fine-tuning epochs to fit. 0 = none.",
+        TRAIN_PANEL,
+        shown="transfer on the CPU: 10 min per 2,000 images, at least 5; else none",
+    )
+    patience: int | None = setting(
+        None, "Early stop after this many epochs without improvement (restores the best).", TRAIN_PANEL
+    )
+    device: str = setting("auto", "auto | cpu | cuda | cuda:N.", TRAIN_PANEL)
+    precision: Literal["auto", "fp32", "bf16"] = setting(
+        "auto",
+        "auto (bf16 on CUDA, and on processors with native bf16: AVX-512 BF16, AMX) | fp32 | bf16.",
+        TRAIN_PANEL,
+    )
+    channels_last: bool | None = setting(
+        None, "Channels-last memory format (None: on, except for the mlp).", TRAIN_PANEL, cli=False
+    )
+    compile: bool = setting(
+        False,
+        "Run training steps through torch.compile (faster steps after a one-time compile; needs gcc on "
+        "the CPU).",
+        TRAIN_PANEL,
+        shown="",
+    )
+    lr_scaling: Literal["none", "linear", "sqrt"] = setting(
+        "none",
+        "none | linear | sqrt: scale --lr by (batch size × processes) / --lr-base-batch, so larger batches "
+        "keep accuracy.",
+        TRAIN_PANEL,
+    )
+    lr_base_batch: int = setting(64, "The batch size --lr is meant for.", TRAIN_PANEL)
+    freeze_epochs: int = setting(
+        0,
+        "Stage 1: train only the new head on the frozen backbone for this many epochs.",
+        MODEL_PANEL,
+        shown="",
+    )
+    finetune_epochs: int = setting(
+        0,
+        "Stage 2: then fine-tune for this many epochs (total = freeze + finetune).",
+        MODEL_PANEL,
+        shown="",
+    )
+    finetune_lr: float | None = setting(
+        None,
+        "The backbone's learning rate when fine-tuning (stage 2; recipe transfer).",
+        MODEL_PANEL,
+        shown="lr / 10; transfer: lr × 0.3",
+    )
+    unfreeze: str | None = setting(
+        None, "Stage 2 unfreezes: all | N (the last N blocks).", MODEL_PANEL, shown="all"
+    )
+    finetune_bn: Literal["train", "frozen"] | None = setting(
+        None,
+        "Stage 2 BatchNorm statistics: train (they follow the new data) | frozen (the ImageNet statistics "
+        "stay, as in the Keras transfer-learning guide; the layers' scale and shift still learn).",
+        MODEL_PANEL,
+        shown="frozen with recipe transfer, else train",
+    )
+    head_only: bool = setting(
+        False,
+        "Train a linear head on bottleneck features computed once (seconds); saves the whole model.",
+        MODEL_PANEL,
+        shown="",
+    )
 
 
 @dataclass
 class OutputConfig:
     """Where the run folder goes."""
 
-    project: str = "runs"
-    name: str = "train"
+    project: str = setting("runs", "Folder that holds run folders.", OUTPUT_PANEL)
+    name: str = setting("train", "Run folder name; -2, -3 … appended if taken.", OUTPUT_PANEL)
 
 
 @dataclass
@@ -136,25 +344,85 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
-    seed: int = 0
+    seed: int = setting(0, "Seed of the split, initialisation and shuffling.", DATA_PANEL)
 
 
-CHOICES: dict[str, tuple[str, ...]] = {
-    "data.resize": ("stretch", "crop", "pad"),
-    "data.interpolation": ("auto", "nearest", "bilinear", "bicubic", "lanczos"),
-    "data.normalize": ("auto", "rescale", "imagenet", "half"),
-    "data.cache": ("auto", "ram", "disk", "none"),
-    "augment.preset": ("auto", "none", "light", "strong", "digits"),
-    "augment.fill": ("nearest", "constant", "reflect", "wrap"),
-    "train.optimizer": ("adam", "adamw", "sgd", "rmsprop"),
-    "train.schedule": ("constant", "cosine", "onecycle", "plateau"),
-    "train.class_weight": ("none", "auto"),
-    "train.monitor": (None, "val_loss", "val_acc"),
-    "train.recipe": ("auto", "transfer", "plain"),
-    "train.precision": ("auto", "fp32", "bf16"),
-    "train.lr_scaling": ("none", "linear", "sqrt"),
-    "train.finetune_bn": (None, "train", "frozen"),
-}
+SECTIONS = ("data", "augment", "model", "train", "output")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting as the command line offers it (see `setting`)."""
+
+    key: str  # dotted: "train.lr"; "seed"
+    annotation: Any
+    default: Any
+    help: str
+    panel: str
+    flag: str
+    short: str | None
+    shown: str | None
+    parse: Callable[[str], Any] | None
+
+    @property
+    def choices(self) -> tuple[Any, ...]:
+        """The values a `Literal` setting allows (None among them when it may be unset), else ()."""
+        return _literal_choices(self.annotation)
+
+    @property
+    def param(self) -> str:
+        """The Python parameter name of the flag: --cache-budget → cache_budget."""
+        return self.flag.removeprefix("--").replace("-", "_")
+
+    @property
+    def default_text(self) -> str:
+        """The default as --help shows it ("" for none)."""
+        if self.shown is not None:
+            return self.shown
+        return "" if self.default is None else str(self.default)
+
+
+def _literal_choices(annotation: Any) -> tuple[Any, ...]:
+    if typing.get_origin(annotation) is Literal:
+        return typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        found: tuple[Any, ...] = ()
+        for arg in typing.get_args(annotation):
+            found += (None,) if arg is type(None) else _literal_choices(arg)
+        return found if any(choice is not None for choice in found) else ()
+    return ()
+
+
+def settings(cli_only: bool = True) -> list[Setting]:
+    """Every setting of Config in declaration order (section by section, then seed); with `cli_only`
+    those the command line offers."""
+    hints = typing.get_type_hints(Config)
+    found = []
+    for section, cls in [*((name, hints[name]) for name in SECTIONS), ("", Config)]:
+        field_hints = typing.get_type_hints(cls)
+        for item in dataclasses.fields(cls):
+            meta = item.metadata
+            if "help" not in meta or (cli_only and not meta["cli"]):
+                continue
+            found.append(
+                Setting(
+                    key=f"{section}.{item.name}" if section else item.name,
+                    annotation=field_hints[item.name],
+                    default=item.default,
+                    help=meta["help"],
+                    panel=meta["panel"],
+                    flag=meta["flag"] or "--" + item.name.replace("_", "-"),
+                    short=meta["short"],
+                    shown=meta["shown"],
+                    parse=meta["parse"],
+                )
+            )
+    return found
+
+
+# The allowed values of every choice, from the `Literal` annotations.
+CHOICES: dict[str, tuple[Any, ...]] = {item.key: item.choices for item in settings(False) if item.choices}
+
 
 # What the presets set; explicit flags win over them.
 AUGMENT_PRESETS: dict[str, dict[str, Any]] = {
@@ -192,6 +460,11 @@ AUGMENT_OFF: dict[str, Any] = {
 def _check_type(value: Any, annotation: Any, where: str) -> Any:
     """Return `value` coerced to `annotation` where that is lossless, else raise ConfigError."""
     origin = typing.get_origin(annotation)
+    if origin is Literal:
+        allowed = typing.get_args(annotation)
+        if value in allowed:
+            return value
+        raise ConfigError(f"{where} must be one of {', '.join(map(str, allowed))}, got {value!r}")
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(annotation)
         if value is None and type(None) in args:
@@ -377,7 +650,8 @@ def validate_config(cfg: Config) -> None:
         section, key = dotted.split(".")
         value = getattr(getattr(cfg, section), key)
         if value not in choices:
-            raise ConfigError(f"{dotted} must be one of {', '.join(choices)}, got {value!r}")
+            shown = ", ".join(str(choice) for choice in choices if choice is not None)
+            raise ConfigError(f"{dotted} must be one of {shown}, got {value!r}")
     data, train, augment = cfg.data, cfg.train, cfg.augment
     if not 0.0 <= data.val_split < 1.0 or not 0.0 <= data.test_split < 1.0:
         raise ConfigError("val_split and test_split must be fractions between 0 and 1")

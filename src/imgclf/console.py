@@ -79,26 +79,25 @@ class ConsoleReporter(Callback):
             self.decode_progress = None
 
     def on_train_start(self, state: TrainState) -> None:
-        context = state.context
-        counts = context.get("counts", {})
-        spec = context.get("spec")
+        info = state.info
+        counts, spec = info.counts, info.spec
         print_ = self.console.print
-        print_(f"[bold]run folder[/bold] {context.get('run_dir')}")
-        if context.get("layout"):
-            print_(f"[bold]layout[/bold] {context['layout']}")
-        classes = context.get("classes", [])
+        print_(f"[bold]run folder[/bold] {info.run_dir}")
+        if info.layout:
+            print_(f"[bold]layout[/bold] {info.layout}")
+        classes = info.classes
         shown = ", ".join(classes[:12]) + (f" … ({len(classes)} in all)" if len(classes) > 12 else "")
         print_(f"[bold]classes[/bold] {len(classes)}: {shown}")
         print_(
             "[bold]images[/bold] "
             + ", ".join(f"{split} {format_count(counts.get(split, 0))}" for split in ("train", "val", "test"))
             + (
-                f"  (validating on {context['validation_split']})"
-                if context.get("validation_split") not in (None, "val")
+                f"  (validating on {info.validation_split})"
+                if info.validation_split not in (None, "val")
                 else ""
             )
         )
-        line = problems_line(context.get("problems", []), "skipped_files.csv")
+        line = problems_line(info.problems, "skipped_files.csv")
         if line:
             self.console.print(f"[yellow]{line}[/yellow]")
         if spec is not None:
@@ -106,12 +105,11 @@ class ConsoleReporter(Callback):
                 f"[bold]preprocessing[/bold] {spec.height}×{spec.width}, {spec.channels} channel(s), "
                 f"resize {spec.resize}, mean {_short(spec.mean)} std {_short(spec.std)}"
             )
-        print_(f"[bold]device[/bold] {context.get('device')}, images cached: {context.get('cache')}")
-        summary = context.get("summary")
-        if summary is not None:
-            print_(summary.to_text(), markup=False)
-        if context.get("resumed_from") is not None:
-            print_(f"resuming after epoch {context['resumed_from']}")
+        print_(f"[bold]device[/bold] {info.device}, images cached: {info.cache}")
+        if info.summary is not None:
+            print_(info.summary.to_text(), markup=False)
+        if info.resumed_from is not None:
+            print_(f"resuming after epoch {info.resumed_from}")
 
     # -- per epoch ------------------------------------------------------------------------------
     def on_epoch_start(self, state: TrainState) -> None:

@@ -31,7 +31,7 @@ def run_demo(out: Path, epochs: int = 15) -> dict:
     --model would fine-tune the ImageNet backbone on so few images), evaluate on the held-out test
     split, predict a few."""
     from imgclf import api
-    from imgclf.predict import Predictor
+    from imgclf.inference.predictor import Predictor
 
     out = Path(out)
     data = write_digits(out / "digits")

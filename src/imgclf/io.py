@@ -8,6 +8,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 
 def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
     """Call `write(tmp_path)` and move the result over `path` in one rename."""
@@ -58,3 +60,12 @@ def replace_dir_atomic(target: str | Path, fill: Callable[[Path], None]) -> None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def save_arrays(path: Path, **arrays: np.ndarray) -> None:
+    """One array → .npy content, several → .npz content, at exactly `path` (numpy would add a suffix)."""
+    with path.open("wb") as handle:
+        if len(arrays) == 1:
+            np.save(handle, next(iter(arrays.values())))
+        else:
+            np.savez(handle, **arrays)

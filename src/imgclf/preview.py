@@ -9,8 +9,9 @@ import torch
 
 from imgclf.config import Config
 from imgclf.data.augment import BatchAugment
+from imgclf.data.headers import read_headers
 from imgclf.data.loader import decode_all
-from imgclf.data.sources import read_headers, scan_source
+from imgclf.data.sources import scan_source
 from imgclf.errors import DataError
 from imgclf.io import write_atomic
 from imgclf.training.recipe import resolve_recipe
@@ -21,7 +22,8 @@ def write_augment_preview(data: str, out: Path, cfg: Config, images: int = 6, va
     from PIL import Image
     from torchvision.utils import make_grid
 
-    from imgclf.api import crop_cache_spec, resolve_spec
+    from imgclf.data.prepared import crop_cache_spec
+    from imgclf.models.spec import resolve_spec
 
     image_set = scan_source(
         data,

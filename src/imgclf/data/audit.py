@@ -29,7 +29,8 @@ from imgclf.data.decode import (
     read_header,
     to_channels,
 )
-from imgclf.data.sources import ArrayReader, FileReader, ImageSet, scan_source
+from imgclf.data.imageset import ArrayReader, FileReader, ImageSet
+from imgclf.data.sources import scan_source
 
 COMMON_MODES = frozenset({"L", "RGB"})
 THUMB = 16  # first, coarse comparison of every cross-split pair
@@ -236,6 +237,22 @@ def _near_duplicate_pairs(
     return pairs
 
 
+@dataclass
+class AuditedFiles:
+    """What the checks share: the samples, what reading each file found, its split, the readable ones."""
+
+    image_set: ImageSet
+    facts: list[Any]  # FileFacts, one per sample
+    splits: list[str]
+    good: list[int]  # samples whose file decoded
+
+    def entry(self, i: int) -> dict[str, Any]:
+        return {"path": self.image_set.keys[i], "split": self.splits[i], "label": self.label(i)}
+
+    def label(self, i: int) -> str:
+        return self.image_set.classes[self.image_set.labels[i]]
+
+
 def audit(
     data: str | Path | ImageSet,
     *,
@@ -259,12 +276,39 @@ def audit(
         else scan_source(data, path_col=path_col, label_col=label_col, splits=splits)
     )
     facts = inspect_files(image_set, workers)
-    splits = list(image_set.splits) if image_set.splits is not None else ["all"] * len(image_set)
-    findings: list[Finding] = []
+    split_of = list(image_set.splits) if image_set.splits is not None else ["all"] * len(image_set)
+    files = AuditedFiles(image_set, facts, split_of, [i for i, f in enumerate(facts) if not f.error])
+    split_summary = count_splits(files)
+    findings = check_unreadable(files) + check_classes(files, min_class_size, imbalance_threshold)
+    exact, groups, exact_pairs = check_exact_duplicates(files)
+    near, near_pairs = check_near_duplicates(files, list(split_summary), exact_pairs, near_correlation)
+    findings += exact + near + check_conflicting_labels(files, groups, near_pairs)
+    sizes: dict[str, int] = defaultdict(int)
+    modes: dict[str, int] = defaultdict(int)
+    for i in files.good:
+        sizes[f"{facts[i].width}x{facts[i].height}"] += 1
+        modes[facts[i].mode] += 1
+    findings += check_images(files, tiny_size)
+    order = {"error": 0, "warning": 1, "info": 2}
+    findings.sort(key=lambda f: order[f.level])
+    return AuditReport(
+        source=str(image_set.source),
+        layout=image_set.layout,
+        splits=split_summary,
+        sizes=dict(sorted(sizes.items(), key=lambda kv: -kv[1])),
+        modes=dict(modes),
+        findings=findings,
+        seconds=time.perf_counter() - started,
+        files_read=len(facts),
+        description=image_set.description,
+    )
 
-    # files the scan left out, and files that do not decode
+
+def check_unreadable(files: AuditedFiles) -> list[Finding]:
+    """Files the scan left out (missing, not images) and files that do not decode."""
+    findings = []
     by_kind: dict[str, list[Any]] = defaultdict(list)
-    for problem in image_set.problems:
+    for problem in files.image_set.problems:
         by_kind[problem.kind].append({"path": problem.path, "reason": problem.reason})
     if by_kind["missing"]:
         findings.append(
@@ -274,26 +318,35 @@ def audit(
         findings.append(
             Finding("warning", "non-image", "not image files (skipped by imgclf)", by_kind["non-image"])
         )
-    corrupt = [{"path": image_set.keys[i], "reason": f.error} for i, f in enumerate(facts) if f.error]
+    keys = files.image_set.keys
+    corrupt = [{"path": keys[i], "reason": f.error} for i, f in enumerate(files.facts) if f.error]
     corrupt += by_kind["corrupt"]
     if corrupt:
         findings.append(
             Finding("error", "corrupt", "corrupt or truncated images (left out by imgclf)", corrupt)
         )
-    good = [i for i, f in enumerate(facts) if not f.error]
+    return findings
 
-    # counts per split and class; empty and small classes; imbalance
-    split_summary: dict[str, dict[str, Any]] = {}
-    for split in sorted(set(splits), key=["train", "val", "test", "all"].index):
-        members = [i for i in good if splits[i] == split]
+
+def count_splits(files: AuditedFiles) -> dict[str, dict[str, Any]]:
+    """Readable images per split and class."""
+    image_set, summary = files.image_set, {}
+    for split in sorted(set(files.splits), key=["train", "val", "test", "all"].index):
+        members = [i for i in files.good if files.splits[i] == split]
         counts = np.bincount(image_set.labels[members], minlength=len(image_set.classes))
-        split_summary[split] = {
+        summary[split] = {
             "images": len(members),
             "classes": {name: int(c) for name, c in zip(image_set.classes, counts)},
         }
+    return summary
+
+
+def check_classes(files: AuditedFiles, min_class_size: int, imbalance_threshold: float) -> list[Finding]:
+    """Empty and small classes, and imbalance."""
+    image_set, findings = files.image_set, []
     totals = (
-        np.bincount(image_set.labels[good], minlength=len(image_set.classes))
-        if good
+        np.bincount(image_set.labels[files.good], minlength=len(image_set.classes))
+        if files.good
         else np.zeros(len(image_set.classes), dtype=int)
     )
     empty = [name for name, count in zip(image_set.classes, totals) if count == 0]
@@ -320,22 +373,25 @@ def audit(
                 [{"ratio": round(ratio, 2)}],
             )
         )
+    return findings
 
-    # exact duplicates by content hash
+
+def check_exact_duplicates(
+    files: AuditedFiles,
+) -> tuple[list[Finding], dict[str, list[int]], set[tuple[int, int]]]:
+    """Identical files (by content hash) across and within splits; also returns the groups of
+    identical files and every ordered pair of them."""
     groups: dict[str, list[int]] = defaultdict(list)
-    for i in good:
-        groups[facts[i].sha256].append(i)
-    across, within = [], []
-    exact_pairs: set[tuple[int, int]] = set()
+    for i in files.good:
+        groups[files.facts[i].sha256].append(i)
+    across, within, findings = [], [], []
+    pairs: set[tuple[int, int]] = set()
     for members in groups.values():
         if len(members) < 2:
             continue
-        entry = [
-            {"path": image_set.keys[i], "split": splits[i], "label": image_set.classes[image_set.labels[i]]}
-            for i in members
-        ]
-        (across if len({splits[i] for i in members}) > 1 else within).append(entry)
-        exact_pairs |= {(a, b) for a in members for b in members if a != b}
+        entry = [files.entry(i) for i in members]
+        (across if len({files.splits[i] for i in members}) > 1 else within).append(entry)
+        pairs |= {(a, b) for a in members for b in members if a != b}
     if across:
         findings.append(
             Finding(
@@ -346,128 +402,103 @@ def audit(
         findings.append(
             Finding("warning", "duplicate-within-split", "identical files within a split", within)
         )
+    return findings, groups, pairs
 
-    # near-duplicates across and within splits (perceptual hash, confirmed on thumbnails)
-    near, near_within = [], []
-    near_pairs: set[tuple[int, int]] = set()
-    split_names = list(split_summary)
-    hashes = np.array([facts[i].dhash for i in range(len(facts))], dtype=np.uint64)
+
+def check_near_duplicates(
+    files: AuditedFiles, split_names: list[str], exact_pairs: set[tuple[int, int]], near_correlation: float
+) -> tuple[list[Finding], set[tuple[int, int]]]:
+    """Look-alike images across and within splits (perceptual hash, confirmed on thumbnails); also
+    returns the pairs found."""
+    facts, keys = files.facts, files.image_set.keys
+    hashes = np.array([f.dhash for f in facts], dtype=np.uint64)
     thumbs = np.frombuffer(b"".join(f.thumb or bytes(FINE * FINE) for f in facts), dtype=np.uint8)
     thumbs = thumbs.reshape(len(facts), FINE * FINE).astype(np.float32)
     members_of = {
-        name: np.asarray([i for i in good if splits[i] == name], dtype=np.int64) for name in split_names
+        name: np.asarray([i for i in files.good if files.splits[i] == name], dtype=np.int64)
+        for name in split_names
     }
+    near, near_within = [], []
+    pairs: set[tuple[int, int]] = set()
     for position, first in enumerate(split_names):
         for second in split_names[position:]:
             index_a, index_b = members_of[first], members_of[second]
-            for a, b, correlation in _near_duplicate_pairs(
+            found = _near_duplicate_pairs(
                 thumbs[index_a],
                 hashes[index_a],
                 thumbs[index_b],
                 hashes[index_b],
                 near_correlation,
                 same=first == second,
-            ):
+            )
+            for a, b, correlation in found:
                 ia, ib = int(index_a[a]), int(index_b[b])
                 if (ia, ib) in exact_pairs:
                     continue
-                near_pairs.add((ia, ib))
-                (near if first != second else near_within).append(
-                    {
-                        "paths": [image_set.keys[ia], image_set.keys[ib]],
-                        "splits": [first, second],
-                        "correlation": round(correlation, 4),
-                    }
-                )
+                pairs.add((ia, ib))
+                entry = {
+                    "paths": [keys[ia], keys[ib]],
+                    "splits": [first, second],
+                    "correlation": round(correlation, 4),
+                }
+                (near if first != second else near_within).append(entry)
+    findings = []
     if near:
-        findings.append(
-            Finding(
-                "warning",
-                "near-duplicate-across-splits",
-                "look-alike images in two splits (re-encoded, resized or edited copies)",
-                near,
-            )
-        )
+        message = "look-alike images in two splits (re-encoded, resized or edited copies)"
+        findings.append(Finding("warning", "near-duplicate-across-splits", message, near))
     if near_within:
-        findings.append(
-            Finding(
-                "warning",
-                "near-duplicate-within-split",
-                "look-alike images within a split (a split imgclf makes can put them on both sides)",
-                near_within,
-            )
-        )
+        message = "look-alike images within a split (a split imgclf makes can put them on both sides)"
+        findings.append(Finding("warning", "near-duplicate-within-split", message, near_within))
+    return findings, pairs
 
-    # the same picture under two classes: one of the labels is wrong
+
+def check_conflicting_labels(
+    files: AuditedFiles, groups: dict[str, list[int]], near_pairs: set[tuple[int, int]]
+) -> list[Finding]:
+    """The same picture under two classes (identical or look-alike): one of the labels is wrong."""
+    labels, keys = files.image_set.labels, files.image_set.keys
     conflicting = []
     for members in groups.values():
-        if len(members) > 1 and len({int(image_set.labels[i]) for i in members}) > 1:
+        if len(members) > 1 and len({int(labels[i]) for i in members}) > 1:
             conflicting.append(
                 {
-                    "paths": [image_set.keys[i] for i in members],
-                    "labels": [image_set.classes[image_set.labels[i]] for i in members],
+                    "paths": [keys[i] for i in members],
+                    "labels": [files.label(i) for i in members],
                     "copy": "identical",
                 }
             )
     for ia, ib in sorted(near_pairs):
-        if image_set.labels[ia] != image_set.labels[ib]:
+        if labels[ia] != labels[ib]:
             conflicting.append(
                 {
-                    "paths": [image_set.keys[ia], image_set.keys[ib]],
-                    "labels": [image_set.classes[image_set.labels[i]] for i in (ia, ib)],
+                    "paths": [keys[ia], keys[ib]],
+                    "labels": [files.label(ia), files.label(ib)],
                     "copy": "look-alike",
                 }
             )
-    if conflicting:
-        findings.append(
-            Finding(
-                "error",
-                "conflicting-labels",
-                "the same image under different classes (identical or look-alike): a label is wrong",
-                conflicting,
-            )
-        )
+    if not conflicting:
+        return []
+    message = "the same image under different classes (identical or look-alike): a label is wrong"
+    return [Finding("error", "conflicting-labels", message, conflicting)]
 
-    # per-image observations
-    sizes: dict[str, int] = defaultdict(int)
-    modes: dict[str, int] = defaultdict(int)
-    for i in good:
-        sizes[f"{facts[i].width}x{facts[i].height}"] += 1
-        modes[facts[i].mode] += 1
-    tiny = [image_set.keys[i] for i in good if min(facts[i].width, facts[i].height) < tiny_size]
+
+def check_images(files: AuditedFiles, tiny_size: int) -> list[Finding]:
+    """Per-image observations: tiny images, EXIF rotation, unusual modes."""
+    facts, keys, findings = files.facts, files.image_set.keys, []
+    tiny = [keys[i] for i in files.good if min(facts[i].width, facts[i].height) < tiny_size]
     if tiny:
         findings.append(Finding("warning", "tiny-image", f"images under {tiny_size} px on a side", tiny))
-    rotated = [image_set.keys[i] for i in good if facts[i].exif_rotated]
+    rotated = [keys[i] for i in files.good if facts[i].exif_rotated]
     if rotated:
         findings.append(Finding("info", "exif-rotated", "EXIF says to rotate these (imgclf does)", rotated))
     unusual = [
-        {"path": image_set.keys[i], "mode": facts[i].mode} for i in good if facts[i].mode not in COMMON_MODES
+        {"path": keys[i], "mode": facts[i].mode} for i in files.good if facts[i].mode not in COMMON_MODES
     ]
     if unusual:
-        findings.append(
-            Finding(
-                "info",
-                "unusual-mode",
-                "modes other than L and RGB (converted on load: "
-                + ", ".join(sorted({u["mode"] for u in unusual}))
-                + ")",
-                unusual,
-            )
-        )
-
-    order = {"error": 0, "warning": 1, "info": 2}
-    findings.sort(key=lambda f: order[f.level])
-    return AuditReport(
-        source=str(image_set.source),
-        layout=image_set.layout,
-        splits=split_summary,
-        sizes=dict(sorted(sizes.items(), key=lambda kv: -kv[1])),
-        modes=dict(modes),
-        findings=findings,
-        seconds=time.perf_counter() - started,
-        files_read=len(facts),
-        description=image_set.description,
-    )
+        modes = ", ".join(sorted({u["mode"] for u in unusual}))
+        message = f"modes other than L and RGB (converted on load: {modes})"
+        findings.append(Finding("info", "unusual-mode", message, unusual))
+    return findings
 
 
 def summarize_files(files: Sequence[Any], limit: int = 3) -> str:

@@ -151,8 +151,8 @@ def apply_augment(
     """Apply drawn parameters to a float batch N×C×H×W of pixel values in [0, 255].
 
     `size` (height, width) is the output size when it differs from the batch's: the training split
-    cached larger for random-resized crops (`imgclf.api.crop_cache_spec`) is sampled straight down to
-    the model's size by the same warp. The parameters are drawn for the batch's own size; in
+    cached larger for random-resized crops (`imgclf.data.prepared.crop_cache_spec`) is sampled
+    straight down to the model's size by the same warp. The parameters are drawn for the batch's own size; in
     `affine_grid`'s normalized coordinates they mean the same transform at any resolution.
     """
     n, channels, height, width = batch.shape

@@ -31,9 +31,10 @@ from pathlib import Path
 import numpy as np
 import PIL
 
+from imgclf.data.headers import file_list_digest
+from imgclf.data.imageset import ImageSet, Problem
 from imgclf.data.loader import shared_rows
 from imgclf.data.preprocess import PreprocessSpec
-from imgclf.data.sources import ImageSet, Problem, file_list_digest
 from imgclf.errors import DataError
 from imgclf.io import replace_dir_atomic
 from imgclf.paths import cache_dir

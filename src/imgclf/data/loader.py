@@ -19,8 +19,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from imgclf.data.decode import ImageDecodeError
+from imgclf.data.imageset import FileReader, ImageSet, Problem
 from imgclf.data.preprocess import PreprocessSpec, load_prepared, prepare_image
-from imgclf.data.sources import FileReader, ImageSet, Problem
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imgclf.data.sources import SPLIT_NAMES, ImageSet
+from imgclf.data.imageset import SPLIT_NAMES, ImageSet
 from imgclf.errors import DataError, UsageError
 from imgclf.io import write_text_atomic
 

@@ -31,7 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imgclf.data.decode import ImageDecodeError, decode_image
 from imgclf.data.preprocess import prepare_image
-from imgclf.predict import Predictor
+from imgclf.inference.predictor import Predictor
 from imgclf.serve.batching import MicroBatcher
 
 logger = logging.getLogger(__name__)
@@ -175,7 +175,7 @@ def _decode_base64(text: str, position: int) -> bytes:
 
 def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> FastAPI:
     """The FastAPI application serving `predictor`."""
-    from imgclf import __version__
+    from imgclf.version import __version__
 
     settings = settings or ServeSettings()
     info = predictor.info

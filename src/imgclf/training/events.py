@@ -1,7 +1,9 @@
 """Named training events and the callbacks that react to them.
 
-The loop calls, in order: on_train_start, then per epoch on_epoch_start, on_batch_end (per batch),
-on_epoch_end; finally on_train_end. Callbacks read and update the shared `TrainState`; setting
+The events are declared once, in `EVENTS`, in the order a run emits them: on_progress (work before
+training, such as decoding the images once), on_train_start, then per epoch on_epoch_start,
+on_batch_end (per batch) and on_epoch_end; finally on_train_end and, from `imgclf.train`, on_run_end
+(with the finished `Run`). Callbacks read and update the shared `TrainState`; setting
 `state.stop = True` ends training after the current epoch.
 """
 
@@ -39,6 +41,37 @@ METRIC_COLUMNS = (
 )
 
 
+EVENTS = (
+    "on_progress",
+    "on_train_start",
+    "on_epoch_start",
+    "on_batch_end",
+    "on_epoch_end",
+    "on_train_end",
+    "on_run_end",
+)
+
+
+@dataclass
+class RunInfo:
+    """What a run is about, set before training starts; the console shows it, and elapsed times
+    count from `started` (data preparation included)."""
+
+    started: float = field(default_factory=time.perf_counter)
+    run_dir: Path | None = None
+    layout: str | None = None
+    classes: list[str] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)  # images per split: train, val, test
+    validation_split: str | None = None  # "test" when validating on the test split
+    problems: list[Any] = field(default_factory=list)  # the files left out (imgclf.data.imageset.Problem)
+    spec: Any = None  # the preprocessing (imgclf.data.preprocess.PreprocessSpec)
+    device: str = ""
+    cache: str = ""  # where the decoded images live: ram, disk or none
+    summary: Any = None  # the model's layer table (imgclf.models.summary.ModelSummary)
+    resumed_from: int | None = None  # the epoch a resumed run continues after
+    recipe: str = ""
+
+
 @dataclass
 class TrainState:
     """What the loop and the callbacks share. `epoch` counts completed epochs."""
@@ -59,7 +92,7 @@ class TrainState:
     batch: int = 0
     batches: int = 0
     running: dict[str, float] = field(default_factory=dict)
-    context: dict[str, Any] = field(default_factory=dict)  # run folder, model summary, data counts …
+    info: RunInfo = field(default_factory=RunInfo)
 
     @property
     def last(self) -> dict[str, float]:
@@ -82,10 +115,18 @@ class Callback:
 
     def on_train_end(self, state: TrainState) -> None: ...
 
+    def on_run_end(self, run: Any) -> None:
+        """The run is finished and evaluated (`run` is the `imgclf.training.pipeline.Run`)."""
 
-def emit(callbacks: Sequence[Callback], event: str, state: TrainState) -> None:
+
+def emit(callbacks: Sequence[Callback], event: str, subject: Any) -> None:
+    """Call `event` (one of EVENTS) on every callback that has it, in order."""
+    if event not in EVENTS or event == "on_progress":
+        raise ValueError(f"unknown training event {event!r}")
     for callback in callbacks:
-        getattr(callback, event)(state)
+        handler = getattr(callback, event, None)
+        if handler is not None:
+            handler(subject)
 
 
 def _monitored(row: dict[str, float], monitor: str) -> float | None:

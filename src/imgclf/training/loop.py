@@ -7,7 +7,6 @@ and normalized by the preprocessing spec, so the model sees exactly what predict
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -39,7 +38,6 @@ class StepContext:
     frozen_norm: list[nn.Module] = field(default_factory=list)  # kept in eval mode while training
     dist: DistInfo = field(default_factory=DistInfo)
     wrapped: nn.Module | None = None  # the DistributedDataParallel wrapper when distributed
-    tta: bool = False  # predictions average each image with its mirror image
 
 
 def autocast(ctx: StepContext):
@@ -127,11 +125,6 @@ def predict_logits(model: nn.Module, loader: Loader, ctx: StepContext) -> tuple[
         inputs, labels = prepare_batch(batch, ctx, train=False)
         with autocast(ctx):
             logits = model(inputs).float()
-            if ctx.tta:  # the log of the mean probability: softmax of it gives that mean
-                mirrored = model(inputs.flip(-1)).float()
-                logits = torch.logsumexp(
-                    torch.stack([logits.log_softmax(1), mirrored.log_softmax(1)]), dim=0
-                ) - math.log(2.0)
         all_logits.append(logits.float().cpu())
         all_labels.append(labels.cpu())
     if not all_logits:
@@ -190,7 +183,7 @@ def fit(
     `first_stage` runs after on_train_start and before the first epoch (the transfer recipe's head,
     fitted on cached features, which it records as epoch 0).
     """
-    started = state.context.setdefault("started", time.perf_counter())
+    started = state.info.started
     emit(callbacks, "on_train_start", state)
     if first_stage is not None:
         first_stage(state)

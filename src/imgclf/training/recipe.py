@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from imgclf.config import Config, resolve_augment, validate_config
-from imgclf.data.sources import ImageSet
+from imgclf.data.imageset import ImageSet
 from imgclf.errors import ConfigError
 
 logger = logging.getLogger(__name__)

@@ -16,13 +16,19 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from imgclf.training.events import Callback, TrainState
-from imgclf.training.finetune import classifier_of
+from imgclf.config import Config, save_config
+from imgclf.data.prepared import PreparedData
+from imgclf.training.events import Callback, TrainState, emit
+from imgclf.training.features import cached_features, inference_speed, training_speed
+from imgclf.training.finetune import backbone_digest, classifier_of
+from imgclf.training.loop import StepContext
+from imgclf.training.optim import Schedule
 
 logger = logging.getLogger(__name__)
 
@@ -281,3 +287,107 @@ class Replan(Callback):
             )  # fmt: skip
             state.epochs = epochs
             self.on_change(epochs)
+
+
+@dataclass
+class HeadStage:
+    """The transfer recipe's first stage, recorded as epoch 0: a linear head fitted on the backbone's
+    cached features; then the fine-tuning epochs are planned (unless given) from the measured speed
+    and the time left, and the schedule is made for them."""
+
+    model: torch.nn.Module
+    prepared: PreparedData
+    ctx: StepContext
+    cfg: Config
+    val_split: str | None
+    callbacks: list[Callback]
+    config_path: Path | None
+    steps_per_epoch: int
+    lr: float
+
+    def __call__(self, state: TrainState) -> None:
+        started = time.perf_counter()
+        self.model.eval()
+        backbone = backbone_digest(self.model)
+        features = [
+            cached_features(self.model, backbone, self.prepared, split, self.ctx, self.cfg, self.callbacks)
+            if split is not None
+            else (None, None, None)
+            for split in ("train", self.val_split)
+        ]
+        (train_x, train_y, train_speed), (val_x, val_y, val_speed) = features
+        fit = fit_head(
+            train_x,
+            train_y,
+            val_x,
+            val_y,
+            len(self.prepared.image_set.classes),
+            label_smoothing=self.cfg.train.label_smoothing or 0.0,
+        )
+        load_head(self.model, fit)
+        seconds = time.perf_counter() - started
+        logger.info(
+            "head on cached features: L2 %.3g chosen by %s, %.1f s",
+            fit.l2,
+            "validation" if val_x is not None else "3-fold cross-validation",
+            seconds,
+        )
+        if self.cfg.train.epochs is None:
+            self._plan(state, len(train_y), 0 if val_y is None else len(val_y), train_speed or val_speed)
+        state.epochs = self.cfg.train.epochs
+        state.schedule = Schedule(
+            state.optimizer, self.cfg.train, self.steps_per_epoch, epochs=max(1, state.epochs), lr=self.lr
+        )
+        row = {
+            "epoch": 0,
+            "train_loss": fit.train_loss,
+            "train_acc": fit.train_acc,
+            "val_loss": fit.val_loss,
+            "val_acc": fit.val_acc,
+            "val_count": float(0 if val_y is None else len(val_y)),
+            "lr": 0.0,
+            "seconds": seconds,
+            "images_per_s": len(train_y) / max(seconds, 1e-9),
+            "elapsed": time.perf_counter() - state.info.started,
+            "stage": "head",
+        }
+        state.history.append(row)
+        emit(self.callbacks, "on_epoch_end", state)  # kept as the best so far, logged, checkpointed
+        if val_x is None:  # no validation: the fine-tuned network replaces the head, as trained last
+            state.best_value = None
+
+    def _plan(self, state: TrainState, train_count: int, val_count: int, speed: float | None) -> None:
+        if speed is None:  # features read from the cache: time the backbone on one batch
+            speed = inference_speed(self.model, self.ctx, self.cfg.train.batch_size)
+        train_speed = training_speed(self.model, self.ctx, self.cfg.train.batch_size)
+        limit = self.cfg.train.time_limit
+        elapsed = time.perf_counter() - state.info.started
+        plan = plan_finetune(
+            train_count,
+            val_count,
+            len(self.prepared.image_set.classes),
+            self.cfg.train.batch_size,
+            train_speed,
+            speed,
+            limit * 60 - elapsed if limit else None,
+        )
+        self.cfg.train.epochs = plan.epochs
+        if plan.epochs and limit:  # the first epoch's real duration corrects the probe's estimate
+            replan = Replan(
+                limit * 60, state.info.started, plan.wanted, plan.validation_seconds, self._record
+            )
+            self.callbacks.insert(0, replan)
+        if plan.epochs:
+            logger.info(
+                "fine-tuning %d epochs of about %.0f s (%s; %.0f images/s training, %.0f inference)",
+                plan.epochs, plan.seconds_per_epoch, plan.reason, train_speed, speed,
+            )  # fmt: skip
+        else:
+            logger.info("no fine-tuning: %s; the head is the model", plan.reason)
+        self._record(plan.epochs)
+
+    def _record(self, epochs: int) -> None:
+        """The planned epochs go into config.yaml: --resume continues with them."""
+        self.cfg.train.epochs = epochs
+        if self.config_path is not None:
+            save_config(self.cfg, self.config_path)

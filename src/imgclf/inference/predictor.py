@@ -1,12 +1,12 @@
-"""`Predictor`: a saved model plus its own preprocessing, for files, Pillow images and arrays."""
+"""`Predictor`: a saved model plus its own preprocessing, for files, Pillow images and arrays.
+
+Every prediction imgclf makes (`predict`, `serve`, `evaluate`) runs through it: one preprocessing,
+one test-time augmentation, PyTorch or ONNX Runtime behind the same call.
+"""
 
 from __future__ import annotations
 
-import csv
-import glob
-import io
 import itertools
-import json
 import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -20,13 +20,16 @@ import torch
 from PIL import Image
 
 from imgclf.artifact import ModelInfo, load_artifact, resolve_artifact_path
-from imgclf.data.decode import ImageDecodeError, is_image
+from imgclf.data.decode import ImageDecodeError
+from imgclf.data.imageset import array_to_image
+from imgclf.data.label_map import load_label_map
 from imgclf.data.preprocess import PreprocessSpec, load_prepared, normalize_batch, prepare_image
-from imgclf.data.sources import array_to_image, load_label_map
+from imgclf.device import resolve_device
 from imgclf.errors import UsageError
+from imgclf.inference.inputs import iter_inputs
 
 if TYPE_CHECKING:
-    from imgclf.export.onnx import OnnxClassifier
+    from imgclf.inference.onnx_runtime import OnnxClassifier
 
 logger = logging.getLogger(__name__)
 
@@ -58,51 +61,6 @@ class Prediction:
             ],
             "error": self.error,
         }
-
-
-def iter_inputs(inputs: Sequence[str | Path]) -> Iterator[str]:
-    """Files as given; folders → their image files (recursively, sorted); globs → their matches.
-
-    A generator, so that a folder of millions of images is never listed in memory at once. A path
-    that matches nothing is kept, so it gets an error row instead of vanishing.
-    """
-    for item in inputs:
-        text = str(item)
-        path = Path(text).expanduser()
-        if path.is_dir():
-            for directory, subdirs, files in os.walk(path):
-                subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
-                for name in sorted(files):
-                    full = os.path.join(directory, name)
-                    if is_image(full):
-                        yield full
-        elif path.exists():
-            yield str(path)
-        elif glob.has_magic(text):
-            matches = [
-                m for m in sorted(glob.glob(text, recursive=True)) if Path(m).is_file() and is_image(m)
-            ]
-            yield from matches or [text]
-        else:
-            yield text
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """ "2/4" → (2, 4): this machine takes every 4th input, starting with the 2nd."""
-    try:
-        index, count = (int(part) for part in text.split("/"))
-    except ValueError:
-        raise UsageError(f"--shard takes I/N, e.g. 1/4, got {text!r}") from None
-    if not 1 <= index <= count:
-        raise UsageError(f"--shard {text}: I must be between 1 and N")
-    return index, count
-
-
-def select_shard(paths: Iterable[str], index: int, count: int) -> Iterator[str]:
-    """The inputs of shard `index` of `count` (1-based), by position in the input order."""
-    for position, path in enumerate(paths):
-        if position % count == index - 1:
-            yield path
 
 
 BACKENDS = ("auto", "torch", "onnxruntime")
@@ -176,8 +134,7 @@ class Predictor:
         backend: str,
         threads: int | None,
     ) -> Predictor:
-        from imgclf.api import resolve_device
-        from imgclf.export.onnx import OnnxClassifier, load_current_export
+        from imgclf.inference.onnx_runtime import OnnxClassifier, load_current_export
 
         if backend not in BACKENDS:
             raise UsageError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -218,6 +175,10 @@ class Predictor:
         if self.tta:
             probabilities = (probabilities + self._probabilities(arrays[:, :, ::-1])) / 2.0
         return probabilities
+
+    def predict_batch(self, images: torch.Tensor) -> np.ndarray:
+        """A uint8 N×C×H×W batch, as imgclf's data loaders give them → class probabilities N×K."""
+        return self.predict_arrays(images.permute(0, 2, 3, 1).cpu().numpy())
 
     @torch.no_grad()
     def _probabilities(self, arrays: np.ndarray) -> np.ndarray:
@@ -288,75 +249,3 @@ class Predictor:
         if not inputs:
             raise UsageError("no input image given")
         return self.iter_predict(iter_inputs(inputs), top_k=top_k, batch_size=batch_size)
-
-
-class PredictionWriter:
-    """Writes predictions to a .csv or .jsonl file as they arrive (memory stays bounded).
-
-    With `resume`, rows already in the file are kept and their paths listed in `done`, so an
-    interrupted job continues where it stopped; a last line cut short by the interruption is dropped.
-    CSV columns: path, label_1, name_1, prob_1, …, label_k, name_k, prob_k, error.
-    """
-
-    def __init__(self, path: str | Path, top_k: int, resume: bool = False) -> None:
-        self.path = Path(path)
-        self.jsonl = self.path.suffix.lower() == ".jsonl"
-        self.top_k = top_k
-        self.done: set[str] = set()
-        header = ["path"]
-        for rank in range(1, top_k + 1):
-            header += [f"label_{rank}", f"name_{rank}", f"prob_{rank}"]
-        self.header = [*header, "error"]
-        if resume and self.path.is_file() and self.path.stat().st_size:
-            self._read_done()
-            self.handle = self.path.open("a", encoding="utf-8", newline="")
-        else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.handle = self.path.open("w", encoding="utf-8", newline="")
-            if not self.jsonl:
-                self.handle.write(",".join(self.header) + "\n")
-        self._csv = csv.writer(self.handle)
-
-    def _read_done(self) -> None:
-        data = self.path.read_bytes()
-        if not data.endswith(b"\n"):  # the job stopped in the middle of a line
-            data = data[: data.rfind(b"\n") + 1]
-            self.path.write_bytes(data)
-        text = data.decode("utf-8")
-        if self.jsonl:
-            self.done = {json.loads(line)["path"] for line in text.splitlines() if line.strip()}
-            return
-        rows = list(csv.reader(io.StringIO(text)))
-        if rows and rows[0] != self.header:
-            raise UsageError(
-                f"{self.path} was written with other columns (another --top-k?); cannot resume it"
-            )
-        self.done = {row[0] for row in rows[1:] if row}
-
-    def write(self, prediction: Prediction) -> None:
-        if self.jsonl:
-            self.handle.write(json.dumps(prediction.to_dict(), ensure_ascii=False) + "\n")
-            return
-        row: list[Any] = [prediction.source]
-        for rank in range(self.top_k):
-            if rank < len(prediction.labels):
-                row += [
-                    prediction.labels[rank],
-                    prediction.names[rank],
-                    f"{prediction.probabilities[rank]:.6f}",
-                ]
-            else:
-                row += ["", "", ""]
-        self._csv.writerow([*row, prediction.error or ""])
-
-    def flush(self) -> None:
-        self.handle.flush()
-
-    def close(self) -> None:
-        self.handle.close()
-
-    def __enter__(self) -> PredictionWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import shutil
 import socket
 import threading
 import time
@@ -21,25 +22,22 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from PIL import Image
 
-import imgclf
-from conftest import CHROMIUM, CHROMIUM_FLAGS, write_class_folders
+from conftest import CHROMIUM, CHROMIUM_FLAGS
 from imgclf.data.preprocess import prepare_image
 from imgclf.export.onnx import export_onnx
-from imgclf.predict import Predictor
+from imgclf.inference.predictor import Predictor
 from imgclf.serve import ServeSettings, create_app
 from imgclf.serve.batching import MicroBatcher
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory):
-    """A model trained on RGB shapes and exported to ONNX, its data, and a Predictor for it."""
-    root = tmp_path_factory.mktemp("serve")
-    data = write_class_folders(root / "data", ["square", "disc", "cross"], 24, size=28, mode="RGB")
-    result = imgclf.train(
-        data, model="cnn-small", epochs=2, batch_size=16, image_size=[32, 32], seed=2, project=str(root / "r")
-    )
-    export_onnx(result.artifact)
-    return Predictor.from_path(result.artifact), data
+def served(shapes_model, tmp_path_factory: pytest.TempPathFactory):
+    """The session's model on RGB shapes, exported to ONNX (a copy), its data, and a Predictor for it."""
+    artifact, data = shapes_model
+    copy = tmp_path_factory.mktemp("serve") / "model"
+    shutil.copytree(artifact, copy)
+    export_onnx(copy)
+    return Predictor.from_path(copy), data
 
 
 @pytest.fixture(scope="module")

@@ -21,31 +21,16 @@ from imgclf.cli import app
 from imgclf.data.preprocess import PreprocessSpec
 from imgclf.errors import UsageError
 from imgclf.export.onnx import export_onnx
+from imgclf.inference.predictor import Predictor
 from imgclf.models import create_model
-from imgclf.predict import Predictor
 
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory):
-    """A small CNN trained on RGB shapes, with display names, and its data."""
-    root = tmp_path_factory.mktemp("export")
-    data = write_class_folders(root / "data", ["square", "disc", "cross"], 24, size=28, mode="RGB")
-    names = root / "names.json"
-    names.write_text(json.dumps({"square": "Square", "disc": "Disc", "cross": "Cross"}))
-    result = imgclf.train(
-        data,
-        model="cnn-small",
-        epochs=2,
-        batch_size=16,
-        image_size=[32, 32],
-        normalize="imagenet",
-        label_map=str(names),
-        seed=1,
-        project=str(root / "runs"),
-    )
-    return result.artifact, data
+@pytest.fixture
+def trained(shapes_model):
+    """A small CNN trained on RGB shapes, with display names, and its data (shared by the session)."""
+    return shapes_model
 
 
 def contract_input(path: Path, spec: PreprocessSpec) -> np.ndarray:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from conftest import write_class_folders
+from conftest import REPO_ROOT, write_class_folders
 from imgclf.cli import app
+from imgclf.config import settings
 
 runner = CliRunner()
 
@@ -201,6 +203,25 @@ def test_help_documents_every_train_option() -> None:
         assert flag in result.output
     assert "[default: cosine]" in result.output and "[default: 64]" in result.output  # from config.py
     assert "[default: plain 2e-3, transfer 1e-3]" in result.output  # the recipes' own
+
+
+TRAIN_OWN_FLAGS = {"--config", "--resume", "--devices"}  # not settings: how the command runs
+
+
+def test_help_and_readme_list_exactly_the_configs_settings() -> None:
+    """Each setting is declared once, in imgclf.config; --help and the README's option table follow."""
+    declared = {item.flag for item in settings()}
+    assert len(declared) == len(settings()) > 60
+    help_text = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "250"}).output
+    in_help = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", help_text)) - {"--help"}
+    in_help = {flag for flag in in_help if not flag.startswith("--no-")}
+    assert in_help == declared | TRAIN_OWN_FLAGS
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    table = readme[readme.index("| group | flags |") :].split("\n\n", 1)[0]
+    in_table = {flag for flag in re.findall(r"--[a-z][a-z0-9-]*", table) if not flag.startswith("--no-")}
+    assert in_table == declared | {"--resume", "--devices"}
+    for item in settings():  # every choice is described where the flag is
+        assert all(str(choice) in item.help for choice in item.choices if choice is not None), item.key
 
 
 def test_sharded_prediction_equals_unsharded(trained: tuple[Path, Path], tmp_path: Path) -> None:

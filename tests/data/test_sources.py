@@ -17,8 +17,12 @@ import pytest
 from PIL import Image
 
 from conftest import shape_image, write_class_folders
-from imgclf.data.sources import from_arrays, load_label_map, read_headers, scan_dataframe, scan_source
+from imgclf.data.headers import read_headers
+from imgclf.data.imageset import from_arrays
+from imgclf.data.label_map import load_label_map
+from imgclf.data.sources import scan_source
 from imgclf.data.split import apply_manifest, assign_splits, write_manifest
+from imgclf.data.tables import scan_dataframe
 from imgclf.errors import DataError, UsageError
 
 

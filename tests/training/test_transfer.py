@@ -250,9 +250,10 @@ def test_resume_inside_the_finetune_stage(shapes_dir: Path, tmp_path: Path) -> N
 
 
 def test_pretrained_backbones_resize_with_their_own_filter(shapes_dir: Path) -> None:
-    from imgclf.api import resolve_spec
     from imgclf.config import DataConfig
-    from imgclf.data.sources import read_headers, scan_source
+    from imgclf.data.headers import read_headers
+    from imgclf.data.sources import scan_source
+    from imgclf.models.spec import resolve_spec
 
     image_set = read_headers(scan_source(shapes_dir))
     backbone = resolve_spec(DataConfig(), "efficientnet_lite0", image_set, pretrained=True)

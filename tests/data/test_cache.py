@@ -10,9 +10,10 @@ import PIL
 import pytest
 
 import imgclf
+import imgclf.data.prepared
 from conftest import write_class_folders
-from imgclf.api import prepare_data
 from imgclf.data import cache as image_cache
+from imgclf.data.prepared import prepare_data
 from imgclf.data.preprocess import PreprocessSpec, load_prepared
 from imgclf.data.sources import scan_source
 from imgclf.errors import DataError
@@ -24,16 +25,16 @@ class CountingDecodes:
     """Counts calls of decode_all, to prove a run read the cache instead of decoding."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        import imgclf.api as api
+        import imgclf.data.prepared as prepared
 
         self.calls = 0
-        original = api.decode_all
+        original = prepared.decode_all
 
         def counting(*args, **kwargs):
             self.calls += 1
             return original(*args, **kwargs)
 
-        monkeypatch.setattr(api, "decode_all", counting)
+        monkeypatch.setattr(prepared, "decode_all", counting)
 
 
 def prepare(root: Path, mode: str, spec: PreprocessSpec = SPEC, budget: float | None = None):
@@ -102,7 +103,7 @@ def test_ram_mode_writes_nothing_to_the_cache_folder(tmp_path: Path, isolated_ca
 def test_arrays_from_python_are_never_written_to_disk(isolated_cache: Path) -> None:
     images = np.random.default_rng(0).integers(0, 255, (40, 12, 12), dtype=np.uint8)
     labels = np.arange(40) % 2
-    image_set = imgclf.api.load_data(images, imgclf.config.DataConfig(), labels=labels)
+    image_set = imgclf.data.prepared.load_data(images, imgclf.config.DataConfig(), labels=labels)
     plan = image_cache.plan_cache("disk", image_set, PreprocessSpec(12, 12, 1))
     assert plan.key is None and plan.mode == "ram"
 
@@ -149,26 +150,26 @@ def test_cache_command_lists_and_clears(tmp_path: Path, isolated_cache: Path) ->
 def test_headers_are_read_once_and_again_after_a_change(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, isolated_cache: Path
 ) -> None:
-    from imgclf.data import sources
+    from imgclf.data import headers, imageset
 
-    monkeypatch.setattr(sources, "HEADER_CACHE_MIN", 10)
+    monkeypatch.setattr(headers, "HEADER_CACHE_MIN", 10)
     root = write_class_folders(tmp_path / "data", ["a", "b"], 8)
     (root / "b" / "broken.png").write_bytes(b"not a png at all")
     opened: list[str] = []
-    original = sources.FileReader.header
+    original = imageset.FileReader.header
 
     def counting(self, key):
         opened.append(key)
         return original(self, key)
 
-    monkeypatch.setattr(sources.FileReader, "header", counting)
-    first = sources.read_headers(scan_source(root))
+    monkeypatch.setattr(imageset.FileReader, "header", counting)
+    first = headers.read_headers(scan_source(root))
     assert len(opened) == 17 and len(first) == 16
-    second = sources.read_headers(scan_source(root))
+    second = headers.read_headers(scan_source(root))
     assert len(opened) == 17  # nothing opened: the headers came from the cache folder
     assert second.headers == first.headers and [p.path for p in second.problems] == ["b/broken.png"]
     os.utime(root / "a" / "a_000.png", ns=(5, 5))
-    sources.read_headers(scan_source(root))
+    headers.read_headers(scan_source(root))
     assert len(opened) == 34
     assert len(list((isolated_cache / "headers").iterdir())) == 2
 
@@ -205,9 +206,9 @@ def test_random_resized_crops_cache_the_training_split_larger(
 ) -> None:
     """With crops on and photos large enough, the training split is decoded 1.15× larger into its own
     rows; the other splits are decoded at the model's size, exactly as prediction prepares them."""
-    from imgclf.api import crop_cache_spec
     from imgclf.config import AugmentConfig
-    from imgclf.data.sources import read_headers
+    from imgclf.data.headers import read_headers
+    from imgclf.data.prepared import crop_cache_spec
 
     root = write_class_folders(tmp_path / "data", ["a", "b"], 12, size=64)
     for name in ("a/a_broken.png", "b/b_broken.png"):  # a whole header, half the pixels

@@ -19,7 +19,7 @@ from imgclf.artifact import load_artifact
 from imgclf.cli import app
 from imgclf.config import resolve_config
 from imgclf.data.decode import ImageHeader
-from imgclf.data.sources import ImageSet
+from imgclf.data.imageset import ImageSet
 from imgclf.errors import ConfigError
 from imgclf.models.factory import create_model
 from imgclf.training.events import Callback, TrainState

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from matplotlib.figure import Figure
+from PIL import Image
 from typer.testing import CliRunner
 
 import imgclf
@@ -141,7 +142,7 @@ def test_test_time_augmentation_averages_each_image_with_its_mirror_image(
         mirrored = imgclf.load_model(result.artifact, backend="torch", tta=True)
     assert "trained without --hflip" in caplog.text
     files = sorted((data / "stripes").glob("*.png"))[:6] + sorted((data / "square").glob("*.png"))[:6]
-    arrays = np.stack([np.asarray(imgclf.predict.Image.open(f)) for f in files])[..., None]
+    arrays = np.stack([np.asarray(Image.open(f)) for f in files])[..., None]
     expected = (plain.predict_arrays(arrays) + plain.predict_arrays(arrays[:, :, ::-1].copy())) / 2
     np.testing.assert_allclose(mirrored.predict_arrays(arrays), expected, atol=1e-6)
     assert not np.allclose(plain.predict_arrays(arrays), expected, atol=1e-3)  # the flip changes something
@@ -155,7 +156,7 @@ def test_test_time_augmentation_averages_each_image_with_its_mirror_image(
     rows = list(csv.DictReader((tmp_path / "tta" / "predictions.csv").open()))
     by_path = {r["path"]: r for r in rows}
     first = next(iter(by_path))
-    array = np.asarray(imgclf.predict.Image.open(data / first))[None, ..., None]
+    array = np.asarray(Image.open(data / first))[None, ..., None]
     probabilities = mirrored.predict_arrays(array)[0]
     assert float(by_path[first]["confidence"]) == pytest.approx(probabilities.max(), abs=1e-5)
 

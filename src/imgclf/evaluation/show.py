@@ -8,7 +8,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from imgclf.data.decode import GRAYSCALE_MODES, ImageDecodeError, to_channels
-from imgclf.data.sources import ImageSet, scan_source
+from imgclf.data.imageset import ImageSet
+from imgclf.data.sources import scan_source
 from imgclf.evaluation.plots import class_grid_figure, save_figure
 
 

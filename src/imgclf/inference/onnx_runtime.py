@@ -1,0 +1,99 @@
+"""Running an exported model with ONNX Runtime: the session, the batches, the metadata it carries."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from imgclf.artifact import WEIGHTS_FILE, ModelInfo
+from imgclf.errors import ModelError, UsageError
+
+logger = logging.getLogger(__name__)
+
+ONNX_FILE = "model.onnx"
+INPUT_NAME = "image"
+OUTPUT_NAME = "probabilities"
+
+
+def weights_digest(artifact_dir: Path) -> str:
+    """sha256 of model.safetensors: ties an export to the weights it was made from."""
+    digest = hashlib.sha256()
+    with (artifact_dir / WEIGHTS_FILE).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def create_session(model: bytes | str | Path, threads: int | None = None):
+    """An ONNX Runtime CPU session with full graph optimization."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    source = model if isinstance(model, bytes) else str(model)
+    try:
+        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime raises its own exception classes for bad files
+        raise ModelError(f"ONNX Runtime cannot load the model: {str(error).splitlines()[0]}") from error
+
+
+def run_in_batches(session: Any, images: np.ndarray, fixed_batch: int | None) -> np.ndarray:
+    """Run float images through a session; a fixed-batch model gets full batches (the last one padded)."""
+    if fixed_batch is None:
+        return session.run([OUTPUT_NAME], {INPUT_NAME: images})[0]
+    outputs = []
+    for start in range(0, len(images), fixed_batch):
+        chunk = images[start : start + fixed_batch]
+        rows = len(chunk)
+        if rows < fixed_batch:
+            pad = np.zeros((fixed_batch - rows, *chunk.shape[1:]), dtype=chunk.dtype)
+            chunk = np.concatenate([chunk, pad])
+        outputs.append(session.run([OUTPUT_NAME], {INPUT_NAME: chunk})[0][:rows])
+    return np.concatenate(outputs)
+
+
+class OnnxClassifier:
+    """An exported model run by ONNX Runtime, with the imgclf metadata it carries."""
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        self.path = Path(path).expanduser()
+        if not self.path.is_file():
+            raise UsageError(f"model not found: {self.path}")
+        self.session = create_session(self.path, threads)
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        if "imgclf.model" not in metadata:
+            raise ModelError(f"{self.path} was not exported by imgclf (no imgclf metadata)")
+        self.info = ModelInfo.from_dict(json.loads(metadata["imgclf.model"]))
+        self.weights_sha256 = metadata.get("imgclf.weights_sha256", "")
+        batch = self.session.get_inputs()[0].shape[0]
+        self.fixed_batch = batch if isinstance(batch, int) else None
+
+    def __call__(self, arrays: np.ndarray) -> np.ndarray:
+        """Prepared uint8 images N×H×W×C → class probabilities N×K."""
+        images = np.ascontiguousarray(arrays.transpose(0, 3, 1, 2), dtype=np.float32)
+        images /= 255.0
+        return run_in_batches(self.session, images, self.fixed_batch)
+
+
+def load_current_export(artifact_dir: Path, threads: int | None = None) -> OnnxClassifier | None:
+    """The artifact's model.onnx, ready to run, when it was exported from the weights now in the folder."""
+    path = artifact_dir / ONNX_FILE
+    if not path.is_file():
+        return None
+    try:
+        export = OnnxClassifier(path, threads)
+    except ModelError:  # a damaged export is ignored here; torch runs the model instead
+        logger.warning("%s cannot be read; predicting with PyTorch", path)
+        return None
+    if export.weights_sha256 != weights_digest(artifact_dir):
+        logger.warning("%s is older than the model's weights; predicting with PyTorch (export again)", path)
+        return None
+    return export

@@ -1,0 +1,3 @@
+"""The version of imgclf (also `imgclf.__version__`)."""
+
+__version__ = "0.1.0"
