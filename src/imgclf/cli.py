@@ -339,17 +339,12 @@ def predict(
     MODEL is a model folder, a run folder or an exported .onnx file.
     Exit code 0: all read; 1: some could not be read; 2: usage error.
     """
-    from imgclf.console import console, err_console
+    from imgclf.console import err_console
     from imgclf.inference.inputs import iter_inputs, parse_shard, select_shard
     from imgclf.inference.predictor import Predictor
     from imgclf.inference.writer import PredictionWriter
 
-    if top_k < 1:
-        raise typer.BadParameter("--top-k must be at least 1")
-    if output is not None and output.suffix.lower() not in (".csv", ".jsonl"):
-        raise typer.BadParameter("--output must end in .csv or .jsonl")
-    if resume and output is None:
-        raise typer.BadParameter("--resume continues an --output file; name it")
+    _check_predict_options(top_k, output, resume)
     predictor = Predictor.from_path(
         model, device=device, label_map=label_map, backend=backend.value, threads=threads, tta=tta
     )
@@ -361,20 +356,13 @@ def predict(
     writer = (
         PredictionWriter(output, min(top_k, len(predictor.classes)), resume) if output is not None else None
     )
-    written = failed = 0
     try:
         if writer is not None and writer.done:
             err_console.print(f"resuming: {len(writer.done):,} images already in {output}")
             paths = (path for path in paths if path not in writer.done)
-        for result in predictor.iter_predict(paths, top_k=top_k, batch_size=batch_size):
-            written += 1
-            failed += bool(result.error)
-            if writer is not None:
-                writer.write(result)
-                if written % batch_size == 0:
-                    writer.flush()
-            else:
-                console.print(prediction_line(result), markup=False, soft_wrap=True)
+        written, failed = _stream_predictions(
+            predictor.iter_predict(paths, top_k, batch_size), writer, batch_size
+        )
     finally:
         if writer is not None:
             writer.close()
@@ -384,6 +372,33 @@ def predict(
         raise typer.BadParameter("no input image found")
     if failed:
         raise typer.Exit(1)
+
+
+def _check_predict_options(top_k: int, output: Path | None, resume: bool) -> None:
+    if top_k < 1:
+        raise typer.BadParameter("--top-k must be at least 1")
+    if output is not None and output.suffix.lower() not in (".csv", ".jsonl"):
+        raise typer.BadParameter("--output must end in .csv or .jsonl")
+    if resume and output is None:
+        raise typer.BadParameter("--resume continues an --output file; name it")
+
+
+def _stream_predictions(results: Any, writer: Any, flush_every: int) -> tuple[int, int]:
+    """Each prediction to the writer (flushed every `flush_every` rows) or as a line on the terminal;
+    returns (rows, rows that failed)."""
+    from imgclf.console import console
+
+    written = failed = 0
+    for result in results:
+        written += 1
+        failed += bool(result.error)
+        if writer is None:
+            console.print(prediction_line(result), markup=False, soft_wrap=True)
+            continue
+        writer.write(result)
+        if written % flush_every == 0:
+            writer.flush()
+    return written, failed
 
 
 def prediction_line(result: Any) -> str:

@@ -100,124 +100,17 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         raise UsageError(f"{run_dir} is not a run folder (no {runs.CONFIG_FILE})")
     info = _read_json(run_dir / runs.MODEL_DIR / "imgclf.json")
     dataset = _read_json(run_dir / runs.DATASET_FILE)
-    evaluation_dir = run_dir / runs.EVALUATION_DIR
-    evaluation = _read_json(evaluation_dir / outputs.METRICS_FILE)
-    history = _read_csv(run_dir / runs.METRICS_FILE)
+    evaluation = _read_json(run_dir / runs.EVALUATION_DIR / outputs.METRICS_FILE)
     skipped = _read_csv(run_dir / runs.PROBLEMS_FILE)
-    metrics = info.get("metrics", {})
-    training = info.get("training", {})
-
-    accuracy = evaluation.get("accuracy", metrics.get("val_acc"))
-    cards = [
-        ("validation accuracy", accuracy),
-        ("test accuracy", metrics.get("test_acc")),
-        ("macro F1", evaluation.get("macro", {}).get("f1")),
-        ("best epoch", training.get("best_epoch")),
-        ("ECE", evaluation.get("ece")),
-    ]
-    card_html = "".join(
-        f'<div class="card"><div class="value" id="{label.replace(" ", "-")}">{_fmt(value)}</div>'
-        f'<div class="label">{html.escape(label)}</div></div>'
-        for label, value in cards
-        if value is not None
-    )
-    parts = [
-        f'<section><h2>Summary</h2><div class="cards">{card_html}</div>'
-        f'<p class="muted">model {html.escape(str(info.get("architecture", {}).get("name", "?")))}, '
-        f"{len(info.get('classes', []))} classes, "
-        f"input {_spec_text(info.get('preprocessing', {}))}</p></section>"
-    ]
-
-    if dataset:
-        counts = dataset.get("counts", {})
-        rows = [
-            [name] + [counts.get(s, {}).get(name, 0) for s in ("train", "val", "test")]
-            for name in dataset.get("classes", [])
-        ]
-        widths, heights = [], []
-        for key, number in dataset.get("sizes", {}).items():
-            width, height = (int(v) for v in key.split("x"))
-            widths += [width] * number
-            heights += [height] * number
-        modes = ", ".join(f"{mode} {count:,}" for mode, count in dataset.get("modes", {}).items())
-        parts.append(
-            "<section><h2>Dataset</h2>"
-            f'<p class="muted">{html.escape(str(dataset.get("source", "")))} '
-            f"({html.escape(dataset.get('layout', ''))}); "
-            f"modes: {html.escape(modes)}; skipped files: {len(skipped)}</p>"
-            '<div class="row"><div>'
-            + _figure(class_counts_figure(counts), "images per class")
-            + "</div><div>"
-            + (_figure(size_histogram_figure(widths, heights), "image sizes") if widths else "")
-            + "</div></div>"
-            + _table(["class", "train", "val", "test"], rows)
-            + "<h3>Samples per class</h3>"
-            + _image(run_dir / runs.SAMPLES_FILE, "samples per class", "samples")
-            + "</section>"
-        )
-
     config_text = (run_dir / runs.CONFIG_FILE).read_text(encoding="utf-8")
-    parts.append(f"<section><h2>Configuration</h2><pre>{html.escape(config_text)}</pre></section>")
-
-    history_rows = [
-        [
-            int(r["epoch"]),
-            float(r["train_loss"]),
-            float(r["train_acc"]),
-            float(r["val_loss"]),
-            float(r["val_acc"]),
-            float(r["lr"]),
-            float(r["seconds"]),
-        ]
-        for r in history
+    parts = [
+        summary_section(info, evaluation),
+        dataset_section(run_dir, dataset, len(skipped)) if dataset else "",
+        f"<section><h2>Configuration</h2><pre>{html.escape(config_text)}</pre></section>",
+        training_section(run_dir, info),
+        evaluation_section(run_dir, evaluation) if evaluation else "",
+        skipped_section(skipped) if skipped else "",
     ]
-    parts.append(
-        "<section><h2>Training</h2>"
-        + _image(run_dir / runs.CURVES_FILE, "training curves")
-        + _table(["epoch", "train loss", "train acc", "val loss", "val acc", "lr", "seconds"], history_rows)
-        + (f"<p>{html.escape(training['stop_reason'])}</p>" if training.get("stop_reason") else "")
-        + "</section>"
-    )
-
-    if evaluation:
-        per_class = [
-            [name, row["precision"], row["recall"], row["f1"], row["support"]]
-            for name, row in evaluation.get("per_class", {}).items()
-        ]
-        for label, key in (("macro avg", "macro"), ("weighted avg", "weighted")):
-            row = evaluation.get(key, {})
-            per_class.append(
-                [label, row.get("precision"), row.get("recall"), row.get("f1"), evaluation["count"]]
-            )
-        confused = [list(row) for row in evaluation.get("most_confused", [])[:15]]
-        top_k = ", ".join(f"top-{k} {v:.4f}" for k, v in evaluation.get("top_k_accuracy", {}).items())
-        parts.append(
-            f"<section><h2>Evaluation ({html.escape(str(evaluation.get('split', 'val')))} split, "
-            f"{evaluation.get('count', 0):,} images)</h2>"
-            f"<p>accuracy {_fmt(evaluation.get('accuracy'))}; {top_k}; loss {_fmt(evaluation.get('loss'))}; "
-            f"ECE {_fmt(evaluation.get('ece'))}. "
-            f"{_download(evaluation_dir / outputs.PREDICTIONS_FILE, 'predictions.csv')}</p>"
-            + _table(["class", "precision", "recall", "f1", "support"], per_class)
-            + '<div class="row"><div><h3>Confusion matrix</h3>'
-            + _image(evaluation_dir / outputs.CONFUSION_FILE, "confusion matrix")
-            + "</div><div><h3>Normalized</h3>"
-            + _image(evaluation_dir / outputs.CONFUSION_NORMALIZED_FILE, "normalized confusion matrix")
-            + "</div></div><h3>Most confused</h3>"
-            + _table(["true", "predicted", "count"], confused)
-            + '<div class="row"><div><h3>Reliability</h3>'
-            + _image(evaluation_dir / outputs.RELIABILITY_FILE, "reliability diagram")
-            + "</div><div><h3>Highest-loss mistakes</h3>"
-            + _image(evaluation_dir / outputs.MISCLASSIFIED_FILE, "misclassified images")
-            + "</div></div></section>"
-        )
-    if skipped:
-        parts.append(
-            "<section><h2>Skipped files</h2>"
-            + _table(["path", "kind", "reason"], [[r["path"], r["kind"], r["reason"]] for r in skipped[:200]])
-            + (f'<p class="muted">… {len(skipped) - 200} more</p>' if len(skipped) > 200 else "")
-            + "</section>"
-        )
-
     created = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     document = (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
@@ -230,6 +123,121 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     target = Path(out) if out is not None else run_dir / runs.REPORT_FILE
     write_text_atomic(target, document)
     return target
+
+
+def summary_section(info: dict[str, Any], evaluation: dict[str, Any]) -> str:
+    """The headline numbers as cards, and the model in one line."""
+    metrics = info.get("metrics", {})
+    training = info.get("training", {})
+    cards = [
+        ("validation accuracy", evaluation.get("accuracy", metrics.get("val_acc"))),
+        ("test accuracy", metrics.get("test_acc")),
+        ("macro F1", evaluation.get("macro", {}).get("f1")),
+        ("best epoch", training.get("best_epoch")),
+        ("ECE", evaluation.get("ece")),
+    ]
+    card_html = "".join(
+        f'<div class="card"><div class="value" id="{label.replace(" ", "-")}">{_fmt(value)}</div>'
+        f'<div class="label">{html.escape(label)}</div></div>'
+        for label, value in cards
+        if value is not None
+    )
+    return (
+        f'<section><h2>Summary</h2><div class="cards">{card_html}</div>'
+        f'<p class="muted">model {html.escape(str(info.get("architecture", {}).get("name", "?")))}, '
+        f"{len(info.get('classes', []))} classes, "
+        f"input {_spec_text(info.get('preprocessing', {}))}</p></section>"
+    )
+
+
+def dataset_section(run_dir: Path, dataset: dict[str, Any], skipped: int) -> str:
+    """Images per class and split, image sizes and modes, samples per class."""
+    counts = dataset.get("counts", {})
+    rows = [
+        [name] + [counts.get(s, {}).get(name, 0) for s in ("train", "val", "test")]
+        for name in dataset.get("classes", [])
+    ]
+    widths, heights = [], []
+    for key, number in dataset.get("sizes", {}).items():
+        width, height = (int(v) for v in key.split("x"))
+        widths += [width] * number
+        heights += [height] * number
+    modes = ", ".join(f"{mode} {count:,}" for mode, count in dataset.get("modes", {}).items())
+    return (
+        "<section><h2>Dataset</h2>"
+        f'<p class="muted">{html.escape(str(dataset.get("source", "")))} '
+        f"({html.escape(dataset.get('layout', ''))}); "
+        f"modes: {html.escape(modes)}; skipped files: {skipped}</p>"
+        '<div class="row"><div>'
+        + _figure(class_counts_figure(counts), "images per class")
+        + "</div><div>"
+        + (_figure(size_histogram_figure(widths, heights), "image sizes") if widths else "")
+        + "</div></div>"
+        + _table(["class", "train", "val", "test"], rows)
+        + "<h3>Samples per class</h3>"
+        + _image(run_dir / runs.SAMPLES_FILE, "samples per class", "samples")
+        + "</section>"
+    )
+
+
+def training_section(run_dir: Path, info: dict[str, Any]) -> str:
+    """The curves and the per-epoch table; why training stopped."""
+    training = info.get("training", {})
+    columns = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
+    history_rows = [
+        [int(r["epoch"]), *(float(r[column]) for column in columns)]
+        for r in _read_csv(run_dir / runs.METRICS_FILE)
+    ]
+    return (
+        "<section><h2>Training</h2>"
+        + _image(run_dir / runs.CURVES_FILE, "training curves")
+        + _table(["epoch", "train loss", "train acc", "val loss", "val acc", "lr", "seconds"], history_rows)
+        + (f"<p>{html.escape(training['stop_reason'])}</p>" if training.get("stop_reason") else "")
+        + "</section>"
+    )
+
+
+def evaluation_section(run_dir: Path, evaluation: dict[str, Any]) -> str:
+    """The validation evaluation: per-class table, confusion matrices, calibration, worst mistakes."""
+    evaluation_dir = run_dir / runs.EVALUATION_DIR
+    per_class = [
+        [name, row["precision"], row["recall"], row["f1"], row["support"]]
+        for name, row in evaluation.get("per_class", {}).items()
+    ]
+    for label, key in (("macro avg", "macro"), ("weighted avg", "weighted")):
+        row = evaluation.get(key, {})
+        per_class.append([label, row.get("precision"), row.get("recall"), row.get("f1"), evaluation["count"]])
+    confused = [list(row) for row in evaluation.get("most_confused", [])[:15]]
+    top_k = ", ".join(f"top-{k} {v:.4f}" for k, v in evaluation.get("top_k_accuracy", {}).items())
+    return (
+        f"<section><h2>Evaluation ({html.escape(str(evaluation.get('split', 'val')))} split, "
+        f"{evaluation.get('count', 0):,} images)</h2>"
+        f"<p>accuracy {_fmt(evaluation.get('accuracy'))}; {top_k}; loss {_fmt(evaluation.get('loss'))}; "
+        f"ECE {_fmt(evaluation.get('ece'))}. "
+        f"{_download(evaluation_dir / outputs.PREDICTIONS_FILE, 'predictions.csv')}</p>"
+        + _table(["class", "precision", "recall", "f1", "support"], per_class)
+        + '<div class="row"><div><h3>Confusion matrix</h3>'
+        + _image(evaluation_dir / outputs.CONFUSION_FILE, "confusion matrix")
+        + "</div><div><h3>Normalized</h3>"
+        + _image(evaluation_dir / outputs.CONFUSION_NORMALIZED_FILE, "normalized confusion matrix")
+        + "</div></div><h3>Most confused</h3>"
+        + _table(["true", "predicted", "count"], confused)
+        + '<div class="row"><div><h3>Reliability</h3>'
+        + _image(evaluation_dir / outputs.RELIABILITY_FILE, "reliability diagram")
+        + "</div><div><h3>Highest-loss mistakes</h3>"
+        + _image(evaluation_dir / outputs.MISCLASSIFIED_FILE, "misclassified images")
+        + "</div></div></section>"
+    )
+
+
+def skipped_section(skipped: list[dict[str, str]]) -> str:
+    """The files left out, the first 200 of them."""
+    return (
+        "<section><h2>Skipped files</h2>"
+        + _table(["path", "kind", "reason"], [[r["path"], r["kind"], r["reason"]] for r in skipped[:200]])
+        + (f'<p class="muted">… {len(skipped) - 200} more</p>' if len(skipped) > 200 else "")
+        + "</section>"
+    )
 
 
 def _spec_text(spec: dict[str, Any]) -> str:

@@ -123,23 +123,7 @@ def export_onnx(
         example = torch.rand(example_batch, spec.channels, spec.height, spec.width)
     onnx_bytes = _export_graph(wrapper, example, opset, dynamic_batch)
 
-    import onnx
-
-    proto = onnx.load_from_string(onnx_bytes)
-    proto.doc_string = f"imgclf image classifier: {len(info.classes)} classes. {INPUT_CONTRACT}"
-    metadata = {
-        "imgclf.classes": json.dumps(info.classes, ensure_ascii=False),
-        "imgclf.display_names": json.dumps(info.display_names or info.classes, ensure_ascii=False),
-        "imgclf.preprocessing": json.dumps(spec.to_dict()),
-        "imgclf.input": INPUT_CONTRACT,
-        "imgclf.model": json.dumps(info.to_dict(), ensure_ascii=False),
-        "imgclf.weights_sha256": weights_digest(artifact_dir),
-    }
-    del proto.metadata_props[:]
-    for key, value in metadata.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    payload = proto.SerializeToString()
+    payload = _with_metadata(onnx_bytes, info, weights_digest(artifact_dir))
 
     # The check runs on the bytes about to be written, so a file on disk has always passed it.
     session = create_session(payload)
@@ -165,6 +149,28 @@ def export_onnx(
         top1_agreement=top1_agreement,
         size_bytes=len(payload),
     )
+
+
+def _with_metadata(onnx_bytes: bytes, info: ModelInfo, weights_sha256: str) -> bytes:
+    """The graph with imgclf's metadata (classes, display names, preprocessing, the input contract,
+    the model's info and the digest of the weights it came from) and its doc string."""
+    import onnx
+
+    proto = onnx.load_from_string(onnx_bytes)
+    proto.doc_string = f"imgclf image classifier: {len(info.classes)} classes. {INPUT_CONTRACT}"
+    metadata = {
+        "imgclf.classes": json.dumps(info.classes, ensure_ascii=False),
+        "imgclf.display_names": json.dumps(info.display_names or info.classes, ensure_ascii=False),
+        "imgclf.preprocessing": json.dumps(info.preprocessing.to_dict()),
+        "imgclf.input": INPUT_CONTRACT,
+        "imgclf.model": json.dumps(info.to_dict(), ensure_ascii=False),
+        "imgclf.weights_sha256": weights_sha256,
+    }
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    return proto.SerializeToString()
 
 
 def _export_graph(wrapper: nn.Module, example: torch.Tensor, opset: int, dynamic_batch: bool) -> bytes:

@@ -30,7 +30,7 @@ from starlette.datastructures import UploadFile
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imgclf.data.decode import ImageDecodeError, decode_image
-from imgclf.data.preprocess import prepare_image
+from imgclf.data.preprocess import PreprocessSpec, prepare_image
 from imgclf.inference.predictor import Predictor
 from imgclf.serve.batching import MicroBatcher
 
@@ -173,12 +173,104 @@ def _decode_base64(text: str, position: int) -> bytes:
         raise HTTPException(400, f"image {position}: not valid base64") from None
 
 
+def prepare_upload(blob: bytes, name: str, spec: PreprocessSpec, settings: ServeSettings) -> np.ndarray:
+    """One uploaded file → the model's prepared uint8 image; a bad file is a 400 that names it."""
+    if not blob:
+        raise HTTPException(400, f"{name}: empty file")
+    try:
+        image = decode_image(
+            blob, draft_size=(spec.width, spec.height), max_pixels=settings.max_pixels, name=name
+        )
+        return prepare_image(image, spec)
+    except ImageDecodeError as error:
+        raise HTTPException(400, f"{name}: {error}") from None
+    except Exception as error:  # Pillow plug-ins raise assorted errors on hostile files
+        raise HTTPException(400, f"{name}: cannot decode ({type(error).__name__})") from None
+
+
+async def read_request(
+    request: Request, top_k: int | None, settings: ServeSettings
+) -> tuple[list[bytes], list[str], int | None]:
+    """(image bytes, their names, top_k) of a multipart (`files`) or JSON (base64 `images`) request."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "multipart/form-data":
+        # the count check of the route answers 413; the form parser only guards against absurd counts
+        form = await request.form(max_files=max(1000, settings.max_images), max_fields=100)
+        uploads = form.getlist("files") + form.getlist("file")
+        if not uploads:
+            raise _missing_field("files")
+        blobs, names = [], []
+        for position, upload in enumerate(uploads, start=1):
+            if not isinstance(upload, UploadFile):
+                raise RequestValidationError(
+                    [{"type": "value_error", "loc": ["body", "files"], "msg": "expected a file upload"}]
+                )
+            blobs.append(await upload.read())
+            names.append(upload.filename or f"image-{position}")
+        return blobs, names, top_k
+    if content_type == "application/json" or content_type.endswith("+json"):
+        try:
+            body = PredictJSON.model_validate_json(await request.body())
+        except ValidationError as error:
+            raise RequestValidationError(
+                jsonable_encoder(error.errors(include_url=False, include_context=False))
+            ) from None
+        blobs = [_decode_base64(text, i) for i, text in enumerate(body.images, start=1)]
+        names = list(body.names or [])
+        names += [f"image-{i}" for i in range(len(names) + 1, len(blobs) + 1)]
+        return blobs, names[: len(blobs)], body.top_k or top_k
+    raise HTTPException(415, "send multipart/form-data (field `files`) or application/json")
+
+
+# How /predict appears in the OpenAPI schema: both request bodies, and its error answers.
+PREDICT_ROUTE: dict[str, Any] = {
+    "response_model": PredictResponse,
+    "summary": "Top-k classes of one or more images",
+    "responses": {
+        400: {"model": ErrorBody, "description": "Not an image, truncated, or over the pixel limit."},
+        413: {"model": ErrorBody, "description": "Request body over the size limit."},
+        415: {"model": ErrorBody, "description": "Neither multipart/form-data nor JSON."},
+    },
+    "openapi_extra": {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {"schema": MULTIPART_SCHEMA},
+                "application/json": {"schema": PredictJSON.model_json_schema()},
+            },
+        }
+    },
+}
+
+
+def describe_model(predictor: Predictor, settings: ServeSettings, batcher: MicroBatcher) -> dict[str, Any]:
+    """What GET /model answers: classes, preprocessing, training metrics, serving settings and counts."""
+    info, stats = predictor.info, batcher.stats
+    return {
+        "architecture": info.architecture,
+        "classes": info.classes,
+        "display_names": predictor.names,
+        "preprocessing": predictor.spec.to_dict(),
+        "metrics": info.metrics,
+        "dataset": {k: v for k, v in info.dataset.items() if k != "source"},
+        "created": info.created,
+        "backend": predictor.backend,
+        "tta": predictor.tta,
+        "serving": {
+            **asdict(settings),
+            "batches": stats.batches,
+            "images": stats.images,
+            "mean_batch": round(stats.mean, 3),
+            "largest_batch": stats.largest,
+        },
+    }
+
+
 def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> FastAPI:
     """The FastAPI application serving `predictor`."""
     from imgclf.version import __version__
 
     settings = settings or ServeSettings()
-    info = predictor.info
     spec = predictor.spec
     batcher = MicroBatcher(predictor.predict_arrays, settings.max_batch, settings.batch_wait_ms / 1000.0)
     num_classes = len(predictor.classes)
@@ -188,11 +280,12 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
         yield
         await batcher.close()
 
+    architecture = predictor.info.architecture.get("name", "model")
     app = FastAPI(
         lifespan=lifespan,
         title="imgclf",
         version=__version__,
-        summary=f"Image classifier: {num_classes} classes ({info.architecture.get('name', 'model')}).",
+        summary=f"Image classifier: {num_classes} classes ({architecture}).",
         docs_url=None,
         redoc_url=None,
     )
@@ -200,78 +293,19 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
     app.state.settings = settings
     app.add_middleware(BodySizeLimit, limit=int(settings.max_body_mb * 1_000_000))
 
-    def prepare(blob: bytes, name: str) -> np.ndarray:
-        if not blob:
-            raise HTTPException(400, f"{name}: empty file")
-        try:
-            image = decode_image(
-                blob, draft_size=(spec.width, spec.height), max_pixels=settings.max_pixels, name=name
-            )
-            return prepare_image(image, spec)
-        except ImageDecodeError as error:
-            raise HTTPException(400, f"{name}: {error}") from None
-        except Exception as error:  # Pillow plug-ins raise assorted errors on hostile files
-            raise HTTPException(400, f"{name}: cannot decode ({type(error).__name__})") from None
-
-    async def read_request(request: Request, top_k: int | None) -> tuple[list[bytes], list[str], int | None]:
-        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if content_type == "multipart/form-data":
-            # the count check below answers 413; the form parser only guards against absurd counts
-            form = await request.form(max_files=max(1000, settings.max_images), max_fields=100)
-            uploads = form.getlist("files") + form.getlist("file")
-            if not uploads:
-                raise _missing_field("files")
-            blobs, names = [], []
-            for position, upload in enumerate(uploads, start=1):
-                if not isinstance(upload, UploadFile):
-                    raise RequestValidationError(
-                        [{"type": "value_error", "loc": ["body", "files"], "msg": "expected a file upload"}]
-                    )
-                blobs.append(await upload.read())
-                names.append(upload.filename or f"image-{position}")
-            return blobs, names, top_k
-        if content_type == "application/json" or content_type.endswith("+json"):
-            try:
-                body = PredictJSON.model_validate_json(await request.body())
-            except ValidationError as error:
-                raise RequestValidationError(
-                    jsonable_encoder(error.errors(include_url=False, include_context=False))
-                ) from None
-            blobs = [_decode_base64(text, i) for i, text in enumerate(body.images, start=1)]
-            names = list(body.names or [])
-            names += [f"image-{i}" for i in range(len(names) + 1, len(blobs) + 1)]
-            return blobs, names[: len(blobs)], body.top_k or top_k
-        raise HTTPException(415, "send multipart/form-data (field `files`) or application/json")
-
-    @app.post(
-        "/predict",
-        response_model=PredictResponse,
-        summary="Top-k classes of one or more images",
-        responses={
-            400: {"model": ErrorBody, "description": "Not an image, truncated, or over the pixel limit."},
-            413: {"model": ErrorBody, "description": "Request body over the size limit."},
-            415: {"model": ErrorBody, "description": "Neither multipart/form-data nor JSON."},
-        },
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "multipart/form-data": {"schema": MULTIPART_SCHEMA},
-                    "application/json": {"schema": PredictJSON.model_json_schema()},
-                },
-            }
-        },
-    )
+    @app.post("/predict", **PREDICT_ROUTE)
     async def predict(
         request: Request,
         top_k: int | None = Query(
             None, ge=1, le=1000, description=f"Classes per image (default {settings.default_top_k})."
         ),
     ) -> PredictResponse:
-        blobs, names, top_k = await read_request(request, top_k)
+        blobs, names, top_k = await read_request(request, top_k, settings)
         if len(blobs) > settings.max_images:
             raise HTTPException(413, f"{len(blobs)} images; at most {settings.max_images} a request")
-        arrays = await run_in_threadpool(lambda: [prepare(blob, name) for blob, name in zip(blobs, names)])
+        arrays = await run_in_threadpool(
+            lambda: [prepare_upload(blob, name, spec, settings) for blob, name in zip(blobs, names)]
+        )
         probabilities = await batcher.predict(np.stack(arrays))
         k = min(top_k or settings.default_top_k, num_classes)
         predictions = []
@@ -290,32 +324,13 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
 
     @app.get("/model", summary="Classes, preprocessing, training metrics and serving settings")
     async def model() -> dict[str, Any]:
-        stats = batcher.stats
-        return {
-            "architecture": info.architecture,
-            "classes": info.classes,
-            "display_names": predictor.names,
-            "preprocessing": spec.to_dict(),
-            "metrics": info.metrics,
-            "dataset": {k: v for k, v in info.dataset.items() if k != "source"},
-            "created": info.created,
-            "backend": predictor.backend,
-            "tta": predictor.tta,
-            "serving": {
-                **asdict(settings),
-                "batches": stats.batches,
-                "images": stats.images,
-                "mean_batch": round(stats.mean, 3),
-                "largest_batch": stats.largest,
-            },
-        }
+        return describe_model(predictor, settings, batcher)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:
         return HTMLResponse(resources.files("imgclf.serve").joinpath("page.html").read_text(encoding="utf-8"))
 
     _add_offline_docs(app)
-
     return app
 
 
