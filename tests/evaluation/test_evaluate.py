@@ -76,6 +76,24 @@ def test_evaluate_agrees_with_its_own_predictions_csv(run, tmp_path: Path) -> No
         assert int(row["count"]) == counts[classes.index(row["true"]), classes.index(row["predicted"])]
 
 
+def test_evaluate_runs_an_onnx_export_through_the_same_predictor(run, tmp_path: Path) -> None:
+    result, data = run
+    exported = imgclf.export_onnx(result.artifact, tmp_path / "model.onnx").path
+    common = {"manifest": result.run_dir / "manifest.csv", "split": "test"}
+    by_torch = imgclf.evaluate(result.artifact, data, out=tmp_path / "torch", **common)
+    by_onnx = imgclf.evaluate(exported, data, out=tmp_path / "onnx", **common)
+    rows = {
+        name: list(csv.DictReader((tmp_path / name / "predictions.csv").open())) for name in ("torch", "onnx")
+    }
+    assert [r["predicted"] for r in rows["onnx"]] == [r["predicted"] for r in rows["torch"]]
+    np.testing.assert_allclose(
+        [float(r["confidence"]) for r in rows["onnx"]],
+        [float(r["confidence"]) for r in rows["torch"]],
+        atol=1e-5,
+    )
+    assert by_onnx.accuracy == by_torch.accuracy and by_onnx.metrics["count"] == 36
+
+
 def test_evaluate_cli_prints_the_table_and_most_confused(run, tmp_path: Path) -> None:
     result, data = run
     output = CliRunner().invoke(
