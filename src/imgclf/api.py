@@ -19,7 +19,7 @@ import numpy as np
 from imgclf import runs
 from imgclf.config import Config, DataConfig, load_config, resolve_config, setting_section
 from imgclf.errors import DataError, UsageError
-from imgclf.inference.predictor import Predictor
+from imgclf.inference.predictor import EXPORT_SUFFIXES, Predictor
 
 if TYPE_CHECKING:
     from imgclf.evaluation.outputs import Evaluation
@@ -162,8 +162,9 @@ def evaluate(
 ) -> Evaluation:
     """Evaluate a saved model on any data source, with the model's own preprocessing.
 
-    `model` is a model or run folder (run with PyTorch), an exported `.onnx` file (run with ONNX
-    Runtime), or a `Predictor`: every image goes through `Predictor`, as in `predict` and `serve`.
+    `model` is a model or run folder (run with PyTorch), an exported `.onnx` or `.ort` file (float
+    or int8, run with ONNX Runtime), or a `Predictor`: every image goes through `Predictor`, as in
+    `predict` and `serve`.
     `split` picks the layout's (or the manifest's) split: train, val, test, or all. Writes
     metrics.json, the confusion matrices, most_confused.csv, predictions.csv, misclassified.png and
     reliability.png into `out` (default: a new folder runs/evaluate[-N]). `tta` averages each image's
@@ -179,7 +180,7 @@ def evaluate(
             predictor = copy.copy(model)
             predictor.tta = True
     else:
-        onnx = Path(model).suffix.lower() == ".onnx"
+        onnx = Path(model).suffix.lower() in EXPORT_SUFFIXES
         backend = "onnxruntime" if onnx else "torch"
         predictor = Predictor.from_path(model, device="cpu" if onnx else device, backend=backend, tta=tta)
     info = predictor.info

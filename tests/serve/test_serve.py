@@ -256,6 +256,70 @@ def test_web_page_shows_the_top_label_in_chromium(served) -> None:
         thread.join(timeout=10)
 
 
+def test_the_page_works_as_a_phone_app_in_chromium(served, tmp_path: Path) -> None:
+    """A phone-sized viewport: take a photo with the camera input, read the answer, fit the screen,
+    offer the web app manifest and its icons, load nothing from other hosts; and a screenshot."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    predictor, data = served
+    image = sorted((data / "disc").iterdir())[2]
+    expected = predictor.predict(str(image))[0]
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(predictor), host="127.0.0.1", port=port, log_level="error")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    shot = tmp_path / "phone.png"
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.started, "the server did not start"
+        with playwright.sync_playwright() as driver:
+            browser = driver.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+            try:
+                phone = browser.new_context(
+                    viewport={"width": 390, "height": 844},
+                    device_scale_factor=2,
+                    is_mobile=True,
+                    has_touch=True,
+                )
+                page = phone.new_page()
+                outside: list[str] = []
+                local = (f"http://127.0.0.1:{port}", "blob:", "data:")
+                page.on("request", lambda r: outside.append(r.url) if not r.url.startswith(local) else None)
+                page.goto(f"http://127.0.0.1:{port}/")
+                page.wait_for_function("document.getElementById('model').textContent.includes('classes')")
+                assert page.locator("#take").is_visible() and page.locator("#camera").get_attribute("capture")
+                page.set_input_files("#camera", str(image))
+                page.wait_for_selector(".result .label", timeout=20_000)
+                top_label = page.locator(".result .row .label").first.text_content()
+                widths = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+                card = page.locator(".result").bounding_box()
+                photo = page.locator(".result img").bounding_box()
+                manifest = page.evaluate(
+                    "fetch(document.querySelector('link[rel=manifest]').href).then((r) => r.json())"
+                )
+                icons = [
+                    page.evaluate(f"fetch('{icon['src']}').then((r) => r.status)")
+                    for icon in manifest["icons"]
+                ]
+                page.screenshot(path=str(shot), full_page=True)
+            finally:
+                browser.close()
+        assert top_label == expected.names[0]
+        assert widths[0] <= widths[1] == 390  # no sideways scrolling
+        assert card["width"] <= 390 and photo["y"] < card["y"] + 20 and photo["width"] > 300  # photo on top
+        assert (
+            manifest["display"] == "standalone" and manifest["start_url"] == "./" and icons == [200, 200, 200]
+        )
+        assert outside == []
+        assert Image.open(shot).width == 780  # 390 CSS px at device scale 2
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
 def test_pytorch_backend_serves_the_same_answers(served) -> None:
     predictor, data = served
     exact = Predictor.from_path(predictor.onnx.path.parent, backend="torch")

@@ -30,9 +30,19 @@ from torch import nn
 from imgclf.artifact import ModelInfo, load_artifact, resolve_artifact_path
 from imgclf.data.preprocess import PreprocessSpec
 from imgclf.errors import ModelError, UsageError
+from imgclf.export.check_data import CheckImages, given_images, training_split
+from imgclf.export.ort_format import check_ort, convert_to_ort
+from imgclf.export.quantize import (
+    CALIBRATION_IMAGES,
+    CHECK_IMAGES,
+    MAX_ACCURACY_DROP,
+    MIN_AGREEMENT,
+    QuantizationCheck,
+    check_int8,
+    quantize_int8,
+)
 from imgclf.inference.onnx_runtime import (
     INPUT_NAME,
-    ONNX_FILE,
     OUTPUT_NAME,
     create_session,
     run_in_batches,
@@ -45,6 +55,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_OPSET = 18
 MIN_OPSET = 18  # the torch.export-based exporter emits opset 18 and later
 MAX_ABS_DIFF = 1e-4
+FORMATS = ("onnx", "ort", "tflite")
+QUANTIZATIONS = ("none", "int8")
 INPUT_CONTRACT = (
     "image: float32 N×C×H×W, resized to H×W by the preprocessing spec (resize policy and interpolation), "
     "channels RGB (C=3) or grey (C=1), values = uint8 pixel / 255 (0.0–1.0); mean/std normalization "
@@ -78,6 +90,12 @@ class ExportResult:
     max_abs_diff: float
     top1_agreement: float
     size_bytes: int
+    format: str = "onnx"
+    quantize: str = "none"
+    float_size_bytes: int = 0  # the float ONNX graph's size, for comparison
+    quantization: QuantizationCheck | None = None  # int8: how it compares with the float model
+    ort_max_abs_diff: float | None = None  # ORT format: largest difference from the ONNX graph
+    tflite_max_abs_diff: float | None = None  # TFLite: largest difference from PyTorch
 
 
 def export_onnx(
@@ -89,6 +107,10 @@ def export_onnx(
     batch_size: int = 1,
     check_images: Any = None,
     check_count: int = 16,
+    format: str = "onnx",
+    quantize: str = "none",
+    calibration_images: Any = None,
+    calibration_count: int = CALIBRATION_IMAGES,
 ) -> ExportResult:
     """Export a saved model to ONNX, then check ONNX Runtime against PyTorch on real images.
 
@@ -101,17 +123,33 @@ def export_onnx(
         check_images: files, folders or globs for the check batch; default: images of the data the
             model was trained on, when they are still there.
         check_count: how many images the check uses.
+        format: "onnx", or "ort" (ONNX Runtime's format for ORT Mobile, loaded back and compared).
+        quantize: "none", or "int8" (static quantization calibrated on `calibration_count` training
+            images or on `calibration_images`, then checked against the float model on the
+            validation images or on `check_images`; see `imgclf.export.quantize`).
 
-    Raises ModelError when export fails or the check's largest probability difference is over 1e-4.
+    Raises ModelError when export fails or a check fails: the float graph more than 1e-4 from
+    PyTorch, int8 under 99% top-1 agreement or over 1 point of accuracy lost, the ORT format more
+    than 1e-4 from the ONNX graph. Nothing is written then.
     """
     if opset < MIN_OPSET:
         raise UsageError(f"--opset {opset} is too old; imgclf exports opset {MIN_OPSET} or later")
     if batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
+    if format not in FORMATS or quantize not in QUANTIZATIONS:
+        raise UsageError(
+            f"--format is one of {', '.join(FORMATS)} and --quantize one of {', '.join(QUANTIZATIONS)}"
+        )
+    if format == "tflite" and (quantize != "none" or not dynamic_batch):
+        raise UsageError(
+            "--format tflite exports the float model at batch 1: leave out --quantize and --fixed-batch"
+        )
     artifact_dir = resolve_artifact_path(model_path)
-    out_path = Path(out).expanduser() if out is not None else artifact_dir / ONNX_FILE
-    if out_path.suffix.lower() != ".onnx":
-        raise UsageError(f"--out must end in .onnx, got {out_path.name}")
+    out_path = (
+        Path(out).expanduser() if out is not None else artifact_dir / default_file_name(format, quantize)
+    )
+    if out_path.suffix.lower() != f".{format}":
+        raise UsageError(f"--out must end in .{format} for --format {format}, got {out_path.name}")
     model, info = load_artifact(artifact_dir, device="cpu")
     spec = info.preprocessing
     wrapper = ExportWrapper(model, spec).eval()
@@ -137,9 +175,7 @@ def export_onnx(
             f"ONNX Runtime and PyTorch disagree: max |Δp| = {max_abs_diff:.2e} (limit {MAX_ABS_DIFF:.0e}); "
             "nothing was written"
         )
-    write_atomic(out_path, lambda tmp: tmp.write_bytes(payload))
-    logger.debug("exported %s (max |Δp| %.2e on %d images)", out_path, max_abs_diff, len(images))
-    return ExportResult(
+    result = ExportResult(
         path=out_path,
         opset=opset,
         dynamic_batch=dynamic_batch,
@@ -148,26 +184,99 @@ def export_onnx(
         max_abs_diff=max_abs_diff,
         top1_agreement=top1_agreement,
         size_bytes=len(payload),
+        format=format,
+        quantize=quantize,
+        float_size_bytes=len(payload),
     )
+    fixed = None if dynamic_batch else batch_size
+    float_payload, check = payload, None
+    if quantize == "int8":
+        calibration, check = _int8_images(
+            info, artifact_dir, check_images, calibration_images, calibration_count
+        )
+        how = f"int8 static quantization (QDQ, per-channel weights), calibrated on {calibration.source}"
+        payload = quantize_int8(payload, calibration, fixed)
+        payload = _with_metadata(payload, info, weights_digest(artifact_dir), {"imgclf.quantization": how})
+        result.quantization = _passed(check_int8(float_payload, payload, check, len(calibration), fixed))
+    if format == "tflite":
+        from imgclf.export.tflite import check_tflite, convert_to_tflite
+
+        payload = convert_to_tflite(wrapper, example, export_metadata(info, weights_digest(artifact_dir)))
+        result.tflite_max_abs_diff = check_tflite(payload, wrapper, images)
+    if format == "ort":
+        ort_bytes = convert_to_ort(payload)
+        if check is None:
+            result.ort_max_abs_diff = check_ort(payload, ort_bytes, images, fixed)
+        else:  # the ORT format fuses int8 kernels, which round a little differently: it must answer as
+            # the float model does, as the int8 graph had to
+            result.ort_max_abs_diff = check_ort(payload, ort_bytes, images, fixed, limit=None)
+            result.quantization = _passed(
+                check_int8(float_payload, ort_bytes, check, len(calibration), fixed)
+            )
+        payload = ort_bytes
+    result.size_bytes = len(payload)
+    write_atomic(out_path, lambda tmp: tmp.write_bytes(payload))
+    logger.debug("exported %s (max |Δp| %.2e on %d images)", out_path, max_abs_diff, len(images))
+    return result
 
 
-def _with_metadata(onnx_bytes: bytes, info: ModelInfo, weights_sha256: str) -> bytes:
-    """The graph with imgclf's metadata (classes, display names, preprocessing, the input contract,
-    the model's info and the digest of the weights it came from) and its doc string."""
-    import onnx
+def default_file_name(format: str, quantize: str) -> str:
+    """model.onnx (found by predict and serve), model.int8.onnx, model.ort, model.int8.ort."""
+    return f"model{'.int8' if quantize == 'int8' else ''}.{format}"
 
-    proto = onnx.load_from_string(onnx_bytes)
-    proto.doc_string = f"imgclf image classifier: {len(info.classes)} classes. {INPUT_CONTRACT}"
-    metadata = {
+
+def _int8_images(
+    info: ModelInfo, artifact_dir: Path, check_images: Any, calibration_images: Any, calibration_count: int
+) -> tuple[CheckImages, CheckImages]:
+    """The images int8 is calibrated on (training images) and checked on (validation images)."""
+    if calibration_images is not None:
+        calibration = given_images(info, calibration_images, calibration_count, "calibration")
+    else:
+        calibration = training_split(info, artifact_dir, "train", calibration_count)
+    if check_images is not None:
+        check = given_images(info, check_images, CHECK_IMAGES, "check")
+    else:
+        check = training_split(info, artifact_dir, "val", CHECK_IMAGES)
+    return calibration, check
+
+
+def _passed(checked: QuantizationCheck) -> QuantizationCheck:
+    if not checked.passed:
+        raise ModelError(
+            f"the int8 model does not answer as the float model does: {checked.describe()} (needs "
+            f"{MIN_AGREEMENT:.0%} agreement and at most {MAX_ACCURACY_DROP * 100:.0f} point of accuracy "
+            "lost); nothing was written. Use --quantize none, or calibrate on more images "
+            "(--calibration-count)"
+        )
+    return checked
+
+
+def export_metadata(
+    info: ModelInfo, weights_sha256: str, extra: dict[str, str] | None = None
+) -> dict[str, str]:
+    """What every export carries about itself: classes, display names, the preprocessing, the input
+    contract in words, the full imgclf.json and the digest of the weights it came from."""
+    return {
         "imgclf.classes": json.dumps(info.classes, ensure_ascii=False),
         "imgclf.display_names": json.dumps(info.display_names or info.classes, ensure_ascii=False),
         "imgclf.preprocessing": json.dumps(info.preprocessing.to_dict()),
         "imgclf.input": INPUT_CONTRACT,
         "imgclf.model": json.dumps(info.to_dict(), ensure_ascii=False),
         "imgclf.weights_sha256": weights_sha256,
+        **(extra or {}),
     }
+
+
+def _with_metadata(
+    onnx_bytes: bytes, info: ModelInfo, weights_sha256: str, extra: dict[str, str] | None = None
+) -> bytes:
+    """The graph with `export_metadata` in its metadata_props, and a doc string."""
+    import onnx
+
+    proto = onnx.load_from_string(onnx_bytes)
+    proto.doc_string = f"imgclf image classifier: {len(info.classes)} classes. {INPUT_CONTRACT}"
     del proto.metadata_props[:]
-    for key, value in metadata.items():
+    for key, value in export_metadata(info, weights_sha256, extra).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     return proto.SerializeToString()

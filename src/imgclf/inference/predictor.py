@@ -64,6 +64,7 @@ class Prediction:
 
 
 BACKENDS = ("auto", "torch", "onnxruntime")
+EXPORT_SUFFIXES = (".onnx", ".ort")  # exported models, run with ONNX Runtime (float, int8, ORT format)
 
 
 def warn_if_not_flip_trained(info: ModelInfo) -> None:
@@ -139,9 +140,12 @@ class Predictor:
         if backend not in BACKENDS:
             raise UsageError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         location = Path(path).expanduser()
-        if location.suffix.lower() == ".onnx":
+        if location.suffix.lower() in EXPORT_SUFFIXES:
             if backend == "torch":
-                raise UsageError("a .onnx file runs with ONNX Runtime; for --backend torch give the model")
+                raise UsageError(
+                    f"a {location.suffix} file runs with ONNX Runtime; for --backend torch give the model "
+                    "folder"
+                )
             onnx = OnnxClassifier(location, threads)
             return cls(None, onnx.info, torch.device("cpu"), label_map, onnx=onnx)
         resolved = resolve_device(device)

@@ -23,7 +23,7 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -266,6 +266,37 @@ def describe_model(predictor: Predictor, settings: ServeSettings, batcher: Micro
     }
 
 
+ICON_SIZES = (192, 512)
+
+
+def _static(name: str) -> bytes:
+    return resources.files("imgclf.serve").joinpath(name).read_bytes()
+
+
+def web_app_manifest(predictor: Predictor) -> dict[str, Any]:
+    """The page as an installable web app: name, icons, standalone display, relative start URL (so
+    it works behind a path prefix too)."""
+    classes = len(predictor.classes)
+    return {
+        "name": f"imgclf: {classes} classes",
+        "short_name": "imgclf",
+        "description": "Take or choose a photo; this server's model names what it shows.",
+        "start_url": "./",
+        "scope": "./",
+        "display": "standalone",
+        "orientation": "portrait",
+        "background_color": "#f6f8fa",
+        "theme_color": "#2f6fde",
+        "icons": [
+            {"src": "icon.svg", "sizes": "any", "type": "image/svg+xml"},
+            *(
+                {"src": f"icon-{size}.png", "sizes": f"{size}x{size}", "type": "image/png"}
+                for size in ICON_SIZES
+            ),
+        ],
+    }
+
+
 def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> FastAPI:
     """The FastAPI application serving `predictor`."""
     from imgclf.version import __version__
@@ -329,6 +360,21 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:
         return HTMLResponse(resources.files("imgclf.serve").joinpath("page.html").read_text(encoding="utf-8"))
+
+    @app.get("/manifest.webmanifest", include_in_schema=False)
+    async def manifest() -> Response:
+        body = json.dumps(web_app_manifest(predictor), ensure_ascii=False)
+        return Response(body, media_type="application/manifest+json")
+
+    @app.get("/icon.svg", include_in_schema=False)
+    async def icon_svg() -> Response:
+        return Response(_static("icon.svg"), media_type="image/svg+xml")
+
+    @app.get("/icon-{size}.png", include_in_schema=False)
+    async def icon_png(size: int) -> Response:
+        if size not in ICON_SIZES:
+            raise HTTPException(404, "Not Found")
+        return Response(_static(f"icon-{size}.png"), media_type="image/png")
 
     _add_offline_docs(app)
     return app
