@@ -684,6 +684,80 @@ def cache_command(
 
 
 # ---------------------------------------------------------------------------------------------------
+# explain
+# ---------------------------------------------------------------------------------------------------
+@app.command()
+@handle_errors
+def explain(
+    model: Annotated[
+        Path, typer.Argument(help="Model folder (or a run folder holding model/).", show_default=False)
+    ],
+    inputs: Annotated[
+        list[str],
+        typer.Argument(help="Image files, folders (searched recursively) or globs.", show_default=False),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the heatmaps.")] = Path("explain"),
+    class_name: Annotated[
+        str | None,
+        typer.Option("--class", help="Explain this class instead of each image's top-1 class."),
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "cpu",
+) -> None:
+    """Where the model looked: a Grad-CAM heatmap over each image.
+
+    Writes NAME.gradcam.png (the image as the model saw it, and the heatmap over it) per image, and
+    explanations.csv (path, class, name, probability, peak_row, peak_col, error). The heatmap is of
+    the top-1 class, or of --class. Runs the PyTorch model (an export has no gradients).
+    """
+    import csv
+    import io
+
+    from imgclf.console import console
+    from imgclf.inference.explain import Explainer, Explanation, explanation_png
+    from imgclf.inference.inputs import iter_inputs
+    from imgclf.inference.predictor import Predictor
+    from imgclf.io import write_atomic, write_text_atomic
+
+    explainer = Explainer(Predictor.from_path(model, device=device, backend="torch"))
+    out.mkdir(parents=True, exist_ok=True)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["path", "class", "name", "probability", "peak_row", "peak_col", "error"])
+    written = failed = 0
+    used: set[str] = set()
+    for result in explainer.explain(iter_inputs(inputs), class_name):
+        if not isinstance(result, Explanation):
+            failed += 1
+            writer.writerow([result.source, "", "", "", "", "", result.error])
+            console.print(f"{result.source}  error: {result.error}", markup=False, soft_wrap=True)
+            continue
+        stem = Path(result.source).stem
+        name = stem if stem not in used else f"{stem}-{written}"
+        used.add(name)
+        content = explanation_png(result)
+        write_atomic(out / f"{name}.gradcam.png", lambda tmp, data=content: tmp.write_bytes(data))
+        row, column = result.peak
+        writer.writerow(
+            [result.source, result.label, result.name, f"{result.probability:.6f}", row, column, ""]
+        )
+        console.print(
+            f"{result.source}  {result.name} {result.probability:.4f}  → {out / (name + '.gradcam.png')}",
+            markup=False,
+            soft_wrap=True,
+        )
+        written += 1
+    write_text_atomic(out / "explanations.csv", buffer.getvalue())
+    if written + failed == 0:
+        raise typer.BadParameter("no input image found")
+    console.print(
+        f"wrote {written:,} heatmaps and explanations.csv to {out}"
+        + (f" ({failed:,} failed)" if failed else "")
+    )
+    if failed:
+        raise typer.Exit(1)
+
+
+# ---------------------------------------------------------------------------------------------------
 # evaluate
 # ---------------------------------------------------------------------------------------------------
 @app.command()
