@@ -320,6 +320,72 @@ def test_the_page_works_as_a_phone_app_in_chromium(served, tmp_path: Path) -> No
         thread.join(timeout=10)
 
 
+def test_explain_answers_a_heatmap_with_the_pytorch_model_and_409_with_an_export(
+    served, shapes_model
+) -> None:
+    predictor, data = served
+    image = sorted((data / "square").iterdir())[1]
+    with TestClient(create_app(predictor)) as client:  # an exported model: no gradients
+        refused = client.post("/explain", files={"files": (image.name, image.read_bytes(), "image/png")})
+        assert refused.status_code == 409 and "--backend torch" in refused.json()["detail"]
+        assert client.get("/model").json()["explain"] is False
+    torch_predictor = Predictor.from_path(shapes_model[0], backend="torch")
+    with TestClient(create_app(torch_predictor)) as client:
+        assert client.get("/model").json()["explain"] is True
+        answer = client.post("/explain", files={"files": (image.name, image.read_bytes(), "image/png")})
+        assert answer.status_code == 200, answer.text
+        (explanation,) = answer.json()["explanations"]
+        expected = torch_predictor.predict(str(image))[0]
+        assert explanation["label"] == expected.label and explanation["image"] == image.name
+        header, encoded = explanation["heatmap_png"].split(",", 1)
+        picture = Image.open(io.BytesIO(base64.b64decode(encoded)))
+        assert header == "data:image/png;base64" and picture.size == (2 * 32 * 8, 32 * 8)  # 32 px, x8
+        other = client.post(
+            "/explain?class=disc", files={"files": (image.name, image.read_bytes(), "image/png")}
+        ).json()["explanations"][0]
+        assert other["label"] == "disc"
+        assert (
+            client.post("/explain?class=circle", files={"files": ("a.png", image.read_bytes())}).status_code
+            == 400
+        )
+
+
+def test_the_page_shows_where_the_model_looked_in_chromium(served, shapes_model) -> None:
+    playwright = pytest.importorskip("playwright.sync_api")
+    _, data = served
+    image = sorted((data / "cross").iterdir())[0]
+    port = free_port()
+    app = create_app(Predictor.from_path(shapes_model[0], backend="torch"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with playwright.sync_playwright() as driver:
+            browser = driver.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+            try:
+                page = browser.new_page()
+                page.goto(f"http://127.0.0.1:{port}/")
+                page.wait_for_function("document.getElementById('model').textContent.includes('classes')")
+                page.set_input_files("#file", str(image))
+                page.wait_for_selector(".result .look", timeout=20_000)
+                page.click(".result .look")
+                page.wait_for_function(
+                    "document.querySelector('.result img').src.startsWith('data:image/png')"
+                )
+                label = page.locator(".result .look").text_content()
+                page.click(".result .look")
+                back = page.evaluate("document.querySelector('.result img').src.startsWith('blob:')")
+            finally:
+                browser.close()
+        assert label == "Show the photo" and back
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
 def test_pytorch_backend_serves_the_same_answers(served) -> None:
     predictor, data = served
     exact = Predictor.from_path(predictor.onnx.path.parent, backend="torch")

@@ -4,6 +4,7 @@ the evaluation folder written from those probabilities."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -74,7 +75,23 @@ def evaluate_split(
         split=name or split,
         top_k=top_k,
         extra={"tta": predictor.tta},
+        explain=gallery_explainer(predictor),
     )
+
+
+def gallery_explainer(predictor: Predictor) -> Callable[[np.ndarray, int], np.ndarray] | None:
+    """Grad-CAM for the mistakes' gallery when the PyTorch model is at hand (not for an export, nor
+    for a model without spatial feature maps)."""
+    from imgclf.errors import UsageError
+    from imgclf.inference.explain import Explainer
+
+    if predictor.model is None:
+        return None
+    try:
+        explainer = Explainer(predictor)
+    except UsageError:
+        return None
+    return lambda image, class_index: explainer.explain_arrays(image[None], class_index)[0][0]
 
 
 def write_samples(path: Path, prepared: PreparedData, per_class: int = 8) -> None:

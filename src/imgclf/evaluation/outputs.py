@@ -63,8 +63,13 @@ def write_evaluation(
     top_k: int = 5,
     gallery_size: int = 24,
     extra: dict | None = None,
+    explain: Callable[[np.ndarray, int], np.ndarray] | None = None,
 ) -> Evaluation:
-    """Compute the metrics (plus `extra` entries) and write every evaluation output into `out_dir`."""
+    """Compute the metrics (plus `extra` entries) and write every evaluation output into `out_dir`.
+
+    `explain(image, class_index)` → a heatmap (H×W, 0–1): the mistakes' gallery then shows where the
+    model looked for the class it wrongly chose (Grad-CAM, `imgclf.inference.explain`).
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     classes = list(classes)
@@ -79,7 +84,14 @@ def write_evaluation(
     _write_most_confused(out_dir / MOST_CONFUSED_FILE, matrix, classes)
     losses = _write_predictions(out_dir / PREDICTIONS_FILE, probabilities, labels, classes, sources, top_k)
     _write_gallery(
-        out_dir / MISCLASSIFIED_FILE, probabilities, labels, classes, losses, load_image, gallery_size
+        out_dir / MISCLASSIFIED_FILE,
+        probabilities,
+        labels,
+        classes,
+        losses,
+        load_image,
+        gallery_size,
+        explain,
     )
     return Evaluation(metrics, out_dir)
 
@@ -138,6 +150,7 @@ def _write_gallery(
     losses: np.ndarray,
     load_image: Callable[[int], np.ndarray | None] | None,
     size: int,
+    explain: Callable[[np.ndarray, int], np.ndarray] | None = None,
 ) -> None:
     predicted = probabilities.argmax(axis=1)
     wrong = np.flatnonzero(predicted != labels)
@@ -147,13 +160,18 @@ def _write_gallery(
         image = load_image(int(index)) if load_image is not None else None
         if image is None:
             continue
+        if explain is not None:
+            from imgclf.inference.explain import overlay
+
+            image = overlay(image, explain(image, int(predicted[index])))
         images.append(image)
         captions.append(
             f"true {classes[labels[index]]}\npred {classes[predicted[index]]} "
             f"({probabilities[index, predicted[index]]:.2f})"
         )
     if images:
-        figure = image_grid_figure(images, captions, columns=6, title="Highest-loss mistakes")
+        title = "Highest-loss mistakes" + (": where the model looked for its answer" if explain else "")
+        figure = image_grid_figure(images, captions, columns=6, title=title)
     else:
         from matplotlib.figure import Figure
 

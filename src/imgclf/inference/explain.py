@@ -120,30 +120,36 @@ class Explainer:
         classes = None if class_index is None else torch.full((len(arrays),), class_index, dtype=torch.long)
         return grad_cam(self.predictor.model, self.layer, inputs, classes)
 
-    def explain(self, items: Iterable[Any], class_name: str | None = None) -> Iterator[Explanation | Any]:
+    def class_index(self, class_name: str | None) -> int | None:
+        if class_name is None:
+            return None
+        if class_name not in self.predictor.classes:
+            known = ", ".join(self.predictor.classes[:10])
+            raise UsageError(f"--class {class_name!r} is not one of the model's classes ({known} …)")
+        return self.predictor.classes.index(class_name)
+
+    def explain_prepared(self, source: str, array: np.ndarray, class_name: str | None = None) -> Explanation:
+        """The Explanation of one prepared uint8 image (H×W×C, as `prepare_image` makes it)."""
+        chosen = self.class_index(class_name)
+        heatmaps, probabilities = self.explain_arrays(array[None], chosen)
+        index = int(probabilities[0].argmax()) if chosen is None else chosen
+        classes, names = self.predictor.classes, self.predictor.names
+        return Explanation(
+            source, classes[index], names[index], float(probabilities[0, index]), array, heatmaps[0]
+        )
+
+    def explain(
+        self, items: Iterable[Any], class_name: str | None = None
+    ) -> Iterator[Explanation | Prediction]:
         """An Explanation per readable input (files, Pillow images, arrays); the failed Prediction
         (with its `error`) for an input that cannot be read."""
-        class_index = None
-        if class_name is not None:
-            if class_name not in self.predictor.classes:
-                known = ", ".join(self.predictor.classes[:10])
-                raise UsageError(f"--class {class_name!r} is not one of the model's classes ({known} …)")
-            class_index = self.predictor.classes.index(class_name)
+        self.class_index(class_name)  # an unknown class is an error before any image is read
         for item in items:
             source, array, error = self.predictor._prepare(item)
             if array is None:
                 yield Prediction(source, error=error)
-                continue
-            heatmaps, probabilities = self.explain_arrays(array[None], class_index)
-            index = int(probabilities[0].argmax()) if class_index is None else class_index
-            yield Explanation(
-                source,
-                self.predictor.classes[index],
-                self.predictor.names[index],
-                float(probabilities[0, index]),
-                array,
-                heatmaps[0],
-            )
+            else:
+                yield self.explain_prepared(source, array, class_name)
 
 
 def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> np.ndarray:

@@ -13,6 +13,7 @@ import binascii
 import contextlib
 import json
 import logging
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from importlib import resources
@@ -31,6 +32,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imgclf.data.decode import ImageDecodeError, decode_image
 from imgclf.data.preprocess import PreprocessSpec, prepare_image
+from imgclf.errors import UsageError
+from imgclf.inference.explain import Explainer, explanation_png
 from imgclf.inference.predictor import Predictor
 from imgclf.serve.batching import MicroBatcher
 
@@ -77,6 +80,19 @@ class ImagePrediction(BaseModel):
 class PredictResponse(BaseModel):
     predictions: list[ImagePrediction]
     backend: str
+
+
+class ImageExplanation(BaseModel):
+    image: str = Field(description="The file name, or the given name, or image-N.")
+    label: str = Field(description="The class explained: the top-1 class, or the one asked for.")
+    name: str
+    probability: float
+    peak: list[int] = Field(description="[row, column] of the heatmap's maximum, in model input pixels.")
+    heatmap_png: str = Field(description="data:image/png;base64 URL: the image and its Grad-CAM heatmap.")
+
+
+class ExplainResponse(BaseModel):
+    explanations: list[ImageExplanation]
 
 
 class Health(BaseModel):
@@ -243,6 +259,16 @@ PREDICT_ROUTE: dict[str, Any] = {
 }
 
 
+def serving_explainer(predictor: Predictor) -> Explainer | None:
+    """Grad-CAM for POST /explain when the PyTorch model is served (an export has no gradients)."""
+    if predictor.model is None:
+        return None
+    try:
+        return Explainer(predictor)
+    except UsageError:  # a model without spatial feature maps (an MLP)
+        return None
+
+
 def describe_model(predictor: Predictor, settings: ServeSettings, batcher: MicroBatcher) -> dict[str, Any]:
     """What GET /model answers: classes, preprocessing, training metrics, serving settings and counts."""
     info, stats = predictor.info, batcher.stats
@@ -256,6 +282,7 @@ def describe_model(predictor: Predictor, settings: ServeSettings, batcher: Micro
         "created": info.created,
         "backend": predictor.backend,
         "tta": predictor.tta,
+        "explain": predictor.model is not None,
         "serving": {
             **asdict(settings),
             "batches": stats.batches,
@@ -348,6 +375,54 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
             ]
             predictions.append(ImagePrediction(image=name, top=top))
         return PredictResponse(predictions=predictions, backend=predictor.backend)
+
+    explainer = serving_explainer(predictor)
+    explaining = threading.Lock()  # Grad-CAM hooks the shared network: one explanation at a time
+
+    @app.post(
+        "/explain",
+        response_model=ExplainResponse,
+        summary="Where the model looked: a Grad-CAM heatmap per image",
+        responses={
+            409: {"model": ErrorBody, "description": "An exported model is served: no gradients to follow."},
+            **{code: PREDICT_ROUTE["responses"][code] for code in (400, 413, 415)},
+        },
+        openapi_extra=PREDICT_ROUTE["openapi_extra"],
+    )
+    async def explain(
+        request: Request,
+        class_name: str | None = Query(None, alias="class", description="Explain this class, not the top-1."),
+    ) -> ExplainResponse:
+        if explainer is None:
+            raise HTTPException(
+                409, "explanations need the PyTorch model: serve the model folder with --backend torch"
+            )
+        if class_name is not None and class_name not in predictor.classes:
+            raise HTTPException(400, f"class {class_name!r} is not one of the model's classes")
+        blobs, names, _ = await read_request(request, None, settings)
+        if len(blobs) > settings.max_images:
+            raise HTTPException(413, f"{len(blobs)} images; at most {settings.max_images} a request")
+
+        def work() -> list[ImageExplanation]:
+            found = []
+            for blob, name in zip(blobs, names):
+                array = prepare_upload(blob, name, spec, settings)
+                with explaining:
+                    result = explainer.explain_prepared(name, array, class_name)
+                picture = base64.b64encode(explanation_png(result)).decode("ascii")
+                found.append(
+                    ImageExplanation(
+                        image=name,
+                        label=result.label,
+                        name=result.name,
+                        probability=round(result.probability, 6),
+                        peak=list(result.peak),
+                        heatmap_png=f"data:image/png;base64,{picture}",
+                    )
+                )
+            return found
+
+        return ExplainResponse(explanations=await run_in_threadpool(work))
 
     @app.get("/health", response_model=Health, summary="Liveness check")
     async def health() -> Health:
