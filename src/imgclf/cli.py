@@ -862,10 +862,25 @@ def check(
         ),
     ] = 10.0,
     min_class_size: Annotated[int, typer.Option(help="Warn about classes with fewer images.")] = 10,
+    labels: Annotated[
+        bool,
+        typer.Option(
+            "--labels",
+            help="Also find likely wrong labels: out-of-sample probabilities from a head cross-fitted "
+            "on the offline backbone's features, ranked by confident learning; writes "
+            "label_issues.csv and label_issues.png into --labels-out.",
+        ),
+    ] = False,
+    labels_model: Annotated[
+        Path | None,
+        typer.Option(help="A saved model whose features --labels uses \\[default: efficientnet_lite0]."),
+    ] = None,
+    labels_out: Annotated[Path, typer.Option(help="Folder for the --labels outputs.")] = Path("label_issues"),
+    folds: Annotated[int, typer.Option(help="Cross-fitting folds of --labels.")] = 5,
 ) -> None:
     """Audit a dataset before training: corrupt files, duplicates and leakage between splits,
     near-duplicates, the same image under two classes, imbalance, tiny or EXIF-rotated images,
-    unusual modes, missing files."""
+    unusual modes, missing files; with --labels, likely wrong labels."""
     import json as json_module
 
     from imgclf.console import print_audit
@@ -882,6 +897,8 @@ def check(
         min_class_size=min_class_size,
     )
     print_audit(result)
+    if labels:
+        _check_labels(data, result, labels_model, labels_out, folds, path_col, label_col, splits or "auto")
     if out is not None:
         write_text_atomic(out, json_module.dumps(result.to_dict(), indent=2))
         from imgclf.console import console
@@ -889,6 +906,57 @@ def check(
         console.print(f"wrote {out}")
     if strict and result.has_errors:
         raise typer.Exit(1)
+
+
+def _check_labels(
+    data: str,
+    result: Any,
+    model: Path | None,
+    out: Path,
+    folds: int,
+    path_col: str | None,
+    label_col: str | None,
+    splits: str,
+) -> None:
+    """check --labels: the likely wrong labels, a finding in the report and two files in `out`."""
+    from imgclf.console import ConsoleReporter, console
+    from imgclf.data.audit import Finding
+    from imgclf.data.headers import read_headers
+    from imgclf.data.prepared import header_workers
+    from imgclf.data.sources import scan_source
+    from imgclf.training.label_issues import find_label_issues, write_label_issues
+
+    image_set = scan_source(data, path_col=path_col, label_col=label_col, splits=splits)
+    image_set = read_headers(image_set, workers=header_workers(len(image_set), None))
+    conflicting = {
+        path
+        for finding in result.findings
+        if finding.kind == "conflicting-labels"
+        for entry in finding.files
+        for path in entry["paths"]
+    }
+    found = find_label_issues(
+        image_set, model, folds, always=sorted(conflicting), callbacks=[ConsoleReporter()]
+    )
+    table = write_label_issues(found, out)
+    share = len(found.issues) / max(1, len(found.image_set))
+    console.print(
+        f"likely wrong labels: {len(found.issues):,} of {len(found.image_set):,} images ({share:.1%})"
+    )
+    for issue in found.issues[:10]:
+        console.print(
+            f"  {issue.path}  labelled {issue.given}, looks {issue.suggested} ({issue.quality:.3f})",
+            markup=False,
+            soft_wrap=True,
+        )
+    console.print(f"wrote {table} and {out / 'label_issues.png'}")
+    files = [
+        {"path": i.path, "given": i.given, "suggested": i.suggested, "score": round(i.quality, 6)}
+        for i in found.issues
+    ]
+    if files:
+        message = "likely wrong labels (confident learning on out-of-sample probabilities)"
+        result.findings.append(Finding("warning", "label-issue", message, files))
 
 
 @app.command()

@@ -64,7 +64,7 @@ class HeadFit:
     val_acc: float
 
 
-def _lbfgs(
+def fit_logistic(
     features: torch.Tensor,
     labels: torch.Tensor,
     l2: float,
@@ -131,7 +131,7 @@ def fit_head(
     best: tuple[float, float, float, tuple[torch.Tensor, torch.Tensor]] | None = None
     start = zero
     for l2 in HEAD_L2:  # strongest first: each fit starts from the last one's answer
-        start = _lbfgs(x, y, l2, start, label_smoothing)
+        start = fit_logistic(x, y, l2, start, label_smoothing)
         if has_val:
             loss, acc = _scores(xv, yv, *start)
         else:
@@ -168,7 +168,7 @@ def _cross_validate(
     for held in folds:
         keep = torch.ones(len(y), dtype=torch.bool)
         keep[held] = False
-        weight, bias = _lbfgs(x[keep], y[keep], l2, zero, label_smoothing)
+        weight, bias = fit_logistic(x[keep], y[keep], l2, zero, label_smoothing)
         loss, acc = _scores(x[held], y[held], weight, bias)
         losses.append(loss)
         accuracies.append(acc)

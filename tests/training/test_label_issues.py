@@ -1,0 +1,49 @@
+"""Likely wrong labels: confident learning on out-of-sample probabilities finds flipped labels."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import numpy as np
+from typer.testing import CliRunner
+
+from conftest import write_class_folders
+from imgclf.cli import app
+from imgclf.training.label_issues import confident_learning, out_of_sample_probabilities
+
+
+def test_confident_learning_finds_the_flipped_labels_of_separable_features() -> None:
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 4, (3, 16))
+    truth = rng.integers(0, 3, 600)
+    features = (centres[truth] + rng.normal(0, 1, (600, 16))).astype(np.float32)
+    labels = truth.copy()
+    flipped = rng.choice(600, 30, replace=False)
+    labels[flipped] = (truth[flipped] + rng.integers(1, 3, 30)) % 3
+    probabilities = out_of_sample_probabilities(features, labels, 3)
+    found = confident_learning(probabilities, labels)
+    listed = [index for index, _, _ in found]
+    hits = len(set(listed) & set(flipped.tolist()))
+    assert hits / len(flipped) >= 0.9 and hits / len(listed) >= 0.8  # recall and precision
+    for index, suggested, quality in found:
+        if index in set(flipped.tolist()):
+            assert suggested == truth[index]
+        assert quality == probabilities[index, labels[index]]
+    assert [q for _, _, q in found] == sorted(q for _, _, q in found)  # most likely wrong first
+
+
+def test_check_labels_writes_the_table_and_the_gallery(tmp_path: Path) -> None:
+    data = write_class_folders(tmp_path / "data", ["square", "disc", "cross"], 24, size=32, mode="RGB")
+    moved = sorted((data / "disc").iterdir())[:2]
+    for path in moved:  # two discs filed as squares
+        shutil.move(path, data / "square" / f"moved_{path.name}")
+    out = tmp_path / "issues"
+    result = CliRunner().invoke(app, ["check", str(data), "--labels", "--labels-out", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader((out / "label_issues.csv").open()))
+    assert list(rows[0]) == ["path", "given", "suggested", "score"]
+    assert {f"square/moved_{path.name}" for path in moved} <= {row["path"] for row in rows}
+    assert all(row["suggested"] != row["given"] for row in rows)
+    assert (out / "label_issues.png").is_file() and "likely wrong labels" in result.output
