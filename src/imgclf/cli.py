@@ -594,9 +594,11 @@ def serve(
     tta: TtaOption = False,
     access_log: Annotated[bool, typer.Option("--access-log", help="Log every request.")] = False,
 ) -> None:
-    """Serve a model over HTTP: POST /predict, GET /health, GET /model, web page at /, docs at /docs.
+    """Serve a model over HTTP: POST /predict, POST /explain, GET /health, GET /model, docs at /docs,
+    and a web page at / that works as a camera app on a phone.
 
-    Concurrent requests are micro-batched (see --max-batch, --batch-wait-ms). Ctrl-C stops it.
+    Concurrent requests are micro-batched (see --max-batch, --batch-wait-ms). POST /explain (Grad-CAM)
+    needs the PyTorch model (--backend torch). Ctrl-C stops it.
     """
     import uvicorn
 
