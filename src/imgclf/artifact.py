@@ -42,6 +42,7 @@ class ModelInfo:
     metrics: dict[str, Any] = field(default_factory=dict)
     dataset: dict[str, Any] = field(default_factory=dict)
     created: str = ""
+    calibration: dict[str, Any] = field(default_factory=dict)  # temperature scaling (see Predictor)
 
     def to_dict(self) -> dict[str, Any]:
         from imgclf.version import __version__
@@ -58,6 +59,7 @@ class ModelInfo:
             "training": self.training,
             "metrics": self.metrics,
             "dataset": self.dataset,
+            **({"calibration": self.calibration} if self.calibration else {}),
         }
 
     @classmethod
@@ -77,6 +79,7 @@ class ModelInfo:
                 display_names=values.get("display_names"),
                 training=values.get("training", {}),
                 metrics=values.get("metrics", {}),
+                calibration=values.get("calibration", {}),
                 dataset=values.get("dataset", {}),
                 created=values.get("created", ""),
             )

@@ -192,3 +192,32 @@ def test_a_run_reports_the_metrics_its_saved_model_gives(tmp_path: Path) -> None
     )
     assert again.metrics["loss"] == pytest.approx(result.metrics["val_loss"], rel=1e-5)
     assert again.metrics["accuracy"] == result.metrics["val_acc"]
+
+
+def test_temperature_scaling_is_fitted_stored_and_applied(run) -> None:
+    from imgclf.evaluation.calibration import ece, fit_temperature
+    from imgclf.inference.predictor import with_temperature
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 2, (4000, 5))
+    truth = np.array([rng.choice(5, p=np.exp(row) / np.exp(row).sum()) for row in logits])
+    overconfident = np.exp(3 * logits) / np.exp(3 * logits).sum(1, keepdims=True)  # T = 3 undoes it
+    fitted = fit_temperature(overconfident, truth)
+    assert fitted == pytest.approx(3.0, rel=0.1)
+    assert ece(with_temperature(overconfident, fitted), truth) < ece(overconfident, truth) / 3
+
+    result, data = run
+    info = json.loads((result.artifact / "imgclf.json").read_text())
+    calibration = info["calibration"]
+    assert calibration["temperature"] > 0 and calibration["fitted_on"].endswith("val images")
+    assert {"val_ece_before", "val_ece_after", "test_ece_before", "test_ece_after"} <= set(calibration)
+    assert calibration["val_ece_after"] <= calibration["val_ece_before"] + 1e-9
+    predictor = imgclf.load_model(result.artifact, backend="torch")
+    assert predictor.temperature == calibration["temperature"]
+    arrays = np.stack([np.asarray(Image.open(f)) for f in sorted((data / "disc").glob("*.png"))[:4]])[
+        ..., None
+    ]
+    raw = predictor._probabilities(arrays)
+    np.testing.assert_allclose(
+        predictor.predict_arrays(arrays), with_temperature(raw, predictor.temperature), atol=1e-6
+    )

@@ -77,6 +77,17 @@ def warn_if_not_flip_trained(info: ModelInfo) -> None:
         )
 
 
+def with_temperature(probabilities: np.ndarray, temperature: float) -> np.ndarray:
+    """Temperature scaling in probability space: softmax(log p / T). T > 1 softens over-confident
+    answers; the top class never changes. Applied to the answers of every backend alike."""
+    if temperature == 1.0:
+        return probabilities
+    logits = np.log(np.clip(probabilities, 1e-12, None)) / temperature
+    logits -= logits.max(axis=1, keepdims=True)
+    scaled = np.exp(logits)
+    return (scaled / scaled.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
 class Predictor:
     """Predict with a saved model; preprocessing comes from the model, never from the caller.
 
@@ -100,6 +111,8 @@ class Predictor:
         self.info = info
         self.device = device
         self.names = list(info.display_names or info.classes)
+        # fitted on the validation split at the end of training (1.0: none)
+        self.temperature = float((info.calibration or {}).get("temperature", 1.0))
         if label_map is not None:
             mapping = load_label_map(label_map, info.classes)
             self.names = [mapping[name] for name in info.classes]
@@ -174,10 +187,12 @@ class Predictor:
 
         With `tta` (test-time augmentation) the probabilities are the mean of the image's and its
         mirror image's, as fastai's `tta` and Ultralytics' `augment=True` flip: twice the compute.
+        The model's temperature (`imgclf.json` calibration) scales each pass's answers.
         """
-        probabilities = self._probabilities(arrays)
+        probabilities = with_temperature(self._probabilities(arrays), self.temperature)
         if self.tta:
-            probabilities = (probabilities + self._probabilities(arrays[:, :, ::-1])) / 2.0
+            mirrored = with_temperature(self._probabilities(arrays[:, :, ::-1]), self.temperature)
+            probabilities = (probabilities + mirrored) / 2.0
         return probabilities
 
     def predict_batch(self, images: torch.Tensor) -> np.ndarray:

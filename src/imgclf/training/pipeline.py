@@ -40,8 +40,10 @@ from imgclf.data.preprocess import PreprocessSpec
 from imgclf.data.split import apply_manifest, assign_splits
 from imgclf.device import configure_backends, resolve_device, resolve_precision
 from imgclf.errors import ConfigError, UsageError
-from imgclf.evaluation.evaluate import evaluate_split, split_metrics, write_samples
-from imgclf.inference.predictor import Predictor
+from imgclf.evaluation.calibration import MIN_IMAGES as MIN_CALIBRATION_IMAGES
+from imgclf.evaluation.calibration import ece, fit_temperature
+from imgclf.evaluation.evaluate import evaluate_split, predict_split, split_metrics, write_samples
+from imgclf.inference.predictor import Predictor, with_temperature
 from imgclf.models.factory import create_model, model_args
 from imgclf.models.pretrained import load_pretrained
 from imgclf.models.spec import resolve_spec
@@ -597,6 +599,33 @@ def training_callbacks(
     return chosen
 
 
+def calibrate(
+    predictor: Predictor, prepared: PreparedData, val_split: str, batch_size: int
+) -> dict[str, Any]:
+    """Temperature scaling fitted on the validation split, with the ECE before and after it (on the
+    test split too, when there is one and it is not the validation split)."""
+    probabilities, labels, _ = predict_split(predictor, prepared, val_split, batch_size)
+    if len(labels) < MIN_CALIBRATION_IMAGES:
+        logger.info("no temperature scaling: %d validation images are too few to fit it", len(labels))
+        return {}
+    temperature = fit_temperature(probabilities, labels)
+    report: dict[str, Any] = {
+        "temperature": round(temperature, 6),
+        "fitted_on": f"{len(labels)} {val_split} images",
+        f"{val_split}_ece_before": ece(probabilities, labels),
+        f"{val_split}_ece_after": ece(with_temperature(probabilities, temperature), labels),
+    }
+    if val_split != "test" and len(prepared.indices("test")):
+        test_probabilities, test_labels, _ = predict_split(predictor, prepared, "test", batch_size)
+        report["test_ece_before"] = ece(test_probabilities, test_labels)
+        report["test_ece_after"] = ece(with_temperature(test_probabilities, temperature), test_labels)
+    logger.info(
+        "temperature scaling: T = %.3f, fitted on the %s split; its ECE %.4f → %.4f",
+        temperature, val_split, report[f"{val_split}_ece_before"], report[f"{val_split}_ece_after"],
+    )  # fmt: skip
+    return report
+
+
 def finish_run(
     cfg: Config,
     folder: RunFolder,
@@ -613,6 +642,9 @@ def finish_run(
     predictor = Predictor(best_model, info, hardware.device)
     batch_size = cfg.train.batch_size * 2
     final: dict[str, float] = {}
+    if has_val:
+        info.calibration = calibrate(predictor, prepared, data.val_split, batch_size)
+        predictor.temperature = info.calibration.get("temperature", 1.0)
     if has_val:  # the full evaluation of the validation split goes into the run folder
         evaluation = evaluate_split(predictor, prepared, data.val_split, folder.evaluation, batch_size)
         final.update(
