@@ -889,8 +889,13 @@ def check(
     from imgclf.data.audit import audit
     from imgclf.io import write_text_atomic
 
+    source: Any = data
+    if labels:  # scanned once, for the audit and the label check
+        from imgclf.data.sources import scan_source
+
+        source = scan_source(data, path_col=path_col, label_col=label_col, splits=splits or "auto")
     result = audit(
-        data,
+        source,
         path_col=path_col,
         label_col=label_col,
         splits=splits or "auto",
@@ -900,7 +905,7 @@ def check(
     )
     print_audit(result)
     if labels:
-        _check_labels(data, result, labels_model, labels_out, folds, path_col, label_col, splits or "auto")
+        _check_labels(source, result, labels_model, labels_out, folds)
     if out is not None:
         write_text_atomic(out, json_module.dumps(result.to_dict(), indent=2))
         from imgclf.console import console
@@ -910,25 +915,14 @@ def check(
         raise typer.Exit(1)
 
 
-def _check_labels(
-    data: str,
-    result: Any,
-    model: Path | None,
-    out: Path,
-    folds: int,
-    path_col: str | None,
-    label_col: str | None,
-    splits: str,
-) -> None:
+def _check_labels(image_set: Any, result: Any, model: Path | None, out: Path, folds: int) -> None:
     """check --labels: the likely wrong labels, a finding in the report and two files in `out`."""
     from imgclf.console import ConsoleReporter, console
     from imgclf.data.audit import Finding
     from imgclf.data.headers import read_headers
     from imgclf.data.prepared import header_workers
-    from imgclf.data.sources import scan_source
     from imgclf.training.label_issues import find_label_issues, write_label_issues
 
-    image_set = scan_source(data, path_col=path_col, label_col=label_col, splits=splits)
     image_set = read_headers(image_set, workers=header_workers(len(image_set), None))
     conflicting = {
         path

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import shutil
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -209,16 +211,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (see .ci/run)")
-def test_web_page_shows_the_top_label_in_chromium(served) -> None:
-    playwright = pytest.importorskip("playwright.sync_api")
-    predictor, data = served
-    image = sorted((data / "cross").iterdir())[3]
-    expected = predictor.predict(str(image))[0]
+@contextlib.contextmanager
+def served_at(app) -> Iterator[int]:
+    """The app running in uvicorn on a free loopback port (the port), stopped afterwards."""
     port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(predictor), host="127.0.0.1", port=port, log_level="error")
-    )
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
@@ -226,6 +223,19 @@ def test_web_page_shows_the_top_label_in_chromium(served) -> None:
         while not server.started and time.monotonic() < deadline:
             time.sleep(0.05)
         assert server.started, "the server did not start"
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (see .ci/run)")
+def test_web_page_shows_the_top_label_in_chromium(served) -> None:
+    playwright = pytest.importorskip("playwright.sync_api")
+    predictor, data = served
+    image = sorted((data / "cross").iterdir())[3]
+    expected = predictor.predict(str(image))[0]
+    with served_at(create_app(predictor)) as port:
         with playwright.sync_playwright() as driver:
             browser = driver.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
             try:
@@ -251,9 +261,6 @@ def test_web_page_shows_the_top_label_in_chromium(served) -> None:
         assert top_label == expected.names[0]
         assert top_value == f"{100 * expected.probabilities[0]:.1f}%"
         assert bars == 3 and outside == []
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 def test_the_page_works_as_a_phone_app_in_chromium(served, tmp_path: Path) -> None:
@@ -263,18 +270,8 @@ def test_the_page_works_as_a_phone_app_in_chromium(served, tmp_path: Path) -> No
     predictor, data = served
     image = sorted((data / "disc").iterdir())[2]
     expected = predictor.predict(str(image))[0]
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(predictor), host="127.0.0.1", port=port, log_level="error")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
     shot = tmp_path / "phone.png"
-    try:
-        deadline = time.monotonic() + 20
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert server.started, "the server did not start"
+    with served_at(create_app(predictor)) as port:
         with playwright.sync_playwright() as driver:
             browser = driver.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
             try:
@@ -315,9 +312,6 @@ def test_the_page_works_as_a_phone_app_in_chromium(served, tmp_path: Path) -> No
         )
         assert outside == []
         assert Image.open(shot).width == 780  # 390 CSS px at device scale 2
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 def test_explain_answers_a_heatmap_with_the_pytorch_model_and_409_with_an_export(
@@ -354,15 +348,8 @@ def test_the_page_shows_where_the_model_looked_in_chromium(served, shapes_model)
     playwright = pytest.importorskip("playwright.sync_api")
     _, data = served
     image = sorted((data / "cross").iterdir())[0]
-    port = free_port()
     app = create_app(Predictor.from_path(shapes_model[0], backend="torch"))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 20
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.05)
+    with served_at(app) as port:
         with playwright.sync_playwright() as driver:
             browser = driver.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
             try:
@@ -381,9 +368,6 @@ def test_the_page_shows_where_the_model_looked_in_chromium(served, shapes_model)
             finally:
                 browser.close()
         assert label == "Show the photo" and back
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 def test_pytorch_backend_serves_the_same_answers(served) -> None:

@@ -35,11 +35,21 @@ def predict_split(
     return np.concatenate(probabilities), np.concatenate(labels), indices
 
 
+# what `predict_split` returns: (probabilities N×K, labels, sample indices)
+Predicted = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
 def split_metrics(
-    predictor: Predictor, prepared: PreparedData, split: str, batch_size: int = 128, prefix: str = "test"
+    predictor: Predictor,
+    prepared: PreparedData,
+    split: str,
+    batch_size: int = 128,
+    prefix: str = "test",
+    predicted: Predicted | None = None,
 ) -> dict[str, float]:
-    """Mean cross-entropy, accuracy and count of one split (`{prefix}_loss`, …); empty without images."""
-    probabilities, labels, _ = predict_split(predictor, prepared, split, batch_size)
+    """Mean cross-entropy, accuracy and count of one split (`{prefix}_loss`, …); empty without images.
+    `predicted`: the split's predictions when they are at hand already."""
+    probabilities, labels, _ = predicted or predict_split(predictor, prepared, split, batch_size)
     if not len(labels):
         return {}
     chosen = probabilities[np.arange(len(labels)), labels].astype(np.float64)
@@ -58,12 +68,14 @@ def evaluate_split(
     batch_size: int = 128,
     top_k: int = 5,
     name: str | None = None,
+    predicted: Predicted | None = None,
 ) -> Evaluation:
     """Predict one split and write the whole evaluation (metrics.json, plots, predictions.csv).
 
-    `name` is the split's name in the outputs when it differs from the selector (e.g. "all").
+    `name` is the split's name in the outputs when it differs from the selector (e.g. "all");
+    `predicted`: the split's predictions when they are at hand already.
     """
-    probabilities, labels, indices = predict_split(predictor, prepared, split, batch_size)
+    probabilities, labels, indices = predicted or predict_split(predictor, prepared, split, batch_size)
     sources = [prepared.image_set.keys[i] for i in indices]
     return write_evaluation(
         out_dir,

@@ -40,19 +40,20 @@ def _to_batch(arrays: list[np.ndarray]) -> np.ndarray:
     return np.ascontiguousarray(batch)
 
 
-def given_images(info: ModelInfo, paths: Any, count: int, what: str) -> CheckImages:
-    """Up to `count` of the images the user named (files, folders, globs); unreadable ones are skipped."""
+def given_images(info: ModelInfo, paths: Any, count: int, option: str) -> CheckImages:
+    """Up to `count` of the images the user named with `option` (files, folders, globs); unreadable
+    ones are skipped, like everywhere else, and named in a warning."""
     items = [paths] if isinstance(paths, (str, Path)) else list(paths)
     arrays = []
     for path in iter_inputs(items):
         try:
             arrays.append(load_prepared(path, info.preprocessing))
-        except (ImageDecodeError, OSError) as error:
-            logger.warning("%s: skipping %s (%s)", what, path, error)
+        except Exception as error:  # Pillow plug-ins raise assorted errors on odd files
+            logger.warning("export %s: skipping %s (%s)", option, path, error)
         if len(arrays) >= count:
             break
     if not arrays:
-        raise UsageError(f"none of the {what} images could be read")
+        raise UsageError(f"none of the {option} could be read")
     return CheckImages(_to_batch(arrays), None, f"{len(arrays)} given images")
 
 

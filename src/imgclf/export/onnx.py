@@ -230,11 +230,11 @@ def _int8_images(
 ) -> tuple[CheckImages, CheckImages]:
     """The images int8 is calibrated on (training images) and checked on (validation images)."""
     if calibration_images is not None:
-        calibration = given_images(info, calibration_images, calibration_count, "calibration")
+        calibration = given_images(info, calibration_images, calibration_count, "--calibration-images")
     else:
         calibration = training_split(info, artifact_dir, "train", calibration_count)
     if check_images is not None:
-        check = given_images(info, check_images, CHECK_IMAGES, "check")
+        check = given_images(info, check_images, CHECK_IMAGES, "--check-images")
     else:
         check = training_split(info, artifact_dir, "val", CHECK_IMAGES)
     return calibration, check
@@ -308,39 +308,27 @@ def _export_graph(wrapper: nn.Module, example: torch.Tensor, opset: int, dynamic
 
 def load_check_batch(info: ModelInfo, check_images: Any, count: int) -> tuple[np.ndarray, str]:
     """Prepared float images (N×C×H×W, 0–1) for the export check, and where they came from."""
-    from imgclf.data.preprocess import load_prepared, prepare_image
-    from imgclf.inference.inputs import iter_inputs
+    from imgclf.data.preprocess import prepare_image
 
     spec = info.preprocessing
     arrays: list[np.ndarray] = []
     if check_images is not None:
-        items = [check_images] if isinstance(check_images, (str, Path)) else list(check_images)
-        for path in iter_inputs(items):
-            try:
-                arrays.append(load_prepared(path, spec))
-            except Exception as error:  # an unreadable check image is skipped, like everywhere else
-                logger.warning("export check: skipping %s (%s)", path, error)
-            if len(arrays) >= count:
-                break
-        if not arrays:
-            raise UsageError("none of the --check-images could be read")
-        source = "the given images"
-    else:
-        source = "random images (the training data was not found; give --check-images for real ones)"
-        data = info.dataset.get("source")
-        if data and Path(data).exists():
-            try:
-                from imgclf.data.sources import scan_source
+        return given_images(info, check_images, count, "--check-images").images, "the given images"
+    source = "random images (the training data was not found; give --check-images for real ones)"
+    data = info.dataset.get("source")
+    if data and Path(data).exists():
+        try:
+            from imgclf.data.sources import scan_source
 
-                image_set = scan_source(data)
-                picks = np.linspace(0, len(image_set) - 1, num=min(count, len(image_set))).round()
-                for index in dict.fromkeys(int(i) for i in picks):
-                    with contextlib.suppress(Exception):
-                        arrays.append(prepare_image(image_set.reader.open(image_set.keys[index]), spec))
-                if arrays:
-                    source = f"{len(arrays)} training images from {data}"
-            except Exception as error:  # the check falls back to random input; say why
-                logger.warning("export check: cannot read the training data (%s)", error)
+            image_set = scan_source(data)
+            picks = np.linspace(0, len(image_set) - 1, num=min(count, len(image_set))).round()
+            for index in dict.fromkeys(int(i) for i in picks):
+                with contextlib.suppress(Exception):
+                    arrays.append(prepare_image(image_set.reader.open(image_set.keys[index]), spec))
+            if arrays:
+                source = f"{len(arrays)} training images from {data}"
+        except Exception as error:  # the check falls back to random input; say why
+            logger.warning("export check: cannot read the training data (%s)", error)
     if not arrays:
         rng = np.random.default_rng(0)
         arrays = list(rng.integers(0, 256, (count, spec.height, spec.width, spec.channels), dtype=np.uint8))

@@ -145,7 +145,7 @@ class Explainer:
         (with its `error`) for an input that cannot be read."""
         self.class_index(class_name)  # an unknown class is an error before any image is read
         for item in items:
-            source, array, error = self.predictor._prepare(item)
+            source, array, error = self.predictor.prepare_input(item)
             if array is None:
                 yield Prediction(source, error=error)
             else:

@@ -208,7 +208,7 @@ class Predictor:
         logits = self.model(normalize_batch(batch, self.spec))
         return torch.softmax(logits.float(), dim=1).cpu().numpy()
 
-    def _prepare(self, item: Any) -> tuple[str, np.ndarray | None, str | None]:
+    def prepare_input(self, item: Any) -> tuple[str, np.ndarray | None, str | None]:
         if isinstance(item, Image.Image):
             return "<image>", prepare_image(item, self.spec), None
         if isinstance(item, np.ndarray):
@@ -232,7 +232,7 @@ class Predictor:
         iterator = iter(items)
         with ThreadPoolExecutor(max_workers=workers) as pool:  # Pillow decodes without holding the GIL
             while chunk := list(itertools.islice(iterator, batch_size)):
-                prepared = list(pool.map(self._prepare, chunk))
+                prepared = list(pool.map(self.prepare_input, chunk))
                 good = [entry for entry in prepared if entry[1] is not None]
                 probabilities = self.predict_arrays(np.stack([entry[1] for entry in good])) if good else None
                 row = 0

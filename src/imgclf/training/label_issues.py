@@ -26,7 +26,7 @@ import torch
 
 from imgclf.config import DataConfig
 from imgclf.data.imageset import ImageSet
-from imgclf.data.prepared import ProgressListener, image_loader, prepare_data
+from imgclf.data.prepared import PreparedData, ProgressListener, image_loader, prepare_data
 from imgclf.device import resolve_device, resolve_precision
 from imgclf.io import write_text_atomic
 from imgclf.training.features import compute_features, feature_network
@@ -52,8 +52,7 @@ class LabelIssues:
     image_set: ImageSet  # the readable samples, in the order of `probabilities`
     probabilities: np.ndarray  # out-of-sample, N×K
     issues: list[LabelIssue]  # most likely wrong first
-    spec: object = None
-    prepared: object = None
+    prepared: PreparedData  # the decoded images, for the gallery
 
 
 def out_of_sample_probabilities(
@@ -143,7 +142,7 @@ def find_label_issues(
         LabelIssue(index, kept.keys[index], kept.classes[labels[index]], kept.classes[suggested], quality)
         for index, suggested, quality in found
     ]
-    return LabelIssues(kept, probabilities, issues, spec, prepared)
+    return LabelIssues(kept, probabilities, issues, prepared)
 
 
 def write_label_issues(result: LabelIssues, out_dir: Path, gallery_size: int = 24) -> Path:

@@ -42,7 +42,13 @@ from imgclf.device import configure_backends, resolve_device, resolve_precision
 from imgclf.errors import ConfigError, UsageError
 from imgclf.evaluation.calibration import MIN_IMAGES as MIN_CALIBRATION_IMAGES
 from imgclf.evaluation.calibration import ece, fit_temperature
-from imgclf.evaluation.evaluate import evaluate_split, predict_split, split_metrics, write_samples
+from imgclf.evaluation.evaluate import (
+    Predicted,
+    evaluate_split,
+    predict_split,
+    split_metrics,
+    write_samples,
+)
 from imgclf.inference.predictor import Predictor, with_temperature
 from imgclf.models.factory import create_model, model_args
 from imgclf.models.pretrained import load_pretrained
@@ -601,29 +607,34 @@ def training_callbacks(
 
 def calibrate(
     predictor: Predictor, prepared: PreparedData, val_split: str, batch_size: int
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], dict[str, Predicted]]:
     """Temperature scaling fitted on the validation split, with the ECE before and after it (on the
-    test split too, when there is one and it is not the validation split)."""
-    probabilities, labels, _ = predict_split(predictor, prepared, val_split, batch_size)
+    test split too, when there is one and it is not the validation split); and the predictions it
+    made, by split, calibrated, for the evaluation that follows."""
+    probabilities, labels, indices = predict_split(predictor, prepared, val_split, batch_size)
     if len(labels) < MIN_CALIBRATION_IMAGES:
         logger.info("no temperature scaling: %d validation images are too few to fit it", len(labels))
-        return {}
+        return {}, {val_split: (probabilities, labels, indices)}
     temperature = fit_temperature(probabilities, labels)
+    calibrated = with_temperature(probabilities, temperature)
     report: dict[str, Any] = {
         "temperature": round(temperature, 6),
         "fitted_on": f"{len(labels)} {val_split} images",
         f"{val_split}_ece_before": ece(probabilities, labels),
-        f"{val_split}_ece_after": ece(with_temperature(probabilities, temperature), labels),
+        f"{val_split}_ece_after": ece(calibrated, labels),
     }
+    predictions = {val_split: (calibrated, labels, indices)}
     if val_split != "test" and len(prepared.indices("test")):
-        test_probabilities, test_labels, _ = predict_split(predictor, prepared, "test", batch_size)
+        test_probabilities, test_labels, test_indices = predict_split(predictor, prepared, "test", batch_size)
+        test_calibrated = with_temperature(test_probabilities, temperature)
         report["test_ece_before"] = ece(test_probabilities, test_labels)
-        report["test_ece_after"] = ece(with_temperature(test_probabilities, temperature), test_labels)
+        report["test_ece_after"] = ece(test_calibrated, test_labels)
+        predictions["test"] = (test_calibrated, test_labels, test_indices)
     logger.info(
         "temperature scaling: T = %.3f, fitted on the %s split; its ECE %.4f → %.4f",
         temperature, val_split, report[f"{val_split}_ece_before"], report[f"{val_split}_ece_after"],
     )  # fmt: skip
-    return report
+    return report, predictions
 
 
 def finish_run(
@@ -642,18 +653,27 @@ def finish_run(
     predictor = Predictor(best_model, info, hardware.device)
     batch_size = cfg.train.batch_size * 2
     final: dict[str, float] = {}
+    predictions: dict[str, Predicted] = {}
     if has_val:
-        info.calibration = calibrate(predictor, prepared, data.val_split, batch_size)
+        info.calibration, predictions = calibrate(predictor, prepared, data.val_split, batch_size)
         predictor.temperature = info.calibration.get("temperature", 1.0)
-    if has_val:  # the full evaluation of the validation split goes into the run folder
-        evaluation = evaluate_split(predictor, prepared, data.val_split, folder.evaluation, batch_size)
+        # the full evaluation of the validation split goes into the run folder
+        evaluation = evaluate_split(
+            predictor,
+            prepared,
+            data.val_split,
+            folder.evaluation,
+            batch_size,
+            predicted=predictions[data.val_split],
+        )
         final.update(
             val_loss=evaluation.metrics["loss"],
             val_acc=evaluation.metrics["accuracy"],
             val_count=float(evaluation.metrics["count"]),
         )
     if data.val_split != "test" and len(prepared.indices("test")):
-        final.update(split_metrics(predictor, prepared, "test", batch_size, prefix="test"))
+        test = predictions.get("test")
+        final.update(split_metrics(predictor, prepared, "test", batch_size, prefix="test", predicted=test))
     elif data.val_split == "test" and has_val:
         final.update({k.replace("val_", "test_"): v for k, v in final.items()})
     folder.write_dataset(prepared)

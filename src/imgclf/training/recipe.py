@@ -76,16 +76,7 @@ PLAIN = RecipeDefaults(
 )
 # a builtin CNN chosen by --model auto for many small grey images: the plain recipe with augmentation
 # that suits digits (shifts, zoom, rotation; no mirror images)
-SCRATCH = RecipeDefaults(
-    lr=2e-3,
-    label_smoothing=0.0,
-    warmup_epochs=1.0,
-    monitor="val_loss",
-    finetune_bn="train",
-    preset="digits",
-    epochs=10,
-    batch_size=64,
-)
+SCRATCH = replace(PLAIN, preset="digits")
 # the same for small colour images (objects, animals, vehicles at 32 px): mirror images are still
 # the same class, so the `light` preset (shifts, zoom, rotation and horizontal flips)
 SCRATCH_COLOUR = replace(SCRATCH, preset="light")
