@@ -67,6 +67,11 @@ def test_the_heatmap_peak_falls_inside_the_mark(marks) -> None:
         top, left = where[key]
         row, column = explanation.peak
         hits += top <= row < top + MARK and left <= column < left + MARK
+    fitted, explainer.predictor.temperature = explainer.predictor.temperature, 3.0  # Predictor's answers
+    first = next(iter(explainer.explain([str(data / validation[0])])))
+    answer = explainer.predictor.predict(str(data / validation[0]))[0]
+    assert first.label == answer.label and first.probability == pytest.approx(answer.probability, abs=1e-5)
+    explainer.predictor.temperature = fitted
     rate = hits / len(validation)
     print(f"heatmap peak inside the mark: {hits}/{len(validation)} = {rate:.3f}")
     assert len(validation) == 76 and rate >= 0.9

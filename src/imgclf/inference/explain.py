@@ -24,7 +24,7 @@ from torch import nn
 
 from imgclf.data.preprocess import normalize_batch
 from imgclf.errors import UsageError
-from imgclf.inference.predictor import Prediction, Predictor
+from imgclf.inference.predictor import Prediction, Predictor, with_temperature
 
 POOLING = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
@@ -118,7 +118,8 @@ class Explainer:
         batch = torch.from_numpy(arrays).permute(0, 3, 1, 2).to(self.predictor.device)
         inputs = normalize_batch(batch, self.predictor.spec)
         classes = None if class_index is None else torch.full((len(arrays),), class_index, dtype=torch.long)
-        return grad_cam(self.predictor.model, self.layer, inputs, classes)
+        heatmaps, probabilities = grad_cam(self.predictor.model, self.layer, inputs, classes)
+        return heatmaps, with_temperature(probabilities, self.predictor.temperature)  # as Predictor answers
 
     def class_index(self, class_name: str | None) -> int | None:
         if class_name is None:
