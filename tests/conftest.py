@@ -63,6 +63,30 @@ def shapes_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return run.artifact, data
 
 
+@pytest.fixture(scope="session")
+def unknown_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A small CNN trained once on RGB shapes (square, disc, cross) with --min-precision 0.95: it
+    answers `unknown` (see imgclf.inference.unknown). Returns (run folder, data folder); copy the run
+    before changing it."""
+    import imgclf
+
+    root = tmp_path_factory.mktemp("unknown-model")
+    data = write_class_folders(root / "data", ["square", "disc", "cross"], 60, size=28, mode="RGB")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("IMGCLF_CACHE_DIR", str(root / "cache"))
+        run = imgclf.train(
+            data,
+            model="cnn-small",
+            epochs=4,
+            batch_size=16,
+            image_size=[32, 32],
+            min_precision=0.95,
+            seed=1,
+            project=str(root / "runs"),
+        )
+    return run.run_dir, data
+
+
 def shape_image(
     label: int, size: int = 24, rng: np.random.Generator | None = None, mode: str = "L"
 ) -> Image.Image:

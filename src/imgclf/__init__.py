@@ -2,6 +2,7 @@
 
 Public API (no side effects on import):
     train(data, **settings) → Run         evaluate(model, data) → metrics
+    calibrate(model, min_precision=P) → imgclf.json's calibration (temperature, `unknown` rule)
     load_model(path) → Predictor           Predictor.from_path(path).predict(inputs)
     audit(data) → AuditReport              show(data) → matplotlib Figure
     write_report(run_dir) → report.html     export_onnx(model) → ExportResult (model.onnx, checked)
@@ -20,6 +21,7 @@ __all__ = [
     "Run",
     "__version__",
     "audit",
+    "calibrate",
     "evaluate",
     "export_onnx",
     "features",
@@ -31,7 +33,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from imgclf.api import evaluate, features, load_model, train
+    from imgclf.api import calibrate, evaluate, features, load_model, train
     from imgclf.config import Config, resolve_config
     from imgclf.data.audit import audit
     from imgclf.evaluation.report import write_report
@@ -43,7 +45,7 @@ if TYPE_CHECKING:
 
 def __getattr__(name: str) -> Any:
     # Imported on first use so that `import imgclf` stays cheap (torch loads only when needed).
-    if name in ("train", "evaluate", "features", "load_model"):
+    if name in ("train", "evaluate", "calibrate", "features", "load_model"):
         from imgclf import api
 
         return getattr(api, name)

@@ -1,7 +1,8 @@
-"""What the CLI and notebooks call: `train`, `evaluate`, `features`, `load_model`.
+"""What the CLI and notebooks call: `train`, `evaluate`, `calibrate`, `features`, `load_model`.
 
 Each entry point resolves its arguments and hands over to the layer that does the work: `train` to
-`imgclf.training.pipeline.run_training`, `evaluate` to `imgclf.evaluation.evaluate`, `features` to
+`imgclf.training.pipeline.run_training`, `evaluate` to `imgclf.evaluation.evaluate`, `calibrate` to
+`imgclf.training.calibrate`, `features` to
 `imgclf.training.features`, `load_model` to `imgclf.inference.predictor.Predictor`. The training and
 evaluation layers are imported when called, so that loading a model to predict imports neither.
 """
@@ -194,6 +195,76 @@ def evaluate(
     evaluation.metrics["skipped"] = [p.__dict__ for p in evaluation.problems]
     runs.write_problems(out_dir / runs.PROBLEMS_FILE, evaluation.problems)  # every file: evaluated or listed
     return evaluation
+
+
+def calibrate(
+    model: str | Path,
+    data: Any = None,
+    *,
+    min_precision: float | None = None,
+    split: str = "val",
+    manifest: str | Path | None = None,
+    batch_size: int = 128,
+    device: str = "auto",
+    path_col: str | None = None,
+    label_col: str | None = None,
+    labels: Any = None,
+    splits: str = "auto",
+) -> dict[str, Any]:
+    """Fit a saved model's temperature again and, with `min_precision`, its `unknown` answer, on
+    labelled data; rewrites the model's imgclf.json (and novelty.safetensors) and returns its new
+    `calibration`.
+
+    `data` defaults to the data the model was trained on, split by the run's manifest.csv;
+    `split` names the split fitted on (val; `all` for a labelled set of its own). The feature bank
+    comes from the data's train split, or stays the model's own when it has one and the data has no
+    train split. Exports made before carry the old calibration: export again.
+    """
+    from imgclf.artifact import resolve_artifact_path, update_artifact_info
+    from imgclf.data.prepared import prepare_data
+    from imgclf.inference.unknown import BANK_FILE
+    from imgclf.training.calibrate import calibrate_model
+
+    if min_precision is not None and not 0.0 <= min_precision <= 1.0:
+        raise UsageError("--min-precision is a share of right answers, in [0, 1]: e.g. 0.95")
+    artifact_dir = resolve_artifact_path(model)
+    predictor = Predictor.from_path(artifact_dir, device=device, backend="torch")
+    own_bank = predictor.bank
+    predictor.temperature, predictor.unknown_rule, predictor.bank = 1.0, None, None  # raw answers
+    info = predictor.info
+    if data is None:
+        data = (info.dataset or {}).get("source")
+        if not data or not Path(data).exists():
+            raise DataError(
+                f"the data the model was trained on ({data or 'unknown'}) is not there: give DATA"
+            )
+        run_manifest = artifact_dir.parent / runs.MANIFEST_FILE
+        if manifest is None and run_manifest.is_file():
+            manifest = run_manifest
+    cfg = DataConfig(path_col=path_col, label_col=label_col, splits=splits)
+    image_set, split_names = _select_data(data, cfg, "all", manifest, labels=labels, classes=info.classes)
+    if split == "all":
+        split_names = np.where(split_names == "train", "train", "all").astype(object)
+    elif split not in set(split_names.tolist()):
+        raise UsageError(f"the data has no {split!r} split; use --split all (or give --manifest)")
+    prepared = prepare_data(image_set, split_names, info.preprocessing, "auto", None)
+    has_train = bool(len(prepared.indices("train")))
+    if min_precision is not None and not has_train and own_bank is None:
+        raise DataError(
+            "--min-precision needs training images for the likeness test: give the training data "
+            "(with its --manifest), or calibrate a model that has its feature bank"
+        )
+    report, _, bank = calibrate_model(
+        predictor, prepared, split, batch_size, min_precision, strict=True,
+        bank=None if has_train else own_bank,
+    )  # fmt: skip
+    if bank is not None:
+        bank.save(artifact_dir)
+    elif (artifact_dir / BANK_FILE).is_file():
+        (artifact_dir / BANK_FILE).unlink()  # no rule, no bank: the model answers as before
+    info.calibration = report
+    update_artifact_info(artifact_dir, info)
+    return report
 
 
 def features(

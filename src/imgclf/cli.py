@@ -352,11 +352,18 @@ def predict(
     )
     mirrored = ", test-time augmentation (mirror images)" if tta else ""
     err_console.print(f"backend: {predictor.backend}{mirrored}", style="dim")
+    if predictor.unknown_rule is not None:
+        rule = predictor.unknown_rule.describe()
+        err_console.print(f"answers unknown when {rule}", style="dim", soft_wrap=True)
     paths = iter_inputs(inputs)
     if shard is not None:
         paths = select_shard(paths, *parse_shard(shard))
     writer = (
-        PredictionWriter(output, min(top_k, len(predictor.classes)), resume) if output is not None else None
+        PredictionWriter(
+            output, min(top_k, len(predictor.classes)), resume, unknown=predictor.unknown_rule is not None
+        )
+        if output is not None
+        else None
     )
     try:
         if writer is not None and writer.done:
@@ -404,9 +411,13 @@ def _stream_predictions(results: Any, writer: Any, flush_every: int) -> tuple[in
 
 
 def prediction_line(result: Any) -> str:
-    """'path  name 0.9876  (other 0.0100, …)' or 'path  error: reason'."""
+    """'path  name 0.9876  (other 0.0100, …)', 'path  unknown: why  (best guess name 0.41, …)' or
+    'path  error: reason'."""
     if result.error:
         return f"{result.source}  error: {result.error}"
+    if result.unknown:
+        guesses = ", ".join(f"{n} {p:.4f}" for n, p in zip(result.names, result.probabilities))
+        return f"{result.source}  unknown: {result.unknown}  (best guess {guesses})"
     others = ", ".join(f"{n} {p:.4f}" for n, p in zip(result.names[1:], result.probabilities[1:]))
     return f"{result.source}  {result.names[0]} {result.probabilities[0]:.4f}" + (
         f"  ({others})" if others else ""
@@ -822,6 +833,89 @@ def evaluate(
     if line:
         console.print(f"[yellow]{line}[/yellow]")
     console.print(f"[bold]outputs[/bold] {evaluation.out_dir}")
+
+
+@app.command()
+@handle_errors
+def calibrate(
+    model: Annotated[
+        Path, typer.Argument(help="Model folder (or a run folder holding model/).", show_default=False)
+    ],
+    data: Annotated[
+        str | None,
+        typer.Argument(
+            help="Labelled data, any source `train` accepts \\[default: the data the model was trained "
+            "on, split by the run's manifest.csv].",
+            show_default=False,
+        ),
+    ] = None,
+    min_precision: Annotated[
+        float | None,
+        typer.Option(
+            help="Answer `unknown` rather than guess: the confidence threshold keeping precision ≥ P on "
+            "the split, and a likeness-to-the-training-images test keeping 98% of it. Without it, only "
+            "the temperature is fitted and the model always answers a class.",
+            show_default=False,
+        ),
+    ] = None,
+    split: Annotated[
+        Split, typer.Option(help="The split fitted on (all: every image but the train split's).")
+    ] = Split.val,
+    manifest: Annotated[
+        Path | None, typer.Option(help="manifest.csv whose splits to use \\[default: the run's].")
+    ] = None,
+    path_col: Annotated[str | None, typer.Option(help="CSV column with image paths.")] = None,
+    label_col: Annotated[str | None, typer.Option(help="CSV column with labels.")] = None,
+    splits: SplitsOption = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b")] = 128,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+) -> None:
+    """Fit a saved model's confidence again on labelled data: temperature scaling and, with
+    --min-precision, its `unknown` answer. Rewrites the model's imgclf.json (and novelty.safetensors);
+    predict, serve and evaluate use them. Export again afterwards."""
+    from imgclf import api
+    from imgclf.console import console
+
+    report = api.calibrate(
+        model,
+        data,
+        min_precision=min_precision,
+        split=split.value,
+        manifest=manifest,
+        batch_size=batch_size,
+        device=device,
+        path_col=path_col,
+        label_col=label_col,
+        splits=splits or "auto",
+    )
+    for line in calibration_lines(report):
+        console.print(line, markup=False, soft_wrap=True)
+
+
+def calibration_lines(report: dict[str, Any]) -> list[str]:
+    """imgclf.json's `calibration` in words."""
+    if not report:
+        return ["no calibration: too few labelled images"]
+    lines = [f"temperature {report['temperature']:.4f}, fitted on {report['fitted_on']}"]
+    if report.get("note"):
+        lines[0] = f"temperature 1 (none: {report['note']})"
+    for key, before in report.items():
+        if key.endswith("_ece_before"):
+            split = key.removesuffix("_ece_before")
+            lines.append(f"{split} ECE {before:.4f} → {report[f'{split}_ece_after']:.4f}")
+    chosen = report.get("threshold")
+    if chosen:
+        from imgclf.inference.unknown import UnknownRule
+
+        lines.append(f"unknown when {UnknownRule.from_calibration(report).describe()}")
+        lines.append(
+            f"on those images: coverage {chosen['coverage']:.1%} ({chosen['answered']} of {chosen['images']} "
+            f"answered), precision {chosen['precision']:.4f} (asked ≥ {chosen['min_precision']:g})"
+        )
+        if "test_coverage" in chosen:
+            test = f"coverage {chosen['test_coverage']:.1%}, precision {chosen['test_precision']:.4f}"
+            lines.append(f"test split: {test}")
+    return lines
 
 
 @app.command()

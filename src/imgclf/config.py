@@ -268,6 +268,14 @@ class TrainConfig:
     patience: int | None = setting(
         None, "Early stop after this many epochs without improvement (restores the best).", TRAIN_PANEL
     )
+    min_precision: float | None = setting(
+        None,
+        "Answer `unknown` rather than guess: the confidence threshold that keeps precision ≥ P on the "
+        "validation split, and a likeness-to-the-training-images test that keeps 98% of it, are stored "
+        "with the model (predict, serve and the exports apply them).",
+        TRAIN_PANEL,
+        shown="none: always answer a class",
+    )
     device: str = setting("auto", "auto | cpu | cuda | cuda:N.", TRAIN_PANEL)
     precision: Literal["auto", "fp32", "bf16"] = setting(
         "auto",
@@ -697,6 +705,8 @@ def validate_config(cfg: Config) -> None:
         raise ConfigError("warmup_epochs must be 0 or more")
     if train.time_limit is not None and train.time_limit < 0:
         raise ConfigError("time_limit is minutes for the whole run: 0 (none) or more")
+    if train.min_precision is not None and not 0.0 <= train.min_precision <= 1.0:
+        raise ConfigError("min_precision is a share of right answers, in [0, 1]: e.g. 0.95")
     _validate_augment(augment)
     if train.head_only and (augment.mixup or augment.cutmix):
         raise ConfigError("mixup and cutmix mix images; head_only trains on features: leave them off")

@@ -201,6 +201,14 @@ def print_evaluation(metrics: dict[str, Any], out: Console | None = None, pairs:
     out.print(
         f"accuracy {metrics['accuracy']:.4f}  {top_k}  loss {metrics['loss']:.4f}  ECE {metrics['ece']:.4f}"
     )
+    unknown = metrics.get("unknown")
+    if unknown:
+        out.print(
+            f"unknown when {unknown['rule']}: coverage {unknown['coverage']:.4f} ({unknown['answered']:,} "
+            f"answered, {unknown['unknown']:,} unknown), precision {unknown['precision']:.4f}",
+            markup=False,
+            soft_wrap=True,
+        )
     confused = metrics.get("most_confused", [])[:pairs]
     if confused:
         out.print("most confused (true → predicted: count)")

@@ -217,7 +217,7 @@ def test_temperature_scaling_is_fitted_stored_and_applied(run) -> None:
     arrays = np.stack([np.asarray(Image.open(f)) for f in sorted((data / "disc").glob("*.png"))[:4]])[
         ..., None
     ]
-    raw = predictor._probabilities(arrays)
+    raw, _ = predictor._scores(arrays)
     np.testing.assert_allclose(
         predictor.predict_arrays(arrays), with_temperature(raw, predictor.temperature), atol=1e-6
     )

@@ -15,28 +15,30 @@ from imgclf.evaluation.outputs import Evaluation, write_evaluation
 from imgclf.evaluation.plots import class_grid_figure, save_figure
 from imgclf.inference.predictor import Predictor
 
+# what `predict_split` returns: (probabilities N×K, labels, sample indices, likeness N×2 or None)
+Predicted = tuple[np.ndarray, np.ndarray, np.ndarray, "np.ndarray | None"]
+
 
 def predict_split(
     predictor: Predictor, prepared: PreparedData, split: str, batch_size: int = 128
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(probabilities N×K, labels, sample indices) of one split, in its order; files that turn out
-    unreadable while streaming are left out."""
+) -> Predicted:
+    """(probabilities N×K, labels, sample indices, likeness to the training images or None) of
+    one split, in its order; files that turn out unreadable while streaming are left out."""
     indices = prepared.indices(split)
     loader = prepared.loader(split, batch_size, shuffle=False)
-    probabilities, labels = [], []
+    probabilities, labels, likeness = [], [], []
     for batch in loader.epoch(0):
-        probabilities.append(predictor.predict_batch(batch.images))
+        batch_probabilities, batch_likeness = predictor.score_batch(batch.images)
+        probabilities.append(batch_probabilities)
+        likeness.append(batch_likeness)
         labels.append(batch.labels.numpy())
     if isinstance(loader, StreamLoader) and loader.bad:  # unreadable files met now are left out
         keep = np.asarray([i for i in range(len(indices)) if i not in loader.bad], dtype=np.int64)
         indices = indices[keep]
     if not probabilities:
-        return np.zeros((0, len(predictor.classes)), np.float32), np.zeros(0, np.int64), indices
-    return np.concatenate(probabilities), np.concatenate(labels), indices
-
-
-# what `predict_split` returns: (probabilities N×K, labels, sample indices)
-Predicted = tuple[np.ndarray, np.ndarray, np.ndarray]
+        return np.zeros((0, len(predictor.classes)), np.float32), np.zeros(0, np.int64), indices, None
+    likeness = None if likeness[0] is None else np.concatenate(likeness)
+    return np.concatenate(probabilities), np.concatenate(labels), indices, likeness
 
 
 def split_metrics(
@@ -49,7 +51,7 @@ def split_metrics(
 ) -> dict[str, float]:
     """Mean cross-entropy, accuracy and count of one split (`{prefix}_loss`, …); empty without images.
     `predicted`: the split's predictions when they are at hand already."""
-    probabilities, labels, _ = predicted or predict_split(predictor, prepared, split, batch_size)
+    probabilities, labels, _, _ = predicted or predict_split(predictor, prepared, split, batch_size)
     if not len(labels):
         return {}
     chosen = probabilities[np.arange(len(labels)), labels].astype(np.float64)
@@ -75,7 +77,9 @@ def evaluate_split(
     `name` is the split's name in the outputs when it differs from the selector (e.g. "all");
     `predicted`: the split's predictions when they are at hand already.
     """
-    probabilities, labels, indices = predicted or predict_split(predictor, prepared, split, batch_size)
+    probabilities, labels, indices, likeness = predicted or predict_split(
+        predictor, prepared, split, batch_size
+    )
     sources = [prepared.image_set.keys[i] for i in indices]
     return write_evaluation(
         out_dir,
@@ -88,6 +92,8 @@ def evaluate_split(
         top_k=top_k,
         extra={"tta": predictor.tta},
         explain=gallery_explainer(predictor),
+        likeness=likeness,
+        rule=predictor.unknown_rule,
     )
 
 

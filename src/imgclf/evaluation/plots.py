@@ -95,6 +95,33 @@ def reliability_figure(bins: list[dict[str, Any]], ece: float) -> Figure:
     return figure
 
 
+def coverage_precision_figure(
+    coverage: np.ndarray, precision: np.ndarray, point: tuple[float, float] | None, title: str
+) -> Figure:
+    """Precision of the answers given against the share of images answered, from the most confident
+    down; `point` (coverage, precision) marks where the model's threshold stands."""
+    figure = Figure(figsize=(5.5, 4.2))
+    axes = figure.add_subplot(1, 1, 1)
+    axes.plot(coverage, precision, color="#4c72b0", linewidth=1.5)
+    if point is not None:
+        axes.plot(
+            *point,
+            "o",
+            color="#c44e52",
+            label=f"threshold: coverage {point[0]:.1%}, precision {point[1]:.1%}",
+        )
+        axes.axvline(point[0], color="#c44e52", linewidth=0.8, linestyle=":")
+        axes.legend(loc="lower left")
+    axes.set_xlim(0, 1)
+    axes.set_ylim(max(0.0, float(np.min(precision)) - 0.05) if len(precision) else 0.0, 1.005)
+    axes.set_xlabel("coverage (share of images answered)")
+    axes.set_ylabel("precision of the answers")
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    return figure
+
+
 def image_grid_figure(
     images: Sequence[np.ndarray],
     titles: Sequence[str],

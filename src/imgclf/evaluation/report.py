@@ -224,9 +224,29 @@ def evaluation_section(run_dir: Path, evaluation: dict[str, Any]) -> str:
         + _table(["true", "predicted", "count"], confused)
         + '<div class="row"><div><h3>Reliability</h3>'
         + _image(evaluation_dir / outputs.RELIABILITY_FILE, "reliability diagram")
-        + "</div><div><h3>Highest-loss mistakes</h3>"
+        + "</div><div><h3>Coverage and precision</h3>"
+        + unknown_paragraph(evaluation)
+        + _image(evaluation_dir / outputs.COVERAGE_FILE, "coverage-precision curve")
+        + "</div></div><h3>Highest-loss mistakes</h3>"
         + _image(evaluation_dir / outputs.MISCLASSIFIED_FILE, "misclassified images")
-        + "</div></div></section>"
+        + "</section>"
+    )
+
+
+def unknown_paragraph(evaluation: dict[str, Any]) -> str:
+    """Where the model's `unknown` rule stands on this split, or how to get one."""
+    unknown = evaluation.get("unknown")
+    if not unknown:
+        return (
+            '<p class="muted">The model always answers a class. Train (or <code>imgclf calibrate</code>) '
+            "with <code>--min-precision P</code> to answer <em>unknown</em> below the confidence that "
+            "keeps precision ≥ P.</p>"
+        )
+    return (
+        f"<p>unknown when {html.escape(unknown['rule'])}: coverage {unknown['coverage']:.1%} "
+        f"({unknown['answered']:,} answered, {unknown['unknown']:,} unknown, of which "
+        f"{unknown['unlike_training_images']:,} unlike the training images), precision "
+        f"{_fmt(unknown['precision'])}.</p>"
     )
 
 

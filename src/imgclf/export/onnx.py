@@ -1,15 +1,19 @@
 """ONNX export of a saved model, and the ONNX Runtime model that runs it.
 
-The exported graph has one input and one output:
+The exported graph has one input and one output (three for a model with an `unknown` answer):
 
 - input `image`: float32, N×C×H×W, the image resized to the model's size by its preprocessing spec
   (see `prepare_image`), channels RGB (or one grey channel), pixel values divided by 255 (0.0–1.0);
-- output `probabilities`: float32, N×K, softmax over the classes in the order of `imgclf.classes`.
+- output `probabilities`: float32, N×K, softmax over the classes in the order of `imgclf.classes`;
+- outputs `similarity` and `distance` (models trained or calibrated with --min-precision): float32,
+  N each, the image's likeness to the training images (`imgclf.inference.unknown`).
 
 The per-channel mean/std normalization and the softmax are inside the graph, so an application only
 resizes, scales to 0–1 and transposes. The model's metadata (`metadata_props`) carries everything
 else: `imgclf.classes`, `imgclf.display_names`, `imgclf.preprocessing` (JSON), `imgclf.input` (this
-contract in words), `imgclf.model` (the full imgclf.json) and `imgclf.weights_sha256`.
+contract in words), `imgclf.model` (the full imgclf.json), `imgclf.weights_sha256` and, for a model
+with an `unknown` answer, `imgclf.unknown`: answer "unknown" when the top probability is below
+`confidence`, the similarity below `similarity` or the distance above `distance`.
 """
 
 from __future__ import annotations
@@ -42,12 +46,15 @@ from imgclf.export.quantize import (
     quantize_int8,
 )
 from imgclf.inference.onnx_runtime import (
+    DISTANCE_NAME,
     INPUT_NAME,
     OUTPUT_NAME,
+    SIMILARITY_NAME,
     create_session,
-    run_in_batches,
+    run_outputs,
     weights_digest,
 )
+from imgclf.inference.unknown import UNKNOWN, FeatureBank, UnknownRule, with_features
 from imgclf.io import write_atomic
 
 logger = logging.getLogger(__name__)
@@ -65,17 +72,47 @@ INPUT_CONTRACT = (
 
 
 class ExportWrapper(nn.Module):
-    """The trained network between its normalization and a softmax: what the ONNX graph computes."""
+    """The trained network between its normalization and a softmax: what the ONNX graph computes.
 
-    def __init__(self, model: nn.Module, spec: PreprocessSpec) -> None:
+    With a feature bank (a model trained or calibrated with --min-precision) it also computes each
+    image's similarity to and distance from the training images, two more outputs (`output_names`)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        spec: PreprocessSpec,
+        bank: FeatureBank | None = None,
+        example: torch.Tensor | None = None,
+    ) -> None:
         super().__init__()
-        self.model = model
         self.register_buffer("mean", torch.tensor(spec.mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(spec.std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.classes = None
+        if bank is not None:
+            assert example is not None, "a feature bank is exported with an example input"
+            with torch.no_grad():
+                self.classes = model.eval()((example - self.mean) / self.std).shape[1]
+            model = with_features(model, (example - self.mean) / self.std)
+        self.model = model
+        self.bank = bank
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        logits = self.model((image - self.mean) / self.std)
-        return torch.softmax(logits.float(), dim=1)
+    @property
+    def output_names(self) -> list[str]:
+        return [OUTPUT_NAME] if self.bank is None else [OUTPUT_NAME, SIMILARITY_NAME, DISTANCE_NAME]
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        output = self.model((image - self.mean) / self.std)
+        if self.bank is None:
+            return torch.softmax(output.float(), dim=1)
+        logits, features = output[:, : self.classes], output[:, self.classes :]
+        likeness = self.bank(features)
+        return torch.softmax(logits.float(), dim=1), likeness[:, 0], likeness[:, 1]
+
+    def answers(self, images: np.ndarray) -> list[np.ndarray]:
+        """Every output, in `output_names` order, of prepared float images (N×C×H×W)."""
+        with torch.no_grad():
+            output = self(torch.from_numpy(images))
+        return [o.numpy() for o in (output if isinstance(output, tuple) else (output,))]
 
 
 @dataclass
@@ -152,27 +189,30 @@ def export_onnx(
         raise UsageError(f"--out must end in .{format} for --format {format}, got {out_path.name}")
     model, info = load_artifact(artifact_dir, device="cpu")
     spec = info.preprocessing
-    wrapper = ExportWrapper(model, spec).eval()
 
     images, check_source = load_check_batch(info, check_images, check_count)
     example_batch = 2 if dynamic_batch else batch_size
     example = torch.from_numpy(images[:example_batch]) if len(images) >= example_batch else None
     if example is None or example.shape[0] != example_batch:
         example = torch.rand(example_batch, spec.channels, spec.height, spec.width)
+    wrapper = ExportWrapper(model, spec, FeatureBank.load(artifact_dir), example).eval()
     onnx_bytes = _export_graph(wrapper, example, opset, dynamic_batch)
 
     payload = _with_metadata(onnx_bytes, info, weights_digest(artifact_dir))
 
     # The check runs on the bytes about to be written, so a file on disk has always passed it.
     session = create_session(payload)
-    with torch.no_grad():
-        expected = wrapper(torch.from_numpy(images)).numpy()
-    got = run_in_batches(session, images, None if dynamic_batch else batch_size)
-    max_abs_diff = float(np.abs(got - expected).max())
-    top1_agreement = float(np.mean(got.argmax(1) == expected.argmax(1)))
+    expected = wrapper.answers(images)
+    got = run_outputs(session, images, None if dynamic_batch else batch_size, wrapper.output_names)
+    # probabilities and similarity are 0–1; a distance is compared relative to its size
+    max_abs_diff = max(
+        float(np.abs(g - e).max()) / (max(1.0, float(np.abs(e).max())) if name == DISTANCE_NAME else 1.0)
+        for name, g, e in zip(wrapper.output_names, got, expected)
+    )
+    top1_agreement = float(np.mean(got[0].argmax(1) == expected[0].argmax(1)))
     if not max_abs_diff < MAX_ABS_DIFF:
         raise ModelError(
-            f"ONNX Runtime and PyTorch disagree: max |Δp| = {max_abs_diff:.2e} (limit {MAX_ABS_DIFF:.0e}); "
+            f"ONNX Runtime and PyTorch disagree: max |Δ| = {max_abs_diff:.2e} (limit {MAX_ABS_DIFF:.0e}); "
             "nothing was written"
         )
     result = ExportResult(
@@ -190,6 +230,7 @@ def export_onnx(
     )
     fixed = None if dynamic_batch else batch_size
     float_payload, check = payload, None
+    rule = UnknownRule.from_calibration(info.calibration)
     if quantize == "int8":
         calibration, check = _int8_images(
             info, artifact_dir, check_images, calibration_images, calibration_count
@@ -197,9 +238,18 @@ def export_onnx(
         how = f"int8 static quantization (QDQ, per-channel weights), calibrated on {calibration.source}"
         payload = quantize_int8(payload, calibration, fixed)
         payload = _with_metadata(payload, info, weights_digest(artifact_dir), {"imgclf.quantization": how})
-        result.quantization = _passed(check_int8(float_payload, payload, check, len(calibration), fixed))
+        result.quantization = _passed(
+            check_int8(float_payload, payload, check, len(calibration), fixed, rule)
+        )
     if format == "tflite":
         from imgclf.export.tflite import check_tflite, convert_to_tflite
+
+        if wrapper.bank is not None:
+            raise ModelError(
+                "--format tflite cannot carry this model's unknown answer: its likeness test takes the "
+                "nearest training images (top-k), which the LiteRT interpreter does not run; export "
+                "--format onnx or ort, or `imgclf calibrate` without --min-precision first"
+            )
 
         payload = convert_to_tflite(wrapper, example, export_metadata(info, weights_digest(artifact_dir)))
         result.tflite_max_abs_diff = check_tflite(payload, wrapper, images)
@@ -211,7 +261,7 @@ def export_onnx(
             # the float model does, as the int8 graph had to
             result.ort_max_abs_diff = check_ort(payload, ort_bytes, images, fixed, limit=None)
             result.quantization = _passed(
-                check_int8(float_payload, ort_bytes, check, len(calibration), fixed)
+                check_int8(float_payload, ort_bytes, check, len(calibration), fixed, rule)
             )
         payload = ort_bytes
     result.size_bytes = len(payload)
@@ -263,7 +313,23 @@ def export_metadata(
         "imgclf.input": INPUT_CONTRACT,
         "imgclf.model": json.dumps(info.to_dict(), ensure_ascii=False),
         "imgclf.weights_sha256": weights_sha256,
+        **({"imgclf.unknown": json.dumps(unknown_contract(info))} if unknown_contract(info) else {}),
         **(extra or {}),
+    }
+
+
+def unknown_contract(info: ModelInfo) -> dict[str, Any] | None:
+    """The `unknown` rule as an application applies it to the graph's outputs; None without one."""
+    rule = UnknownRule.from_calibration(info.calibration)
+    if rule is None:
+        return None
+    return {
+        "answer": UNKNOWN,
+        "when": "probabilities.max() < confidence, or similarity < similarity, or distance > distance",
+        "confidence": rule.confidence,
+        "similarity": rule.similarity,
+        "distance": rule.distance,
+        "min_precision": rule.min_precision,
     }
 
 
@@ -294,7 +360,7 @@ def _export_graph(wrapper: nn.Module, example: torch.Tensor, opset: int, dynamic
                 (example,),
                 buffer,
                 input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
+                output_names=wrapper.output_names,
                 opset_version=opset,
                 dynamic_shapes=dynamic_shapes,
                 dynamo=True,

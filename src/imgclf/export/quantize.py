@@ -20,7 +20,17 @@ import numpy as np
 
 from imgclf.errors import ModelError
 from imgclf.export.check_data import CheckImages
-from imgclf.inference.onnx_runtime import INPUT_NAME, create_session, run_in_batches
+from imgclf.inference.onnx_runtime import (
+    DISTANCE_NAME,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    SIMILARITY_NAME,
+    create_session,
+    output_names,
+    run_in_batches,
+    run_outputs,
+)
+from imgclf.inference.unknown import UnknownRule
 
 logger = logging.getLogger(__name__)
 
@@ -37,10 +47,11 @@ class QuantizationCheck:
 
     images: int
     source: str
-    agreement: float  # share of images with the same top-1 class
+    agreement: float  # share of images with the same answer (top-1 class, or unknown)
     float_accuracy: float | None  # None without labels
     int8_accuracy: float | None
     calibration_images: int
+    unknown_included: bool = False  # the answers compared include `unknown` (the model's rule)
 
     @property
     def passed(self) -> bool:
@@ -51,7 +62,8 @@ class QuantizationCheck:
         return self.float_accuracy - self.int8_accuracy <= MAX_ACCURACY_DROP
 
     def describe(self) -> str:
-        text = f"top-1 agreement {self.agreement:.1%} on {self.source}"
+        what = "answer agreement (unknown included)" if self.unknown_included else "top-1 agreement"
+        text = f"{what} {self.agreement:.1%} on {self.source}"
         if self.float_accuracy is not None and self.int8_accuracy is not None:
             text += f", accuracy float {self.float_accuracy:.4f} vs int8 {self.int8_accuracy:.4f}"
         return text
@@ -95,19 +107,39 @@ def quantize_int8(float_model: bytes, calibration: CheckImages, fixed_batch: int
                     activation_type=QuantType.QUInt8,
                     weight_type=QuantType.QInt8,
                     calibrate_method=CalibrationMethod.MinMax,
-                    nodes_to_exclude=_softmax_nodes(prepared),
+                    nodes_to_exclude=_float_nodes(prepared),
                 )
             except Exception as error:
                 raise ModelError(f"int8 quantization failed: {str(error).splitlines()[0]}") from error
         return target.read_bytes()
 
 
-def _softmax_nodes(path: Path) -> list[str]:
-    """The softmax at the output stays float: quantized to 1/255 steps, a small probability becomes 0,
-    and the loss and calibration measured on the answers would be wrong."""
+def _float_nodes(path: Path) -> list[str]:
+    """Nodes that stay float. The softmax at the output: quantized to 1/255 steps, a small probability
+    becomes 0, and the loss and calibration measured on the answers would be wrong. The similarity to
+    the training images (a model with an `unknown` answer): a cosine similarity over a bank of
+    features that int8 steps would blur."""
     import onnx
 
-    return [node.name for node in onnx.load(str(path)).graph.node if node.op_type == "Softmax"]
+    graph = onnx.load(str(path)).graph
+    keep = [node.name for node in graph.node if node.op_type == "Softmax"]
+    if SIMILARITY_NAME in {output.name for output in graph.output}:
+        likeness = _ancestors(graph, SIMILARITY_NAME) | _ancestors(graph, DISTANCE_NAME)
+        keep += [n.name for n in graph.node if id(n) in likeness - _ancestors(graph, OUTPUT_NAME)]
+    return keep
+
+
+def _ancestors(graph, output: str) -> set[int]:
+    """ids of the nodes that the named output depends on."""
+    producer = {name: node for node in graph.node for name in node.output}
+    found: set[int] = set()
+    pending = [output]
+    while pending:
+        node = producer.get(pending.pop())
+        if node is not None and id(node) not in found:
+            found.add(id(node))
+            pending.extend(node.input)
+    return found
 
 
 def check_int8(
@@ -116,11 +148,17 @@ def check_int8(
     check: CheckImages,
     calibration_images: int,
     fixed_batch: int | None = None,
+    rule: UnknownRule | None = None,
 ) -> QuantizationCheck:
-    """Run the float and the int8 model on the check images and compare their answers."""
-    float_probabilities = probabilities(float_model, check.images, fixed_batch)
-    int8_probabilities = probabilities(int8_model, check.images, fixed_batch)
+    """Run the float and the int8 model on the check images and compare their answers (`unknown`
+    being one, with the model's `rule`)."""
+    float_probabilities, float_similarity = answers(float_model, check.images, fixed_batch)
+    int8_probabilities, int8_similarity = answers(int8_model, check.images, fixed_batch)
     float_top, int8_top = float_probabilities.argmax(1), int8_probabilities.argmax(1)
+    float_answer, int8_answer = float_top.copy(), int8_top.copy()
+    if rule is not None:
+        float_answer[rule.mask(float_probabilities, float_similarity)] = -1
+        int8_answer[rule.mask(int8_probabilities, int8_similarity)] = -1
     float_accuracy = int8_accuracy = None
     if check.labels is not None and (check.labels >= 0).any():
         known = check.labels >= 0
@@ -129,11 +167,29 @@ def check_int8(
     return QuantizationCheck(
         images=len(check),
         source=check.source,
-        agreement=float((float_top == int8_top).mean()),
+        agreement=float((float_answer == int8_answer).mean()),
         float_accuracy=float_accuracy,
         int8_accuracy=int8_accuracy,
         calibration_images=calibration_images,
+        unknown_included=rule is not None,
     )
+
+
+def answers(
+    model: bytes, images: np.ndarray, fixed_batch: int | None = None, batch: int = 64
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Class probabilities and, when the graph has them, the likeness to the training images (N×2:
+    similarity, distance)."""
+    session = create_session(model)
+    if SIMILARITY_NAME not in output_names(session):
+        return probabilities(model, images, fixed_batch, batch), None
+    step = fixed_batch or batch
+    names = [OUTPUT_NAME, SIMILARITY_NAME, DISTANCE_NAME]
+    parts = [
+        run_outputs(session, images[i : i + step], fixed_batch, names) for i in range(0, len(images), step)
+    ]
+    likeness = [np.stack([p[1], p[2]], axis=1) for p in parts]
+    return np.concatenate([p[0] for p in parts]), np.concatenate(likeness)
 
 
 def probabilities(

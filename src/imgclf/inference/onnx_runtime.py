@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from imgclf.artifact import WEIGHTS_FILE, ModelInfo
+from imgclf.artifact import WEIGHTS_FILE, ModelInfo, load_model_info
 from imgclf.errors import ModelError, UsageError
 
 logger = logging.getLogger(__name__)
@@ -18,6 +18,8 @@ logger = logging.getLogger(__name__)
 ONNX_FILE = "model.onnx"
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
+SIMILARITY_NAME = "similarity"  # outputs of models with a feature bank (see inference.unknown)
+DISTANCE_NAME = "distance"
 
 
 def weights_digest(artifact_dir: Path) -> str:
@@ -46,18 +48,30 @@ def create_session(model: bytes | str | Path, threads: int | None = None):
 
 
 def run_in_batches(session: Any, images: np.ndarray, fixed_batch: int | None) -> np.ndarray:
-    """Run float images through a session; a fixed-batch model gets full batches (the last one padded)."""
+    """Run float images through a session → probabilities; a fixed-batch model gets full batches
+    (the last one padded)."""
+    return run_outputs(session, images, fixed_batch, [OUTPUT_NAME])[0]
+
+
+def run_outputs(
+    session: Any, images: np.ndarray, fixed_batch: int | None, names: list[str]
+) -> list[np.ndarray]:
+    """The named outputs of a session on float images, batch by batch for a fixed-batch model."""
     if fixed_batch is None:
-        return session.run([OUTPUT_NAME], {INPUT_NAME: images})[0]
-    outputs = []
+        return session.run(names, {INPUT_NAME: images})
+    parts: list[list[np.ndarray]] = []
     for start in range(0, len(images), fixed_batch):
         chunk = images[start : start + fixed_batch]
         rows = len(chunk)
         if rows < fixed_batch:
             pad = np.zeros((fixed_batch - rows, *chunk.shape[1:]), dtype=chunk.dtype)
             chunk = np.concatenate([chunk, pad])
-        outputs.append(session.run([OUTPUT_NAME], {INPUT_NAME: chunk})[0][:rows])
-    return np.concatenate(outputs)
+        parts.append([output[:rows] for output in session.run(names, {INPUT_NAME: chunk})])
+    return [np.concatenate([part[i] for part in parts]) for i in range(len(names))]
+
+
+def output_names(session: Any) -> list[str]:
+    return [output.name for output in session.get_outputs()]
 
 
 class OnnxClassifier:
@@ -75,12 +89,23 @@ class OnnxClassifier:
         self.weights_sha256 = metadata.get("imgclf.weights_sha256", "")
         batch = self.session.get_inputs()[0].shape[0]
         self.fixed_batch = batch if isinstance(batch, int) else None
+        self.has_similarity = SIMILARITY_NAME in output_names(self.session)
 
     def __call__(self, arrays: np.ndarray) -> np.ndarray:
         """Prepared uint8 images N×H×W×C → class probabilities N×K."""
+        return self.scores(arrays)[0]
+
+    def scores(self, arrays: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Prepared uint8 images N×H×W×C → class probabilities N×K, and each image's likeness to
+        the training images (N×2: similarity, distance; None when the graph has no feature bank)."""
         images = np.ascontiguousarray(arrays.transpose(0, 3, 1, 2), dtype=np.float32)
         images /= 255.0
-        return run_in_batches(self.session, images, self.fixed_batch)
+        if not self.has_similarity:
+            return run_in_batches(self.session, images, self.fixed_batch), None
+        probabilities, similarity, distance = run_outputs(
+            self.session, images, self.fixed_batch, [OUTPUT_NAME, SIMILARITY_NAME, DISTANCE_NAME]
+        )
+        return probabilities, np.stack([similarity, distance], axis=1)
 
 
 def load_current_export(artifact_dir: Path, threads: int | None = None) -> OnnxClassifier | None:
@@ -95,5 +120,10 @@ def load_current_export(artifact_dir: Path, threads: int | None = None) -> OnnxC
         return None
     if export.weights_sha256 != weights_digest(artifact_dir):
         logger.warning("%s is older than the model's weights; predicting with PyTorch (export again)", path)
+        return None
+    if export.info.calibration != load_model_info(artifact_dir).calibration:
+        logger.warning(
+            "%s carries an older calibration than the model's; predicting with PyTorch (export again)", path
+        )
         return None
     return export

@@ -27,6 +27,7 @@ from imgclf.data.preprocess import PreprocessSpec, load_prepared, normalize_batc
 from imgclf.device import resolve_device
 from imgclf.errors import UsageError
 from imgclf.inference.inputs import iter_inputs
+from imgclf.inference.unknown import UNKNOWN, FeatureBank, UnknownRule, tap_features
 
 if TYPE_CHECKING:
     from imgclf.inference.onnx_runtime import OnnxClassifier
@@ -36,17 +37,32 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Prediction:
-    """Top-k classes of one input; `error` is set (and the lists empty) when it could not be read."""
+    """Top-k classes of one input; `error` is set (and the lists empty) when it could not be read.
+
+    `unknown` says why the model answers `unknown` (see `inference.unknown`), None when it answers;
+    `labels[0]` stays its best guess either way. `similarity` and `distance`: to the nearest
+    training images, when the model has a feature bank.
+    """
 
     source: str
     labels: list[str] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
     probabilities: list[float] = field(default_factory=list)
     error: str | None = None
+    unknown: str | None = None
+    similarity: float | None = None
+    distance: float | None = None
 
     @property
     def label(self) -> str | None:
+        """The answer: the top class, or "unknown"."""
+        if self.unknown is not None:
+            return UNKNOWN
         return self.labels[0] if self.labels else None
+
+    @property
+    def is_unknown(self) -> bool:
+        return self.unknown is not None
 
     @property
     def probability(self) -> float | None:
@@ -55,6 +71,10 @@ class Prediction:
     def to_dict(self) -> dict[str, Any]:
         return {
             "path": self.source,
+            "label": self.label,
+            "unknown": self.unknown,
+            **({"similarity": round(self.similarity, 6)} if self.similarity is not None else {}),
+            **({"distance": round(self.distance, 6)} if self.distance is not None else {}),
             "predictions": [
                 {"label": label, "name": name, "probability": round(probability, 6)}
                 for label, name, probability in zip(self.labels, self.names, self.probabilities)
@@ -88,6 +108,11 @@ def with_temperature(probabilities: np.ndarray, temperature: float) -> np.ndarra
     return (scaled / scaled.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
+def load_bank(artifact_dir: Path, device: torch.device) -> FeatureBank | None:
+    bank = FeatureBank.load(artifact_dir)
+    return None if bank is None else bank.to(device)
+
+
 class Predictor:
     """Predict with a saved model; preprocessing comes from the model, never from the caller.
 
@@ -103,8 +128,10 @@ class Predictor:
         label_map: str | Path | None = None,
         onnx: OnnxClassifier | None = None,
         tta: bool = False,
+        bank: FeatureBank | None = None,
     ) -> None:
         self.model = model.eval() if model is not None else None
+        self.bank = bank  # PyTorch: the features of training images (an export has it in its graph)
         self.tta = tta
         self.onnx = onnx
         self.backend = "onnxruntime" if onnx is not None else "torch"
@@ -113,6 +140,8 @@ class Predictor:
         self.names = list(info.display_names or info.classes)
         # fitted on the validation split at the end of training (1.0: none)
         self.temperature = float((info.calibration or {}).get("temperature", 1.0))
+        # `unknown` below a confidence (and a likeness to the training images), when chosen
+        self.unknown_rule = UnknownRule.from_calibration(info.calibration)
         if label_map is not None:
             mapping = load_label_map(label_map, info.classes)
             self.names = [mapping[name] for name in info.classes]
@@ -172,7 +201,7 @@ class Predictor:
                     f"{artifact_dir} has no current model.onnx; run `imgclf export {path}` first"
                 )
         model, info = load_artifact(artifact_dir, device=resolved)
-        return cls(model, info, resolved, label_map)
+        return cls(model, info, resolved, label_map, bank=load_bank(artifact_dir, resolved))
 
     @property
     def classes(self) -> list[str]:
@@ -189,24 +218,52 @@ class Predictor:
         mirror image's, as fastai's `tta` and Ultralytics' `augment=True` flip: twice the compute.
         The model's temperature (`imgclf.json` calibration) scales each pass's answers.
         """
-        probabilities = with_temperature(self._probabilities(arrays), self.temperature)
+        return self.score_arrays(arrays)[0]
+
+    def score_arrays(self, arrays: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """`predict_arrays`' probabilities, and each image's likeness to the training images (N×2:
+        similarity, distance; None when the model has no feature bank); with `tta`, both are the
+        mean of the two passes."""
+        probabilities, likeness = self._scores(arrays)
+        probabilities = with_temperature(probabilities, self.temperature)
         if self.tta:
-            mirrored = with_temperature(self._probabilities(arrays[:, :, ::-1]), self.temperature)
-            probabilities = (probabilities + mirrored) / 2.0
-        return probabilities
+            mirrored, mirrored_likeness = self._scores(arrays[:, :, ::-1])
+            probabilities = (probabilities + with_temperature(mirrored, self.temperature)) / 2.0
+            if likeness is not None:
+                likeness = (likeness + mirrored_likeness) / 2.0
+        return probabilities, likeness
 
     def predict_batch(self, images: torch.Tensor) -> np.ndarray:
         """A uint8 N×C×H×W batch, as imgclf's data loaders give them → class probabilities N×K."""
         return self.predict_arrays(images.permute(0, 2, 3, 1).cpu().numpy())
 
+    def score_batch(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+        """`score_arrays` of a uint8 N×C×H×W batch, as imgclf's data loaders give them."""
+        return self.score_arrays(images.permute(0, 2, 3, 1).cpu().numpy())
+
     @torch.no_grad()
-    def _probabilities(self, arrays: np.ndarray) -> np.ndarray:
+    def _scores(self, arrays: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         if self.onnx is not None:
-            return self.onnx(np.ascontiguousarray(arrays))
+            return self.onnx.scores(np.ascontiguousarray(arrays))
         arrays = np.require(arrays, requirements=["C_CONTIGUOUS", "WRITEABLE"])  # torch needs both
-        batch = torch.from_numpy(arrays).permute(0, 3, 1, 2).to(self.device)
-        logits = self.model(normalize_batch(batch, self.spec))
-        return torch.softmax(logits.float(), dim=1).cpu().numpy()
+        batch = normalize_batch(torch.from_numpy(arrays).permute(0, 3, 1, 2).to(self.device), self.spec)
+        if self.bank is None:
+            return torch.softmax(self.model(batch).float(), dim=1).cpu().numpy(), None
+        with tap_features(self.model) as features:
+            logits = self.model(batch)
+        likeness = self.bank.to(self.device)(features[-1]).cpu().numpy()
+        return torch.softmax(logits.float(), dim=1).cpu().numpy(), likeness
+
+    @torch.no_grad()
+    def features(self, arrays: np.ndarray) -> np.ndarray:
+        """The features (input of the classifier's last linear layer) of prepared uint8 images N×D."""
+        if self.model is None:
+            raise UsageError("features need the PyTorch model: give the model folder, not an export")
+        arrays = np.require(arrays, requirements=["C_CONTIGUOUS", "WRITEABLE"])
+        batch = normalize_batch(torch.from_numpy(arrays).permute(0, 3, 1, 2).to(self.device), self.spec)
+        with tap_features(self.model) as features:
+            self.model(batch)
+        return features[-1].cpu().numpy()
 
     def prepare_input(self, item: Any) -> tuple[str, np.ndarray | None, str | None]:
         if isinstance(item, Image.Image):
@@ -234,23 +291,34 @@ class Predictor:
             while chunk := list(itertools.islice(iterator, batch_size)):
                 prepared = list(pool.map(self.prepare_input, chunk))
                 good = [entry for entry in prepared if entry[1] is not None]
-                probabilities = self.predict_arrays(np.stack([entry[1] for entry in good])) if good else None
+                probabilities, likeness = (
+                    self.score_arrays(np.stack([entry[1] for entry in good])) if good else (None, None)
+                )
                 row = 0
                 for source, array, error in prepared:
                     if array is None:
                         yield Prediction(source, error=error)
                         continue
-                    yield self.top_classes(source, probabilities[row], top_k)
+                    row_likeness = None if likeness is None else likeness[row]
+                    yield self.top_classes(source, probabilities[row], top_k, row_likeness)
                     row += 1
 
-    def top_classes(self, source: str, probabilities: np.ndarray, top_k: int) -> Prediction:
-        """The `top_k` classes of one row of probabilities, most likely first."""
+    def top_classes(
+        self, source: str, probabilities: np.ndarray, top_k: int, likeness: Sequence[float] | None = None
+    ) -> Prediction:
+        """The `top_k` classes of one row of probabilities, most likely first; `unknown` set when
+        the model's unknown rule says so (`likeness`: the row's similarity and distance)."""
         order = np.argsort(-probabilities, kind="stable")[:top_k]
+        rule = self.unknown_rule
+        pair = None if likeness is None else (float(likeness[0]), float(likeness[1]))
         return Prediction(
             source,
             labels=[self.classes[i] for i in order],
             names=[self.names[i] for i in order],
             probabilities=[float(probabilities[i]) for i in order],
+            unknown=None if rule is None else rule.reason(float(probabilities[order[0]]), pair),
+            similarity=None if pair is None else pair[0],
+            distance=None if pair is None else pair[1],
         )
 
     def predict(self, inputs: Any, top_k: int = 5, batch_size: int = 64) -> list[Prediction]:

@@ -17,18 +17,20 @@ class PredictionWriter:
 
     With `resume`, rows already in the file are kept and their paths listed in `done`, so an
     interrupted job continues where it stopped; a last line cut short by the interruption is dropped.
-    CSV columns: path, label_1, name_1, prob_1, …, label_k, name_k, prob_k, error.
+    CSV columns: path, label_1, name_1, prob_1, …, label_k, name_k, prob_k, error; with `unknown`
+    (a model that may answer `unknown`) also answer (the class or unknown) and unknown (why).
     """
 
-    def __init__(self, path: str | Path, top_k: int, resume: bool = False) -> None:
+    def __init__(self, path: str | Path, top_k: int, resume: bool = False, unknown: bool = False) -> None:
         self.path = Path(path)
         self.jsonl = self.path.suffix.lower() == ".jsonl"
         self.top_k = top_k
+        self.unknown = unknown
         self.done: set[str] = set()
         header = ["path"]
         for rank in range(1, top_k + 1):
             header += [f"label_{rank}", f"name_{rank}", f"prob_{rank}"]
-        self.header = [*header, "error"]
+        self.header = [*header, "error", *(["answer", "unknown"] if unknown else [])]
         if resume and self.path.is_file() and self.path.stat().st_size:
             self._read_done()
             self.handle = self.path.open("a", encoding="utf-8", newline="")
@@ -51,7 +53,7 @@ class PredictionWriter:
         rows = list(csv.reader(io.StringIO(text)))
         if rows and rows[0] != self.header:
             raise UsageError(
-                f"{self.path} was written with other columns (another --top-k?); cannot resume it"
+                f"{self.path} was written with other columns (another --top-k or model?); cannot resume it"
             )
         self.done = {row[0] for row in rows[1:] if row}
 
@@ -69,7 +71,10 @@ class PredictionWriter:
                 ]
             else:
                 row += ["", "", ""]
-        self._csv.writerow([*row, prediction.error or ""])
+        row.append(prediction.error or "")
+        if self.unknown:
+            row += [prediction.label or "", prediction.unknown or ""]
+        self._csv.writerow(row)
 
     def flush(self) -> None:
         self.handle.flush()

@@ -74,7 +74,18 @@ class ClassScore(BaseModel):
 
 class ImagePrediction(BaseModel):
     image: str = Field(description="The file name, or the given name, or image-N.")
-    top: list[ClassScore]
+    label: str = Field(
+        description="The answer: the top class, or `unknown` when the model's unknown rule says so "
+        "(models trained or calibrated with --min-precision)."
+    )
+    unknown: str | None = Field(None, description="Why the answer is `unknown`; null when it is a class.")
+    similarity: float | None = Field(
+        None, description="Similarity to the nearest training images (models with an unknown rule)."
+    )
+    distance: float | None = Field(
+        None, description="Distance from the nearest training images (models with an unknown rule)."
+    )
+    top: list[ClassScore] = Field(description="The top classes, most likely first (the best guesses).")
 
 
 class PredictResponse(BaseModel):
@@ -283,6 +294,8 @@ def describe_model(predictor: Predictor, settings: ServeSettings, batcher: Micro
         "backend": predictor.backend,
         "tta": predictor.tta,
         "explain": predictor.model is not None,
+        "calibration": info.calibration,
+        "unknown": predictor.unknown_rule.describe() if predictor.unknown_rule is not None else None,
         "serving": {
             **asdict(settings),
             "batches": stats.batches,
@@ -330,7 +343,15 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
 
     settings = settings or ServeSettings()
     spec = predictor.spec
-    batcher = MicroBatcher(predictor.predict_arrays, settings.max_batch, settings.batch_wait_ms / 1000.0)
+
+    def scores(arrays: np.ndarray) -> np.ndarray:
+        """Probabilities N×K and the likeness to the training images (similarity, distance; NaN
+        without a feature bank) as two more columns, so that the micro-batcher splits them per request."""
+        probabilities, likeness = predictor.score_arrays(arrays)
+        columns = np.full((len(arrays), 2), np.nan, np.float32) if likeness is None else likeness
+        return np.concatenate([probabilities, columns.astype(probabilities.dtype)], axis=1)
+
+    batcher = MicroBatcher(scores, settings.max_batch, settings.batch_wait_ms / 1000.0)
     num_classes = len(predictor.classes)
 
     @contextlib.asynccontextmanager
@@ -364,16 +385,26 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
         arrays = await run_in_threadpool(
             lambda: [prepare_upload(blob, name, spec, settings) for blob, name in zip(blobs, names)]
         )
-        probabilities = await batcher.predict(np.stack(arrays))
+        answers = await batcher.predict(np.stack(arrays))
         k = min(top_k or settings.default_top_k, num_classes)
         predictions = []
-        for name, row in zip(names, probabilities):
-            result = predictor.top_classes(name, row, k)
+        for name, row in zip(names, answers):
+            likeness = None if np.isnan(row[-1]) else row[-2:]
+            result = predictor.top_classes(name, row[:-2], k, likeness)
             top = [
                 ClassScore(label=label, name=display, probability=round(float(p), 6))
                 for label, display, p in zip(result.labels, result.names, result.probabilities)
             ]
-            predictions.append(ImagePrediction(image=name, top=top))
+            predictions.append(
+                ImagePrediction(
+                    image=name,
+                    label=result.label,
+                    unknown=result.unknown,
+                    similarity=None if result.similarity is None else round(result.similarity, 6),
+                    distance=None if result.distance is None else round(result.distance, 6),
+                    top=top,
+                )
+            )
         return PredictResponse(predictions=predictions, backend=predictor.backend)
 
     explainer = serving_explainer(predictor)

@@ -40,21 +40,19 @@ from imgclf.data.preprocess import PreprocessSpec
 from imgclf.data.split import apply_manifest, assign_splits
 from imgclf.device import configure_backends, resolve_device, resolve_precision
 from imgclf.errors import ConfigError, UsageError
-from imgclf.evaluation.calibration import MIN_IMAGES as MIN_CALIBRATION_IMAGES
-from imgclf.evaluation.calibration import ece, fit_temperature
 from imgclf.evaluation.evaluate import (
     Predicted,
     evaluate_split,
-    predict_split,
     split_metrics,
     write_samples,
 )
-from imgclf.inference.predictor import Predictor, with_temperature
+from imgclf.inference.predictor import Predictor
 from imgclf.models.factory import create_model, model_args
 from imgclf.models.pretrained import load_pretrained
 from imgclf.models.spec import resolve_spec
 from imgclf.models.summary import summarize_model
 from imgclf.runs import RunFolder
+from imgclf.training.calibrate import calibrate_model
 from imgclf.training.checkpoint import SaveCheckpoint, load_checkpoint, restore_checkpoint
 from imgclf.training.distributed import (
     DistInfo,
@@ -605,38 +603,6 @@ def training_callbacks(
     return chosen
 
 
-def calibrate(
-    predictor: Predictor, prepared: PreparedData, val_split: str, batch_size: int
-) -> tuple[dict[str, Any], dict[str, Predicted]]:
-    """Temperature scaling fitted on the validation split, with the ECE before and after it (on the
-    test split too, when there is one and it is not the validation split); and the predictions it
-    made, by split, calibrated, for the evaluation that follows."""
-    probabilities, labels, indices = predict_split(predictor, prepared, val_split, batch_size)
-    if len(labels) < MIN_CALIBRATION_IMAGES:
-        logger.info("no temperature scaling: %d validation images are too few to fit it", len(labels))
-        return {}, {val_split: (probabilities, labels, indices)}
-    temperature = fit_temperature(probabilities, labels)
-    calibrated = with_temperature(probabilities, temperature)
-    report: dict[str, Any] = {
-        "temperature": round(temperature, 6),
-        "fitted_on": f"{len(labels)} {val_split} images",
-        f"{val_split}_ece_before": ece(probabilities, labels),
-        f"{val_split}_ece_after": ece(calibrated, labels),
-    }
-    predictions = {val_split: (calibrated, labels, indices)}
-    if val_split != "test" and len(prepared.indices("test")):
-        test_probabilities, test_labels, test_indices = predict_split(predictor, prepared, "test", batch_size)
-        test_calibrated = with_temperature(test_probabilities, temperature)
-        report["test_ece_before"] = ece(test_probabilities, test_labels)
-        report["test_ece_after"] = ece(test_calibrated, test_labels)
-        predictions["test"] = (test_calibrated, test_labels, test_indices)
-    logger.info(
-        "temperature scaling: T = %.3f, fitted on the %s split; its ECE %.4f → %.4f",
-        temperature, val_split, report[f"{val_split}_ece_before"], report[f"{val_split}_ece_after"],
-    )  # fmt: skip
-    return report, predictions
-
-
 def finish_run(
     cfg: Config,
     folder: RunFolder,
@@ -655,8 +621,11 @@ def finish_run(
     final: dict[str, float] = {}
     predictions: dict[str, Predicted] = {}
     if has_val:
-        info.calibration, predictions = calibrate(predictor, prepared, data.val_split, batch_size)
-        predictor.temperature = info.calibration.get("temperature", 1.0)
+        info.calibration, predictions, bank = calibrate_model(
+            predictor, prepared, data.val_split, batch_size, cfg.train.min_precision
+        )
+        if bank is not None:
+            bank.save(folder.model)
         # the full evaluation of the validation split goes into the run folder
         evaluation = evaluate_split(
             predictor,
