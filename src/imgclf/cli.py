@@ -870,9 +870,11 @@ def calibrate(
     batch_size: Annotated[int, typer.Option("--batch-size", "-b")] = 128,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
 ) -> None:
-    """Fit a saved model's confidence again on labelled data: temperature scaling and, with
-    --min-precision, its `unknown` answer. Rewrites the model's imgclf.json (and novelty.safetensors);
-    predict, serve and evaluate use them. Export again afterwards."""
+    """Fit a model's confidence on labelled data: its temperature and, with --min-precision, `unknown`.
+
+    Rewrites the model's imgclf.json (and novelty.safetensors, the features of training images the
+    likeness test compares with); predict, serve and evaluate use them. Export again afterwards.
+    """
     from imgclf import api
     from imgclf.console import console
 

@@ -273,3 +273,33 @@ def test_serve_answers_unknown(unknown_model: tuple[Path, Path]) -> None:
     assert answers[1]["label"] == UNKNOWN and answers[1]["unknown"].startswith("unlike the training images")
     assert answers[1]["similarity"] is not None and answers[1]["distance"] is not None
     assert described["unknown"].startswith("confidence <")
+
+
+def test_the_serve_page_shows_unknown_above_the_best_guesses(
+    unknown_model: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from conftest import CHROMIUM, CHROMIUM_FLAGS, served_at
+
+    if CHROMIUM is None:
+        pytest.skip("Debian chromium is not installed (see .ci/run)")
+    playwright = pytest.importorskip("playwright.sync_api")
+    from imgclf.serve import create_app
+
+    run_dir, _ = unknown_model
+    predictor = imgclf.load_model(run_dir, backend="torch")
+    image = tmp_path / "stripes.png"
+    shape_image(3, 28, np.random.default_rng(13), "RGB").save(image)  # a shape the model never saw
+    with served_at(create_app(predictor)) as port, playwright.sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.wait_for_function("document.getElementById('model').textContent.includes('classes')")
+            page.set_input_files("#file", str(image))
+            page.wait_for_selector(".result .label", timeout=20_000)
+            note = page.locator(".result .unknown").text_content()
+            guesses = page.locator(".result .row").count()
+        finally:
+            browser.close()
+    assert note.startswith("unknown: unlike the training images") and note.endswith("Best guesses:")
+    assert guesses == 3

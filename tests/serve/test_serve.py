@@ -6,25 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import io
 import shutil
-import socket
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 import schemathesis
-import uvicorn
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from PIL import Image
 
-from conftest import CHROMIUM, CHROMIUM_FLAGS
+from conftest import CHROMIUM, CHROMIUM_FLAGS, served_at
 from imgclf.data.preprocess import prepare_image
 from imgclf.export.onnx import export_onnx
 from imgclf.inference.predictor import Predictor
@@ -205,30 +200,6 @@ def test_generated_requests_never_get_a_server_error(served) -> None:
 # --------------------------------------------------------------------------------------------------
 # a real browser: upload an image on the page, read the top label it shows
 # --------------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def served_at(app) -> Iterator[int]:
-    """The app running in uvicorn on a free loopback port (the port), stopped afterwards."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 20
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert server.started, "the server did not start"
-        yield port
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-
-
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (see .ci/run)")
 def test_web_page_shows_the_top_label_in_chromium(served) -> None:
     playwright = pytest.importorskip("playwright.sync_api")
