@@ -735,13 +735,13 @@ def explain(
     out.mkdir(parents=True, exist_ok=True)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["path", "class", "name", "probability", "peak_row", "peak_col", "error"])
+    writer.writerow(["path", "class", "name", "probability", "peak_row", "peak_col", "error", "unknown"])
     written = failed = 0
     used: set[str] = set()
     for result in explainer.explain(iter_inputs(inputs), class_name):
         if not isinstance(result, Explanation):
             failed += 1
-            writer.writerow([result.source, "", "", "", "", "", result.error])
+            writer.writerow([result.source, "", "", "", "", "", result.error, ""])
             console.print(f"{result.source}  error: {result.error}", markup=False, soft_wrap=True)
             continue
         stem = Path(result.source).stem
@@ -750,11 +750,14 @@ def explain(
         content = explanation_png(result)
         write_atomic(out / f"{name}.gradcam.png", lambda tmp, data=content: tmp.write_bytes(data))
         row, column = result.peak
+        probability = f"{result.probability:.6f}"
         writer.writerow(
-            [result.source, result.label, result.name, f"{result.probability:.6f}", row, column, ""]
+            [result.source, result.label, result.name, probability, row, column, "", result.unknown or ""]
         )
+        answer = f"  (the model answers unknown: {result.unknown})" if result.unknown else ""
         console.print(
-            f"{result.source}  {result.name} {result.probability:.4f}  → {out / (name + '.gradcam.png')}",
+            f"{result.source}  {result.name} {result.probability:.4f}{answer}  → "
+            f"{out / (name + '.gradcam.png')}",
             markup=False,
             soft_wrap=True,
         )

@@ -303,3 +303,18 @@ def test_the_serve_page_shows_unknown_above_the_best_guesses(
             browser.close()
     assert note.startswith("unknown: unlike the training images") and note.endswith("Best guesses:")
     assert guesses == 3
+
+
+def test_explain_says_when_the_model_answers_unknown(unknown_model: tuple[Path, Path]) -> None:
+    from imgclf.inference.explain import Explainer
+
+    run_dir, _ = unknown_model
+    explainer = Explainer(imgclf.load_model(run_dir, backend="torch"))
+    rng = np.random.default_rng(14)
+    square, stripes = explainer.explain([shape_image(0, 28, rng, "RGB"), shape_image(3, 28, rng, "RGB")])
+    assert square.unknown is None and square.label == "square"
+    assert stripes.unknown.startswith("unlike the training images") and stripes.label in (
+        "square",
+        "disc",
+        "cross",
+    )

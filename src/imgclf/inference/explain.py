@@ -31,7 +31,8 @@ POOLING = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2
 
 @dataclass
 class Explanation:
-    """One image, the class explained, and the heatmap over the model's input (H×W, 0–1)."""
+    """One image, the class explained, and the heatmap over the model's input (H×W, 0–1); `unknown`
+    says why the model's answer for the image is `unknown` (None when it names a class)."""
 
     source: str
     label: str
@@ -39,6 +40,7 @@ class Explanation:
     probability: float
     image: np.ndarray  # the prepared uint8 image the model saw, H×W×C
     heatmap: np.ndarray
+    unknown: str | None = None
 
     @property
     def peak(self) -> tuple[int, int]:
@@ -135,8 +137,13 @@ class Explainer:
         heatmaps, probabilities = self.explain_arrays(array[None], chosen)
         index = int(probabilities[0].argmax()) if chosen is None else chosen
         classes, names = self.predictor.classes, self.predictor.names
+        unknown = None
+        if self.predictor.unknown_rule is not None:  # the explained class may be a guess: say so
+            _, likeness = self.predictor.score_arrays(array[None])
+            pair = None if likeness is None else (float(likeness[0, 0]), float(likeness[0, 1]))
+            unknown = self.predictor.unknown_rule.reason(float(probabilities[0].max()), pair)
         return Explanation(
-            source, classes[index], names[index], float(probabilities[0, index]), array, heatmaps[0]
+            source, classes[index], names[index], float(probabilities[0, index]), array, heatmaps[0], unknown
         )
 
     def explain(

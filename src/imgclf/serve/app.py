@@ -100,6 +100,9 @@ class ImageExplanation(BaseModel):
     probability: float
     peak: list[int] = Field(description="[row, column] of the heatmap's maximum, in model input pixels.")
     heatmap_png: str = Field(description="data:image/png;base64 URL: the image and its Grad-CAM heatmap.")
+    unknown: str | None = Field(
+        None, description="Why the model's answer for the image is `unknown` (models with an unknown rule)."
+    )
 
 
 class ExplainResponse(BaseModel):
@@ -449,6 +452,7 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
                         probability=round(result.probability, 6),
                         peak=list(result.peak),
                         heatmap_png=f"data:image/png;base64,{picture}",
+                        unknown=result.unknown,
                     )
                 )
             return found
