@@ -248,15 +248,12 @@ def calibrate(
     elif split not in set(split_names.tolist()):
         raise UsageError(f"the data has no {split!r} split; use --split all (or give --manifest)")
     prepared = prepare_data(image_set, split_names, info.preprocessing, "auto", None)
-    has_train = bool(len(prepared.indices("train")))
-    if min_precision is not None and not has_train and own_bank is None:
-        raise DataError(
-            "--min-precision needs training images for the likeness test: give the training data "
-            "(with its --manifest), or calibrate a model that has its feature bank"
-        )
+    bank = own_bank
+    if min_precision is not None and not len(prepared.indices("train")) and bank is None:
+        bank = _training_bank(predictor, artifact_dir, batch_size)
     report, _, bank = calibrate_model(
         predictor, prepared, split, batch_size, min_precision, strict=True,
-        bank=None if has_train else own_bank,
+        bank=None if len(prepared.indices("train")) else bank,
     )  # fmt: skip
     if bank is not None:
         bank.save(artifact_dir)
@@ -265,6 +262,27 @@ def calibrate(
     info.calibration = report
     update_artifact_info(artifact_dir, info)
     return report
+
+
+def _training_bank(predictor: Predictor, artifact_dir: Path, batch_size: int) -> Any:
+    """The feature bank of the training split of the data the model was trained on (its run's
+    manifest.csv), for calibrating on data without a train split; a DataError when it is gone."""
+    from imgclf.data.prepared import prepare_data
+    from imgclf.inference.unknown import FeatureBank
+    from imgclf.training.calibrate import bank_images
+
+    info = predictor.info
+    source = (info.dataset or {}).get("source")
+    manifest = artifact_dir.parent / runs.MANIFEST_FILE
+    if not source or not Path(source).exists() or not manifest.is_file():
+        raise DataError(
+            "--min-precision compares images with the training images, and neither DATA (no train "
+            "split) nor the model's run (its data and manifest.csv) has them: give the training data "
+            "with --manifest"
+        )
+    image_set, split_names = _select_data(source, DataConfig(), "train", manifest, classes=info.classes)
+    training = prepare_data(image_set, split_names, info.preprocessing, "auto", None)
+    return FeatureBank.from_images(predictor.features, bank_images(training), batch_size)
 
 
 def features(

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import imgclf
-from conftest import shape_image
+from conftest import shape_image, write_class_folders
 from imgclf.evaluation.calibration import ThresholdError, choose_threshold, coverage_precision
 from imgclf.inference.unknown import BANK_FILE, UNKNOWN, UnknownRule
 
@@ -186,6 +186,14 @@ def test_calibrate_refits_an_existing_model_and_stale_exports_are_not_used(
     report = imgclf.calibrate(run, device="cpu")  # no --min-precision: the model always answers
     assert "threshold" not in report and not (run / "model" / BANK_FILE).exists()
     assert imgclf.load_model(run, device="cpu", backend="torch").unknown_rule is None
+
+    # new labelled images (no train split): the bank comes from the run's training split again
+    fresh = write_class_folders(
+        tmp_path / "fresh", ["square", "disc", "cross"], 20, size=28, mode="RGB", seed=5
+    )
+    report = imgclf.calibrate(run, fresh, split="all", min_precision=0.9, device="cpu")
+    assert report["fitted_on"] == "60 all images" and report["threshold"]["images"] == 60
+    assert (run / "model" / BANK_FILE).is_file()
 
 
 def test_training_warns_when_no_threshold_reaches_the_precision(

@@ -620,6 +620,12 @@ def finish_run(
     batch_size = cfg.train.batch_size * 2
     final: dict[str, float] = {}
     predictions: dict[str, Predicted] = {}
+    if cfg.train.min_precision is not None and not has_val:
+        logger.warning(
+            "--min-precision is chosen on the validation split, and this run has none: the model always "
+            "answers a class (train with --val-split, or `imgclf calibrate MODEL DATA --split all` on "
+            "labelled images it was not trained on)"
+        )
     if has_val:
         info.calibration, predictions, bank = calibrate_model(
             predictor, prepared, data.val_split, batch_size, cfg.train.min_precision
