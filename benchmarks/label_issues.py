@@ -1,7 +1,8 @@
 """`imgclf check --labels` against labels flipped on purpose: precision and recall of the flipped files
 among the issues it finds, and its wall time.
 
-    python benchmarks/label_issues.py ../shared/datasets/mnist_png.zip:200 ../shared/datasets/flowers5.zip:100
+    python benchmarks/label_issues.py ../shared/datasets/mnist_png.zip:500 \
+        ../shared/datasets/flowers5.zip:250 --seeds 5
 
 Each `archive.zip:N` keeps N images per class (seeded), then moves 5% of them (seeded) into another
 class's folder; `find_label_issues` (the offline backbone's features, a 5-fold cross-fitted head,
@@ -46,6 +47,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", nargs="+", help="archive.zip:N (N images per class)")
     parser.add_argument("--share", type=float, default=0.05, help="share of the labels flipped")
+    parser.add_argument("--seeds", type=int, default=1, help="repeat with this many flip seeds (0, 1, …)")
     args = parser.parse_args()
     from imgclf.data.headers import read_headers
     from imgclf.data.sources import scan_source
@@ -53,13 +55,15 @@ def main() -> None:
 
     print(f"machine: {describe_machine()}")
     print(
-        f"{'data':<22} {'images':>7} {'flipped':>8} {'listed':>7} {'precision':>10} {'recall':>7} "
-        f"{'top-N':>7} {'seconds':>8}"
+        f"{'data':<22} {'seed':>4} {'images':>7} {'flipped':>8} {'listed':>7} {'precision':>10} "
+        f"{'recall':>7} {'top-N':>7} {'seconds':>8}"
     )
-    with tempfile.TemporaryDirectory() as tmp:
-        for spec in args.data:
+    runs = [(spec, seed) for spec in args.data for seed in range(args.seeds)]
+    results: dict[str, list[tuple[float, float, float]]] = {}
+    for spec, seed in runs:
+        with tempfile.TemporaryDirectory() as tmp:
             folder = subset(spec, Path(tmp))
-            flipped = flip(folder, args.share)
+            flipped = flip(folder, args.share, seed)
             started = time.perf_counter()
             image_set = read_headers(scan_source(folder))
             found = find_label_issues(image_set)
@@ -69,9 +73,20 @@ def main() -> None:
             top = set(listed[: len(flipped)])
             top_hits = len(top & flipped)
             print(
-                f"{Path(spec).name:<22} {len(image_set):>7,} {len(flipped):>8} {len(listed):>7} "
+                f"{Path(spec).name:<22} {seed:>4} {len(image_set):>7,} {len(flipped):>8} {len(listed):>7} "
                 f"{hits / max(1, len(listed)):>10.3f} {hits / len(flipped):>7.3f} "
                 f"{top_hits / len(flipped):>7.3f} {seconds:>8.1f}"
+            )
+            results.setdefault(spec, []).append(
+                (hits / max(1, len(listed)), hits / len(flipped), top_hits / len(flipped))
+            )
+    for spec, rows in results.items():
+        if len(rows) > 1:
+            mean, spread = np.mean(rows, axis=0), np.std(rows, axis=0)
+            print(
+                f"{Path(spec).name:<22} mean of {len(rows)} seeds: "
+                f"precision {mean[0]:.3f} ± {spread[0]:.3f}, recall {mean[1]:.3f} ± {spread[1]:.3f}, "
+                f"top-N {mean[2]:.3f} ± {spread[2]:.3f}"
             )
 
 

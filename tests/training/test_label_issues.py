@@ -11,7 +11,11 @@ from typer.testing import CliRunner
 
 from conftest import write_class_folders
 from imgclf.cli import app
-from imgclf.training.label_issues import confident_learning, out_of_sample_probabilities
+from imgclf.training.label_issues import (
+    confident_learning,
+    neighbour_probabilities,
+    out_of_sample_probabilities,
+)
 
 
 def test_confident_learning_finds_the_flipped_labels_of_separable_features() -> None:
@@ -32,6 +36,18 @@ def test_confident_learning_finds_the_flipped_labels_of_separable_features() -> 
             assert suggested == truth[index]
         assert quality == probabilities[index, labels[index]]
     assert [q for _, _, q in found] == sorted(q for _, _, q in found)  # most likely wrong first
+
+
+def test_neighbour_probabilities_vote_without_the_sample_itself() -> None:
+    rng = np.random.default_rng(1)
+    features = np.concatenate([rng.normal(5, 1, (50, 8)), rng.normal(-5, 1, (50, 8))]).astype(np.float32)
+    labels = np.repeat([0, 1], 50)
+    labels[7] = 1  # one sample of the first cluster filed under the second class
+    for chunk in (16, 1024):  # chunks cut through the data or hold all of it: the same answers
+        probabilities = neighbour_probabilities(features, labels, 2, neighbours=10, chunk=chunk)
+        assert np.allclose(probabilities.sum(1), 1.0)
+        assert probabilities[7].argmax() == 0  # its neighbours are of the first class: not its own vote
+        assert (probabilities[np.arange(100) != 7].argmax(1) == labels[np.arange(100) != 7]).all()
 
 
 def test_check_labels_writes_the_table_and_the_gallery(tmp_path: Path) -> None:
