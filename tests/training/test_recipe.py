@@ -198,6 +198,7 @@ def test_zero_flag_training_on_photos_runs_the_transfer_recipe(photos: Path, tmp
     run_dir = runs / "train"
     rows = _metrics(run_dir)
     assert [row["epoch"] for row in rows] == ["0", "1", "2"]
+    assert float(rows[2]["lr"]) > 3e-4  # the head's rate (1e-3, decaying), not the backbone's 0.3 share
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert saved["model"]["name"] == "efficientnet_lite0" and saved["model"]["pretrained"] is True
     assert saved["train"]["recipe"] == "transfer" and saved["train"]["epochs"] == 2

@@ -194,7 +194,8 @@ def fit(
         if ctx.mix is not None:
             ctx.mix.reseed(ctx.seed * 100_003 + state.epoch + 50_000)
         epoch_start = time.perf_counter()
-        lr = state.optimizer.param_groups[0]["lr"]
+        # the largest rate: the head's when the backbone learns at a share of it (recipe transfer)
+        lr = max(group["lr"] for group in state.optimizer.param_groups)
         train_stats = train_one_epoch(state, train_loader, ctx, loss_fn, callbacks)
         val_stats = evaluate(state.model, val_loader, ctx) if val_loader is not None else {}
         state.epoch += 1
