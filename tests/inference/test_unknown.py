@@ -326,3 +326,25 @@ def test_explain_says_when_the_model_answers_unknown(unknown_model: tuple[Path, 
         "disc",
         "cross",
     )
+
+
+def test_features_are_taken_only_from_this_threads_forward_passes() -> None:
+    """A server runs /predict and /explain through one network in different threads: a feature tap
+    must not catch the other thread's pass."""
+    import threading
+
+    import torch
+
+    from imgclf.inference.unknown import tap_features
+    from imgclf.models import create_model
+
+    model = create_model(
+        {"name": "cnn-small", "num_classes": 3, "in_channels": 3, "image_size": [32, 32]}
+    ).eval()
+    with torch.no_grad(), tap_features(model) as captured:
+        other = threading.Thread(target=lambda: model(torch.zeros(5, 3, 32, 32)))
+        other.start()
+        other.join()
+        assert captured == []
+        model(torch.zeros(2, 3, 32, 32))
+    assert len(captured) == 1 and captured[0].shape[0] == 2

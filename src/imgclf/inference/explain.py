@@ -14,6 +14,7 @@ layer of any timm model by itself, and it keeps the dependency list short.
 from __future__ import annotations
 
 import io
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -79,9 +80,11 @@ def grad_cam(
     """(heatmaps N×H×W in 0–1, probabilities N×K) for normalized inputs; `classes` (N) picks the
     class each heatmap explains, the top-1 class when None."""
     captured: dict[str, torch.Tensor] = {}
+    owner = threading.get_ident()
 
     def keep(_: nn.Module, __: Any, output: torch.Tensor) -> None:
-        captured["maps"] = output
+        if threading.get_ident() == owner:  # not a forward pass another request runs meanwhile
+            captured["maps"] = output
 
     hook = layer.register_forward_hook(keep)
     try:

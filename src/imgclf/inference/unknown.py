@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,11 +54,16 @@ def classifier_layer(model: nn.Module) -> nn.Linear:
 
 @contextlib.contextmanager
 def tap_features(model: nn.Module) -> Iterator[list[torch.Tensor]]:
-    """Within the block, every forward pass appends its features (N×D) to the list it yields."""
+    """Within the block, every forward pass of this thread appends its features (N×D) to the list
+    it yields (a server runs other requests through the same network in other threads)."""
     captured: list[torch.Tensor] = []
-    handle = classifier_layer(model).register_forward_hook(
-        lambda _module, inputs, _output: captured.append(inputs[0].detach().float().flatten(1))
-    )
+    owner = threading.get_ident()
+
+    def keep(_module: nn.Module, inputs: tuple[torch.Tensor, ...], _output: torch.Tensor) -> None:
+        if threading.get_ident() == owner:
+            captured.append(inputs[0].detach().float().flatten(1))
+
+    handle = classifier_layer(model).register_forward_hook(keep)
     try:
         yield captured
     finally:
