@@ -208,7 +208,7 @@ def test_random_resized_crops_cache_the_training_split_larger(
     rows; the other splits are decoded at the model's size, exactly as prediction prepares them."""
     from imgclf.config import AugmentConfig
     from imgclf.data.headers import read_headers
-    from imgclf.data.prepared import crop_cache_spec
+    from imgclf.data.prepared import crop_cache_spec, image_loader
 
     root = write_class_folders(tmp_path / "data", ["a", "b"], 12, size=64)
     for name in ("a/a_broken.png", "b/b_broken.png"):  # a whole header, half the pixels
@@ -235,6 +235,13 @@ def test_random_resized_crops_cache_the_training_split_larger(
             keys = [prepared.image_set.keys[i] for i in prepared.indices(split)]
             decoded = np.stack([load_prepared(root / key, expected) for key in keys])
             np.testing.assert_array_equal(batches[0].images.permute(0, 2, 3, 1).numpy(), decoded)
+        # any sample loaded one at a time (galleries, the feature bank) is prepared as prediction
+        # prepares it, a training sample too
+        indices = prepared.indices("all")
+        load = image_loader(prepared, indices)
+        for position in (0, 1, 2, len(indices) - 1):
+            key = prepared.image_set.keys[indices[position]]
+            np.testing.assert_array_equal(load(position), load_prepared(root / key, spec))
     assert len(list((isolated_cache / "decoded").iterdir())) == 2
     with pytest.raises(ValueError, match="another size"):
         prepared.loader("all", 64, shuffle=False)

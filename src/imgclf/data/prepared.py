@@ -285,11 +285,13 @@ def select_split(image_set: ImageSet, split: str, manifest: str | Path | None) -
 
 
 def image_loader(prepared: PreparedData, indices: np.ndarray):
-    """index within `indices` → prepared uint8 image (from RAM, or decoded now), None if unreadable."""
+    """index within `indices` → uint8 image prepared at `prepared.spec`, as prediction prepares it:
+    from the decoded rows, or decoded now (streaming, or a training sample decoded at `train_spec`
+    into rows of its own); None if unreadable."""
 
     def load(position: int) -> np.ndarray | None:
         index = int(indices[position])
-        if prepared.images is not None:
+        if prepared.images is not None and prepared.rows[index] >= 0:
             return prepared.images[prepared.rows[index]]
         try:
             image = prepared.image_set.reader.open(prepared.image_set.keys[index])

@@ -11,9 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from imgclf.data.decode import ImageDecodeError
 from imgclf.data.prepared import PreparedData, image_loader
-from imgclf.data.preprocess import prepare_image
 from imgclf.errors import ModelError
 from imgclf.evaluation.calibration import calibrate_answers, ece, unknown_metrics
 from imgclf.evaluation.evaluate import Predicted, predict_split
@@ -28,20 +26,9 @@ def bank_images(prepared: PreparedData, seed: int = 0) -> Iterator[np.ndarray]:
     chosen = prepared.indices("train")
     if len(chosen) > BANK_IMAGES:
         chosen = np.sort(np.random.default_rng(seed).choice(chosen, BANK_IMAGES, replace=False))
-    if prepared.train_spec is None and prepared.images is not None:
-        load = image_loader(prepared, chosen)
-        images = (load(position) for position in range(len(chosen)))
-    else:  # the training split is cached at another size, or not at all: decode at the model's size
-        images = (_decoded(prepared, int(index)) for index in chosen)
+    load = image_loader(prepared, chosen)
+    images = (load(position) for position in range(len(chosen)))
     return (image for image in images if image is not None)
-
-
-def _decoded(prepared: PreparedData, index: int) -> np.ndarray | None:
-    image_set = prepared.image_set
-    try:
-        return prepare_image(image_set.reader.open(image_set.keys[index]), prepared.spec)
-    except (ImageDecodeError, OSError):  # listed as skipped when it was first met
-        return None
 
 
 def calibrate_model(
