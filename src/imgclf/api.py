@@ -248,13 +248,14 @@ def calibrate(
     elif split not in set(split_names.tolist()):
         raise UsageError(f"the data has no {split!r} split; use --split all (or give --manifest)")
     prepared = prepare_data(image_set, split_names, info.preprocessing, "auto", None)
-    bank = own_bank
-    if min_precision is not None and not len(prepared.indices("train")) and bank is None:
-        bank = _training_bank(predictor, artifact_dir, batch_size)
+    bank = None  # built from the data's train split
+    if not len(prepared.indices("train")):
+        bank = own_bank
+        if min_precision is not None and bank is None:
+            bank = _training_bank(predictor, artifact_dir, batch_size)
     report, _, bank = calibrate_model(
-        predictor, prepared, split, batch_size, min_precision, strict=True,
-        bank=None if len(prepared.indices("train")) else bank,
-    )  # fmt: skip
+        predictor, prepared, split, batch_size, min_precision, strict=True, bank=bank
+    )
     if bank is not None:
         bank.save(artifact_dir)
     elif (artifact_dir / BANK_FILE).is_file():

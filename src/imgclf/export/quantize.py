@@ -26,9 +26,7 @@ from imgclf.inference.onnx_runtime import (
     OUTPUT_NAME,
     SIMILARITY_NAME,
     create_session,
-    output_names,
-    run_in_batches,
-    run_outputs,
+    session_scores,
 )
 from imgclf.inference.unknown import UnknownRule
 
@@ -181,15 +179,10 @@ def answers(
     """Class probabilities and, when the graph has them, the likeness to the training images (N×2:
     similarity, distance)."""
     session = create_session(model)
-    if SIMILARITY_NAME not in output_names(session):
-        return probabilities(model, images, fixed_batch, batch), None
     step = fixed_batch or batch
-    names = [OUTPUT_NAME, SIMILARITY_NAME, DISTANCE_NAME]
-    parts = [
-        run_outputs(session, images[i : i + step], fixed_batch, names) for i in range(0, len(images), step)
-    ]
-    likeness = [np.stack([p[1], p[2]], axis=1) for p in parts]
-    return np.concatenate([p[0] for p in parts]), np.concatenate(likeness)
+    parts = [session_scores(session, images[i : i + step], fixed_batch) for i in range(0, len(images), step)]
+    likeness = None if parts[0][1] is None else np.concatenate([part[1] for part in parts])
+    return np.concatenate([part[0] for part in parts]), likeness
 
 
 def probabilities(
@@ -197,7 +190,4 @@ def probabilities(
 ) -> np.ndarray:
     """Class probabilities of an ONNX (or ORT-format) model on prepared float images, batch by batch
     (`fixed_batch`: the model's own batch size, when it has one)."""
-    session = create_session(model)
-    step = fixed_batch or batch
-    parts = [run_in_batches(session, images[i : i + step], fixed_batch) for i in range(0, len(images), step)]
-    return np.concatenate(parts)
+    return answers(model, images, fixed_batch, batch)[0]

@@ -74,6 +74,19 @@ def output_names(session: Any) -> list[str]:
     return [output.name for output in session.get_outputs()]
 
 
+def session_scores(
+    session: Any, images: np.ndarray, fixed_batch: int | None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Class probabilities N×K of float images, and their likeness to the training images (N×2:
+    similarity, distance) when the graph has a feature bank, else None."""
+    if SIMILARITY_NAME not in output_names(session):
+        return run_in_batches(session, images, fixed_batch), None
+    probabilities, similarity, distance = run_outputs(
+        session, images, fixed_batch, [OUTPUT_NAME, SIMILARITY_NAME, DISTANCE_NAME]
+    )
+    return probabilities, np.stack([similarity, distance], axis=1)
+
+
 class OnnxClassifier:
     """An exported model run by ONNX Runtime, with the imgclf metadata it carries."""
 
@@ -89,7 +102,6 @@ class OnnxClassifier:
         self.weights_sha256 = metadata.get("imgclf.weights_sha256", "")
         batch = self.session.get_inputs()[0].shape[0]
         self.fixed_batch = batch if isinstance(batch, int) else None
-        self.has_similarity = SIMILARITY_NAME in output_names(self.session)
 
     def __call__(self, arrays: np.ndarray) -> np.ndarray:
         """Prepared uint8 images N×H×W×C → class probabilities N×K."""
@@ -100,12 +112,7 @@ class OnnxClassifier:
         the training images (N×2: similarity, distance; None when the graph has no feature bank)."""
         images = np.ascontiguousarray(arrays.transpose(0, 3, 1, 2), dtype=np.float32)
         images /= 255.0
-        if not self.has_similarity:
-            return run_in_batches(self.session, images, self.fixed_batch), None
-        probabilities, similarity, distance = run_outputs(
-            self.session, images, self.fixed_batch, [OUTPUT_NAME, SIMILARITY_NAME, DISTANCE_NAME]
-        )
-        return probabilities, np.stack([similarity, distance], axis=1)
+        return session_scores(self.session, images, self.fixed_batch)
 
 
 def load_current_export(artifact_dir: Path, threads: int | None = None) -> OnnxClassifier | None:
