@@ -234,6 +234,7 @@ def test_web_page_shows_the_top_label_in_chromium(served) -> None:
         assert bars == 3 and outside == []
 
 
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (see .ci/run)")
 def test_the_page_works_as_a_phone_app_in_chromium(served, tmp_path: Path) -> None:
     """A phone-sized viewport: take a photo with the camera input, read the answer, fit the screen,
     offer the web app manifest and its icons, load nothing from other hosts; and a screenshot."""
@@ -315,6 +316,7 @@ def test_explain_answers_a_heatmap_with_the_pytorch_model_and_409_with_an_export
         )
 
 
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (see .ci/run)")
 def test_the_page_shows_where_the_model_looked_in_chromium(served, shapes_model) -> None:
     playwright = pytest.importorskip("playwright.sync_api")
     _, data = served
