@@ -263,10 +263,13 @@ class TrainConfig:
         "Minutes for the whole run: no epoch starts that would end after it (the best epoch is kept); "
         "recipe transfer plans its fine-tuning epochs to fit. 0 = none.",
         TRAIN_PANEL,
-        shown="transfer on the CPU: 10 min per 2,000 images, at least 5; else none",
+        shown="transfer on the CPU: 3 min per 2,000 images, at least 3; else none",
     )
     patience: int | None = setting(
-        None, "Early stop after this many epochs without improvement (restores the best).", TRAIN_PANEL
+        None,
+        "Early stop after this many epochs without improvement (restores the best).",
+        TRAIN_PANEL,
+        shown="transfer with planned epochs: 2 epochs that neither beat the best nor improve",
     )
     min_precision: float | None = setting(
         None,
@@ -318,7 +321,19 @@ class TrainConfig:
         shown="lr / 10; transfer: lr × 0.3",
     )
     unfreeze: str | None = setting(
-        None, "Stage 2 unfreezes: all | N (the last N blocks).", MODEL_PANEL, shown="all"
+        None,
+        "Fine-tuning trains: all | N (the classifier and the last N blocks; the frozen part runs without "
+        "gradients).",
+        MODEL_PANEL,
+        shown="transfer 3, else all",
+    )
+    finetune_size: int | None = setting(
+        None,
+        "Recipe transfer: the short side, in pixels, that fine-tuning epochs train at before the last one, "
+        "which trains at the model's size (validation always runs at the model's size). 0 = the model's "
+        "size throughout.",
+        MODEL_PANEL,
+        shown="0",
     )
     finetune_bn: Literal["train", "frozen"] | None = setting(
         None,
@@ -680,6 +695,8 @@ def validate_config(cfg: Config) -> None:
         train.epochs = train.freeze_epochs + train.finetune_epochs
     if train.unfreeze not in (None, "all") and not (train.unfreeze.isdigit() and int(train.unfreeze) > 0):
         raise ConfigError(f"unfreeze is 'all' or a number of final blocks, got {train.unfreeze!r}")
+    if train.finetune_size is not None and train.finetune_size < 0:
+        raise ConfigError("finetune_size is a side in pixels: 0 (the model's size) or more")
     if train.finetune_lr is not None and train.finetune_lr <= 0:
         raise ConfigError("finetune_lr must be positive")
     pretrained = cfg.model.pretrained or cfg.model.weights or cfg.model.name == "auto"

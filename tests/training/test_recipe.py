@@ -80,7 +80,13 @@ def test_the_model_and_recipe_follow_the_data(
         )
         assert cfg.augment.preset == "strong" and cfg.augment.rotation == 30 and cfg.augment.hflip
         assert cfg.train.epochs is None  # planned after the head, from the measured speed
-        assert cfg.train.time_limit == max(5.0, count / 200) and "time limit" in lines[2]
+        assert cfg.train.time_limit == max(3.0, round(count * 3 / 2000, 1)) and "time limit" in lines[-1]
+        assert cfg.train.unfreeze == "3"  # the last blocks fine-tune, the frozen part without gradients
+        if min(size) * 3 < 224:  # tiny images: near their own size, not blown up to 224 px
+            assert cfg.data.image_size == [96, 96] and lines[2].startswith("input 96 px")
+        else:
+            assert cfg.data.image_size is None
+        assert cfg.train.finetune_size == 0  # fine-tuning at the model's size throughout
     else:
         assert (cfg.train.lr, cfg.train.monitor, cfg.train.epochs, cfg.train.time_limit) == (
             2e-3,
@@ -211,11 +217,17 @@ def test_zero_flag_training_on_photos_runs_the_transfer_recipe(photos: Path, tmp
     assert [row["epoch"] for row in _metrics(run_dir)] == ["0", "1", "2", "3"]
 
 
-def test_a_tight_time_limit_keeps_the_head_alone(photos: Path, tmp_path: Path) -> None:
+def test_a_tight_time_limit_keeps_the_head_alone(tmp_path: Path) -> None:
+    # two classes of the same shape: the head cannot be right, so fine-tuning would be wanted
+    data = tmp_path / "alike"
+    data.mkdir()
+    for seed, name in enumerate(("a", "b")):
+        write_class_folders(tmp_path / name, ["shape"], 24, size=72, mode="RGB", suffix=".jpg", seed=seed)
+        (tmp_path / name / "shape").rename(data / name)
     runs = tmp_path / "runs"
     result = runner.invoke(
         app,
-        ["train", str(photos), "--image-size", "64", "--time-limit", "0.001", "--project", str(runs)],
+        ["train", str(data), "--image-size", "64", "--time-limit", "0.001", "--project", str(runs)],
         catch_exceptions=False,
     )
     assert result.exit_code == 0, result.output

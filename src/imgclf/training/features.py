@@ -117,9 +117,10 @@ def cached_features(
     return features, labels, speed
 
 
-def probe_batch(ctx: StepContext, batch_size: int) -> torch.Tensor:
-    size = max(2, min(batch_size, 32))
-    inputs = torch.randn(size, ctx.spec.channels, ctx.spec.height, ctx.spec.width, device=ctx.device)
+def probe_batch(ctx: StepContext, batch_size: int, size: tuple[int, int] | None = None) -> torch.Tensor:
+    count = max(2, min(batch_size, 32))
+    height, width = size or (ctx.spec.height, ctx.spec.width)
+    inputs = torch.randn(count, ctx.spec.channels, height, width, device=ctx.device)
     return inputs.contiguous(memory_format=torch.channels_last) if ctx.channels_last else inputs
 
 
@@ -134,12 +135,15 @@ def inference_speed(model: torch.nn.Module, ctx: StepContext, batch_size: int) -
     return len(inputs) / max(time.perf_counter() - started, 1e-9)
 
 
-def training_speed(model: torch.nn.Module, ctx: StepContext, batch_size: int) -> float:
+def training_speed(
+    model: torch.nn.Module, ctx: StepContext, batch_size: int, size: tuple[int, int] | None = None
+) -> float:
     """Images per second of forward and backward passes over the trainable weights: the fastest of
     two random batches after a warm-up one (a burst of other work on a shared machine slows one step,
     not the run). Nothing is learnt (no optimizer step, gradients cleared); frozen BatchNorm layers
-    stay in inference mode, so no statistic moves."""
-    inputs = probe_batch(ctx, batch_size)
+    stay in inference mode, so no statistic moves. `size`: the training input size, when it is not
+    the spec's."""
+    inputs = probe_batch(ctx, batch_size, size)
     model.train()
     for module in ctx.frozen_norm:
         module.eval()

@@ -7,6 +7,7 @@ and normalized by the preprocessing spec, so the model sees exactly what predict
 from __future__ import annotations
 
 import contextlib
+import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from torch import nn
 from imgclf.data.augment import BatchAugment, BatchMix
 from imgclf.data.loader import Batch, MemoryLoader, StreamLoader
 from imgclf.data.preprocess import PreprocessSpec, normalize_batch
+from imgclf.errors import ConfigError
 from imgclf.training.distributed import DistInfo, all_reduce_sum
 from imgclf.training.events import Callback, TrainState, emit
 
@@ -44,6 +46,28 @@ def autocast(ctx: StepContext):
     if ctx.autocast_dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=ctx.device.type, dtype=ctx.autocast_dtype)
+
+
+def wrap_for_ranks(model: nn.Module, ctx: StepContext) -> None:
+    """Under torchrun, train through a DistributedDataParallel wrapper (gradients averaged over ranks)."""
+    if not ctx.dist.enabled:
+        return
+    from torch.nn.parallel import DistributedDataParallel
+
+    device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    ctx.wrapped = DistributedDataParallel(model, device_ids=device_ids)
+
+
+def compile_for_training(model: nn.Module, ctx: StepContext, enabled: bool) -> None:
+    """With --compile, training steps run through torch.compile (evaluation stays eager).
+
+    The saved weights always come from `model` itself, so the artifact has no compiler traces.
+    """
+    if not enabled:
+        return
+    if ctx.device.type == "cpu" and not (shutil.which("cc") or shutil.which("gcc") or shutil.which("g++")):
+        raise ConfigError("--compile on the CPU needs a C/C++ compiler (gcc); install it or drop --compile")
+    ctx.wrapped = torch.compile(ctx.wrapped if ctx.wrapped is not None else model)
 
 
 def prepare_batch(batch: Batch, ctx: StepContext, train: bool) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,7 +10,6 @@ torchrun every rank runs the whole sequence; rank 0 alone writes files and repor
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,18 +27,11 @@ from imgclf.data.headers import read_headers
 from imgclf.data.imageset import ImageSet, Problem
 from imgclf.data.label_map import load_label_map
 from imgclf.data.loader import Shard
-from imgclf.data.prepared import (
-    PreparedData,
-    check_classes,
-    crop_cache_spec,
-    header_workers,
-    load_data,
-    prepare_data,
-)
+from imgclf.data.prepared import PreparedData, check_classes, header_workers, load_data, prepare_data
 from imgclf.data.preprocess import PreprocessSpec
 from imgclf.data.split import apply_manifest, assign_splits
 from imgclf.device import configure_backends, resolve_device, resolve_precision
-from imgclf.errors import ConfigError, UsageError
+from imgclf.errors import UsageError
 from imgclf.evaluation.evaluate import (
     Predicted,
     evaluate_split,
@@ -62,29 +54,13 @@ from imgclf.training.distributed import (
     rank_device,
     shutdown,
 )
-from imgclf.training.events import (
-    Callback,
-    EarlyStopping,
-    KeepBest,
-    MetricsLog,
-    RunInfo,
-    TimeLimit,
-    TrainState,
-    emit,
-)
-from imgclf.training.features import feature_loader
-from imgclf.training.finetune import FineTuneStages, backbone_digest, classifier_of, set_trainable
-from imgclf.training.loop import StepContext, fit
-from imgclf.training.optim import Schedule, class_weights, create_loss, create_optimizer, scale_lr
+from imgclf.training.events import Callback, KeepBest, MetricsLog, RunInfo, TimeLimit, TrainState, emit
+from imgclf.training.loop import StepContext, compile_for_training, fit, wrap_for_ranks
+from imgclf.training.optim import class_weights, create_loss, scale_lr
 from imgclf.training.recipe import resolve_recipe
-from imgclf.training.transfer import BACKBONE_LR_SHARE, HeadStage, create_finetune_optimizer
+from imgclf.training.strategies import StageInputs, Strategy, create_strategy
 
 logger = logging.getLogger(__name__)
-
-# --head-only without --dropout: half the cached features are dropped in each training step, as in
-# the Keras tutorial's bottleneck head and fastai's default head. A linear head on fixed features
-# overfits in 2–3 epochs otherwise (flowers5: 0.699 kept by validation loss, 0.736 with it).
-HEAD_ONLY_DROPOUT = 0.5
 
 
 @dataclass
@@ -155,7 +131,6 @@ class Optimisation:
     state: TrainState
     ctx: StepContext
     loss_fn: torch.nn.Module
-    stages: FineTuneStages | None  # --freeze-epochs: the stage that unfreezes the backbone
     lr: float  # the head's learning rate, scaled for the global batch
 
 
@@ -179,16 +154,15 @@ def run_training(
     callbacks = list(callbacks) if hardware.dist.is_main else []
     source = data if data is not None and not isinstance(data, (str, Path)) else cfg.data.source
     data = prepare_training_data(cfg, source, labels, class_names, resume, hardware)
+    strategy = create_strategy(cfg)  # the recipe's hooks: which layers learn, how, in what stages
+    strategy.check(hardware.dist)
     folder = create_run_folder(cfg, data, resume, hardware)
-    prepared = decode_images(cfg, data, folder, hardware, callbacks)
+    prepared = decode_images(cfg, data, folder, hardware, callbacks, strategy)
     loaders = build_loaders(cfg, prepared, data.val_split, hardware)
-    network = build_network(cfg, data, hardware)
-    if cfg.train.head_only:  # the tutorials' bottleneck features: the backbone runs once per image
-        loaders = feature_loaders(cfg, network, prepared, data.val_split, hardware, callbacks, loaders)
-    optimisation = build_optimisation(cfg, network, prepared, loaders, hardware)
+    network = build_network(cfg, data, hardware, strategy)
+    loaders = strategy.loaders(loaders, network.model, prepared, data.val_split, hardware, callbacks)
+    optimisation = build_optimisation(cfg, network, prepared, loaders, hardware, strategy)
     state, ctx = optimisation.state, optimisation.ctx
-    if resume is not None:
-        resume_state(folder, cfg, state, optimisation.stages)
     state.info = RunInfo(
         started=started,
         run_dir=folder.path,
@@ -201,34 +175,30 @@ def run_training(
         device=str(hardware.device),
         cache=prepared.cache_mode,
         summary=network.summary,
-        resumed_from=state.epoch if resume is not None else None,
         recipe=cfg.train.recipe,
     )
     info = model_info(cfg, data, prepared, network, state)
     save_best = SaveBest(folder.model, network.model, info, hardware.dist.is_main)
-    loop_callbacks = training_callbacks(
-        cfg, folder, state, optimisation.stages, save_best, hardware, callbacks
+    loop_callbacks: list[Callback] = []  # filled below; the stages add to it as they run
+    stage_inputs = StageInputs(
+        model=network.model,
+        prepared=prepared,
+        ctx=ctx,
+        val_split=data.val_split if loaders.val is not None else None,
+        callbacks=loop_callbacks,
+        config_path=folder.config if hardware.dist.is_main else None,
+        steps_per_epoch=loaders.steps_per_epoch,
+        lr=optimisation.lr,
+        global_batch=cfg.train.batch_size * hardware.dist.world_size,
     )
-    head_stage = None
-    if cfg.train.recipe == "transfer" and resume is None:
-        head_stage = HeadStage(
-            model=network.model,
-            prepared=prepared,
-            ctx=StepContext(
-                device=hardware.device,
-                spec=data.spec,
-                channels_last=network.channels_last,
-                autocast_dtype=ctx.autocast_dtype,
-                frozen_norm=ctx.frozen_norm,
-            ),
-            cfg=cfg,
-            val_split=data.val_split if loaders.val is not None else None,
-            callbacks=loop_callbacks,
-            config_path=folder.config if hardware.dist.is_main else None,
-            steps_per_epoch=loaders.steps_per_epoch,
-            lr=optimisation.lr,
-        )
-    fit(state, loaders.train, loaders.val, ctx, optimisation.loss_fn, loop_callbacks, first_stage=head_stage)
+    loop_callbacks += training_callbacks(
+        cfg, folder, state, strategy, stage_inputs, save_best, hardware, callbacks
+    )
+    if resume is not None:
+        resume_state(folder, cfg, state, strategy)
+        state.info.resumed_from = state.epoch
+    first_stage = strategy.first_stage(stage_inputs) if resume is None else None
+    fit(state, loaders.train, loaders.val, ctx, optimisation.loss_fn, loop_callbacks, first_stage=first_stage)
     barrier(hardware.dist)
     if not hardware.dist.is_main:  # rank 0 evaluates the best model and writes the rest
         shutdown(hardware.dist)
@@ -247,8 +217,6 @@ def set_up_hardware(cfg: Config) -> Hardware:
     dist = init_distributed(device)
     device = rank_device(device, dist)
     configure_backends(device)
-    if dist.enabled and cfg.train.head_only:
-        raise ConfigError("--head-only runs in one process; start it without torchrun or --devices")
     return Hardware(device, dist)
 
 
@@ -305,16 +273,16 @@ def create_run_folder(cfg: Config, data: TrainingData, resume: Path | None, hard
 
 
 def decode_images(
-    cfg: Config, data: TrainingData, folder: RunFolder, hardware: Hardware, callbacks: Sequence[Callback]
+    cfg: Config,
+    data: TrainingData,
+    folder: RunFolder,
+    hardware: Hardware,
+    callbacks: Sequence[Callback],
+    strategy: Strategy,
 ) -> PreparedData:
     """Decode every image once (into RAM when it fits); the files that fail are listed and left out."""
-    train_spec = (
-        None
-        if cfg.train.head_only
-        else crop_cache_spec(
-            data.spec, cfg.augment, data.image_set.subset(np.flatnonzero(data.splits == "train"))
-        )
-    )
+    train_set = data.image_set.subset(np.flatnonzero(data.splits == "train"))
+    train_spec = strategy.train_cache_spec(data.spec, train_set)
     prepared = prepare_data(
         data.image_set,
         data.splits,
@@ -358,20 +326,13 @@ def build_loaders(cfg: Config, prepared: PreparedData, val_split: str, hardware:
     return Loaders(train, val, max(1, len(train)))
 
 
-def build_network(cfg: Config, data: TrainingData, hardware: Hardware) -> Network:
+def build_network(cfg: Config, data: TrainingData, hardware: Hardware, strategy: Strategy) -> Network:
     """The network with its weights, the layers that train, and its memory format on the device."""
     model = create_model(data.args)
     weights_source = None
     if cfg.model.pretrained or cfg.model.weights:
         weights_source = load_pretrained(model, cfg.model.name, cfg.model.weights)
-    frozen_bn = cfg.train.finetune_bn == "frozen"
-    if cfg.train.recipe == "transfer":  # after the head stage the network (or its last --unfreeze
-        # blocks) trains on; BatchNorm keeps its statistics (--finetune-bn frozen)
-        frozen_norm = set_trainable(model, cfg.train.unfreeze, frozen_bn)
-    elif cfg.train.freeze_epochs or cfg.train.head_only:
-        frozen_norm = set_trainable(model, None)
-    else:  # fine-tuning from the first epoch
-        frozen_norm = set_trainable(model, "all", frozen_bn) if frozen_bn else []
+    frozen_norm = strategy.set_trainable(model)
     spec = data.spec
     summary = summarize_model(model, (spec.channels, spec.height, spec.width))
     channels_last = (
@@ -380,38 +341,20 @@ def build_network(cfg: Config, data: TrainingData, hardware: Hardware) -> Networ
     model.to(hardware.device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    trained = model
-    if cfg.train.head_only:  # dropout on the cached features, as the network's own would drop them
-        rate = HEAD_ONLY_DROPOUT if cfg.model.dropout is None else cfg.model.dropout
-        trained = classifier_of(model)
-        trained = torch.nn.Sequential(torch.nn.Dropout(rate), trained) if rate else trained
+    trained = strategy.trained_module(model)
     return Network(model, trained, frozen_norm, channels_last, summary, weights_source)
 
 
-def feature_loaders(
+def build_optimisation(
     cfg: Config,
     network: Network,
     prepared: PreparedData,
-    val_split: str,
-    hardware: Hardware,
-    callbacks: Sequence[Callback],
     loaders: Loaders,
-) -> Loaders:
-    """--head-only: the backbone's features of each split, computed once, as the loaders' batches."""
-    network.model.eval()
-    ctx = StepContext(device=hardware.device, spec=prepared.spec, channels_last=network.channels_last)
-    backbone = backbone_digest(network.model)  # the weights themselves, wherever they came from
-    train = feature_loader(network.model, backbone, prepared, "train", ctx, cfg, callbacks, shuffle=True)
-    val = None
-    if loaders.val is not None:
-        val = feature_loader(network.model, backbone, prepared, val_split, ctx, cfg, callbacks, shuffle=False)
-    return Loaders(train, val, loaders.steps_per_epoch)
-
-
-def build_optimisation(
-    cfg: Config, network: Network, prepared: PreparedData, loaders: Loaders, hardware: Hardware
+    hardware: Hardware,
+    strategy: Strategy,
 ) -> Optimisation:
-    """Optimizer, schedule and loss; how batches become input (augmentation, precision); the stages."""
+    """Optimizer, schedule and loss (as the strategy makes them); how batches become input
+    (augmentation, precision)."""
     train = cfg.train
     global_batch = train.batch_size * hardware.dist.world_size
     lr = scale_lr(train.lr, global_batch, train.lr_scaling, train.lr_base_batch)
@@ -420,23 +363,13 @@ def build_optimisation(
             "learning rate %.3g scaled to %.3g for batches of %d (%s scaling from %d)",
             train.lr, lr, global_batch, train.lr_scaling, train.lr_base_batch,
         )  # fmt: skip
-    if train.recipe == "transfer":  # the backbone learns more slowly than the head
-        backbone_lr = scale_lr(
-            train.finetune_lr or lr * BACKBONE_LR_SHARE, global_batch, "none", train.lr_base_batch
-        )
-        optimizer = create_finetune_optimizer(network.model, lr, backbone_lr, train.weight_decay)
-    else:
-        optimizer = create_optimizer(network.trained, train, lr=lr)
-    schedule = (
-        None  # planned after the head stage, from the measured speed and the time left
-        if train.epochs is None
-        else Schedule(optimizer, train, loaders.steps_per_epoch, epochs=train.freeze_epochs or None, lr=lr)
-    )
+    optimizer = strategy.create_optimizer(network.model, network.trained, lr, global_batch)
+    schedule = strategy.create_schedule(optimizer, loaders.steps_per_epoch, lr)
     train_labels = prepared.image_set.labels[prepared.indices("train")]
     num_classes = len(prepared.image_set.classes)
     weights = class_weights(train_labels, num_classes) if train.class_weight == "auto" else None
     loss_fn = create_loss(train, weights.to(hardware.device) if weights is not None else None)
-    ctx = step_context(cfg, network, prepared, hardware)
+    ctx = step_context(cfg, network, prepared, hardware, strategy)
     wrap_for_ranks(network.model, ctx)
     compile_for_training(network.model, ctx, train.compile)
     monitor = train.monitor if loaders.val is not None else "train_loss"
@@ -447,95 +380,42 @@ def build_optimisation(
         schedule=schedule,
         monitor=monitor,
     )
-    stages = None
-    if train.freeze_epochs:
-        finetune_lr = scale_lr(
-            train.finetune_lr or train.lr / 10, global_batch, train.lr_scaling, train.lr_base_batch
-        )
-        rebuild = RebuildForFineTuning(network.model, ctx, cfg, loaders.steps_per_epoch, finetune_lr)
-        frozen_bn = train.finetune_bn == "frozen"
-        stages = FineTuneStages(
-            train.freeze_epochs, train.unfreeze, ctx.frozen_norm, rebuild, frozen_bn=frozen_bn
-        )
-    return Optimisation(state, ctx, loss_fn, stages, lr)
+    return Optimisation(state, ctx, loss_fn, lr)
 
 
-def step_context(cfg: Config, network: Network, prepared: PreparedData, hardware: Hardware) -> StepContext:
+def step_context(
+    cfg: Config, network: Network, prepared: PreparedData, hardware: Hardware, strategy: Strategy
+) -> StepContext:
     """How a uint8 batch becomes the network's input on this hardware while training."""
+    size = strategy.train_size(prepared.spec)
     augment = None
-    if not (is_identity(cfg.augment) and prepared.train_spec is None):
-        augment = BatchAugment(cfg.augment, cfg.seed, size=(prepared.spec.height, prepared.spec.width))
+    full_size = (prepared.spec.height, prepared.spec.width)
+    if not (is_identity(cfg.augment) and prepared.train_spec is None and size == full_size):
+        augment = BatchAugment(cfg.augment, cfg.seed, size=size)
     mix = None
     if cfg.augment.mixup or cfg.augment.cutmix:
         mix = BatchMix(cfg.augment.mixup, cfg.augment.cutmix, cfg.seed)
+    features = strategy.feature_batches
     return StepContext(
         device=hardware.device,
         spec=prepared.spec,
         augment=augment,
         mix=mix,
         autocast_dtype=resolve_precision(cfg.train.precision, hardware.device),
-        channels_last=network.channels_last and not cfg.train.head_only,
+        channels_last=network.channels_last and not features,
         seed=cfg.seed,
-        normalize=not cfg.train.head_only,
+        normalize=not features,
         frozen_norm=network.frozen_norm,
         dist=hardware.dist,
     )
 
 
-def compile_for_training(model: torch.nn.Module, ctx: StepContext, enabled: bool) -> None:
-    """With --compile, training steps run through torch.compile (evaluation stays eager).
-
-    The saved weights always come from `model` itself, so the artifact has no compiler traces.
-    """
-    if not enabled:
-        return
-    if ctx.device.type == "cpu" and not (shutil.which("cc") or shutil.which("gcc") or shutil.which("g++")):
-        raise ConfigError("--compile on the CPU needs a C/C++ compiler (gcc); install it or drop --compile")
-    ctx.wrapped = torch.compile(ctx.wrapped if ctx.wrapped is not None else model)
-
-
-def wrap_for_ranks(model: torch.nn.Module, ctx: StepContext) -> None:
-    """Under torchrun, train through a DistributedDataParallel wrapper (gradients averaged over ranks)."""
-    if not ctx.dist.enabled:
-        return
-    from torch.nn.parallel import DistributedDataParallel
-
-    device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-    ctx.wrapped = DistributedDataParallel(model, device_ids=device_ids)
-
-
-class RebuildForFineTuning:
-    """--freeze-epochs: when the backbone unfreezes, a new optimizer and schedule for the fine-tuning
-    epochs at the fine-tuning learning rate (the network rewrapped to see its newly trainable weights)."""
-
-    def __init__(
-        self, model: torch.nn.Module, ctx: StepContext, cfg: Config, steps_per_epoch: int, lr: float
-    ) -> None:
-        self.model, self.ctx, self.cfg = model, ctx, cfg
-        self.steps_per_epoch, self.lr = steps_per_epoch, lr
-
-    def __call__(self, state: TrainState) -> None:
-        train = self.cfg.train
-        wrap_for_ranks(self.model, self.ctx)  # DistributedDataParallel must see the newly trainable weights
-        compile_for_training(self.model, self.ctx, train.compile)
-        state.optimizer = create_optimizer(state.model, train, lr=self.lr)
-        epochs = max(1, train.finetune_epochs)
-        state.schedule = Schedule(state.optimizer, train, self.steps_per_epoch, epochs=epochs, lr=self.lr)
-        logger.info(
-            "fine-tuning from epoch %d: unfroze %s, learning rate %.2e",
-            state.epoch + 1,
-            "all layers" if train.unfreeze == "all" else f"the last {train.unfreeze} blocks",
-            self.lr,
-        )
-
-
-def resume_state(folder: RunFolder, cfg: Config, state: TrainState, stages: FineTuneStages | None) -> None:
+def resume_state(folder: RunFolder, cfg: Config, state: TrainState, strategy: Strategy) -> None:
     """Continue from the run folder's last checkpoint: weights, optimizer, schedule, history."""
     if cfg.train.epochs is None:
         raise UsageError(f"{folder.path} stopped before its first epoch; start it again instead of resuming")
     payload = load_checkpoint(folder.checkpoint)
-    if stages is not None and payload["epoch"] >= cfg.train.freeze_epochs:
-        stages.enter_stage_two(state)  # the optimizer state saved belongs to stage 2
+    strategy.resume(state, payload["epoch"])
     restore_checkpoint(state, payload)
     if state.epoch < state.epochs and state.stop_reason.startswith("early stop"):
         state.stop = False  # more epochs were asked for explicitly
@@ -585,17 +465,15 @@ def training_callbacks(
     cfg: Config,
     folder: RunFolder,
     state: TrainState,
-    stages: FineTuneStages | None,
+    strategy: Strategy,
+    stage_inputs: StageInputs,
     save_best: SaveBest,
     hardware: Hardware,
     callbacks: Sequence[Callback],
 ) -> list[Callback]:
-    """In order: the fine-tuning stages, the best model kept, early stop, the time limit; on rank 0
-    the metrics log, the checkpoint and the caller's callbacks."""
-    chosen: list[Callback] = [stages] if stages is not None else []
-    chosen.append(KeepBest(save_best))
-    if cfg.train.patience is not None:
-        chosen.append(EarlyStopping(cfg.train.patience))
+    """In order: the strategy's stages, the best model kept, the strategy's rules for when to stop,
+    the time limit; on rank 0 the metrics log, the checkpoint and the caller's callbacks."""
+    chosen = [*strategy.stage_callbacks(stage_inputs), KeepBest(save_best), *strategy.stop_rules()]
     if cfg.train.time_limit:
         chosen.append(TimeLimit(cfg.train.time_limit * 60, state.info.started))
     if hardware.dist.is_main:

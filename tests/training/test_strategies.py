@@ -1,0 +1,130 @@
+"""The recipes as strategies, and the transfer recipe's evidence: whether to fine-tune after the head,
+when fine-tuning stops paying, the lower training resolution with the full one at the end."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from conftest import write_class_folders
+from imgclf.cli import app
+from imgclf.config import AugmentConfig, resolve_config
+from imgclf.data.augment import BatchAugment
+from imgclf.training.events import KeepBest, TrainState
+from imgclf.training.strategies import (
+    HeadOnlyStrategy,
+    PlainStrategy,
+    StagedStrategy,
+    TransferStrategy,
+    create_strategy,
+)
+from imgclf.training.transfer import (
+    FINETUNE_PATIENCE,
+    FineTuneStop,
+    HeadFit,
+    ProgressiveResize,
+    head_verdict,
+)
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "kind"),
+    [
+        ({"train.recipe": "transfer", "model.pretrained": True}, TransferStrategy),
+        ({"train.recipe": "plain", "train.head_only": True, "model.pretrained": True}, HeadOnlyStrategy),
+        ({"train.recipe": "plain", "train.freeze_epochs": 1, "model.pretrained": True}, StagedStrategy),
+        ({"train.recipe": "plain"}, PlainStrategy),
+    ],
+)
+def test_each_recipe_is_one_strategy(overrides: dict, kind: type) -> None:
+    assert type(create_strategy(resolve_config(None, overrides))) is kind
+
+
+def _head(val_acc: float) -> HeadFit:
+    zero = torch.zeros(1)
+    return HeadFit(zero, zero, 0.1, 0.1, 1.0, 0.1, val_acc)
+
+
+def test_fine_tuning_is_skipped_only_when_the_head_leaves_almost_nothing_to_fix() -> None:
+    verdict = head_verdict(_head(0.9925), 800)
+    assert verdict is not None and "99.25%" in verdict and "6 of 800 wrong" in verdict
+    assert head_verdict(_head(0.95), 800) is None  # 5% wrong: fine-tuning may pay
+    assert head_verdict(_head(float("nan")), 0) is None  # no validation: nothing to judge by
+
+
+def _state(history: list[float]) -> TrainState:
+    model = torch.nn.Linear(2, 2)
+    state = TrainState(epochs=10, model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                       schedule=None, monitor="val_acc")  # fmt: skip
+    return state
+
+
+def _run_epochs(values: list[float], epochs: int = 10) -> TrainState:
+    """Epoch 0 (the head) and fine-tuning epochs with these val_acc, through KeepBest and FineTuneStop."""
+    state = _state(values)
+    state.epochs = epochs
+    keep, stop = KeepBest(lambda state: None), FineTuneStop()
+    for epoch, value in enumerate(values):
+        state.epoch = epoch
+        state.history.append({"epoch": epoch, "val_acc": value, "val_loss": 1.0 - value})
+        keep.on_epoch_end(state)
+        stop.on_epoch_end(state)
+        if state.stop:
+            break
+    return state
+
+
+def test_fine_tuning_stops_when_it_no_longer_pays_and_says_why() -> None:
+    # the first epochs unsettle the head and climb back: progress, not a reason to stop
+    climbing = _run_epochs([0.73, 0.63, 0.69, 0.76, 0.79, 0.80])
+    assert not climbing.stop and climbing.best_epoch == 5
+    # no epoch beats the head, and they stop rising: stopped after FINETUNE_PATIENCE of them
+    flat = _run_epochs([0.9925, 0.990, 0.988, 0.989, 0.987])
+    assert flat.stop and flat.epoch == FINETUNE_PATIENCE and flat.best_epoch == 0
+    assert "fine-tuning no longer pays" in flat.stop_reason and "the head" in flat.stop_reason
+    # a plateau after gains
+    plateau = _run_epochs([0.70, 0.75, 0.80, 0.79, 0.79, 0.81])
+    assert plateau.stop and plateau.epoch == 4 and plateau.best_epoch == 2
+    # never on the last planned epoch (nothing is left to save)
+    assert not _run_epochs([0.9, 0.8, 0.7], epochs=2).stop
+
+
+def test_fine_tuning_epochs_train_smaller_and_the_last_one_at_full_size() -> None:
+    augment = BatchAugment(AugmentConfig(hflip=True), size=(160, 160))
+    resize = ProgressiveResize(augment, (224, 224))
+    state = _state([])
+    state.epochs = 4
+    sizes = []
+    batch = torch.randint(0, 255, (2, 3, 224, 224), dtype=torch.uint8)
+    for epoch in range(4):
+        state.epoch = epoch
+        resize.on_epoch_start(state)
+        sizes.append(tuple(augment(batch).shape[-2:]))
+    assert sizes == [(160, 160)] * 3 + [(224, 224)]
+
+
+def _rows(run_dir: Path) -> list[dict[str, str]]:
+    with (run_dir / "metrics.csv").open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_a_head_that_is_already_right_is_the_model_without_fine_tuning(tmp_path: Path) -> None:
+    """Two classes a linear head on ImageNet features separates perfectly: the zero-flag run says so
+    in one line and stops at the head, and config.yaml records no fine-tuning epochs."""
+    data = write_class_folders(tmp_path / "shapes", ["disc", "cross"], 30, size=72, mode="RGB", suffix=".jpg")
+    runs = tmp_path / "runs"
+    result = runner.invoke(
+        app, ["train", str(data), "--image-size", "64", "--project", str(runs)], catch_exceptions=False
+    )
+    assert result.exit_code == 0, result.output
+    output = " ".join(result.output.split())
+    assert "no fine-tuning: the head already answers 100.00% of validation right" in output, output
+    assert [row["epoch"] for row in _rows(runs / "train")] == ["0"]
+    assert yaml.safe_load((runs / "train" / "config.yaml").read_text())["train"]["epochs"] == 0
