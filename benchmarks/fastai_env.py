@@ -1,0 +1,58 @@
+"""The fastai side of the benchmarks runs in its own virtual environment, never in imgclf's.
+
+`fastai_python()` creates it on first use (in `$IMGCLF_BENCH_FASTAI_VENV`, default
+`~/.cache/imgclf/bench/fastai-venv`) with fastai, and returns its python. So that both sides train the
+same network from the same weights without a second 5 GB PyTorch, the environment sees imgclf's
+environment's packages (torch, torchvision, timm and the offline EfficientNet-Lite0 weights) through
+a .pth file, below its own. `run_fastai(...)` runs benchmarks/fastai_side.py there and returns its
+JSON answer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import site
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+PACKAGES = ["fastai"]
+HERE = Path(__file__).resolve().parent
+
+
+def fastai_python() -> Path:
+    from imgclf.paths import cache_dir
+
+    folder = Path(os.environ.get("IMGCLF_BENCH_FASTAI_VENV", cache_dir() / "bench" / "fastai-venv"))
+    python = folder / "bin" / "python"
+    marker = folder / ".imgclf-ready"
+    if not marker.is_file():
+        print(f"creating the fastai environment in {folder} (one time, a minute)", flush=True)
+        venv.create(folder, with_pip=True)
+        own = subprocess.run(
+            [str(python), "-c", "import site; print(site.getsitepackages()[0])"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+        # imgclf's packages after the environment's own (a .pth line appends to sys.path)
+        Path(own, "imgclf-shared.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *PACKAGES], check=True)
+        marker.write_text("ok")
+    return python
+
+
+def run_fastai(*args: str, timeout: float | None = None) -> dict:
+    """Run fastai_side.py with `args` in the fastai environment; its last stdout line is JSON."""
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    result = subprocess.run(
+        [str(fastai_python()), str(HERE / "fastai_side.py"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
+    if result.returncode != 0:
+        sys.stderr.write(result.stderr[-3000:])
+        raise RuntimeError(f"fastai_side.py {' '.join(args)} failed (exit {result.returncode})")
+    return json.loads(result.stdout.strip().splitlines()[-1])
