@@ -74,7 +74,6 @@ class StageInputs:
 class Strategy:
     """A recipe's hooks; the base class trains every layer as configured (the plain recipe)."""
 
-    name = "plain"
     # batches are the backbone's cached features, not images (no augmentation, no normalization)
     feature_batches = False
 
@@ -102,9 +101,16 @@ class Strategy:
         """What the optimizer steps and the loop calls: the network itself."""
         return model
 
-    def loaders(self, loaders: Any, model: nn.Module, prepared: PreparedData, val_split: str, hardware: Any,
-                callbacks: list[Callback]) -> Any:  # fmt: skip
-        """The batches training reads: the image loaders as built."""
+    def loaders(
+        self,
+        loaders: Any,
+        model: nn.Module,
+        prepared: PreparedData,
+        val_split: str,
+        hardware: Any,
+        callbacks: list[Callback],
+    ) -> Any:
+        """The batches training reads (`pipeline.Loaders`): the image loaders as built."""
         return loaders
 
     def create_optimizer(self, model: nn.Module, trained: nn.Module, lr: float, global_batch: int):
@@ -142,7 +148,6 @@ class PlainStrategy(Strategy):
 class HeadOnlyStrategy(Strategy):
     """--head-only: only the classifier trains, on the backbone's features computed once per image."""
 
-    name = "head-only"
     feature_batches = True
 
     def check(self, dist: DistInfo) -> None:
@@ -177,8 +182,6 @@ class HeadOnlyStrategy(Strategy):
 class StagedStrategy(Strategy):
     """--freeze-epochs N: the head alone on the frozen backbone, then fine-tuning from epoch N."""
 
-    name = "staged"
-
     def set_trainable(self, model: nn.Module) -> list[nn.Module]:
         return set_trainable(model, None)
 
@@ -210,10 +213,8 @@ class StagedStrategy(Strategy):
 
 
 class TransferStrategy(Strategy):
-    """The head fitted on cached features (epoch 0), then the last blocks fine-tuned from it, at a
-    lower training resolution but for the last epoch, while validation says it pays."""
-
-    name = "transfer"
+    """The head fitted on cached features (epoch 0), then the last blocks fine-tuned from it while
+    validation says it pays (with --finetune-size, at a lower resolution but for the last epoch)."""
 
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)
