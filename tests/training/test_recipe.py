@@ -158,8 +158,10 @@ def test_finetuning_is_planned_from_the_data_and_the_time_left() -> None:
         limited.epochs == int((600 - 400 / 120 - FINAL_RESERVE) // limited.seconds_per_epoch)
         and "time limit" in limited.reason
     )
-    one = plan(1_600, 400, 2, 100)  # only one epoch fits: it runs, and Replan may stretch it
-    assert one.epochs == 1 and one.wanted == FINETUNE_MAX_EPOCHS
+    three = plan(1_600, 400, 2, 170)  # three epochs fit: they run, and Replan may stretch them
+    assert three.epochs == FINETUNE_MIN_EPOCHS == 3 and three.wanted == FINETUNE_MAX_EPOCHS
+    two = plan(1_600, 400, 2, 120)  # two would only win back what they unsettle in the head
+    assert two.epochs == 0 and "only 2 epochs of about 50 s fit" in two.reason
     assert plan(1_600, 400, 2, 50).epochs == 0  # not one epoch fits
     assert plan(15, 5, 2, None).epochs == 0  # under 10 images per class
 
