@@ -217,8 +217,9 @@ class TrainConfig:
 
     recipe: Literal["auto", "transfer", "plain"] = setting(
         "auto",
-        "auto | transfer (a head fitted on cached features, then the whole network fine-tuned from it at "
-        "a lower learning rate for the backbone, the best epoch kept by validation accuracy) | plain "
+        "auto | transfer (a head fitted on cached features, then the last --unfreeze blocks fine-tuned "
+        "from it at a lower learning rate while validation says it pays, the best epoch kept by "
+        "validation accuracy) | plain "
         "(train as configured). auto: transfer for a pretrained backbone unless --head-only or "
         "--freeze-epochs, else plain.",
         TRAIN_PANEL,

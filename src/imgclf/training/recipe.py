@@ -6,8 +6,9 @@ gives wins over it.
   (EfficientNet-Lite0, ImageNet weights); many small images such as digits get the builtin `cnn`,
   trained from scratch.
 - `--recipe auto`: a pretrained backbone gets the transfer recipe (a head fitted on cached features,
-  then the whole network fine-tuned from it at a lower learning rate, the best of both kept by
-  validation accuracy; see `imgclf.training.transfer`); anything else, and any run given
+  then, where the head leaves mistakes to fix, the last blocks fine-tuned from it at a lower learning
+  rate while validation says it pays, the best epoch kept by validation accuracy; see
+  `imgclf.training.strategies` and `imgclf.training.transfer`); anything else, and any run given
   `--head-only` or `--freeze-epochs`, trains as configured (`plain`).
 - Settings left unset (None) take the recipe's values; `config.yaml` records the resolved ones, so
   that `--resume` and `--config` repeat the run exactly.
@@ -186,8 +187,8 @@ def choose_recipe(
         if pretrained and not staged and not distributed:
             train.recipe = "transfer"
             line = (
-                "recipe transfer: a head fitted on cached features, then the whole network fine-tuned "
-                "from it, the best epoch kept by validation (--recipe plain trains as configured)"
+                "recipe transfer: a head fitted on cached features, then the last blocks fine-tuned from "
+                "it while validation says it pays, the best epoch kept (--recipe plain trains as configured)"
             )
         else:
             train.recipe = "plain"
