@@ -17,7 +17,6 @@ gives wins over it.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -25,7 +24,6 @@ import numpy as np
 from imgclf.config import Config, resolve_augment, validate_config
 from imgclf.data.imageset import ImageSet
 from imgclf.errors import ConfigError
-from imgclf.models.pretrained import pretrained_resolution
 
 logger = logging.getLogger(__name__)
 
@@ -42,17 +40,16 @@ SCRATCH_MODEL = "cnn"
 CPU_MINUTES_PER_IMAGE = 3 / 2000
 CPU_MIN_MINUTES = 3.0
 # the transfer recipe fine-tunes the classifier and the backbone's last blocks only; the frozen part
-# runs without gradients (Lite0 at 224 px on a 2-core AVX-512 CPU: 2.6× the training images/s of
-# every layer)
+# runs without gradients (Lite0 at 224 px on a 2-core AVX-512 CPU, whole epochs of flowers5 photos:
+# 49.2 images/s against 20.1 for every layer; benchmarks/finetune_speed.py --pipeline)
 TRANSFER_UNFREEZE = "3"
 # --finetune-size (a lower resolution for the fine-tuning epochs but the last) is off by default: on
 # flowers5 (250 per class, 6 epochs) the last 3 blocks at 160 px then 224 px reached 0.760 against
-# 0.792 at 224 px throughout, for 1.7× the network's images/s; every layer at 160 px then 224 px
-# reached 0.792 at 2.3×, the last 3 blocks at 224 px 0.792 at 2.6×.
-# images far smaller than a pretrained backbone's resolution are read at about this many times their
-# own side (at least SMALL_INPUT_MIN px), not at the full resolution
-SMALL_IMAGE_UPSCALE = 3.0
-SMALL_INPUT_MIN = 64
+# 0.792 at 224 px throughout (70.1 against 49.2 images/s); every layer at 160 px then 224 px reached
+# 0.792 too, at 37.1 images/s.
+# Small images (digits, icons) keep the backbone's own resolution: read at 3× their side instead, 2,000
+# MNIST digits (28 px) gave a head of 0.890 at 96 px against 0.940 at 224 px (0.888 at 64, 0.900 at
+# 128, 0.918 at 160) and 0.940 against 0.9725 after fine-tuning; the time limit binds either way.
 
 
 @dataclass(frozen=True)
@@ -112,26 +109,6 @@ def choose_time_limit(cfg: Config, count: int, device_type: str) -> str | None:
     return (
         f"time limit {minutes:g} min on the CPU ({CPU_MINUTES_PER_IMAGE * 2000:g} min per 2,000 images): "
         "fine-tuning plans its epochs to end within it; --time-limit MIN sets another, 0 none"
-    )
-
-
-def choose_input_size(cfg: Config, image_set: ImageSet) -> str | None:
-    """A pretrained backbone's input for images far smaller than its resolution (digits, icons,
-    thumbnails): about SMALL_IMAGE_UPSCALE times their own median side (at least SMALL_INPUT_MIN px, a
-    multiple of 32), not blown up to the full resolution at its full cost. Returns the line that says so."""
-    if cfg.data.image_size is not None or not (cfg.model.pretrained or cfg.model.weights):
-        return None
-    resolution = pretrained_resolution(cfg.model.name)
-    _, side = describe_images(image_set)
-    if resolution is None or not image_set.headers or side * SMALL_IMAGE_UPSCALE >= resolution:
-        return None
-    size = min(resolution, max(SMALL_INPUT_MIN, math.ceil(side * SMALL_IMAGE_UPSCALE / 32) * 32))
-    cfg.data.image_size = [size, size]
-    cost = (size / resolution) ** 2
-    return (
-        f"input {size} px: images of median side {side} px are read at {SMALL_IMAGE_UPSCALE:g}× their size, "
-        f"not blown up to the backbone's {resolution} px ({cost:.0%} of its cost per image); "
-        f"--image-size {resolution} for its own"
     )
 
 
@@ -226,9 +203,6 @@ def resolve_recipe(
     defaults, recipe_line = choose_recipe(cfg, model_line, distributed, describe_images(image_set)[0])
     if recipe_line:
         lines.append(recipe_line)
-    size_line = choose_input_size(cfg, image_set)
-    if size_line:
-        lines.append(size_line)
     time_line = choose_time_limit(cfg, len(image_set), device_type)
     if time_line:
         lines.append(time_line)
