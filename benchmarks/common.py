@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import platform
+import site
+import subprocess
+import venv
 import zipfile
 from pathlib import Path
 
@@ -87,3 +90,27 @@ def bench_images(name: str, count: int) -> list[bytes]:
         Image.fromarray(pixels, mode).save(buffer, format="PNG" if mode == "L" else "JPEG", quality=90)
         images.append(buffer.getvalue())
     return images
+
+
+def bench_venv(variable: str, name: str, packages: list[str], what: str, share: bool = False) -> Path:
+    """The python of a benchmark's own virtual environment (in `$variable`, default
+    `~/.cache/imgclf/bench/NAME`), created on first use with `packages`. With `share`, it also sees
+    this environment's packages (PyTorch, timm, the weights packages) through a .pth file, after its
+    own, so that it needs no second copy of them."""
+    from imgclf.paths import cache_dir
+
+    folder = Path(os.environ.get(variable, cache_dir() / "bench" / name))
+    python = folder / "bin" / "python"
+    marker = folder / ".imgclf-ready"
+    if not marker.is_file():
+        print(f"creating the {what} environment in {folder} (one time, a few minutes)", flush=True)
+        venv.create(folder, with_pip=True)
+        if share:
+            own = subprocess.run(
+                [str(python), "-c", "import site; print(site.getsitepackages()[0])"],
+                capture_output=True, text=True, check=True,
+            ).stdout.strip()  # fmt: skip
+            Path(own, "imgclf-shared.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *packages], check=True)
+        marker.write_text("ok")
+    return python

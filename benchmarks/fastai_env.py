@@ -12,34 +12,18 @@ from __future__ import annotations
 
 import json
 import os
-import site
 import subprocess
 import sys
-import venv
 from pathlib import Path
 
 PACKAGES = ["fastai"]
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from common import bench_venv  # noqa: E402
 
 
 def fastai_python() -> Path:
-    from imgclf.paths import cache_dir
-
-    folder = Path(os.environ.get("IMGCLF_BENCH_FASTAI_VENV", cache_dir() / "bench" / "fastai-venv"))
-    python = folder / "bin" / "python"
-    marker = folder / ".imgclf-ready"
-    if not marker.is_file():
-        print(f"creating the fastai environment in {folder} (one time, a minute)", flush=True)
-        venv.create(folder, with_pip=True)
-        own = subprocess.run(
-            [str(python), "-c", "import site; print(site.getsitepackages()[0])"],
-            capture_output=True, text=True, check=True,
-        ).stdout.strip()  # fmt: skip
-        # imgclf's packages after the environment's own (a .pth line appends to sys.path)
-        Path(own, "imgclf-shared.pth").write_text("\n".join(site.getsitepackages()) + "\n")
-        subprocess.run([str(python), "-m", "pip", "install", "-q", *PACKAGES], check=True)
-        marker.write_text("ok")
-    return python
+    return bench_venv("IMGCLF_BENCH_FASTAI_VENV", "fastai-venv", PACKAGES, "fastai", share=True)
 
 
 def run_fastai(*args: str, timeout: float | None = None) -> dict:

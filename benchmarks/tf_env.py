@@ -12,25 +12,16 @@ import json
 import os
 import subprocess
 import sys
-import venv
 from pathlib import Path
 
 PACKAGES = ["tensorflow-cpu", "tf-keras", "scipy", "pillow"]
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from common import bench_venv  # noqa: E402
 
 
 def tf_python() -> Path:
-    from imgclf.paths import cache_dir
-
-    folder = Path(os.environ.get("IMGCLF_BENCH_TF_VENV", cache_dir() / "bench" / "tf-venv"))
-    python = folder / "bin" / "python"
-    marker = folder / ".imgclf-ready"
-    if not marker.is_file():
-        print(f"creating the TensorFlow environment in {folder} (one time, a few minutes)", flush=True)
-        venv.create(folder, with_pip=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", *PACKAGES], check=True)
-        marker.write_text("ok")
-    return python
+    return bench_venv("IMGCLF_BENCH_TF_VENV", "tf-venv", PACKAGES, "TensorFlow")
 
 
 def run_keras(*args: str, timeout: float | None = None) -> dict:
