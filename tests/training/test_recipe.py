@@ -4,6 +4,7 @@ line, every flag the user gives winning; the transfer recipe's head, plan and op
 from __future__ import annotations
 
 import csv
+import math
 import time
 from pathlib import Path
 
@@ -160,6 +161,9 @@ def test_finetuning_is_planned_from_the_data_and_the_time_left() -> None:
     assert three.epochs == FINETUNE_MIN_EPOCHS == 3 and three.wanted == FINETUNE_MAX_EPOCHS
     two = plan(1_600, 400, 2, 120)  # two would only win back what they unsettle in the head
     assert two.epochs == 0 and "only 2 epochs of about 50 s fit" in two.reason
+    # and it says what the planned epochs would cost on top of the limit
+    more = math.ceil((FINETUNE_MAX_EPOCHS * two.seconds_per_epoch + 400 / 120 + FINAL_RESERVE - 120) / 60)
+    assert f"{FINETUNE_MAX_EPOCHS} epochs would need about {more} min more (--time-limit MIN)" in two.reason
     assert plan(1_600, 400, 2, 50).epochs == 0  # not one epoch fits
     assert plan(15, 5, 2, None).epochs == 0  # under 10 images per class
 

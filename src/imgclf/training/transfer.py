@@ -266,10 +266,13 @@ def plan_finetune(
     fits = int(max(seconds_left - validation - FINAL_RESERVE, 0) // per_epoch)
     if fits < FINETUNE_MIN_EPOCHS:  # the first epochs only win back what they unsettle in the head
         what = "not one epoch" if fits < 1 else f"only {fits} epoch{'s' if fits > 1 else ''}"
+        # what the planned epochs would need on top of the limit, so the user can buy them
+        more = math.ceil(max(wanted * per_epoch + validation + FINAL_RESERVE - seconds_left, 0) / 60)
         return plan(
             0,
             f"{what} of about {per_epoch:.0f} s fit{'s' if fits == 1 else ''} ({left}), fewer than the "
-            f"{FINETUNE_MIN_EPOCHS} fine-tuning needs to pass the head; --time-limit MIN gives it more",
+            f"{FINETUNE_MIN_EPOCHS} fine-tuning needs to pass the head; {wanted} epochs would need about "
+            f"{more} min more (--time-limit MIN)",
         )
     if fits < wanted:
         return plan(fits, left)
