@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import site
 import subprocess
+import sys
 import venv
 import zipfile
 from pathlib import Path
@@ -114,3 +116,15 @@ def bench_venv(variable: str, name: str, packages: list[str], what: str, share: 
         subprocess.run([str(python), "-m", "pip", "install", "-q", *packages], check=True)
         marker.write_text("ok")
     return python
+
+
+def run_side(python: Path, script: Path, args: tuple[str, ...], env: dict, timeout: float | None) -> dict:
+    """Run a benchmark's other side (`script` with `args`) in its own environment's `python`; its last
+    stdout line is JSON."""
+    result = subprocess.run(
+        [str(python), str(script), *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
+    if result.returncode != 0:
+        sys.stderr.write(result.stderr[-3000:])
+        raise RuntimeError(f"{script.name} {' '.join(args)} failed (exit {result.returncode})")
+    return json.loads(result.stdout.strip().splitlines()[-1])

@@ -10,16 +10,14 @@ JSON answer.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 PACKAGES = ["fastai"]
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import bench_venv  # noqa: E402
+from common import bench_venv, run_side  # noqa: E402
 
 
 def fastai_python() -> Path:
@@ -29,14 +27,4 @@ def fastai_python() -> Path:
 def run_fastai(*args: str, timeout: float | None = None) -> dict:
     """Run fastai_side.py with `args` in the fastai environment; its last stdout line is JSON."""
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
-    result = subprocess.run(
-        [str(fastai_python()), str(HERE / "fastai_side.py"), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-    )
-    if result.returncode != 0:
-        sys.stderr.write(result.stderr[-3000:])
-        raise RuntimeError(f"fastai_side.py {' '.join(args)} failed (exit {result.returncode})")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return run_side(fastai_python(), HERE / "fastai_side.py", args, env, timeout)

@@ -8,16 +8,14 @@ python. `run_keras(...)` runs benchmarks/keras_side.py there and returns its JSO
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 PACKAGES = ["tensorflow-cpu", "tf-keras", "scipy", "pillow"]
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import bench_venv  # noqa: E402
+from common import bench_venv, run_side  # noqa: E402
 
 
 def tf_python() -> Path:
@@ -27,14 +25,4 @@ def tf_python() -> Path:
 def run_keras(*args: str, timeout: float | None = None) -> dict:
     """Run keras_side.py with `args` in the TensorFlow environment; its last stdout line is JSON."""
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
-    result = subprocess.run(
-        [str(tf_python()), str(HERE / "keras_side.py"), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-    )
-    if result.returncode != 0:
-        sys.stderr.write(result.stderr[-3000:])
-        raise RuntimeError(f"keras_side.py {' '.join(args)} failed (exit {result.returncode})")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return run_side(tf_python(), HERE / "keras_side.py", args, env, timeout)
