@@ -335,9 +335,7 @@ def build_network(cfg: Config, data: TrainingData, hardware: Hardware, strategy:
     frozen_norm = strategy.set_trainable(model)
     spec = data.spec
     summary = summarize_model(model, (spec.channels, spec.height, spec.width))
-    channels_last = (
-        cfg.train.channels_last if cfg.train.channels_last is not None else cfg.model.name != "mlp"
-    )
+    channels_last = strategy.channels_last()
     model.to(hardware.device)
     if channels_last:
         model.to(memory_format=torch.channels_last)

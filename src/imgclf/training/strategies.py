@@ -87,6 +87,11 @@ class Strategy:
         """The larger spec the training split is decoded at for random-resized crops, or None."""
         return crop_cache_spec(spec, self.cfg.augment, train_set)
 
+    def channels_last(self) -> bool:
+        """Whether the network runs in the channels-last memory format (all but the mlp, unless set)."""
+        setting = self.cfg.train.channels_last
+        return setting if setting is not None else self.cfg.model.name != "mlp"
+
     def train_size(self, spec: PreprocessSpec) -> tuple[int, int]:
         """The size augmented training batches come out at (validation always runs at the spec's)."""
         return spec.height, spec.width
@@ -169,7 +174,7 @@ class HeadOnlyStrategy(Strategy):
     def loaders(self, loaders, model, prepared, val_split, hardware, callbacks):
         """The backbone's features of each split, computed once (and cached), as the batches."""
         model.eval()
-        ctx = StepContext(device=hardware.device, spec=prepared.spec, channels_last=True)
+        ctx = StepContext(device=hardware.device, spec=prepared.spec, channels_last=self.channels_last())
         backbone = backbone_digest(model)  # the weights themselves, wherever they came from
         cfg = self.cfg
         train = feature_loader(model, backbone, prepared, "train", ctx, cfg, callbacks, shuffle=True)
