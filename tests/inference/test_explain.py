@@ -105,7 +105,8 @@ def test_explain_cli_writes_heatmaps_and_a_table(marks, tmp_path: Path) -> None:
 
 
 def test_a_timm_backbone_is_explained_at_its_last_feature_maps() -> None:
-    from imgclf.inference.explain import grad_cam, target_layer
+    from imgclf.inference.explain import grad_cam
+    from imgclf.models.anatomy import feature_map_layer as target_layer
 
     model = create_model(
         {"name": "efficientnet_lite0", "num_classes": 3, "in_channels": 3, "image_size": [64, 64]}

@@ -26,8 +26,7 @@ from torch import nn
 from imgclf.data.preprocess import normalize_batch
 from imgclf.errors import UsageError
 from imgclf.inference.predictor import Prediction, Predictor, with_temperature
-
-POOLING = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+from imgclf.models.anatomy import feature_map_layer
 
 
 @dataclass
@@ -48,30 +47,6 @@ class Explanation:
         """(row, column) of the heatmap's maximum, in the model's input pixels."""
         row, column = np.unravel_index(int(np.argmax(self.heatmap)), self.heatmap.shape)
         return int(row), int(column)
-
-
-def target_layer(model: nn.Module, channels: int, height: int, width: int) -> nn.Module:
-    """The last leaf module whose output has a spatial extent (more than 1×1), pooling aside."""
-    found: list[nn.Module] = []
-    hooks = []
-
-    def record(module: nn.Module, _: Any, output: Any) -> None:
-        if isinstance(output, torch.Tensor) and output.ndim == 4 and output.shape[-1] * output.shape[-2] > 1:
-            found.append(module)
-
-    for module in model.modules():
-        if not list(module.children()) and not isinstance(module, POOLING):
-            hooks.append(module.register_forward_hook(record))
-    parameter = next(model.parameters())
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, channels, height, width, device=parameter.device, dtype=parameter.dtype))
-    finally:
-        for hook in hooks:
-            hook.remove()
-    if not found:
-        raise UsageError("this model has no spatial feature maps to explain (an MLP?)")
-    return found[-1]
 
 
 def grad_cam(
@@ -113,7 +88,7 @@ class Explainer:
             raise UsageError("explanations need the PyTorch model: give the model folder, not an export")
         self.predictor = predictor
         spec = predictor.spec
-        self.layer = target_layer(predictor.model.eval(), spec.channels, spec.height, spec.width)
+        self.layer = feature_map_layer(predictor.model.eval(), spec.channels, spec.height, spec.width)
 
     def explain_arrays(
         self, arrays: np.ndarray, class_index: int | None = None

@@ -35,21 +35,13 @@ import torch
 from torch import nn
 
 from imgclf.errors import ModelError
+from imgclf.models.anatomy import classifier_name, classifier_of
 
 UNKNOWN = "unknown"
 BANK_FILE = "novelty.safetensors"
 BANK_IMAGES = 2000  # training images, at most, whose features make the bank (a seeded sample)
 NEIGHBOURS = 10  # the scores are means over this many nearest training images
 KEEP = 0.98  # share of validation images the likeness test keeps
-
-
-def classifier_layer(model: nn.Module) -> nn.Linear:
-    """The classifier's last linear layer, whose input are the image's features (timm's pre-logits,
-    the builtin CNNs' last dense layer)."""
-    linears = [module for module in model.modules() if isinstance(module, nn.Linear)]
-    if not linears:
-        raise ModelError("this network has no linear classifier layer to take features from")
-    return linears[-1]
 
 
 @contextlib.contextmanager
@@ -63,7 +55,7 @@ def tap_features(model: nn.Module) -> Iterator[list[torch.Tensor]]:
         if threading.get_ident() == owner:
             captured.append(inputs[0].detach().float().flatten(1))
 
-    handle = classifier_layer(model).register_forward_hook(keep)
+    handle = classifier_of(model).register_forward_hook(keep)
     try:
         yield captured
     finally:
@@ -86,9 +78,8 @@ def with_features(model: nn.Module, example: torch.Tensor) -> nn.Module:
     a ModelError when the classifier layer is not the network's last step."""
     import copy
 
-    layer = classifier_layer(model)
     tapped = copy.deepcopy(model).eval()
-    name = next(name for name, module in model.named_modules() if module is layer)
+    name = classifier_name(model)
     parent = tapped.get_submodule(name.rpartition(".")[0]) if "." in name else tapped
     setattr(parent, name.rpartition(".")[2], _LogitsAndFeatures(tapped.get_submodule(name)))
     with torch.no_grad():

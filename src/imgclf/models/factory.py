@@ -1,8 +1,14 @@
-"""`create_model`: a name and arguments → nn.Module, for imgclf's builtins and any timm architecture."""
+"""`create_model`: a name and arguments → nn.Module, for imgclf's builtins, any timm architecture,
+and any family registered with `register_family`.
+
+A new family of networks is one `register_family` call: its names, how to build one from
+`model_args`, and its `Anatomy` (classifier, features, blocks) — nothing outside `models/` changes.
+"""
 
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,6 +16,7 @@ from torch import nn
 
 from imgclf.config import ModelConfig
 from imgclf.errors import ConfigError, ModelError
+from imgclf.models.anatomy import Anatomy, register_anatomy
 from imgclf.models.builtin import MLP, BasicCNN, ConfigurableCNN, SmallCNN
 from imgclf.models.pretrained import OFFLINE_BACKBONES, architecture_name
 
@@ -37,6 +44,27 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
 }
 
 
+@dataclass(frozen=True)
+class ModelFamily:
+    """Networks imgclf builds besides its builtins and timm's: `models` maps each name to its one-line
+    description; `build(args)` makes a fresh network from `model_args` output (name, num_classes,
+    in_channels, image_size, and dropout when given)."""
+
+    models: dict[str, str]
+    build: Callable[[dict[str, Any]], nn.Module]
+    anatomy: Anatomy
+
+
+FAMILIES: dict[str, ModelFamily] = {}
+
+
+def register_family(family: ModelFamily) -> None:
+    """Make a family's names valid for `--model` (train, models, artifacts) and its anatomy known."""
+    for name in family.models:
+        FAMILIES[name] = family
+    register_anatomy(family.anatomy)
+
+
 def _timm():
     import timm
 
@@ -52,7 +80,10 @@ def model_args(cfg: ModelConfig, num_classes: int, in_channels: int, image_size:
         "image_size": list(image_size),
     }
     builtin = BUILTIN_MODELS.get(cfg.name)
-    if builtin is not None:
+    if cfg.name in FAMILIES:
+        if cfg.dropout is not None:
+            args["dropout"] = cfg.dropout
+    elif builtin is not None:
         for option in builtin.options:
             value = getattr(cfg, option)
             if value is not None:
@@ -71,9 +102,9 @@ def model_args(cfg: ModelConfig, num_classes: int, in_channels: int, image_size:
 
 def check_model_name(name: str) -> None:
     """Raise a ConfigError with close matches when `name` is neither a builtin nor a timm model."""
-    if name in BUILTIN_MODELS or _timm().is_model(name):
+    if name in BUILTIN_MODELS or name in FAMILIES or _timm().is_model(name):
         return
-    names = list(BUILTIN_MODELS) + _timm().list_models()
+    names = list(BUILTIN_MODELS) + list(FAMILIES) + _timm().list_models()
     close = difflib.get_close_matches(name, names, n=4, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else "; `imgclf models` lists them"
     raise ConfigError(f"unknown model {name!r}{hint}")  # a bad --model value: a usage error
@@ -81,6 +112,8 @@ def check_model_name(name: str) -> None:
 
 def create_model(args: dict[str, Any]) -> nn.Module:
     """Build a freshly initialised network from `model_args` output (or an artifact's architecture)."""
+    if args["name"] in FAMILIES:
+        return FAMILIES[args["name"]].build(dict(args))
     args = dict(args)
     name = args.pop("name")
     num_classes = args.pop("num_classes")
@@ -109,7 +142,7 @@ def create_model(args: dict[str, Any]) -> nn.Module:
 
 def _pretrained_cfg(name: str):
     """timm's pretrained config of an architecture (None for imgclf's builtins and unknown names)."""
-    if name in BUILTIN_MODELS:
+    if name in BUILTIN_MODELS or name in FAMILIES:
         return None
     import timm
 
@@ -133,6 +166,7 @@ def model_interpolation(name: str) -> str | None:
 def list_models(pattern: str | None = None) -> list[tuple[str, str]]:
     """(name, description) of the builtins, then timm architectures matching `pattern` (fnmatch)."""
     rows = [(name, model.description) for name, model in BUILTIN_MODELS.items()]
+    rows += [(name, family.models[name]) for name, family in FAMILIES.items()]
     rows += [
         (name, f"timm {b.timm_name}; --pretrained loads ImageNet weights offline from {b.package}")
         for name, b in OFFLINE_BACKBONES.items()
