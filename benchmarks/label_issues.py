@@ -51,7 +51,7 @@ def main() -> None:
     args = parser.parse_args()
     from imgclf.data.headers import read_headers
     from imgclf.data.sources import scan_source
-    from imgclf.training.label_issues import find_label_issues
+    from imgclf.features.label_issues import find_label_issues
 
     print(f"machine: {describe_machine()}")
     print(

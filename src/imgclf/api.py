@@ -2,8 +2,8 @@
 
 Each entry point resolves its arguments and hands over to the layer that does the work: `train` to
 `imgclf.training.pipeline.run_training`, `evaluate` to `imgclf.evaluation.evaluate`, `calibrate` to
-`imgclf.training.calibrate`, `features` to
-`imgclf.training.features`, `load_model` to `imgclf.inference.predictor.Predictor`. The training and
+`imgclf.evaluation.calibrate`, `features` to
+`imgclf.features.bottleneck`, `load_model` to `imgclf.inference.predictor.Predictor`. The training and
 evaluation layers are imported when called, so that loading a model to predict imports neither.
 """
 
@@ -67,13 +67,17 @@ def train(
         run_dir = Path(resume)
         if not (run_dir / runs.CONFIG_FILE).is_file():
             raise UsageError(f"{run_dir} is not a run folder to resume (no {runs.CONFIG_FILE})")
-        cfg = load_config(run_dir / runs.CONFIG_FILE)
-        if cfg.train.recipe == "auto":  # a run folder from before recipes trained as configured
-            cfg.train.recipe = "plain"
-        if "epochs" in overrides or "train.epochs" in overrides:
-            cfg.train.epochs = int(overrides.get("epochs", overrides.get("train.epochs")))
+        saved = load_config(run_dir / runs.CONFIG_FILE)
+        changed: dict[str, Any] = {}
+        if saved.train.recipe == "auto":  # a run folder from before recipes trained as configured
+            changed["train.recipe"] = "plain"
+        if "epochs" in overrides or "train.epochs" in overrides:  # more epochs than first asked for
+            changed["train.epochs"] = int(overrides.get("epochs", overrides.get("train.epochs")))
+        cfg = resolve_config(None, changed, base=saved) if changed else saved
     else:
         cfg = _config_from(config, data, overrides)
+        if cfg.data.source is None and (data is None or isinstance(data, (str, Path))):
+            raise UsageError("give the DATA to train on (or a --config that names data.source)")
     if verbose:
         from imgclf.console import ConsoleReporter
 
@@ -222,8 +226,8 @@ def calibrate(
     """
     from imgclf.artifact import resolve_artifact_path, update_artifact_info
     from imgclf.data.prepared import prepare_data
+    from imgclf.evaluation.calibrate import calibrate_model
     from imgclf.inference.unknown import BANK_FILE
-    from imgclf.training.calibrate import calibrate_model
 
     if min_precision is not None and not 0.0 <= min_precision <= 1.0:
         raise UsageError("--min-precision is a share of right answers, in [0, 1]: e.g. 0.95")
@@ -269,8 +273,8 @@ def _training_bank(predictor: Predictor, artifact_dir: Path, batch_size: int) ->
     """The feature bank of the training split of the data the model was trained on (its run's
     manifest.csv), for calibrating on data without a train split; a DataError when it is gone."""
     from imgclf.data.prepared import prepare_data
+    from imgclf.evaluation.calibrate import bank_images
     from imgclf.inference.unknown import FeatureBank
-    from imgclf.training.calibrate import bank_images
 
     info = predictor.info
     source = (info.dataset or {}).get("source")
@@ -308,7 +312,7 @@ def features(
     """
     from imgclf.data.prepared import prepare_data
     from imgclf.device import resolve_device
-    from imgclf.training.features import feature_network, write_features
+    from imgclf.features.bottleneck import feature_network, write_features
 
     cfg = DataConfig(path_col=path_col, label_col=label_col, splits=splits)
     image_set, split_names = _select_data(data, cfg, split, manifest)

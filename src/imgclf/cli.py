@@ -275,12 +275,7 @@ def train(
         return
     if data is None and config is None:
         raise typer.BadParameter("give the DATA to train on (or a --config that names data.source)")
-    from imgclf.config import resolve_config
-
-    cfg = resolve_config(config, overrides)
-    if cfg.data.source is None:
-        raise typer.BadParameter("give the DATA to train on (or data.source in the --config file)")
-    api.train(config=cfg, callbacks=[reporter])
+    api.train(config=config, callbacks=[reporter], **overrides)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1020,7 +1015,7 @@ def _check_labels(image_set: Any, result: Any, model: Path | None, out: Path, fo
     from imgclf.data.audit import Finding
     from imgclf.data.headers import read_headers
     from imgclf.data.prepared import header_workers
-    from imgclf.training.label_issues import find_label_issues, write_label_issues
+    from imgclf.features.label_issues import find_label_issues, write_label_issues
 
     image_set = read_headers(image_set, workers=header_workers(len(image_set), None))
     conflicting = {

@@ -1,8 +1,12 @@
-"""The one resolved configuration: defaults < YAML file < command-line flags.
+"""The one resolved configuration: defaults < YAML file < command-line flags < what `auto` chooses.
 
 Each section is a typed dataclass; unknown keys and wrongly typed values are a `ConfigError`.
-The resolved object is saved as `config.yaml` in the run folder and passed by section to the code
-that needs it.
+`resolve_config` merges the first three and freezes the result; the training recipe
+(`imgclf.training.recipe.resolve_recipe`) makes a new frozen config with its choices filled in, and
+nothing changes it after that: setting a field of a frozen config raises `FrozenInstanceError`.
+What a run decides later (the planned epochs, the calibration) is run state and records, not
+config. The resolved object is saved as `config.yaml` by the run folder and passed by section to the
+code that needs it.
 """
 
 from __future__ import annotations
@@ -26,6 +30,31 @@ AUGMENT_PANEL = "Augmentation (Keras ImageDataGenerator meanings)"
 MODEL_PANEL = "Model"
 TRAIN_PANEL = "Training"
 OUTPUT_PANEL = "Output"
+
+
+class Freezable:
+    """A config section that can be frozen once resolved: then any change is an error (a bug: what a
+    run decides belongs in its state and records)."""
+
+    _frozen = False
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if self._frozen:
+            raise dataclasses.FrozenInstanceError(
+                f"the configuration is resolved and frozen: cannot set {type(self).__name__}.{name}"
+            )
+        object.__setattr__(self, name, value)
+
+    def freeze(self) -> None:
+        for item in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, item.name)
+            if isinstance(value, Freezable):
+                value.freeze()
+        object.__setattr__(self, "_frozen", True)
+
+    @property
+    def frozen(self) -> bool:
+        return self._frozen
 
 
 def setting(
@@ -61,7 +90,7 @@ def parse_size(text: str) -> list[int]:
 
 
 @dataclass
-class DataConfig:
+class DataConfig(Freezable):
     """Where the images are and how they are read, split and preprocessed."""
 
     source: str | None = setting(
@@ -120,7 +149,7 @@ class DataConfig:
 
 
 @dataclass
-class AugmentConfig:
+class AugmentConfig(Freezable):
     """Training augmentation, with the meaning of Keras `ImageDataGenerator`'s arguments.
 
     Settings left at None are filled from the preset (`resolve_augment`)."""
@@ -168,7 +197,7 @@ class AugmentConfig:
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(Freezable):
     """Which network to build; `filters`, `dense`, `dropout` and `batchnorm` shape the builtin CNNs
     (`dropout` is also a timm model's drop_rate, and --head-only's dropout on cached features).
 
@@ -206,7 +235,7 @@ class ModelConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Freezable):
     """How the model is trained.
 
     The defaults are imgclf's recipe (AdamW, a warm-up then cosine decay); the tutorials' Keras
@@ -352,7 +381,7 @@ class TrainConfig:
 
 
 @dataclass
-class OutputConfig:
+class OutputConfig(Freezable):
     """Where the run folder goes."""
 
     project: str = setting("runs", "Folder that holds run folders.", OUTPUT_PANEL)
@@ -360,7 +389,7 @@ class OutputConfig:
 
 
 @dataclass
-class Config:
+class Config(Freezable):
     """Everything a training run needs, resolved once."""
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -580,7 +609,7 @@ def config_from_dict(values: dict[str, Any]) -> Config:
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:
-    """Nested plain dicts, ready for YAML."""
+    """Nested plain dicts (a copy), ready for YAML."""
     return dataclasses.asdict(cfg)
 
 
@@ -634,9 +663,25 @@ def resolve_config(
         flat = {k: v for k, v in overrides.items() if "." in k}
         nested = {k: v for k, v in overrides.items() if "." not in k}
         values = merge_dicts(values, merge_dicts(nested, dotted_to_nested(flat)))
-    cfg = config_from_dict(values)
+    return complete_config(config_from_dict(values))
+
+
+def thaw_config(cfg: Config) -> Config:
+    """A changeable copy of a config (to resolve further: `complete_config` freezes it again)."""
+    return config_from_dict(config_to_dict(cfg))
+
+
+def complete_config(cfg: Config) -> Config:
+    """Fill what follows from the settings given (the augmentation preset's values, one size for
+    both sides, the staged recipe's epochs), check everything, and freeze the config."""
     resolve_augment(cfg.augment)
+    data, train = cfg.data, cfg.train
+    if data.image_size is not None and len(data.image_size) == 1:
+        data.image_size = [data.image_size[0], data.image_size[0]]
+    if train.freeze_epochs is not None and train.freeze_epochs > 0:
+        train.epochs = train.freeze_epochs + train.finetune_epochs  # the stages make up the whole run
     validate_config(cfg)
+    cfg.freeze()
     return cfg
 
 
@@ -681,19 +726,14 @@ def validate_config(cfg: Config) -> None:
         raise ConfigError("val_split and test_split must be fractions between 0 and 1")
     if data.val_split + data.test_split >= 1.0:
         raise ConfigError("val_split + test_split must leave images for training (sum below 1)")
-    if data.image_size is not None:
-        if len(data.image_size) == 1:
-            data.image_size = [data.image_size[0], data.image_size[0]]
-        if len(data.image_size) != 2 or min(data.image_size) < 1:
-            raise ConfigError("image_size is one size (32) or height,width (32,48), in pixels")
+    if data.image_size is not None and (len(data.image_size) != 2 or min(data.image_size) < 1):
+        raise ConfigError("image_size is one size (32) or height,width (32,48), in pixels")
     if data.channels not in (None, 1, 3):
         raise ConfigError(f"channels must be 1 or 3, got {data.channels}")
     if data.workers is not None and data.workers < 0:
         raise ConfigError("workers must be 0 or more")
     if train.freeze_epochs < 0 or train.finetune_epochs < 0:
         raise ConfigError("freeze_epochs and finetune_epochs must be 0 or more")
-    if train.freeze_epochs > 0:  # freeze, then fine-tune: the stages make up the whole run
-        train.epochs = train.freeze_epochs + train.finetune_epochs
     if train.unfreeze not in (None, "all") and not (train.unfreeze.isdigit() and int(train.unfreeze) > 0):
         raise ConfigError(f"unfreeze is 'all' or a number of final blocks, got {train.unfreeze!r}")
     if train.finetune_size is not None and train.finetune_size < 0:
@@ -759,7 +799,4 @@ def save_config(cfg: Config, path: str | Path) -> None:
 
 def load_config(path: str | Path) -> Config:
     """Read a saved config.yaml back into a validated Config."""
-    cfg = config_from_dict(load_config_file(path))
-    resolve_augment(cfg.augment)
-    validate_config(cfg)
-    return cfg
+    return complete_config(config_from_dict(load_config_file(path)))

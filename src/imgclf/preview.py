@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +12,12 @@ from imgclf.config import Config
 from imgclf.data.augment import BatchAugment
 from imgclf.data.headers import read_headers
 from imgclf.data.loader import decode_all
-from imgclf.data.sources import scan_source
+from imgclf.data.prepared import header_workers, load_data
 from imgclf.errors import DataError
 from imgclf.io import write_atomic
 from imgclf.training.recipe import resolve_recipe
+
+logger = logging.getLogger(__name__)
 
 
 def write_augment_preview(data: str, out: Path, cfg: Config, images: int = 6, variants: int = 7) -> Path:
@@ -25,23 +28,22 @@ def write_augment_preview(data: str, out: Path, cfg: Config, images: int = 6, va
     from imgclf.data.prepared import crop_cache_spec
     from imgclf.models.spec import resolve_spec
 
-    image_set = scan_source(
-        data,
-        path_col=cfg.data.path_col,
-        label_col=cfg.data.label_col,
-        classes=cfg.data.classes,
-        splits=cfg.data.splits,
-    )
+    image_set = load_data(data, cfg.data)
+    # the model and augmentation `train` would choose: from the whole data set's headers, as it does
+    image_set = read_headers(image_set, workers=header_workers(len(image_set), cfg.data.workers))
+    if len(image_set) == 0:
+        raise DataError("no readable image found to preview")
+    cfg, lines = resolve_recipe(cfg, image_set)
+    for line in lines:
+        logger.info("%s", line)
     rng = np.random.default_rng(cfg.seed)
     chosen = rng.choice(len(image_set), size=min(len(image_set), images * 3), replace=False)
-    sample = read_headers(image_set.subset(chosen))
-    if len(sample) == 0:
-        raise DataError("no readable image found to preview")
-    resolve_recipe(cfg, sample)  # the model and augmentation `train` would choose for these images
-    spec = resolve_spec(cfg.data, cfg.model.name, sample, cfg.model.pretrained)
+    sample = image_set.subset(np.sort(chosen))
+    pretrained = cfg.model.pretrained or bool(cfg.model.weights)
+    spec = resolve_spec(cfg.data, cfg.model.name, image_set, pretrained=pretrained)  # as train does
     decoded, ok, _ = decode_all(sample, spec, workers=0)
     # training augments the rows it caches, larger for random-resized crops (see crop_cache_spec)
-    source_spec = crop_cache_spec(spec, cfg.augment, sample) or spec
+    source_spec = crop_cache_spec(spec, cfg.augment, image_set) or spec
     sources, source_ok = (
         (decoded, ok) if source_spec is spec else decode_all(sample, source_spec, workers=0)[:2]
     )

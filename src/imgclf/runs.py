@@ -34,6 +34,8 @@ MODEL_DIR = "model"
 CHECKPOINT_FILE = "last.pt"
 PROBLEMS_FILE = "skipped_files.csv"
 SUMMARY_FILE = "summary.txt"
+# the epochs imgclf planned for the run (transfer), for --resume: run state, not config
+PLAN_FILE = "plan.json"
 EVALUATION_DIR = "evaluation"
 DATASET_FILE = "dataset.json"
 SAMPLES_FILE = "samples.png"
@@ -112,6 +114,13 @@ class RunFolder:
 
     def write_config(self, cfg: Config) -> None:
         save_config(cfg, self.config)
+
+    def write_plan(self, epochs: int) -> None:
+        write_text_atomic(self.path / PLAN_FILE, json.dumps({"epochs": int(epochs)}) + "\n")
+
+    def read_plan(self) -> int | None:
+        path = self.path / PLAN_FILE
+        return int(json.loads(path.read_text(encoding="utf-8"))["epochs"]) if path.is_file() else None
 
     def write_manifest(self, image_set: ImageSet, splits: np.ndarray) -> None:
         write_manifest(self.manifest, image_set, splits)

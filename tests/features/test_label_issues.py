@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from conftest import write_class_folders
 from imgclf.cli import app
-from imgclf.training.label_issues import (
+from imgclf.features.label_issues import (
     confident_learning,
     neighbour_probabilities,
     out_of_sample_probabilities,
@@ -63,3 +63,15 @@ def test_check_labels_writes_the_table_and_the_gallery(tmp_path: Path) -> None:
     assert {f"square/moved_{path.name}" for path in moved} <= {row["path"] for row in rows}
     assert all(row["suggested"] != row["given"] for row in rows)
     assert (out / "label_issues.png").is_file() and "likely wrong labels" in result.output
+
+
+def test_the_label_check_does_not_load_the_training_loop() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, imgclf.features.label_issues, imgclf.features.bottleneck; "
+        "print(sorted(m for m in sys.modules if m.startswith('imgclf.training')))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]"

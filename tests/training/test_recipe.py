@@ -22,7 +22,9 @@ from imgclf.config import resolve_config
 from imgclf.data.decode import ImageHeader
 from imgclf.data.imageset import ImageSet
 from imgclf.errors import ConfigError
+from imgclf.features.head import fit_head, load_head
 from imgclf.models.factory import create_model
+from imgclf.runs import RunFolder
 from imgclf.training.events import Callback, TrainState
 from imgclf.training.optim import Schedule, warmup_cosine
 from imgclf.training.recipe import resolve_recipe
@@ -32,8 +34,6 @@ from imgclf.training.transfer import (
     FINETUNE_MIN_EPOCHS,
     Replan,
     create_finetune_optimizer,
-    fit_head,
-    load_head,
     plan_finetune,
 )
 
@@ -68,7 +68,7 @@ def test_the_model_and_recipe_follow_the_data(
 ) -> None:
     cfg = resolve_config(None, {})
     assert cfg.model.name == "auto" and cfg.train.recipe == "auto" and cfg.train.epochs is None
-    lines = resolve_recipe(cfg, _images(count, size, mode), "cpu")
+    cfg, lines = resolve_recipe(cfg, _images(count, size, mode), "cpu")
     assert (cfg.model.name, cfg.model.pretrained, cfg.train.recipe) == (model, pretrained, recipe)
     assert lines[0].startswith(f"model {model}") and all("\n" not in line for line in lines)
     if recipe == "transfer":
@@ -105,21 +105,22 @@ def test_flags_the_user_gives_win() -> None:
     cfg = resolve_config(
         None, {"train.lr": 5e-4, "train.epochs": 3, "augment.preset": "light", "train.monitor": "val_loss"}
     )
-    resolve_recipe(cfg, photos, "cpu")
+    cfg, _ = resolve_recipe(cfg, photos, "cpu")
     assert cfg.train.recipe == "transfer"
     assert (cfg.train.lr, cfg.train.epochs, cfg.train.monitor) == (5e-4, 3, "val_loss")
     assert cfg.augment.preset == "light" and cfg.train.time_limit == 0.0  # epochs given: nothing planned
     explicit = resolve_config(None, {"model.name": "cnn-small"})
-    assert resolve_recipe(explicit, photos, "cpu") == []  # nothing guessed, nothing said
+    explicit, lines = resolve_recipe(explicit, photos, "cpu")
+    assert lines == []  # nothing guessed, nothing said
     assert explicit.train.recipe == "plain" and explicit.augment.preset == "none"
     staged = resolve_config(None, {"train.head_only": True})
-    resolve_recipe(staged, photos, "cpu")
+    staged, _ = resolve_recipe(staged, photos, "cpu")
     assert staged.model.name == "efficientnet_lite0" and staged.train.recipe == "plain"
     gpu = resolve_config(None, {})
-    resolve_recipe(gpu, photos, "cuda")
+    gpu, _ = resolve_recipe(gpu, photos, "cuda")
     assert gpu.train.time_limit == 0.0
     given = resolve_config(None, {"train.time_limit": 2.5})
-    resolve_recipe(given, photos, "cpu")
+    given, _ = resolve_recipe(given, photos, "cpu")
     assert given.train.time_limit == 2.5
     with pytest.raises(ConfigError, match="add --pretrained"):
         resolve_recipe(resolve_config(None, {"model.name": "cnn", "train.recipe": "transfer"}), photos)
@@ -239,7 +240,8 @@ def test_a_tight_time_limit_keeps_the_head_alone(tmp_path: Path) -> None:
     assert "no fine-tuning" in output and "time limit" in output, output
     run_dir = runs / "train"
     assert [row["epoch"] for row in _metrics(run_dir)] == ["0"]
-    assert yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["epochs"] == 0
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["epochs"] is None  # as given
+    assert RunFolder(run_dir).read_plan() == 0  # what the run decided is its record, not its config
     assert "best epoch: 0" in (run_dir / "summary.txt").read_text()
 
 

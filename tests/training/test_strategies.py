@@ -16,6 +16,8 @@ from conftest import write_class_folders
 from imgclf.cli import app
 from imgclf.config import AugmentConfig, resolve_config
 from imgclf.data.augment import BatchAugment
+from imgclf.features.head import HeadFit
+from imgclf.runs import RunFolder
 from imgclf.training.events import KeepBest, TrainState
 from imgclf.training.strategies import (
     HeadOnlyStrategy,
@@ -28,7 +30,6 @@ from imgclf.training.transfer import (
     FINETUNE_PATIENCE,
     FINETUNE_SETTLE_SHARE,
     FineTuneStop,
-    HeadFit,
     ProgressiveResize,
     head_verdict,
 )
@@ -124,7 +125,8 @@ def _rows(run_dir: Path) -> list[dict[str, str]]:
 
 def test_a_head_that_is_already_right_is_the_model_without_fine_tuning(tmp_path: Path) -> None:
     """Two classes a linear head on ImageNet features separates perfectly: the zero-flag run says so
-    in one line and stops at the head, and config.yaml records no fine-tuning epochs."""
+    in one line and stops at the head, and the run records no fine-tuning epochs (config.yaml keeps
+    the epochs unset, as they were given)."""
     data = write_class_folders(tmp_path / "shapes", ["disc", "cross"], 30, size=72, mode="RGB", suffix=".jpg")
     runs = tmp_path / "runs"
     result = runner.invoke(
@@ -134,4 +136,5 @@ def test_a_head_that_is_already_right_is_the_model_without_fine_tuning(tmp_path:
     output = " ".join(result.output.split())
     assert "no fine-tuning: the head already answers 100.00% of validation right" in output, output
     assert [row["epoch"] for row in _rows(runs / "train")] == ["0"]
-    assert yaml.safe_load((runs / "train" / "config.yaml").read_text())["train"]["epochs"] == 0
+    assert yaml.safe_load((runs / "train" / "config.yaml").read_text())["train"]["epochs"] is None
+    assert RunFolder(runs / "train").read_plan() == 0

@@ -1,14 +1,17 @@
 """Bottleneck features: the backbone's penultimate-layer output for every image, computed once and
-kept in the cache folder; and short timing probes of the network on this hardware."""
+kept in the cache folder. The transfer recipe's head, `check --labels` and `imgclf features` read
+them; nothing here loads the training loop."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
 import json
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,22 +22,46 @@ from imgclf.config import Config, DataConfig, ModelConfig
 from imgclf.data.imageset import ImageSet
 from imgclf.data.loader import MemoryLoader
 from imgclf.data.prepared import PreparedData, ProgressListener, report_progress
-from imgclf.data.preprocess import PreprocessSpec
+from imgclf.data.preprocess import PreprocessSpec, normalize_batch
 from imgclf.inference.predictor import Predictor
 from imgclf.io import save_arrays, write_atomic, write_text_atomic
+from imgclf.models.anatomy import penultimate_features
 from imgclf.models.factory import create_model, model_args
 from imgclf.models.pretrained import load_pretrained
 from imgclf.models.spec import resolve_spec
 from imgclf.paths import cache_dir
-from imgclf.training.finetune import penultimate_features
-from imgclf.training.loop import StepContext, autocast, prepare_batch
+
+
+@dataclass
+class FeatureContext:
+    """Where and how features are computed: the device, the preprocessing, the autocast dtype (bf16
+    where the hardware has it: twice the images/s on such a CPU) and the memory format. The training
+    loop's StepContext has the same fields and serves as one."""
+
+    device: torch.device
+    spec: PreprocessSpec
+    autocast_dtype: torch.dtype | None = None
+    channels_last: bool = False
+
+
+def _inputs(images: torch.Tensor, ctx: FeatureContext) -> torch.Tensor:
+    inputs = normalize_batch(images.to(ctx.device).float(), ctx.spec)
+    if ctx.channels_last:
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+    return inputs
+
+
+def _autocast(ctx: FeatureContext):
+    if ctx.autocast_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=ctx.device.type, dtype=ctx.autocast_dtype)
 
 
 def compute_features(
     model: torch.nn.Module,
     prepared: PreparedData,
     split: str,
-    ctx: StepContext,
+    ctx: FeatureContext,
     batch_size: int = 64,
     callbacks: Sequence[ProgressListener] = (),
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -49,10 +76,10 @@ def compute_features(
     size = (ctx.spec.height, ctx.spec.width)
     with torch.no_grad():
         for batch in loader.epoch(0):
-            inputs, targets = prepare_batch(batch, ctx, train=False)
+            inputs, targets = _inputs(batch.images, ctx), batch.labels
             if tuple(inputs.shape[-2:]) != size:
                 inputs = torch.nn.functional.interpolate(inputs, size=size, mode="bilinear", antialias=True)
-            with autocast(ctx):  # bf16 where the hardware has it: twice the images/s on such a CPU
+            with _autocast(ctx):
                 features.append(penultimate_features(model, inputs).float().cpu().numpy())
             labels.append(targets.cpu().numpy())
             done += len(targets)
@@ -67,7 +94,7 @@ def feature_loader(
     backbone: str,
     prepared: PreparedData,
     split: str,
-    ctx: StepContext,
+    ctx: FeatureContext,
     cfg: Config,
     callbacks: Sequence[ProgressListener],
     shuffle: bool,
@@ -82,7 +109,7 @@ def cached_features(
     backbone: str,
     prepared: PreparedData,
     split: str,
-    ctx: StepContext,
+    ctx: FeatureContext,
     cfg: Config,
     callbacks: Sequence[ProgressListener],
 ) -> tuple[np.ndarray, np.ndarray, float | None]:
@@ -117,50 +144,6 @@ def cached_features(
     return features, labels, speed
 
 
-def probe_batch(ctx: StepContext, batch_size: int, size: tuple[int, int] | None = None) -> torch.Tensor:
-    count = max(2, min(batch_size, 32))
-    height, width = size or (ctx.spec.height, ctx.spec.width)
-    inputs = torch.randn(count, ctx.spec.channels, height, width, device=ctx.device)
-    return inputs.contiguous(memory_format=torch.channels_last) if ctx.channels_last else inputs
-
-
-def inference_speed(model: torch.nn.Module, ctx: StepContext, batch_size: int) -> float:
-    """Images per second through the network in inference mode, timed on one random batch."""
-    inputs = probe_batch(ctx, batch_size)
-    model.eval()
-    with torch.no_grad(), autocast(ctx):
-        model(inputs[:2])  # warm-up
-        started = time.perf_counter()
-        model(inputs)
-    return len(inputs) / max(time.perf_counter() - started, 1e-9)
-
-
-def training_speed(
-    model: torch.nn.Module, ctx: StepContext, batch_size: int, size: tuple[int, int] | None = None
-) -> float:
-    """Images per second of forward and backward passes over the trainable weights: the fastest of
-    two random batches after a warm-up one (a burst of other work on a shared machine slows one step,
-    not the run). Nothing is learnt (no optimizer step, gradients cleared); frozen BatchNorm layers
-    stay in inference mode, so no statistic moves. `size`: the training input size, when it is not
-    the spec's."""
-    inputs = probe_batch(ctx, batch_size, size)
-    model.train()
-    for module in ctx.frozen_norm:
-        module.eval()
-    seconds = []
-    rng = torch.get_rng_state()  # dropout draws must not shift the run's random stream
-    for _ in range(3):
-        started = time.perf_counter()
-        with autocast(ctx):
-            loss = model(inputs).float().logsumexp(1).mean()
-        loss.backward()
-        seconds.append(time.perf_counter() - started)
-    model.zero_grad(set_to_none=True)
-    torch.set_rng_state(rng)
-    model.eval()
-    return len(inputs) / max(min(seconds[1:]), 1e-9)
-
-
 def feature_network(
     model_or_backbone: str | Path,
     weights: str | Path | None,
@@ -192,7 +175,7 @@ def write_features(
     callbacks: Sequence[ProgressListener] = (),
 ) -> Path:
     """features.npy (N×D float32), labels.npy, samples.csv (path, label, split) and classes.json."""
-    ctx = StepContext(device=device, spec=prepared.spec)
+    ctx = FeatureContext(device=device, spec=prepared.spec)
     values, labels = compute_features(model, prepared, "all", ctx, batch_size, callbacks)
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "features.npy", lambda tmp: save_arrays(tmp, features=values))

@@ -30,10 +30,9 @@ from imgclf.config import DataConfig
 from imgclf.data.imageset import ImageSet
 from imgclf.data.prepared import PreparedData, ProgressListener, image_loader, prepare_data
 from imgclf.device import resolve_device, resolve_precision
+from imgclf.features.bottleneck import FeatureContext, compute_features, feature_network
+from imgclf.features.head import fit_head, fit_logistic
 from imgclf.io import write_text_atomic
-from imgclf.training.features import compute_features, feature_network
-from imgclf.training.loop import StepContext
-from imgclf.training.transfer import fit_head, fit_logistic
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
 LABEL_ISSUES_FILE = "label_issues.csv"
@@ -147,7 +146,7 @@ def find_label_issues(
     network, spec = feature_network(model or DEFAULT_BACKBONE, None, DataConfig(), image_set, resolved)
     splits = np.full(len(image_set), "all", dtype=object)
     prepared = prepare_data(image_set, splits, spec, "auto", None, callbacks)
-    ctx = StepContext(device=resolved, spec=spec, autocast_dtype=resolve_precision("auto", resolved))
+    ctx = FeatureContext(device=resolved, spec=spec, autocast_dtype=resolve_precision("auto", resolved))
     features, labels = compute_features(network, prepared, "all", ctx, 64, callbacks)
     kept = prepared.image_set
     probabilities = (

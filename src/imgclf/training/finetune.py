@@ -8,58 +8,14 @@ following the new data or (`finetune_bn="frozen"`, as the guide does) staying as
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 
-import torch
 from torch import nn
 
+from imgclf.models.anatomy import classifier_of, model_blocks, neck_of
 from imgclf.training.events import Callback, TrainState
 
 NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
-
-
-def classifier_of(model: nn.Module) -> nn.Module:
-    """The final classification layer (timm's `get_classifier()`, or the builtins' last head layer)."""
-    if hasattr(model, "get_classifier"):
-        return model.get_classifier()
-    return model.head[-1]
-
-
-def penultimate_features(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-    """The features the classifier sees (the tutorials' "bottleneck features")."""
-    if hasattr(model, "forward_head"):
-        return model.forward_head(model.forward_features(inputs), pre_logits=True)
-    return model.head[:-1](model.features(inputs))
-
-
-def backbone_digest(model: nn.Module) -> str:
-    """A digest of every weight the penultimate features depend on: all but the classifier's.
-
-    Names the backbone by what it holds, not by where its weights came from (a `--weights` file
-    replaced at the same path, another hub revision), so cached bottleneck features never outlive it.
-    """
-    classifier = {id(tensor) for tensor in classifier_of(model).state_dict(keep_vars=True).values()}
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict(keep_vars=True).items():
-        if id(tensor) in classifier:
-            continue
-        values = tensor.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{name}:{values.dtype}:{tuple(tensor.shape)};".encode())
-        digest.update(values.view(torch.uint8).numpy())  # the buffer itself, not a copy
-    return digest.hexdigest()
-
-
-def _blocks(model: nn.Module) -> list[nn.Module]:
-    """The backbone's stages in order, last ones nearest the head."""
-    if hasattr(model, "blocks"):
-        return list(model.blocks)
-    stages = [getattr(model, f"layer{i}") for i in range(1, 5) if hasattr(model, f"layer{i}")]
-    if stages:
-        return stages
-    if hasattr(model, "stages"):
-        return list(model.stages)
-    return [m for m in model.children() if m is not classifier_of(model)]
 
 
 def set_trainable(model: nn.Module, unfreeze: str | None, frozen_bn: bool = False) -> list[nn.Module]:
@@ -74,12 +30,8 @@ def set_trainable(model: nn.Module, unfreeze: str | None, frozen_bn: bool = Fals
         parameter.requires_grad = unfreeze == "all"
     trainable: list[nn.Module] = [classifier]
     if unfreeze not in (None, "all"):
-        blocks = _blocks(model)
-        trainable += blocks[-int(unfreeze) :]
-        # layers between the last block and the classifier (e.g. EfficientNet's conv_head, bn2)
-        for name in ("conv_head", "bn2", "norm", "head_norm", "fc_norm"):
-            if isinstance(getattr(model, name, None), nn.Module):
-                trainable.append(getattr(model, name))
+        trainable += model_blocks(model)[-int(unfreeze) :]
+        trainable += neck_of(model)  # e.g. EfficientNet's conv_head and bn2
     for module in trainable:
         for parameter in module.parameters():
             parameter.requires_grad = True

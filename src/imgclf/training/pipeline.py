@@ -32,6 +32,7 @@ from imgclf.data.preprocess import PreprocessSpec
 from imgclf.data.split import apply_manifest, assign_splits
 from imgclf.device import configure_backends, resolve_device, resolve_precision
 from imgclf.errors import UsageError
+from imgclf.evaluation.calibrate import calibrate_model
 from imgclf.evaluation.evaluate import (
     Predicted,
     evaluate_split,
@@ -44,7 +45,6 @@ from imgclf.models.pretrained import load_pretrained
 from imgclf.models.spec import resolve_spec
 from imgclf.models.summary import summarize_model
 from imgclf.runs import RunFolder
-from imgclf.training.calibrate import calibrate_model
 from imgclf.training.checkpoint import SaveCheckpoint, load_checkpoint, restore_checkpoint
 from imgclf.training.distributed import (
     DistInfo,
@@ -153,7 +153,9 @@ def run_training(
     hardware = set_up_hardware(cfg)
     callbacks = list(callbacks) if hardware.dist.is_main else []
     source = data if data is not None and not isinstance(data, (str, Path)) else cfg.data.source
-    data = prepare_training_data(cfg, source, labels, class_names, resume, hardware)
+    image_set, splits = find_samples(cfg, source, labels, class_names, resume)
+    cfg = resolve_choices(cfg, image_set, hardware)  # frozen from here on
+    data = describe_training_data(cfg, image_set, splits)
     strategy = create_strategy(cfg)  # the recipe's hooks: which layers learn, how, in what stages
     strategy.check(hardware.dist)
     folder = create_run_folder(cfg, data, resume, hardware)
@@ -161,7 +163,8 @@ def run_training(
     loaders = build_loaders(cfg, prepared, data.val_split, hardware)
     network = build_network(cfg, data, hardware, strategy)
     loaders = strategy.loaders(loaders, network.model, prepared, data.val_split, hardware, callbacks)
-    optimisation = build_optimisation(cfg, network, prepared, loaders, hardware, strategy)
+    epochs = planned_epochs(cfg, folder, resume)
+    optimisation = build_optimisation(cfg, network, prepared, loaders, hardware, strategy, epochs)
     state, ctx = optimisation.state, optimisation.ctx
     state.info = RunInfo(
         started=started,
@@ -186,7 +189,7 @@ def run_training(
         ctx=ctx,
         val_split=data.val_split if loaders.val is not None else None,
         callbacks=loop_callbacks,
-        config_path=folder.config if hardware.dist.is_main else None,
+        record_plan=folder.write_plan if hardware.dist.is_main else None,
         steps_per_epoch=loaders.steps_per_epoch,
         lr=optimisation.lr,
         global_batch=cfg.train.batch_size * hardware.dist.world_size,
@@ -195,7 +198,7 @@ def run_training(
         cfg, folder, state, strategy, stage_inputs, save_best, hardware, callbacks
     )
     if resume is not None:
-        resume_state(folder, cfg, state, strategy)
+        resume_state(folder, state, strategy)
         state.info.resumed_from = state.epoch
     first_stage = strategy.first_stage(stage_inputs) if resume is None else None
     fit(state, loaders.train, loaders.val, ctx, optimisation.loss_fn, loop_callbacks, first_stage=first_stage)
@@ -220,17 +223,15 @@ def set_up_hardware(cfg: Config) -> Hardware:
     return Hardware(device, dist)
 
 
-def prepare_training_data(
+def find_samples(
     cfg: Config,
     source: Any,
     labels: Any,
     class_names: Sequence[str] | None,
     resume: Path | None,
-    hardware: Hardware,
-) -> TrainingData:
-    """Find every sample, read headers, split (or reuse the split), check the classes; then what
-    imgclf chooses where the user did not (model, recipe, settings: one line each) and the
-    preprocessing, fixed once for training, evaluation and prediction."""
+) -> tuple[ImageSet, np.ndarray]:
+    """Every sample with its headers read, and its split (made, or reused from a manifest), the
+    classes checked."""
     image_set = load_data(source, cfg.data, labels=labels, class_names=class_names)
     image_set = read_headers(image_set, workers=header_workers(len(image_set), cfg.data.workers))
     manifest = (resume / runs.MANIFEST_FILE) if resume is not None else cfg.data.manifest
@@ -239,9 +240,22 @@ def prepare_training_data(
     else:
         splits = assign_splits(image_set, cfg.data.val_split, cfg.data.test_split, cfg.seed)
     check_classes(image_set, splits)
-    for line in resolve_recipe(cfg, image_set, hardware.device.type, distributed=hardware.dist.enabled):
+    return image_set, splits
+
+
+def resolve_choices(cfg: Config, image_set: ImageSet, hardware: Hardware) -> Config:
+    """What imgclf chooses where the user did not (model, recipe, settings), one line each: the
+    config's last resolution; the config that comes back is frozen for the rest of the run."""
+    cfg, lines = resolve_recipe(cfg, image_set, hardware.device.type, distributed=hardware.dist.enabled)
+    for line in lines:
         if hardware.dist.is_main:
             logger.info("%s", line)
+    return cfg
+
+
+def describe_training_data(cfg: Config, image_set: ImageSet, splits: np.ndarray) -> TrainingData:
+    """The split validated on, and the preprocessing and network fixed once for training,
+    evaluation and prediction."""
     val_split = "val"
     if not (splits == "val").any() and (splits == "test").any():
         val_split = "test"
@@ -257,6 +271,14 @@ def prepare_training_data(
         display_names = [mapping[name] for name in image_set.classes]
     args = model_args(cfg.model, len(image_set.classes), spec.channels, [spec.height, spec.width])
     return TrainingData(image_set, splits, val_split, spec, args, display_names)
+
+
+def planned_epochs(cfg: Config, folder: RunFolder, resume: Path | None) -> int | None:
+    """The epochs to train: as configured; when imgclf plans them (transfer), None until it has,
+    or on resume the number the run recorded (plan.json)."""
+    if cfg.train.epochs is not None:
+        return cfg.train.epochs
+    return folder.read_plan() if resume is not None else None
 
 
 def create_run_folder(cfg: Config, data: TrainingData, resume: Path | None, hardware: Hardware) -> RunFolder:
@@ -350,6 +372,7 @@ def build_optimisation(
     loaders: Loaders,
     hardware: Hardware,
     strategy: Strategy,
+    epochs: int | None,
 ) -> Optimisation:
     """Optimizer, schedule and loss (as the strategy makes them); how batches become input
     (augmentation, precision)."""
@@ -362,7 +385,7 @@ def build_optimisation(
             train.lr, lr, global_batch, train.lr_scaling, train.lr_base_batch,
         )  # fmt: skip
     optimizer = strategy.create_optimizer(network.model, network.trained, lr, global_batch)
-    schedule = strategy.create_schedule(optimizer, loaders.steps_per_epoch, lr)
+    schedule = strategy.create_schedule(optimizer, loaders.steps_per_epoch, lr, epochs)
     train_labels = prepared.image_set.labels[prepared.indices("train")]
     num_classes = len(prepared.image_set.classes)
     weights = class_weights(train_labels, num_classes) if train.class_weight == "auto" else None
@@ -372,7 +395,7 @@ def build_optimisation(
     compile_for_training(network.model, ctx, train.compile)
     monitor = train.monitor if loaders.val is not None else "train_loss"
     state = TrainState(
-        epochs=train.epochs or 0,
+        epochs=epochs or 0,
         model=network.trained,
         optimizer=optimizer,
         schedule=schedule,
@@ -408,9 +431,9 @@ def step_context(
     )
 
 
-def resume_state(folder: RunFolder, cfg: Config, state: TrainState, strategy: Strategy) -> None:
+def resume_state(folder: RunFolder, state: TrainState, strategy: Strategy) -> None:
     """Continue from the run folder's last checkpoint: weights, optimizer, schedule, history."""
-    if cfg.train.epochs is None:
+    if state.schedule is None:  # the epochs were never planned
         raise UsageError(f"{folder.path} stopped before its first epoch; start it again instead of resuming")
     payload = load_checkpoint(folder.checkpoint)
     strategy.resume(state, payload["epoch"])
@@ -454,7 +477,9 @@ class SaveBest:
     def __call__(self, state: TrainState) -> None:
         if not self.is_main:
             return
-        self.info.training.update(best_epoch=state.best_epoch, epochs_completed=state.epoch)
+        self.info.training.update(
+            best_epoch=state.best_epoch, epochs_completed=state.epoch, epochs_planned=state.epochs
+        )
         self.info.metrics = {k: v for k, v in state.last.items() if k != "epoch"}
         save_artifact(self.artifact_dir, self.model, self.info)
 
@@ -531,7 +556,10 @@ def finish_run(
     write_samples(folder.samples, prepared)
     info.metrics = {**info.metrics, **final}
     info.training.update(
-        best_epoch=state.best_epoch, epochs_completed=state.epoch, stop_reason=state.stop_reason
+        best_epoch=state.best_epoch,
+        epochs_completed=state.epoch,
+        epochs_planned=state.epochs,
+        stop_reason=state.stop_reason,
     )
     update_artifact_info(folder.model, info)
     problems = prepared.image_set.problems

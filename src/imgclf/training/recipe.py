@@ -10,8 +10,9 @@ gives wins over it.
   rate while validation says it pays, the best epoch kept by validation accuracy; see
   `imgclf.training.strategies` and `imgclf.training.transfer`); anything else, and any run given
   `--head-only` or `--freeze-epochs`, trains as configured (`plain`).
-- Settings left unset (None) take the recipe's values; `config.yaml` records the resolved ones, so
-  that `--resume` and `--config` repeat the run exactly.
+- Settings left unset (None) take the recipe's values. `resolve_recipe` returns a new frozen config
+  with every choice filled in; `config.yaml` records it, so that `--resume` and `--config` repeat
+  the run exactly.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from imgclf.config import Config, resolve_augment, validate_config
+from imgclf.config import Config, complete_config, thaw_config
 from imgclf.data.imageset import ImageSet
 from imgclf.errors import ConfigError
 
@@ -192,10 +193,11 @@ def choose_recipe(
 
 def resolve_recipe(
     cfg: Config, image_set: ImageSet, device_type: str = "cpu", distributed: bool = False
-) -> list[str]:
-    """Fill every setting the user left to imgclf (model, recipe, unset training settings, the time
-    limit) from the data and the hardware; returns the lines that say what was guessed. A resolved
-    config passes through unchanged."""
+) -> tuple[Config, list[str]]:
+    """The last step of resolution: every setting the user left to imgclf (model, recipe, unset
+    training settings, the time limit) chosen from the data and the hardware. Returns the new frozen
+    config and the lines that say what was guessed; a resolved config comes back the same."""
+    cfg = thaw_config(cfg)
     lines = []
     model_line = choose_model(cfg, image_set)
     if model_line:
@@ -227,6 +229,4 @@ def resolve_recipe(
         train.epochs = defaults.epochs
     if cfg.augment.preset == "auto":
         cfg.augment.preset = defaults.preset
-        resolve_augment(cfg.augment)
-    validate_config(cfg)
-    return lines
+    return complete_config(cfg), lines

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,10 +33,11 @@ from imgclf.data.imageset import ImageSet
 from imgclf.data.prepared import PreparedData, crop_cache_spec
 from imgclf.data.preprocess import PreprocessSpec
 from imgclf.errors import ConfigError
+from imgclf.features.bottleneck import feature_loader
+from imgclf.models.anatomy import backbone_digest, classifier_of
 from imgclf.training.distributed import DistInfo
 from imgclf.training.events import Callback, EarlyStopping, TrainState
-from imgclf.training.features import feature_loader
-from imgclf.training.finetune import FineTuneStages, backbone_digest, classifier_of, set_trainable
+from imgclf.training.finetune import FineTuneStages, set_trainable
 from imgclf.training.loop import StepContext, compile_for_training, wrap_for_ranks
 from imgclf.training.optim import Schedule, create_optimizer, scale_lr
 from imgclf.training.transfer import (
@@ -58,14 +59,14 @@ HEAD_ONLY_DROPOUT = 0.5
 @dataclass
 class StageInputs:
     """What the stage hooks may need from the run: the network, the data, how batches become input,
-    where the config is recorded, the callbacks of the loop."""
+    where the planned epochs are recorded, the callbacks of the loop."""
 
     model: nn.Module
     prepared: PreparedData
     ctx: StepContext
     val_split: str | None
     callbacks: list[Callback]
-    config_path: Path | None
+    record_plan: Callable[[int], None] | None
     steps_per_epoch: int
     lr: float
     global_batch: int
@@ -121,12 +122,13 @@ class Strategy:
     def create_optimizer(self, model: nn.Module, trained: nn.Module, lr: float, global_batch: int):
         return create_optimizer(trained, self.cfg.train, lr=lr)
 
-    def create_schedule(self, optimizer: torch.optim.Optimizer, steps_per_epoch: int, lr: float):
-        """The learning-rate schedule, or None when the epochs are planned later (transfer)."""
-        train = self.cfg.train
-        if train.epochs is None:
+    def create_schedule(
+        self, optimizer: torch.optim.Optimizer, steps_per_epoch: int, lr: float, epochs: int | None
+    ):
+        """The learning-rate schedule over `epochs`, or None when they are planned later (transfer)."""
+        if epochs is None:
             return None
-        return Schedule(optimizer, train, steps_per_epoch, epochs=train.epochs, lr=lr)
+        return Schedule(optimizer, self.cfg.train, steps_per_epoch, epochs=epochs, lr=lr)
 
     def stage_callbacks(self, inputs: StageInputs) -> list[Callback]:
         """Callbacks that change how the next epoch trains (run before the best model is kept)."""
@@ -190,7 +192,7 @@ class StagedStrategy(Strategy):
     def set_trainable(self, model: nn.Module) -> list[nn.Module]:
         return set_trainable(model, None)
 
-    def create_schedule(self, optimizer, steps_per_epoch, lr):
+    def create_schedule(self, optimizer, steps_per_epoch, lr, epochs):
         train = self.cfg.train
         return Schedule(optimizer, train, steps_per_epoch, epochs=train.freeze_epochs, lr=lr)
 
@@ -275,7 +277,7 @@ class TransferStrategy(Strategy):
             cfg=self.cfg,
             val_split=inputs.val_split,
             callbacks=inputs.callbacks,
-            config_path=inputs.config_path,
+            record_plan=inputs.record_plan,
             steps_per_epoch=inputs.steps_per_epoch,
             lr=inputs.lr,
             train_size=inputs.ctx.augment.size if inputs.ctx.augment is not None else None,

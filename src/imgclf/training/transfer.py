@@ -18,26 +18,23 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
-from imgclf.config import Config, save_config
+from imgclf.config import Config
 from imgclf.data.augment import BatchAugment
 from imgclf.data.prepared import PreparedData
+from imgclf.features.bottleneck import cached_features
+from imgclf.features.head import HeadFit, fit_head, load_head
+from imgclf.models.anatomy import backbone_digest, classifier_of
 from imgclf.training.events import Callback, TrainState, emit
-from imgclf.training.features import cached_features, inference_speed, training_speed
-from imgclf.training.finetune import backbone_digest, classifier_of
 from imgclf.training.loop import StepContext
 from imgclf.training.optim import Schedule
+from imgclf.training.speed import inference_speed, training_speed
 
 logger = logging.getLogger(__name__)
 
-# L2 strengths tried for the head (on standardized features, per mean cross-entropy), strongest first
-HEAD_L2 = (1.0, 0.3, 0.1, 0.03, 0.01, 0.003)
-HEAD_MAX_ITERATIONS = 300
 # optimizer steps fine-tuning aims at, and the bounds on its epochs (flowers5, 108 steps per epoch at
 # batch 32: 0.826 after 8 epochs of a 10-epoch schedule, 0.830 after the 10th)
 FINETUNE_STEPS = 1200
@@ -64,138 +61,6 @@ FINETUNE_PATIENCE = 2
 # the first steps unsettle the head, and validation accuracy dips before it climbs (flowers5, 50 per
 # class, 15 planned: 0.60 for the head, 0.56 and 0.54 after epochs 1 and 2, 0.72 after 15).
 FINETUNE_SETTLE_SHARE = 0.3
-
-
-@dataclass
-class HeadFit:
-    """A linear head fitted on features: weights for the raw (unstandardized) features."""
-
-    weight: torch.Tensor  # classes × features
-    bias: torch.Tensor  # classes
-    l2: float
-    train_loss: float
-    train_acc: float
-    val_loss: float
-    val_acc: float
-
-
-def fit_logistic(
-    features: torch.Tensor,
-    labels: torch.Tensor,
-    l2: float,
-    start: tuple[torch.Tensor, torch.Tensor],
-    label_smoothing: float = 0.0,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    weight = start[0].clone().requires_grad_(True)
-    bias = start[1].clone().requires_grad_(True)
-    optimizer = torch.optim.LBFGS(
-        [weight, bias],
-        lr=1,
-        max_iter=HEAD_MAX_ITERATIONS,
-        history_size=20,
-        line_search_fn="strong_wolfe",
-        tolerance_grad=1e-7,
-        tolerance_change=1e-10,
-    )
-
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        logits = features @ weight + bias
-        loss = nn.functional.cross_entropy(logits, labels, label_smoothing=label_smoothing)
-        loss = loss + l2 * weight.square().sum()
-        loss.backward()
-        return loss
-
-    optimizer.step(closure)
-    return weight.detach(), bias.detach()
-
-
-def _scores(features: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor):
-    logits = features @ weight + bias
-    loss = nn.functional.cross_entropy(logits, labels).item()
-    return loss, (logits.argmax(1) == labels).double().mean().item()
-
-
-def fit_head(
-    train_features: np.ndarray,
-    train_labels: np.ndarray,
-    val_features: np.ndarray | None,
-    val_labels: np.ndarray | None,
-    num_classes: int,
-    label_smoothing: float = 0.0,
-) -> HeadFit:
-    """Multinomial logistic regression on standardized features (L-BFGS), its L2 strength chosen by
-    validation accuracy (then loss); without validation data, by 3-fold cross-validation.
-
-    The head is fitted with the `label_smoothing` fine-tuning will use: a head fitted without it is
-    far more confident than that loss wants, and its first fine-tuning steps, with large gradients,
-    undo much of what the backbone knew (flowers5: 0.73 → 0.58 after the first epoch).
-    """
-    mean = train_features.mean(0)
-    scale = train_features.std(0) + 1e-6
-    x = torch.tensor((train_features - mean) / scale, dtype=torch.float64)
-    y = torch.as_tensor(train_labels, dtype=torch.int64)
-    has_val = val_features is not None and len(val_features) > 0
-    if has_val:
-        xv = torch.tensor((val_features - mean) / scale, dtype=torch.float64)
-        yv = torch.as_tensor(val_labels, dtype=torch.int64)
-    zero = (
-        torch.zeros(x.shape[1], num_classes, dtype=torch.float64),
-        torch.zeros(num_classes, dtype=torch.float64),
-    )
-    best: tuple[float, float, float, tuple[torch.Tensor, torch.Tensor]] | None = None
-    start = zero
-    for l2 in HEAD_L2:  # strongest first: each fit starts from the last one's answer
-        start = fit_logistic(x, y, l2, start, label_smoothing)
-        if has_val:
-            loss, acc = _scores(xv, yv, *start)
-        else:
-            loss, acc = _cross_validate(x, y, l2, zero, label_smoothing)
-        if best is None or acc > best[1] + 1e-9 or (abs(acc - best[1]) <= 1e-9 and loss < best[0]):
-            best = (loss, acc, l2, start)
-    assert best is not None
-    val_loss, val_acc, l2, (weight, bias) = best
-    train_loss, train_acc = _scores(x, y, weight, bias)
-    scale_t = torch.tensor(scale, dtype=torch.float64)
-    raw_weight = (weight / scale_t[:, None]).T  # fold the standardization into the layer
-    raw_bias = bias - torch.tensor(mean / scale, dtype=torch.float64) @ weight
-    return HeadFit(
-        raw_weight.float(),
-        raw_bias.float(),
-        l2,
-        train_loss,
-        train_acc,
-        val_loss if has_val else float("nan"),
-        val_acc if has_val else float("nan"),
-    )
-
-
-def _cross_validate(
-    x: torch.Tensor,
-    y: torch.Tensor,
-    l2: float,
-    zero: tuple[torch.Tensor, torch.Tensor],
-    label_smoothing: float,
-) -> tuple[float, float]:
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
-    folds = order.chunk(3)
-    losses, accuracies = [], []
-    for held in folds:
-        keep = torch.ones(len(y), dtype=torch.bool)
-        keep[held] = False
-        weight, bias = fit_logistic(x[keep], y[keep], l2, zero, label_smoothing)
-        loss, acc = _scores(x[held], y[held], weight, bias)
-        losses.append(loss)
-        accuracies.append(acc)
-    return float(np.mean(losses)), float(np.mean(accuracies))
-
-
-def load_head(model: nn.Module, fit: HeadFit) -> None:
-    """Put a fitted head into the network's classifier."""
-    classifier = classifier_of(model)
-    with torch.no_grad():
-        classifier.weight.copy_(fit.weight.to(classifier.weight))
-        classifier.bias.copy_(fit.bias.to(classifier.bias))
 
 
 @dataclass
@@ -304,7 +169,8 @@ def create_finetune_optimizer(
 class Replan(Callback):
     """After the first fine-tuning epoch, fit the planned epochs to the time limit again, from that
     epoch's measured duration (the plan before it had only a short timing probe), and stretch the
-    cosine schedule to match. `on_change(epochs)` records the new count (config.yaml, for --resume).
+    cosine schedule to match. `on_change(epochs)` records the new count (the run's plan.json, for
+    --resume).
     """
 
     def __init__(
@@ -342,7 +208,8 @@ class Replan(Callback):
 class HeadStage:
     """The transfer recipe's first stage, recorded as epoch 0: a linear head fitted on the backbone's
     cached features; then the fine-tuning epochs are planned (unless given) from the measured speed
-    and the time left, and the schedule is made for them."""
+    and the time left, and the schedule is made for them. The planned epochs are run state (and
+    `record_plan`'s record for --resume), never written into the config."""
 
     model: torch.nn.Module
     prepared: PreparedData
@@ -350,7 +217,7 @@ class HeadStage:
     cfg: Config
     val_split: str | None
     callbacks: list[Callback]
-    config_path: Path | None
+    record_plan: Callable[[int], None] | None
     steps_per_epoch: int
     lr: float
     train_size: tuple[int, int] | None = None  # the fine-tuning epochs' input size, when lower
@@ -387,11 +254,10 @@ class HeadStage:
             verdict = head_verdict(fit, val_count)
             if verdict is not None:
                 logger.info("no fine-tuning: %s; the head is the model (--epochs N fine-tunes)", verdict)
-                self._record(0)
+                self._record(state, 0)
             else:
                 evidence = head_evidence(fit, val_count)
                 self._plan(state, len(train_y), val_count, train_speed or val_speed, evidence)
-        state.epochs = self.cfg.train.epochs
         state.schedule = Schedule(
             state.optimizer, self.cfg.train, self.steps_per_epoch, epochs=max(1, state.epochs), lr=self.lr
         )
@@ -430,10 +296,13 @@ class HeadStage:
             speed,
             limit * 60 - elapsed if limit else None,
         )
-        self.cfg.train.epochs = plan.epochs
         if plan.epochs and limit:  # the first epoch's real duration corrects the probe's estimate
             replan = Replan(
-                limit * 60, state.info.started, plan.wanted, plan.validation_seconds, self._record
+                limit * 60,
+                state.info.started,
+                plan.wanted,
+                plan.validation_seconds,
+                lambda epochs: self._record(state, epochs),
             )
             self.callbacks.insert(0, replan)
         if plan.epochs:
@@ -444,13 +313,13 @@ class HeadStage:
             )  # fmt: skip
         else:
             logger.info("no fine-tuning: %s; the head is the model", plan.reason)
-        self._record(plan.epochs)
+        self._record(state, plan.epochs)
 
-    def _record(self, epochs: int) -> None:
-        """The planned epochs go into config.yaml: --resume continues with them."""
-        self.cfg.train.epochs = epochs
-        if self.config_path is not None:
-            save_config(self.cfg, self.config_path)
+    def _record(self, state: TrainState, epochs: int) -> None:
+        """The planned epochs: the run's state, and its record for --resume."""
+        state.epochs = epochs
+        if self.record_plan is not None:
+            self.record_plan(epochs)
 
 
 class FineTuneStop(Callback):
