@@ -108,17 +108,17 @@ def export_all(artifact: Path, name: str, folder: Path, checked: bool) -> dict[s
     from imgclf.artifact import load_artifact
     from imgclf.errors import ModelError
     from imgclf.export.check_data import CheckImages
-    from imgclf.export.onnx import _with_metadata, export_onnx
+    from imgclf.export.onnx import _with_metadata, export_model
     from imgclf.export.ort_format import convert_to_ort
     from imgclf.export.quantize import quantize_int8
 
     files: dict[str, Path | str] = {"torch": artifact}
-    files["onnx"] = export_onnx(artifact, folder / f"{name}.onnx").path
+    files["onnx"] = export_model(artifact, folder / f"{name}.onnx").path
     _, info = load_artifact(artifact)
     float_bytes = files["onnx"].read_bytes()
     if checked:
         try:
-            result = export_onnx(artifact, folder / f"{name}.int8.onnx", quantize="int8")
+            result = export_model(artifact, folder / f"{name}.int8.onnx", quantize="int8")
             files["int8"] = result.path
             print(f"{name} int8 check: {result.quantization.describe()} (passed)")
         except ModelError as error:
@@ -136,7 +136,7 @@ def export_all(artifact: Path, name: str, folder: Path, checked: bool) -> dict[s
     files["ort"] = folder / f"{name}.ort"
     files["ort"].write_bytes(convert_to_ort(float_bytes))
     if importlib.util.find_spec("litert_torch") is not None:
-        files["tflite"] = export_onnx(artifact, folder / f"{name}.tflite", format="tflite").path
+        files["tflite"] = export_model(artifact, folder / f"{name}.tflite", format="tflite").path
     else:
         files["tflite"] = "not installed (pip install 'imgclf[tflite]')"
     return files

@@ -30,7 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import BENCH_MODELS, bench_images, describe_machine, make_bench_artifact
 
-from imgclf.export.onnx import export_onnx
+from imgclf.export.onnx import export_model
 
 BOUNDARY = "imgclfbenchboundary"
 
@@ -144,7 +144,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         for name in args.models:
             artifact = make_bench_artifact(name, Path(folder))
-            export_onnx(artifact)  # the server runs it with ONNX Runtime, as `imgclf serve` does by default
+            export_model(artifact)  # the server runs it with ONNX Runtime, as `imgclf serve` does by default
             images = bench_images(name, 200)
             for max_batch in (32, 1):
                 port = free_port()

@@ -27,7 +27,7 @@ from common import describe_machine
 
 import imgclf
 from imgclf import runs
-from imgclf.api import _select_data
+from imgclf.api import select_data
 from imgclf.config import DataConfig
 from imgclf.data.prepared import prepare_data
 from imgclf.evaluation.calibrate import bank_images
@@ -51,7 +51,7 @@ def main() -> None:
     predictor = imgclf.load_model(args.run, device="cpu", backend="torch")
     predictor.temperature, predictor.unknown_rule, predictor.bank = 1.0, None, None
     info = predictor.info
-    image_set, split_names = _select_data(
+    image_set, split_names = select_data(
         info.dataset["source"], DataConfig(), "all", args.run / runs.MANIFEST_FILE, classes=info.classes
     )
     prepared = prepare_data(image_set, split_names, info.preprocessing, "auto", None)

@@ -5,7 +5,8 @@ Public API (no side effects on import):
     calibrate(model, min_precision=P) → imgclf.json's calibration (temperature, `unknown` rule)
     load_model(path) → Predictor           Predictor.from_path(path).predict(inputs)
     audit(data) → AuditReport              show(data) → matplotlib Figure
-    write_report(run_dir) → report.html     export_onnx(model) → ExportResult (model.onnx, checked)
+    write_report(run_dir) → report.html     export_model(model) → ExportResult (model.onnx, checked)
+    (export_onnx is the old name of export_model and stays an alias)
     imgclf.serve.create_app(predictor) → FastAPI app
 """
 
@@ -23,6 +24,7 @@ __all__ = [
     "audit",
     "calibrate",
     "evaluate",
+    "export_model",
     "export_onnx",
     "features",
     "load_model",
@@ -38,7 +40,8 @@ if TYPE_CHECKING:
     from imgclf.data.audit import audit
     from imgclf.evaluation.report import write_report
     from imgclf.evaluation.show import show
-    from imgclf.export.onnx import export_onnx
+    from imgclf.export.onnx import export_model
+    from imgclf.export.onnx import export_model as export_onnx
     from imgclf.inference.predictor import Predictor
     from imgclf.training.pipeline import Run
 
@@ -69,10 +72,10 @@ def __getattr__(name: str) -> Any:
         from imgclf.evaluation.report import write_report
 
         return write_report
-    if name == "export_onnx":
-        from imgclf.export.onnx import export_onnx
+    if name in ("export_model", "export_onnx"):  # export_onnx: its old name (it writes ORT and TFLite too)
+        from imgclf.export.onnx import export_model
 
-        return export_onnx
+        return export_model
     if name == "Predictor":
         from imgclf.inference.predictor import Predictor
 

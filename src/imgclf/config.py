@@ -261,7 +261,11 @@ class TrainConfig(Freezable):
         shown="plain 10; transfer: planned from the data and the time limit",
     )
     batch_size: int | None = setting(
-        None, "Images per training step.", TRAIN_PANEL, short="-b", shown="plain 64, transfer 32"
+        None,
+        "Images per batch (a training step; a forward pass elsewhere).",
+        TRAIN_PANEL,
+        short="-b",
+        shown="plain 64, transfer 32",
     )
     optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = setting(
         "adamw", "adam | adamw | sgd | rmsprop.", TRAIN_PANEL

@@ -65,7 +65,7 @@ def test_split_folders(tmp_path: Path, val_name: str) -> None:
     write_class_folders(root / "test", ["a", "b"], 3, seed=2)
     image_set = scan_source(root)
     assert image_set.layout == "split-folders"
-    splits = assign_splits(image_set, val_split=0.2, test_split=0.0, seed=0)
+    splits = assign_splits(image_set, val_fraction=0.2, test_fraction=0.0, seed=0)
     assert {s: int((splits == s).sum()) for s in ("train", "val", "test")} == {
         "train": 12,
         "val": 4,
@@ -78,7 +78,7 @@ def test_train_and_test_folders_carve_validation_from_train(tmp_path: Path) -> N
     write_class_folders(root / "train", ["a", "b"], 10)
     write_class_folders(root / "test", ["a", "b"], 4, seed=2)
     image_set = scan_source(root)
-    splits = assign_splits(image_set, val_split=0.2, test_split=0.0, seed=0)
+    splits = assign_splits(image_set, val_fraction=0.2, test_fraction=0.0, seed=0)
     test_keys = {k for k, s in zip(image_set.keys, splits) if s == "test"}
     val_keys = {k for k, s in zip(image_set.keys, splits) if s == "val"}
     assert all(k.startswith("test/") for k in test_keys) and len(test_keys) == 8

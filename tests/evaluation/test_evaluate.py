@@ -78,7 +78,7 @@ def test_evaluate_agrees_with_its_own_predictions_csv(run, tmp_path: Path) -> No
 
 def test_evaluate_runs_an_onnx_export_through_the_same_predictor(run, tmp_path: Path) -> None:
     result, data = run
-    exported = imgclf.export_onnx(result.artifact, tmp_path / "model.onnx").path
+    exported = imgclf.export_model(result.artifact, tmp_path / "model.onnx").path
     common = {"manifest": result.run_dir / "manifest.csv", "split": "test"}
     by_torch = imgclf.evaluate(result.artifact, data, out=tmp_path / "torch", **common)
     by_onnx = imgclf.evaluate(exported, data, out=tmp_path / "onnx", **common)

@@ -20,7 +20,7 @@ from imgclf.artifact import ModelInfo, load_artifact, save_artifact
 from imgclf.cli import app
 from imgclf.data.preprocess import PreprocessSpec
 from imgclf.errors import UsageError
-from imgclf.export.onnx import export_onnx
+from imgclf.export.onnx import export_model
 from imgclf.inference.predictor import Predictor
 from imgclf.models import create_model
 
@@ -42,7 +42,7 @@ def contract_input(path: Path, spec: PreprocessSpec) -> np.ndarray:
 def test_export_writes_a_model_that_follows_the_documented_contract(trained, tmp_path: Path) -> None:
     artifact, data = trained
     out = tmp_path / "classifier.onnx"
-    result = imgclf.export_onnx(artifact, out)  # the public API name of export_onnx
+    result = imgclf.export_model(artifact, out)  # the public API name of export_model
     assert out.is_file() and result.max_abs_diff < 1e-4 and result.check_images == 16
     assert "training images" in result.check_source
 
@@ -85,7 +85,7 @@ def test_predict_uses_onnxruntime_when_a_current_export_is_present(trained, tmp_
     with pytest.raises(UsageError, match="imgclf export"):
         Predictor.from_path(copy, backend="onnxruntime")
 
-    export_onnx(copy)
+    export_model(copy)
     fast = Predictor.from_path(copy)
     exact = Predictor.from_path(copy, backend="torch")
     assert (fast.backend, exact.backend) == ("onnxruntime", "torch")
@@ -101,7 +101,7 @@ def test_stale_export_is_not_used(trained, tmp_path: Path) -> None:
     artifact, _ = trained
     copy = tmp_path / "model"
     shutil.copytree(artifact, copy)
-    export_onnx(copy)
+    export_model(copy)
     onnx_bytes = (copy / "model.onnx").read_bytes()
     model, info = load_artifact(copy)
     with torch.no_grad():
@@ -116,7 +116,7 @@ def test_stale_export_is_not_used(trained, tmp_path: Path) -> None:
 def test_fixed_batch_export_predicts_any_number_of_images(trained, tmp_path: Path) -> None:
     artifact, data = trained
     out = tmp_path / "fixed.onnx"
-    export_onnx(artifact, out, dynamic_batch=False, batch_size=4)
+    export_model(artifact, out, dynamic_batch=False, batch_size=4)
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].shape[0] == 4
     files = sorted(str(p) for p in (data / "disc").iterdir())[:7]
@@ -140,7 +140,7 @@ def test_pretrained_backbone_exports_within_tolerance(tmp_path: Path) -> None:
     save_artifact(tmp_path / "lite0", model, info)
     images = tmp_path / "images"
     write_class_folders(images, ["a", "b"], 4, size=120, mode="RGB", suffix=".jpg")
-    result = export_onnx(tmp_path / "lite0", check_images=[str(images)])
+    result = export_model(tmp_path / "lite0", check_images=[str(images)])
     assert result.check_source == "the given images" and result.check_images == 8
     assert result.max_abs_diff < 1e-4 and result.top1_agreement == 1.0
 

@@ -16,7 +16,7 @@ import imgclf
 from imgclf.cli import app
 from imgclf.errors import ModelError
 from imgclf.export import quantize
-from imgclf.export.onnx import export_onnx
+from imgclf.export.onnx import export_model
 from imgclf.inference.predictor import Predictor
 
 runner = CliRunner()
@@ -39,7 +39,7 @@ def _metadata(path: Path) -> dict[str, str]:
 
 def test_int8_is_smaller_answers_as_the_float_model_and_runs_everywhere(model_copy, tmp_path: Path) -> None:
     artifact, data = model_copy
-    result = export_onnx(artifact, quantize="int8")
+    result = export_model(artifact, quantize="int8")
     assert result.path == artifact / "model.int8.onnx" and not (artifact / "model.onnx").exists()
     check = result.quantization
     assert check is not None and check.passed and check.agreement >= quantize.MIN_AGREEMENT
@@ -63,14 +63,14 @@ def test_an_int8_model_that_disagrees_is_not_written(model_copy, monkeypatch: py
     artifact, _ = model_copy
     monkeypatch.setattr(quantize, "MIN_AGREEMENT", 1.01)  # no model can pass: the refusal path
     with pytest.raises(ModelError, match=r"top-1 agreement .* nothing was written\. Use --quantize none"):
-        export_onnx(artifact, quantize="int8")
+        export_model(artifact, quantize="int8")
     assert not (artifact / "model.int8.onnx").exists()
 
 
 def test_ort_format_loads_back_with_its_metadata_and_predicts(model_copy) -> None:
     artifact, data = model_copy
     for quantized in ("none", "int8"):
-        result = export_onnx(artifact, format="ort", quantize=quantized)
+        result = export_model(artifact, format="ort", quantize=quantized)
         assert result.path.suffix == ".ort" and result.ort_max_abs_diff is not None
         assert result.ort_max_abs_diff <= 1e-4 or quantized == "int8"
         assert "imgclf.model" in _metadata(result.path)
@@ -100,7 +100,7 @@ def test_tflite_is_checked_in_the_litert_interpreter_and_carries_the_metadata(mo
     from imgclf.export.tflite import read_tflite_metadata
 
     artifact, _ = model_copy
-    result = export_onnx(artifact, format="tflite")
+    result = export_model(artifact, format="tflite")
     assert result.path == artifact / "model.tflite" and result.tflite_max_abs_diff <= 1e-4
     metadata = read_tflite_metadata(result.path.read_bytes())
     assert json.loads(metadata["imgclf.classes"]) == ["cross", "disc", "square"]

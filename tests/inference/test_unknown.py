@@ -142,13 +142,13 @@ def test_evaluate_reports_the_coverage_and_precision_calibration_measured(
 def test_exports_answer_unknown_as_pytorch_does(unknown_model: tuple[Path, Path], tmp_path: Path) -> None:
     import onnx
 
-    from imgclf.export.onnx import export_onnx
+    from imgclf.export.onnx import export_model
 
     run_dir, _ = unknown_model
     model = tmp_path / "model"
     shutil.copytree(run_dir / "model", model)
     for fmt in ("onnx", "ort"):
-        export_onnx(model, format=fmt)
+        export_model(model, format=fmt)
     metadata = {p.key: p.value for p in onnx.load(model / "model.onnx").metadata_props}
     contract = json.loads(metadata["imgclf.unknown"])
     calibration = json.loads((model / "imgclf.json").read_text())["calibration"]["threshold"]
@@ -170,12 +170,12 @@ def test_exports_answer_unknown_as_pytorch_does(unknown_model: tuple[Path, Path]
 def test_calibrate_refits_an_existing_model_and_stale_exports_are_not_used(
     unknown_model: tuple[Path, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from imgclf.export.onnx import export_onnx
+    from imgclf.export.onnx import export_model
 
     run_dir, _ = unknown_model
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
-    export_onnx(run / "model")
+    export_model(run / "model")
     report = imgclf.calibrate(run, min_precision=0.99, device="cpu")  # the run's data and manifest
     assert report["threshold"]["min_precision"] == 0.99 and report["threshold"]["precision"] >= 0.99
     assert json.loads((run / "model" / "imgclf.json").read_text())["calibration"] == report

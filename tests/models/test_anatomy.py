@@ -87,7 +87,7 @@ def test_a_registered_family_trains_explains_and_exports(tmp_path: Path, ringnet
     import onnxruntime
 
     import imgclf
-    from imgclf.export.onnx import export_onnx
+    from imgclf.export.onnx import export_model
     from imgclf.inference.explain import Explainer
     from imgclf.training.finetune import set_trainable
 
@@ -110,7 +110,7 @@ def test_a_registered_family_trains_explains_and_exports(tmp_path: Path, ringnet
                          "out.weight", "out.bias"}  # fmt: skip
     assert predictor.model.rings[0][1] in frozen
 
-    result = export_onnx(run.artifact, tmp_path / "ring.onnx")
+    result = export_model(run.artifact, tmp_path / "ring.onnx")
     session = onnxruntime.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
     assert {output.name for output in session.get_outputs()} >= {"probabilities", "similarity"}
 

@@ -21,7 +21,7 @@ from PIL import Image
 
 from conftest import CHROMIUM, CHROMIUM_FLAGS, served_at
 from imgclf.data.preprocess import prepare_image
-from imgclf.export.onnx import export_onnx
+from imgclf.export.onnx import export_model
 from imgclf.inference.predictor import Predictor
 from imgclf.serve import ServeSettings, create_app
 from imgclf.serve.batching import MicroBatcher
@@ -33,7 +33,7 @@ def served(shapes_model, tmp_path_factory: pytest.TempPathFactory):
     artifact, data = shapes_model
     copy = tmp_path_factory.mktemp("serve") / "model"
     shutil.copytree(artifact, copy)
-    export_onnx(copy)
+    export_model(copy)
     return Predictor.from_path(copy), data
 
 

@@ -42,7 +42,7 @@ def stratified_split(labels: np.ndarray, fractions: dict[str, float], seed: int)
     return assigned
 
 
-def assign_splits(image_set: ImageSet, val_split: float, test_split: float, seed: int) -> np.ndarray:
+def assign_splits(image_set: ImageSet, val_fraction: float, test_fraction: float, seed: int) -> np.ndarray:
     """Split names per sample: the layout's own splits where given, carved stratified otherwise.
 
     With train/ and test/ folders but no validation folder, validation is carved from train/ and
@@ -50,11 +50,11 @@ def assign_splits(image_set: ImageSet, val_split: float, test_split: float, seed
     """
     labels = image_set.labels
     if image_set.splits is None:
-        return stratified_split(labels, {"val": val_split, "test": test_split}, seed)
+        return stratified_split(labels, {"val": val_fraction, "test": test_fraction}, seed)
     given = np.asarray(image_set.splits, dtype=object)
-    if "val" not in set(image_set.splits) and val_split > 0:
+    if "val" not in set(image_set.splits) and val_fraction > 0:
         train_index = np.flatnonzero(given == "train")
-        carved = stratified_split(labels[train_index], {"val": val_split}, seed)
+        carved = stratified_split(labels[train_index], {"val": val_fraction}, seed)
         given = given.copy()
         given[train_index] = carved
     return given

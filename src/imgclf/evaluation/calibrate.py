@@ -34,7 +34,7 @@ def bank_images(prepared: PreparedData, seed: int = 0) -> Iterator[np.ndarray]:
 def calibrate_model(
     predictor: Predictor,
     prepared: PreparedData,
-    val_split: str,
+    val_name: str,
     batch_size: int,
     min_precision: float | None,
     strict: bool = False,
@@ -57,12 +57,12 @@ def calibrate_model(
                 "feature bank: %d training images (%.1f s)", len(bank.vectors), time.perf_counter() - started
             )
     predictor.bank = None if min_precision is None or bank is None else bank.to(predictor.device)
-    probabilities, labels, indices, likeness = predict_split(predictor, prepared, val_split, batch_size)
-    report, calibrated = calibrate_answers(probabilities, labels, likeness, val_split, min_precision, strict)
+    probabilities, labels, indices, likeness = predict_split(predictor, prepared, val_name, batch_size)
+    report, calibrated = calibrate_answers(probabilities, labels, likeness, val_name, min_precision, strict)
     temperature = report.get("temperature", 1.0)
     rule = UnknownRule.from_calibration(report)
-    predictions = {val_split: (calibrated, labels, indices, likeness)}
-    if val_split != "test" and len(prepared.indices("test")):
+    predictions = {val_name: (calibrated, labels, indices, likeness)}
+    if val_name != "test" and len(prepared.indices("test")):
         test_probabilities, test_labels, test_indices, test_likeness = predict_split(
             predictor, prepared, "test", batch_size
         )

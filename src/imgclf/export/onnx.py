@@ -117,7 +117,7 @@ class ExportWrapper(nn.Module):
 
 @dataclass
 class ExportResult:
-    """What `export_onnx` wrote and how closely ONNX Runtime matched PyTorch."""
+    """What `export_model` wrote and how closely ONNX Runtime matched PyTorch."""
 
     path: Path
     opset: int
@@ -135,7 +135,7 @@ class ExportResult:
     tflite_max_abs_diff: float | None = None  # TFLite: largest difference from PyTorch
 
 
-def export_onnx(
+def export_model(
     model_path: str | Path,
     out: str | Path | None = None,
     *,

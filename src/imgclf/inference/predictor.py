@@ -26,7 +26,6 @@ from imgclf.data.label_map import load_label_map
 from imgclf.data.preprocess import PreprocessSpec, load_prepared, normalize_batch, prepare_image
 from imgclf.device import resolve_device
 from imgclf.errors import UsageError
-from imgclf.inference.inputs import iter_inputs
 from imgclf.inference.unknown import UNKNOWN, FeatureBank, UnknownRule, tap_features
 
 if TYPE_CHECKING:
@@ -233,10 +232,6 @@ class Predictor:
                 likeness = (likeness + mirrored_likeness) / 2.0
         return probabilities, likeness
 
-    def predict_batch(self, images: torch.Tensor) -> np.ndarray:
-        """A uint8 N×C×H×W batch, as imgclf's data loaders give them → class probabilities N×K."""
-        return self.predict_arrays(images.permute(0, 2, 3, 1).cpu().numpy())
-
     def score_batch(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
         """`score_arrays` of a uint8 N×C×H×W batch, as imgclf's data loaders give them."""
         return self.score_arrays(images.permute(0, 2, 3, 1).cpu().numpy())
@@ -328,11 +323,3 @@ class Predictor:
         ):
             inputs = [inputs]
         return list(self.iter_predict(inputs, top_k=top_k, batch_size=batch_size))
-
-    def predict_paths(
-        self, inputs: Sequence[str | Path], top_k: int = 5, batch_size: int = 64
-    ) -> Iterator[Prediction]:
-        """Files, folders (recursive) or globs → predictions, one per image, streamed."""
-        if not inputs:
-            raise UsageError("no input image given")
-        return self.iter_predict(iter_inputs(inputs), top_k=top_k, batch_size=batch_size)

@@ -99,7 +99,7 @@ class TrainingData:
 
     image_set: ImageSet
     splits: np.ndarray
-    val_split: str  # "val", or "test" when there is no validation split
+    val_name: str  # "val", or "test" when there is no validation split
     spec: PreprocessSpec
     args: dict[str, Any]  # the network's architecture (model_args)
     display_names: list[str]
@@ -160,9 +160,9 @@ def run_training(
     strategy.check(hardware.dist)
     folder = create_run_folder(cfg, data, resume, hardware)
     prepared = decode_images(cfg, data, folder, hardware, callbacks, strategy)
-    loaders = build_loaders(cfg, prepared, data.val_split, hardware)
+    loaders = build_loaders(cfg, prepared, data.val_name, hardware)
     network = build_network(cfg, data, hardware, strategy)
-    loaders = strategy.loaders(loaders, network.model, prepared, data.val_split, hardware, callbacks)
+    loaders = strategy.loaders(loaders, network.model, prepared, data.val_name, hardware, callbacks)
     epochs = planned_epochs(cfg, folder, resume)
     optimisation = build_optimisation(cfg, network, prepared, loaders, hardware, strategy, epochs)
     state, ctx = optimisation.state, optimisation.ctx
@@ -172,7 +172,7 @@ def run_training(
         layout=data.image_set.description,
         classes=data.image_set.classes,
         counts={split: int((prepared.splits == split).sum()) for split in ("train", "val", "test")},
-        validation_split=data.val_split if loaders.val is not None else None,
+        validation_split=data.val_name if loaders.val is not None else None,
         problems=prepared.image_set.problems,
         spec=data.spec,
         device=str(hardware.device),
@@ -187,7 +187,7 @@ def run_training(
         model=network.model,
         prepared=prepared,
         ctx=ctx,
-        val_split=data.val_split if loaders.val is not None else None,
+        val_name=data.val_name if loaders.val is not None else None,
         callbacks=loop_callbacks,
         record_plan=folder.write_plan if hardware.dist.is_main else None,
         steps_per_epoch=loaders.steps_per_epoch,
@@ -256,9 +256,9 @@ def resolve_choices(cfg: Config, image_set: ImageSet, hardware: Hardware) -> Con
 def describe_training_data(cfg: Config, image_set: ImageSet, splits: np.ndarray) -> TrainingData:
     """The split validated on, and the preprocessing and network fixed once for training,
     evaluation and prediction."""
-    val_split = "val"
+    val_name = "val"
     if not (splits == "val").any() and (splits == "test").any():
-        val_split = "test"
+        val_name = "test"
         logger.warning(
             "no validation split: validating on the test split, as the tutorials do; "
             "its accuracy is then no unbiased estimate"
@@ -270,7 +270,7 @@ def describe_training_data(cfg: Config, image_set: ImageSet, splits: np.ndarray)
         mapping = load_label_map(cfg.data.label_map, image_set.classes)
         display_names = [mapping[name] for name in image_set.classes]
     args = model_args(cfg.model, len(image_set.classes), spec.channels, [spec.height, spec.width])
-    return TrainingData(image_set, splits, val_split, spec, args, display_names)
+    return TrainingData(image_set, splits, val_name, spec, args, display_names)
 
 
 def planned_epochs(cfg: Config, folder: RunFolder, resume: Path | None) -> int | None:
@@ -321,7 +321,7 @@ def decode_images(
     return prepared
 
 
-def build_loaders(cfg: Config, prepared: PreparedData, val_split: str, hardware: Hardware) -> Loaders:
+def build_loaders(cfg: Config, prepared: PreparedData, val_name: str, hardware: Hardware) -> Loaders:
     """The training loader (this rank's shard, shuffled) and the validation loader, if there is one."""
     dist = hardware.dist
     remainder = len(prepared.indices("train")) % cfg.train.batch_size
@@ -336,9 +336,9 @@ def build_loaders(cfg: Config, prepared: PreparedData, val_split: str, hardware:
         device=hardware.device,
     )
     val = None
-    if len(prepared.indices(val_split)):
+    if len(prepared.indices(val_name)):
         val = prepared.loader(
-            val_split,
+            val_name,
             cfg.train.batch_size * 2,
             shuffle=False,
             workers=cfg.data.workers,
@@ -529,7 +529,7 @@ def finish_run(
         )
     if has_val:
         info.calibration, predictions, bank = calibrate_model(
-            predictor, prepared, data.val_split, batch_size, cfg.train.min_precision
+            predictor, prepared, data.val_name, batch_size, cfg.train.min_precision
         )
         if bank is not None:
             bank.save(folder.model)
@@ -537,20 +537,20 @@ def finish_run(
         evaluation = evaluate_split(
             predictor,
             prepared,
-            data.val_split,
+            data.val_name,
             folder.evaluation,
             batch_size,
-            predicted=predictions[data.val_split],
+            predicted=predictions[data.val_name],
         )
         final.update(
             val_loss=evaluation.metrics["loss"],
             val_acc=evaluation.metrics["accuracy"],
             val_count=float(evaluation.metrics["count"]),
         )
-    if data.val_split != "test" and len(prepared.indices("test")):
+    if data.val_name != "test" and len(prepared.indices("test")):
         test = predictions.get("test")
         final.update(split_metrics(predictor, prepared, "test", batch_size, prefix="test", predicted=test))
-    elif data.val_split == "test" and has_val:
+    elif data.val_name == "test" and has_val:
         final.update({k.replace("val_", "test_"): v for k, v in final.items()})
     folder.write_dataset(prepared)
     write_samples(folder.samples, prepared)

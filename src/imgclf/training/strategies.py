@@ -64,7 +64,7 @@ class StageInputs:
     model: nn.Module
     prepared: PreparedData
     ctx: StepContext
-    val_split: str | None
+    val_name: str | None
     callbacks: list[Callback]
     record_plan: Callable[[int], None] | None
     steps_per_epoch: int
@@ -112,7 +112,7 @@ class Strategy:
         loaders: Any,
         model: nn.Module,
         prepared: PreparedData,
-        val_split: str,
+        val_name: str,
         hardware: Any,
         callbacks: list[Callback],
     ) -> Any:
@@ -173,7 +173,7 @@ class HeadOnlyStrategy(Strategy):
         classifier = classifier_of(model)
         return nn.Sequential(nn.Dropout(rate), classifier) if rate else classifier
 
-    def loaders(self, loaders, model, prepared, val_split, hardware, callbacks):
+    def loaders(self, loaders, model, prepared, val_name, hardware, callbacks):
         """The backbone's features of each split, computed once (and cached), as the batches."""
         model.eval()
         ctx = StepContext(device=hardware.device, spec=prepared.spec, channels_last=self.channels_last())
@@ -182,7 +182,7 @@ class HeadOnlyStrategy(Strategy):
         train = feature_loader(model, backbone, prepared, "train", ctx, cfg, callbacks, shuffle=True)
         val = None
         if loaders.val is not None:
-            val = feature_loader(model, backbone, prepared, val_split, ctx, cfg, callbacks, shuffle=False)
+            val = feature_loader(model, backbone, prepared, val_name, ctx, cfg, callbacks, shuffle=False)
         return dataclasses.replace(loaders, train=train, val=val)
 
 
@@ -275,7 +275,7 @@ class TransferStrategy(Strategy):
                 frozen_norm=inputs.ctx.frozen_norm,
             ),
             cfg=self.cfg,
-            val_split=inputs.val_split,
+            val_name=inputs.val_name,
             callbacks=inputs.callbacks,
             record_plan=inputs.record_plan,
             steps_per_epoch=inputs.steps_per_epoch,

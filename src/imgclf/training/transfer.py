@@ -215,7 +215,7 @@ class HeadStage:
     prepared: PreparedData
     ctx: StepContext
     cfg: Config
-    val_split: str | None
+    val_name: str | None
     callbacks: list[Callback]
     record_plan: Callable[[int], None] | None
     steps_per_epoch: int
@@ -230,7 +230,7 @@ class HeadStage:
             cached_features(self.model, backbone, self.prepared, split, self.ctx, self.cfg, self.callbacks)
             if split is not None
             else (None, None, None)
-            for split in ("train", self.val_split)
+            for split in ("train", self.val_name)
         ]
         (train_x, train_y, train_speed), (val_x, val_y, val_speed) = features
         fit = fit_head(

@@ -1,0 +1,207 @@
+"""Entry points over a data source: `check` (the audit, and likely wrong labels), `show`,
+`features`, and what the cache folder holds."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from imgclf.config import DataConfig
+from imgclf.errors import DataError
+
+if TYPE_CHECKING:
+    from imgclf.data.audit import AuditReport
+    from imgclf.data.cache import CacheEntry
+    from imgclf.features.label_issues import LabelIssues
+    from imgclf.training.events import Callback
+
+logger = logging.getLogger(__name__)
+
+
+def select_data(
+    data: Any,
+    cfg: DataConfig,
+    split: str,
+    manifest: str | Path | None,
+    labels: Any = None,
+    classes: Sequence[str] | None = None,
+) -> tuple[Any, np.ndarray]:
+    """The samples of one split of any source, with their headers read; says the layout it found."""
+    from imgclf.data.headers import read_headers
+    from imgclf.data.prepared import header_workers, load_data, select_split
+
+    image_set = load_data(data, cfg, labels=labels)
+    if image_set.description:
+        logger.info("layout: %s", image_set.description)
+    if classes is not None:  # the model's classes, in its order
+        unknown = sorted(set(image_set.classes) - set(classes))
+        if unknown:
+            raise DataError(f"the data has class {unknown[0]!r}, which the model does not know")
+        remap = [list(classes).index(name) for name in image_set.classes]
+        image_set.labels = np.asarray(remap, dtype=np.int64)[image_set.labels]
+        image_set.classes = list(classes)
+    image_set, split_names = select_split(image_set, split, manifest)
+    image_set = read_headers(image_set, workers=header_workers(len(image_set), None))
+    if len(image_set) == 0:
+        raise DataError("no usable image found in the data")
+    return image_set, split_names
+
+
+@dataclass
+class CheckResult:
+    """What `check` found: the audit, and with `labels` the likely wrong labels and their files."""
+
+    report: AuditReport
+    label_issues: LabelIssues | None = None
+    label_table: Path | None = None  # label_issues.csv (label_issues.png beside it)
+    out: Path | None = None  # every finding as JSON, when asked for
+
+
+def check(
+    data: Any,
+    *,
+    path_col: str | None = None,
+    label_col: str | None = None,
+    splits: str = "auto",
+    workers: int | None = None,
+    imbalance: float = 10.0,
+    min_class_size: int = 10,
+    labels: bool = False,
+    labels_model: str | Path | None = None,
+    labels_out: str | Path = "label_issues",
+    folds: int = 5,
+    device: str = "auto",
+    out: str | Path | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> CheckResult:
+    """Audit a data source before training (`imgclf.data.audit`); with `labels`, also find likely
+    wrong labels (confident learning on out-of-sample probabilities of a head cross-fitted on a
+    backbone's features), written as label_issues.csv and label_issues.png into `labels_out` and
+    added to the findings. `out`: write every finding to this JSON file."""
+    from imgclf.data.audit import Finding, audit
+    from imgclf.io import write_text_atomic
+
+    source: Any = data
+    if labels:  # scanned once, for the audit and the label check
+        from imgclf.data.sources import scan_source
+
+        source = scan_source(data, path_col=path_col, label_col=label_col, splits=splits)
+    report = audit(
+        source,
+        path_col=path_col,
+        label_col=label_col,
+        splits=splits,
+        workers=workers,
+        imbalance_threshold=imbalance,
+        min_class_size=min_class_size,
+    )
+    result = CheckResult(report)
+    if labels:
+        from imgclf.data.headers import read_headers
+        from imgclf.data.prepared import header_workers
+        from imgclf.features.label_issues import find_label_issues, write_label_issues
+
+        image_set = read_headers(source, workers=header_workers(len(source), workers))
+        conflicting = {
+            path
+            for finding in report.findings
+            if finding.kind == "conflicting-labels"
+            for entry in finding.files
+            for path in entry["paths"]
+        }
+        found = find_label_issues(
+            image_set, labels_model, folds, device=device, always=sorted(conflicting), callbacks=callbacks
+        )
+        result.label_issues, result.label_table = found, write_label_issues(found, Path(labels_out))
+        files = [
+            {"path": i.path, "given": i.given, "suggested": i.suggested, "score": round(i.quality, 6)}
+            for i in found.issues
+        ]
+        if files:
+            message = "likely wrong labels (confident learning on out-of-sample probabilities)"
+            report.findings.append(Finding("warning", "label-issue", message, files))
+    if out is not None:
+        result.out = Path(out)
+        write_text_atomic(result.out, json.dumps(report.to_dict(), indent=2))
+    return result
+
+
+def show(
+    data: Any,
+    *,
+    per_class: int = 8,
+    out: str | Path | None = None,
+    seed: int = 0,
+    path_col: str | None = None,
+    label_col: str | None = None,
+    splits: str = "auto",
+) -> Any:
+    """A grid of sample images per class (a matplotlib Figure; written to `out` when given)."""
+    from imgclf.evaluation.show import show as show_samples
+
+    return show_samples(
+        data, per_class=per_class, out=out, seed=seed, path_col=path_col, label_col=label_col, splits=splits
+    )
+
+
+def features(
+    model_or_backbone: str | Path,
+    data: Any,
+    out: str | Path,
+    *,
+    weights: str | Path | None = None,
+    split: str = "all",
+    manifest: str | Path | None = None,
+    batch_size: int = 64,
+    device: str = "auto",
+    path_col: str | None = None,
+    label_col: str | None = None,
+    callbacks: Sequence[Callback] = (),
+    splits: str = "auto",
+) -> Path:
+    """Bottleneck features of every image: a saved model's penultimate layer, or a pretrained backbone's.
+
+    Writes `features.npy` (N×D float32), `labels.npy` (N int64), `samples.csv` (path, label, split)
+    and `classes.json` into `out`.
+    """
+    from imgclf.data.prepared import prepare_data
+    from imgclf.device import resolve_device
+    from imgclf.features.bottleneck import feature_network, write_features
+
+    cfg = DataConfig(path_col=path_col, label_col=label_col, splits=splits)
+    image_set, split_names = select_data(data, cfg, split, manifest)
+    resolved = resolve_device(device)
+    model, spec = feature_network(model_or_backbone, weights, cfg, image_set, resolved)
+    prepared = prepare_data(image_set, split_names, spec, "auto", None, callbacks)
+    return write_features(model, prepared, Path(out), resolved, batch_size, callbacks)
+
+
+def cache_entries(kinds: Sequence[str] | None = None) -> list[CacheEntry]:
+    """What the cache folder holds (all kinds, or those named), a row per entry."""
+    from imgclf.data.cache import list_cache
+
+    _check_kinds(kinds)
+    return [entry for entry in list_cache() if not kinds or entry.kind in kinds]
+
+
+def clear_cache(kinds: Sequence[str] | None = None) -> int:
+    """Delete the cache's entries (all kinds, or those named); returns the bytes freed."""
+    from imgclf.data.cache import clear_cache as clear
+
+    _check_kinds(kinds)
+    return clear(list(kinds) if kinds else None)
+
+
+def _check_kinds(kinds: Sequence[str] | None) -> None:
+    from imgclf.data.cache import CACHE_KINDS
+    from imgclf.errors import UsageError
+
+    unknown = sorted(set(kinds or []) - set(CACHE_KINDS))
+    if unknown:
+        raise UsageError(f"--kind {unknown[0]!r}: use one of {', '.join(CACHE_KINDS)}")

@@ -1,0 +1,124 @@
+"""Entry points that use a trained model: `load_model`, `predict` and `explain` over files,
+`export_model`, `serve`; and `list_models`, the networks `--model` accepts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from imgclf.errors import UsageError
+from imgclf.inference.predictor import Predictor
+
+if TYPE_CHECKING:
+    from imgclf.export.onnx import ExportResult
+    from imgclf.inference.jobs import ExplainJob, PredictionJob
+    from imgclf.serve import ServeSettings
+
+
+def load_model(path: str | Path, device: str = "cpu", backend: str = "auto", tta: bool = False) -> Predictor:
+    """Load a saved model (artifact folder, run folder or exported .onnx file) ready to predict.
+
+    `tta`: average each image's probabilities with its mirror image's (test-time augmentation).
+    """
+    return Predictor.from_path(path, device=device, backend=backend, tta=tta)
+
+
+def predict(
+    model: str | Path,
+    inputs: Sequence[str | Path],
+    *,
+    top_k: int = 3,
+    output: str | Path | None = None,
+    resume: bool = False,
+    shard: str | None = None,
+    batch_size: int = 64,
+    device: str = "auto",
+    backend: str = "auto",
+    threads: int | None = None,
+    tta: bool = False,
+    label_map: str | Path | None = None,
+) -> PredictionJob:
+    """Top-k predictions for files, folders (recursive) or globs, streamed: iterate the job for each
+    prediction as it comes; with `output` (.csv or .jsonl) they are written there as well, and with
+    `resume` the rows already in it are kept and their images skipped. `shard` "I/N" predicts every
+    N-th input from the I-th (split work across machines)."""
+    from imgclf.inference.jobs import PredictionJob, check_prediction_options
+
+    check_prediction_options(top_k, output, resume)
+    predictor = Predictor.from_path(
+        model, device=device, label_map=label_map, backend=backend, threads=threads, tta=tta
+    )
+    return PredictionJob(predictor, inputs, top_k, batch_size, output, resume, shard)
+
+
+def explain(
+    model: str | Path,
+    inputs: Sequence[str | Path],
+    *,
+    out: str | Path = "explain",
+    class_name: str | None = None,
+    device: str = "auto",
+) -> ExplainJob:
+    """Grad-CAM heatmaps of files, folders or globs (of the top-1 class, or `class_name`), through the
+    PyTorch model: iterate the job; it writes NAME.gradcam.png per image and explanations.csv."""
+    from imgclf.inference.explain import Explainer
+    from imgclf.inference.jobs import ExplainJob
+
+    return ExplainJob(Explainer(Predictor.from_path(model, device=device, backend="torch")), inputs, out,
+                      class_name)  # fmt: skip
+
+
+def export_model(model: str | Path, out: str | Path | None = None, **options: Any) -> ExportResult:
+    """Export a model to ONNX, ORT format or TFLite, float or int8, each file checked before it is
+    written (see `imgclf.export.onnx.export_model` for the options)."""
+    from imgclf.export.onnx import export_model as export
+
+    return export(model, out, **options)
+
+
+def serve(
+    model: str | Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    settings: ServeSettings | None = None,
+    backend: str = "auto",
+    device: str = "auto",
+    threads: int | None = None,
+    tta: bool = False,
+    label_map: str | Path | None = None,
+    access_log: bool = False,
+    on_start: Callable[[Predictor], None] | None = None,
+) -> None:
+    """Serve a model over HTTP until interrupted (see `imgclf.serve`); `on_start(predictor)` runs
+    once the model is loaded, before the server listens."""
+    import uvicorn
+
+    from imgclf.serve import ServeSettings, create_app
+
+    settings = settings or ServeSettings()
+    for name, value in (
+        ("--max-batch", settings.max_batch),
+        ("--max-images", settings.max_images),
+        ("--top-k", settings.default_top_k),
+    ):
+        if value < 1:
+            raise UsageError(f"{name} must be at least 1")
+    if not 0 < port < 65536:
+        raise UsageError("--port must be between 1 and 65535")
+    predictor = Predictor.from_path(
+        model, device=device, label_map=label_map, backend=backend, threads=threads, tta=tta
+    )
+    application = create_app(predictor, settings)
+    if on_start is not None:
+        on_start(predictor)
+    uvicorn.run(application, host=host, port=port, log_level="warning", access_log=access_log)
+
+
+def list_models(pattern: str | None = None) -> list[tuple[str, str]]:
+    """(name, description) of the models `--model` accepts: imgclf's builtins, registered families,
+    the offline backbones, then timm's architectures (filtered by an fnmatch `pattern`)."""
+    from imgclf.models import list_models as models
+
+    return models(pattern)

@@ -1,0 +1,151 @@
+"""`imgclf export`: a model to ONNX, ORT format or TFLite, float or int8, each file checked.
+
+Its `--batch-size` is the fixed batch of `--fixed-batch`, not the batch of a forward pass over many
+images as elsewhere, so it is this command's own option."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from imgclf.cli.app import command, handle_errors
+
+
+class ExportFormat(str, Enum):
+    onnx = "onnx"
+    ort = "ort"
+    tflite = "tflite"
+
+
+class Quantize(str, Enum):
+    none = "none"
+    int8 = "int8"
+
+
+@command("export", rank=30)
+@handle_errors
+def export(
+    model: Annotated[
+        Path, typer.Argument(help="Model folder (or a run folder holding model/).", show_default=False)
+    ],
+    format: Annotated[
+        ExportFormat,
+        typer.Option(
+            "--format",
+            "-f",
+            help="onnx | ort (ONNX Runtime's format for ORT Mobile on Android and iOS, loaded back and "
+            "compared with the ONNX graph before it is written) | tflite (TFLite / LiteRT at batch 1, "
+            "checked with the LiteRT interpreter; needs pip install 'imgclf[tflite]'). Core ML cannot be "
+            "checked on Linux and is not offered.",
+        ),
+    ] = ExportFormat.onnx,
+    quantize: Annotated[
+        Quantize,
+        typer.Option(
+            help="none | int8: static quantization (QDQ, per-channel weights) calibrated on training images; "
+            "written only if its top-1 answers agree with the float model's on at least 99% of the "
+            "validation images (or --check-images) and it loses at most 1 point of accuracy.",
+        ),
+    ] = Quantize.none,
+    calibration_images: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--calibration-images",
+            help="Images (files, folders, globs) to calibrate int8 on \\[default: the training split].",
+            show_default=False,
+        ),
+    ] = None,
+    calibration_count: Annotated[int, typer.Option(help="How many images int8 is calibrated on.")] = 256,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="The file to write \\[default: in the model folder: model.onnx (where predict and serve "
+            "find it), model.int8.onnx, model.ort or model.int8.ort].",
+            show_default=False,
+        ),
+    ] = None,
+    opset: Annotated[int, typer.Option(help="ONNX opset version (18 or later).")] = 18,
+    dynamic_batch: Annotated[
+        bool,
+        typer.Option(
+            "--dynamic-batch/--fixed-batch",
+            help="A free batch dimension, or one fixed at --batch-size.",
+        ),
+    ] = True,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="The batch of --fixed-batch.")] = 1,
+    check_images: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--check-images",
+            help="Images (files, folders, globs) for the checks: ONNX Runtime vs PyTorch, and int8 vs float "
+            "\\[default: 16 images of the training data; int8: the validation split].",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Export a model to ONNX (or ORT format, float or int8), with normalization and softmax inside.
+
+    Input `image`: float32 N×C×H×W, RGB (or grey) pixels / 255, resized as the model's spec says.
+
+    Output `probabilities`: float32 N×K. The metadata holds classes, names and the spec.
+
+    Every file is checked before it is written: ONNX Runtime must match PyTorch on a real batch within
+    1e-4; int8 must agree with the float model (99% top-1, at most 1 point of accuracy lost); the
+    ORT format must match the ONNX graph within 1e-4. predict, serve and evaluate run any of them.
+    """
+    from imgclf import api
+    from imgclf.console import console
+
+    result = api.export_model(
+        model,
+        out,
+        opset=opset,
+        dynamic_batch=dynamic_batch,
+        batch_size=batch_size,
+        check_images=check_images,
+        format=format.value,
+        quantize=quantize.value,
+        calibration_images=calibration_images,
+        calibration_count=calibration_count,
+    )
+    batch = "dynamic" if result.dynamic_batch else f"fixed at {batch_size}"
+    kind = {"onnx": f"opset {result.opset}", "ort": f"ORT format, opset {result.opset}", "tflite": "TFLite"}
+    if result.format == "tflite":
+        batch = "1"
+    console.print(
+        f"wrote {result.path} ({result.size_bytes / 1e6:.1f} MB, {kind[result.format]}, batch {batch})",
+        markup=False,
+        soft_wrap=True,
+    )
+    console.print(
+        f"check: ONNX Runtime vs PyTorch on {result.check_source}: max |Δp| = {result.max_abs_diff:.2e} "
+        f"(limit 1e-04), top-1 agreement {result.top1_agreement:.0%}",
+        markup=False,
+        soft_wrap=True,
+    )
+    for line in export_check_lines(result):
+        console.print(line, markup=False, soft_wrap=True)
+
+
+def export_check_lines(result: Any) -> list[str]:
+    """The int8 and ORT-format checks of an export, a line each."""
+    lines = []
+    if result.quantization is not None:
+        check = result.quantization
+        ratio = result.float_size_bytes / max(result.size_bytes, 1)
+        lines.append(
+            f"int8: {result.size_bytes / 1e6:.1f} MB vs float {result.float_size_bytes / 1e6:.1f} MB "
+            f"({ratio:.1f}x smaller); calibrated on {check.calibration_images} images; {check.describe()}"
+        )
+    if result.ort_max_abs_diff is not None:
+        lines.append(f"ORT format loaded back: max |Δp| = {result.ort_max_abs_diff:.2e} vs the ONNX graph")
+    if result.tflite_max_abs_diff is not None:
+        lines.append(
+            f"TFLite in the LiteRT interpreter: max |Δp| = {result.tflite_max_abs_diff:.2e} vs PyTorch"
+        )
+    return lines

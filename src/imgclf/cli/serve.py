@@ -1,0 +1,88 @@
+"""`imgclf serve`: a model over HTTP, with the camera page for phones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from imgclf.cli.app import command, handle_errors
+from imgclf.cli.options import DEVICE, Backend, TtaOption, shared, shared_values
+
+
+@command("serve", rank=40)
+@handle_errors
+@shared(DEVICE)
+def serve(
+    model: Annotated[
+        Path,
+        typer.Argument(
+            help="Model folder, run folder holding model/, or exported .onnx file.", show_default=False
+        ),
+    ],
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; 0.0.0.0 opens the service to the network.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    max_batch: Annotated[
+        int, typer.Option(help="Most images in one forward pass; 1 turns micro-batching off.")
+    ] = 32,
+    batch_wait_ms: Annotated[
+        float, typer.Option(help="How long the first request of a batch waits for others (ms).")
+    ] = 2.0,
+    max_body_mb: Annotated[float, typer.Option(help="Largest request body (MB); larger gets 413.")] = 20.0,
+    max_pixels: Annotated[
+        int, typer.Option(help="Largest image (width × height); larger gets 400, before decoding.")
+    ] = 40_000_000,
+    max_images: Annotated[int, typer.Option(help="Most images in one request.")] = 32,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", help="Classes per image unless a request asks.")] = 5,
+    label_map: Annotated[
+        Path | None, typer.Option(help="JSON of display names (class names or 1-based indices as keys).")
+    ] = None,
+    backend: Annotated[
+        Backend, typer.Option(help="auto: ONNX Runtime on the CPU when a current model.onnx exists.")
+    ] = Backend.auto,
+    threads: Annotated[
+        int | None, typer.Option(help="ONNX Runtime threads \\[default: one per core].", show_default=False)
+    ] = None,
+    tta: TtaOption = False,
+    access_log: Annotated[bool, typer.Option("--access-log", help="Log every request.")] = False,
+    *,
+    settings: dict[str, Any],
+) -> None:
+    """Serve a model over HTTP: POST /predict, POST /explain, GET /health, GET /model, docs at /docs,
+    and a web page at / that works as a camera app on a phone.
+
+    Concurrent requests are micro-batched (see --max-batch, --batch-wait-ms). POST /explain (Grad-CAM)
+    needs the PyTorch model (--backend torch). Ctrl-C stops it.
+    """
+    from imgclf import api
+    from imgclf.console import err_console
+    from imgclf.serve import ServeSettings
+
+    limits = ServeSettings(
+        max_batch=max_batch,
+        batch_wait_ms=batch_wait_ms,
+        max_body_mb=max_body_mb,
+        max_pixels=max_pixels,
+        max_images=max_images,
+        default_top_k=top_k,
+    )
+
+    def announce(predictor: Any) -> None:
+        shown = f"[{host}]" if ":" in host else host
+        err_console.print(
+            f"serving {len(predictor.classes)} classes with {predictor.backend}"
+            f"{', test-time augmentation (mirror images)' if tta else ''} at http://{shown}:{port}/ "
+            f"(API docs: /docs; micro-batching: {'off' if max_batch == 1 else f'up to {max_batch} images'})",
+            markup=False,
+            soft_wrap=True,
+        )
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            err_console.print(f"note: listening on {host}, reachable from other machines", style="yellow")
+
+    api.serve(
+        model, host=host, port=port, settings=limits, backend=backend.value, threads=threads, tta=tta,
+        label_map=label_map, access_log=access_log, on_start=announce, **shared_values(settings, DEVICE),
+    )  # fmt: skip

@@ -1,0 +1,88 @@
+"""`imgclf train`: every setting of `imgclf.config` as a flag, then one `api.train` call."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from imgclf.cli.app import command, handle_errors
+from imgclf.cli.options import with_settings
+from imgclf.config import OUTPUT_PANEL, TRAIN_PANEL
+
+
+@command("train", rank=10)
+@handle_errors
+@with_settings(lambda item: True)
+def train(
+    data: Annotated[
+        str | None,
+        typer.Argument(
+            help="Folder of class folders, folder with train/ val/ test/, CSV/TSV, .zip/.tar(.gz), or IDX "
+            "files.",
+            show_default=False,
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", "-c", help="YAML file with settings (flags win).", rich_help_panel=OUTPUT_PANEL
+        ),
+    ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            help="Continue an interrupted run folder where it stopped.", rich_help_panel=OUTPUT_PANEL
+        ),
+    ] = None,
+    devices: Annotated[
+        int | None,
+        typer.Option(
+            help="Train with this many processes on this machine (torchrun + DistributedDataParallel; "
+            "one GPU each, or CPU processes with gloo).",
+            rich_help_panel=TRAIN_PANEL,
+        ),
+    ] = None,
+    *,
+    settings: dict[str, Any],
+) -> None:
+    """Train a classifier on a folder, CSV, archive or IDX files; writes a run folder with the model.
+
+    Every setting below is also a key of the YAML file given with --config (data.val_split,
+    train.lr …); flags win over the file.
+
+    Example: [bold]imgclf train data/ --model cnn-basic --width-shift 0.3 --zoom 0.2 --hflip[/bold]
+    """
+    from imgclf import api
+    from imgclf.console import ConsoleReporter
+
+    overrides = {"data.source": data, **settings} if data is not None else dict(settings)
+    if devices is not None and devices < 1:
+        raise typer.BadParameter("--devices must be at least 1")
+    if devices is not None and devices > 1 and "WORLD_SIZE" not in os.environ:
+        raise typer.Exit(api.launch(devices, _without_option(sys.argv[1:], "--devices")))
+    reporter = ConsoleReporter()
+    if resume is not None:
+        extra = {"epochs": settings["train.epochs"]} if "train.epochs" in settings else {}
+        api.train(resume=resume, callbacks=[reporter], **extra)
+        return
+    if data is None and config is None:
+        raise typer.BadParameter("give the DATA to train on (or a --config that names data.source)")
+    api.train(config=config, callbacks=[reporter], **overrides)
+
+
+def _without_option(argv: list[str], name: str) -> list[str]:
+    """argv with `name VALUE` / `name=VALUE` removed (to pass the rest on to torchrun)."""
+    kept: list[str] = []
+    skip = False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == name:
+            skip = True
+        elif not item.startswith(f"{name}="):
+            kept.append(item)
+    return kept
