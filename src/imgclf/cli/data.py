@@ -14,6 +14,7 @@ from imgclf.cli.options import (
     DATA_SOURCE,
     DEVICE,
     WORKERS,
+    DataArgument,
     Split,
     shared,
     shared_values,
@@ -25,7 +26,7 @@ from imgclf.cli.options import (
 @handle_errors
 @shared(DATA_SOURCE, WORKERS)
 def check(
-    data: Annotated[str, typer.Argument(help="Any data source `train` accepts.", show_default=False)],
+    data: DataArgument,
     strict: Annotated[
         bool, typer.Option("--strict", help="Exit 1 when any error-level finding exists.")
     ] = False,
@@ -92,7 +93,7 @@ def check(
 @handle_errors
 @shared(DATA_SOURCE)
 def show(
-    data: Annotated[str, typer.Argument(help="Any data source `train` accepts.", show_default=False)],
+    data: DataArgument,
     per_class: Annotated[int, typer.Option(help="Images per class (one row per class).")] = 8,
     out: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.")] = Path("samples.png"),
     seed: Annotated[int, typer.Option(help="Which images are drawn.")] = 0,
@@ -118,7 +119,7 @@ def features(
             show_default=False,
         ),
     ],
-    data: Annotated[str, typer.Argument(help="Any data source `train` accepts.", show_default=False)],
+    data: DataArgument,
     out: Annotated[
         Path,
         typer.Option("--out", "-o", help="Folder for features.npy, labels.npy, samples.csv, classes.json."),
@@ -155,7 +156,7 @@ def features(
     lambda item: item.key.startswith("augment.") and item.key not in ("augment.mixup", "augment.cutmix")
 )
 def augment_preview(
-    data: Annotated[str, typer.Argument(help="Any data source `train` accepts.", show_default=False)],
+    data: DataArgument,
     out: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.")] = Path(
         "augment_preview.png"
     ),

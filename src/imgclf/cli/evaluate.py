@@ -9,7 +9,17 @@ from typing import Annotated, Any
 import typer
 
 from imgclf.cli.app import command, handle_errors
-from imgclf.cli.options import BATCH_SIZE, DATA_SOURCE, DEVICE, Split, TtaOption, shared, shared_values
+from imgclf.cli.options import (
+    BATCH_SIZE,
+    DATA_SOURCE,
+    DEVICE,
+    DataArgument,
+    ModelFolderArgument,
+    Split,
+    TtaOption,
+    shared,
+    shared_values,
+)
 
 
 @command("evaluate", rank=70)
@@ -24,7 +34,7 @@ def evaluate(
             show_default=False,
         ),
     ],
-    data: Annotated[str, typer.Argument(help="Any data source `train` accepts.", show_default=False)],
+    data: DataArgument,
     split: Annotated[
         Split, typer.Option(help="Which split of the data (from its folders or --manifest).")
     ] = Split.all,
@@ -72,9 +82,7 @@ def evaluate(
 @handle_errors
 @shared(DATA_SOURCE, BATCH_SIZE, DEVICE, batch_size=128)
 def calibrate(
-    model: Annotated[
-        Path, typer.Argument(help="Model folder (or a run folder holding model/).", show_default=False)
-    ],
+    model: ModelFolderArgument,
     data: Annotated[
         str | None,
         typer.Argument(

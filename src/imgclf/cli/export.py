@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from imgclf.cli.app import command, handle_errors
+from imgclf.cli.options import ModelFolderArgument
 
 
 class ExportFormat(str, Enum):
@@ -28,9 +29,7 @@ class Quantize(str, Enum):
 @command("export", rank=30)
 @handle_errors
 def export(
-    model: Annotated[
-        Path, typer.Argument(help="Model folder (or a run folder holding model/).", show_default=False)
-    ],
+    model: ModelFolderArgument,
     format: Annotated[
         ExportFormat,
         typer.Option(

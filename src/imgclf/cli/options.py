@@ -11,6 +11,7 @@ import inspect
 import typing
 from collections.abc import Callable
 from enum import Enum
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -155,6 +156,21 @@ class Split(str, Enum):
     all = "all"
 
 
+# the arguments several commands take
+DataArgument = Annotated[str, typer.Argument(help="Any data source `train` accepts.", show_default=False)]
+ModelFolderArgument = Annotated[
+    Path, typer.Argument(help="Model folder (or a run folder holding model/).", show_default=False)
+]
+ModelArgument = Annotated[
+    Path,
+    typer.Argument(
+        help="Model folder, run folder holding model/, or exported .onnx file.", show_default=False
+    ),
+]
+InputsArgument = Annotated[
+    list[str],
+    typer.Argument(help="Image files, folders (searched recursively) or globs.", show_default=False),
+]
 TtaOption = Annotated[
     bool,
     typer.Option(

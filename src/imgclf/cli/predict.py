@@ -8,18 +8,17 @@ from typing import Annotated, Any
 import typer
 
 from imgclf.cli.app import command, handle_errors
-from imgclf.cli.options import BATCH_SIZE, DEVICE, Backend, TtaOption, shared, shared_values
-
-ModelArgument = Annotated[
-    Path,
-    typer.Argument(
-        help="Model folder, run folder holding model/, or exported .onnx file.", show_default=False
-    ),
-]
-InputsArgument = Annotated[
-    list[str],
-    typer.Argument(help="Image files, folders (searched recursively) or globs.", show_default=False),
-]
+from imgclf.cli.options import (
+    BATCH_SIZE,
+    DEVICE,
+    Backend,
+    InputsArgument,
+    ModelArgument,
+    ModelFolderArgument,
+    TtaOption,
+    shared,
+    shared_values,
+)
 
 
 @command("predict", rank=20)
@@ -114,9 +113,7 @@ def prediction_line(result: Any) -> str:
 @handle_errors
 @shared(DEVICE)
 def explain(
-    model: Annotated[
-        Path, typer.Argument(help="Model folder (or a run folder holding model/).", show_default=False)
-    ],
+    model: ModelFolderArgument,
     inputs: InputsArgument,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the heatmaps.")] = Path("explain"),
     class_name: Annotated[

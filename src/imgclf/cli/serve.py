@@ -8,19 +8,14 @@ from typing import Annotated, Any
 import typer
 
 from imgclf.cli.app import command, handle_errors
-from imgclf.cli.options import DEVICE, Backend, TtaOption, shared, shared_values
+from imgclf.cli.options import DEVICE, Backend, ModelArgument, TtaOption, shared, shared_values
 
 
 @command("serve", rank=40)
 @handle_errors
 @shared(DEVICE)
 def serve(
-    model: Annotated[
-        Path,
-        typer.Argument(
-            help="Model folder, run folder holding model/, or exported .onnx file.", show_default=False
-        ),
-    ],
+    model: ModelArgument,
     host: Annotated[
         str, typer.Option(help="Address to listen on; 0.0.0.0 opens the service to the network.")
     ] = "127.0.0.1",
