@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from tests.conftest import write_class_folders
 
+from conftest import write_class_folders
 from imgclf.config import resolve_config
 from imgclf.preview import write_augment_preview
 from imgclf.training import recipe

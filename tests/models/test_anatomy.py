@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tests.conftest import write_class_folders
 from torch import nn
 
+from conftest import write_class_folders
 from imgclf.models import anatomy, factory
 from imgclf.models.anatomy import (
     Anatomy,
