@@ -151,13 +151,33 @@ def test_check_train_evaluate_predict_and_serve_use_or_list_every_file(
     assert result.exit_code == 1, result.output  # some files could not be read: exit 1, every file a row
     rows = _rows(tmp_path / "predictions.csv")
     readable = {row["path"] for row in rows if not row["error"]}
-    assert len(readable) >= len(evaluated)
-    assert all(row["error"] for row in rows if row["path"] not in readable)
+    # predict reads anyone's files: what cameras, phones and browsers make, every other format refused
+    made_by_cameras = {path for path in evaluated if _upload_format(root / path)}
+    assert {str(Path(path).relative_to(root)) for path in readable} >= made_by_cameras
+    assert len(made_by_cameras) > 40
+    refused = [row for row in rows if row["path"] not in readable]
+    assert all(row["error"] for row in refused)
+    assert any("only JPEG, PNG, WebP" in row["error"] or "not a JPEG, PNG" in row["error"] for row in refused)
 
     predictor = imgclf.load_model(run_dir / "model")
     with TestClient(create_app(predictor, ServeSettings())) as client:
         for path in files:
             answer = client.post("/predict", files={"files": (path.name, path.read_bytes())})
-            assert answer.status_code in (200, 400), (path, answer.text)
-            if answer.status_code == 400:
+            assert answer.status_code in (200, 400, 415), (path, answer.text)
+            if answer.status_code == 415:
+                assert not _upload_format(path), path
+            if answer.status_code in (400, 415):
                 assert path.name in answer.json()["detail"]
+
+
+def _upload_format(path: Path) -> bool:
+    """Whether Pillow opens the file as one of the formats `serve` and `predict` accept."""
+    from PIL import Image
+
+    from imgclf.data.decode import UPLOAD_FORMATS
+
+    try:
+        with Image.open(path, formats=list(UPLOAD_FORMATS)):
+            return True
+    except Exception:
+        return False

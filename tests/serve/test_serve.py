@@ -44,6 +44,12 @@ def client(served):
         yield client
 
 
+def tga_bytes() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (90, 90, 90)).save(buffer, format="TGA")
+    return buffer.getvalue()
+
+
 def png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
@@ -90,7 +96,9 @@ def test_bad_input_gets_a_json_error_and_the_server_keeps_serving(client, served
     _, data = served
     good = sorted((data / "disc").iterdir())[0].read_bytes()
     cases = {
-        "not an image": (400, {"files": ("a.png", b"this is text", "image/png")}),
+        "not an image": (415, {"files": ("a.png", b"this is text", "image/png")}),
+        "PostScript": (415, {"files": ("a.eps", b"%!PS-Adobe-3.0 EPSF-3.0\n", "application/postscript")}),
+        "a format no camera makes": (415, {"files": ("a.tga", tga_bytes(), "image/x-tga")}),
         "truncated": (400, {"files": ("t.png", good[: len(good) // 2], "image/png")}),
         "empty": (400, {"files": ("e.png", b"", "image/png")}),
         "over the pixel limit": (
@@ -104,6 +112,11 @@ def test_bad_input_gets_a_json_error_and_the_server_keeps_serving(client, served
         assert response.status_code == status, (name, response.text)
         assert response.headers["content-type"].startswith("application/json"), name
     assert "too large" in client.post("/predict", files=cases["over the pixel limit"][1]).json()["detail"]
+    refused = client.post("/predict", files=cases["PostScript"][1]).json()["detail"]
+    assert refused == (
+        "a.eps: a PostScript/EPS file: only JPEG, PNG, WebP, GIF, BMP, TIFF, HEIC/HEIF and AVIF images "
+        "are accepted here"
+    )
     oversized = client.post("/predict", files={"files": ("huge.png", b"\0" * 2_500_000, "image/png")})
     assert oversized.status_code == 413 and "limit" in oversized.json()["detail"]
     assert client.post("/predict", json={"images": ["@@not base64@@"]}).status_code == 400

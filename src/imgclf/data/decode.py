@@ -7,6 +7,7 @@ report it instead of crashing.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import os
@@ -46,13 +47,57 @@ IMAGE_EXTENSIONS = _image_extensions() | {".heic", ".heif", ".hif", ".avif", ".a
 MAGIC_PREFIXES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\0", b"MM\0*")
 HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1", b"avif", b"avis")
 GRAYSCALE_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
-# Refuse absurd pixel counts (decompression bombs) with a clear error instead of exhausting memory.
+# The most pixels the fast PNG path reads (anything larger goes to Pillow, whose own decompression
+# bomb limit, left as Pillow sets it, then refuses it). Callers pass their own limits per call.
 MAX_PIXELS = 16_000 * 16_000
-Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+# What a camera, a phone or a browser produces: the only formats `serve` and `predict` open, since
+# their input comes from anyone (Pillow's other plug-ins parse rare formats nobody sends a classifier).
+UPLOAD_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "HEIF", "AVIF")
+UPLOAD_FORMATS_TEXT = "JPEG, PNG, WebP, GIF, BMP, TIFF, HEIC/HEIF and AVIF"
+# Formats whose decoding runs an outside program (Pillow hands EPS and PostScript to Ghostscript):
+# refused everywhere unless the user opts in with IMGCLF_ALLOW_EPS=1 (training and check only).
+EXTERNAL_PROGRAM_FORMATS = frozenset({"EPS"})
+ALLOW_EPS_VARIABLE = "IMGCLF_ALLOW_EPS"
+# The first bytes of the formats a refusal names (PostScript text, EPS with a binary header, FITS).
+REFUSED_MAGIC = ((b"%!PS", "PostScript/EPS"), (b"\xc5\xd0\xd3\xc6", "EPS"), (b"SIMPLE  =", "FITS"))
 
 
 class ImageDecodeError(Exception):
     """An image could not be read: corrupt, truncated, not an image, or too large."""
+
+
+class ImageFormatError(ImageDecodeError):
+    """An image in a format this use does not open (serve answers 415)."""
+
+
+def training_formats() -> tuple[str, ...]:
+    """The formats training, check and evaluation read: every one Pillow decodes by itself, except
+    those that run an outside program, unless IMGCLF_ALLOW_EPS=1 says to."""
+    return _training_formats(os.environ.get(ALLOW_EPS_VARIABLE, "") == "1")
+
+
+@functools.lru_cache(maxsize=2)
+def _training_formats(allowed: bool) -> tuple[str, ...]:
+    Image.init()
+    return tuple(
+        name
+        for name in Image.OPEN
+        if name not in STUB_FORMATS and (allowed or name not in EXTERNAL_PROGRAM_FORMATS)
+    )
+
+
+def _refusal(head: bytes, formats: tuple[str, ...]) -> str | None:
+    """The one-line reason a file of a known refused kind is not read, or None."""
+    for magic, kind in REFUSED_MAGIC:
+        if head.startswith(magic):
+            if formats == UPLOAD_FORMATS:
+                return f"a {kind} file: only {UPLOAD_FORMATS_TEXT} images are accepted here"
+            if kind != "FITS":
+                return (
+                    f"a {kind} file: its decoding runs an outside program (Ghostscript), so imgclf does "
+                    f"not read it; {ALLOW_EPS_VARIABLE}=1 allows it for training and check"
+                )
+    return None
 
 
 class ImageHeader(NamedTuple):
@@ -113,18 +158,40 @@ def pillow_warnings_logged(source: object) -> Iterator[None]:
             logger.warning("%s: %s", name, str(warning.message).splitlines()[0] if warning.message else "")
 
 
-def _open(source: str | Path | bytes) -> Image.Image:
+def _open(source: str | Path | bytes, formats: tuple[str, ...] | None = None) -> Image.Image:
+    """Open lazily with only `formats`' plug-ins (default: `training_formats()`)."""
     fp = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
+    formats = formats or training_formats()
     try:
-        return Image.open(fp)
+        return Image.open(fp, formats=list(formats))
     except Image.DecompressionBombWarning as error:
         raise ImageDecodeError(f"image too large ({error})") from error
     except Image.DecompressionBombError as error:
         raise ImageDecodeError("image too large (over the pixel limit)") from error
     except UnidentifiedImageError as error:
+        head = bytes(source[:16]) if isinstance(source, (bytes, bytearray)) else _head(source)
+        reason = _refusal(head, formats)
+        if reason is not None:
+            raise ImageFormatError(reason) from error
+        if formats == UPLOAD_FORMATS:
+            raise ImageFormatError(f"not a {UPLOAD_FORMATS_TEXT} image") from error
         raise ImageDecodeError("not an image Pillow can read") from error
     except Exception as error:  # a plugin's parser on a damaged or unusual file: report, never crash
         raise ImageDecodeError(f"cannot open: {error or type(error).__name__}") from error
+
+
+def _file_size(source: str | Path) -> int | None:
+    try:
+        return os.stat(source).st_size
+    except (OSError, TypeError):
+        return None
+
+
+def _head(source: str | Path) -> bytes:
+    try:
+        return read_bytes(source, 16)
+    except OSError:
+        return b""
 
 
 def read_bytes(path: str | Path, limit: int = -1) -> bytes:
@@ -152,6 +219,11 @@ PLAIN_PNG_MODES = {(8, 0): "L", (8, 2): "RGB", (8, 4): "LA", (8, 6): "RGBA"}
 # animation) sends the file the usual way.
 PLAIN_PNG_CHUNKS = {b"IHDR": 13, b"IDAT": 0, b"IEND": 0, b"gAMA": 4, b"sRGB": 1, b"pHYs": 9, b"cHRM": 32}
 PLAIN_PNG_HEADER_BYTES = 4096
+# Deflate never expands data more than about 1032 times: pixel data shorter than its image's rows over
+# this cannot fill them, and is refused before the image is allocated (68 bytes that claim 16,000 ×
+# 16,000 pixels would otherwise cost a gigabyte first).
+DEFLATE_MAX_RATIO = 1032
+PLAIN_PNG_BANDS = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4}
 
 
 def _plain_png_prefix(data: bytes | bytearray) -> tuple[int, int, str, int] | None:
@@ -214,16 +286,24 @@ def decode_plain_png(data: bytes | bytearray) -> Image.Image | None:
             break
     else:
         return None  # no IEND: truncated
+    compressed = sum(len(part) for part in pixels)
+    rows = height * (1 + width * PLAIN_PNG_BANDS[mode])
+    if compressed * DEFLATE_MAX_RATIO < rows:
+        raise ImageDecodeError(
+            f"corrupt or truncated: {compressed:,} bytes of pixel data cannot fill {width}×{height} pixels"
+        )
     try:
         return Image.frombytes(mode, (width, height), b"".join(pixels), "zip", mode)
     except (OSError, ValueError, MemoryError):
         return None
 
 
-def read_header(source: str | Path | bytes, name: object = None) -> ImageHeader:
+def read_header(
+    source: str | Path | bytes, name: object = None, formats: tuple[str, ...] | None = None
+) -> ImageHeader:
     """Open an image lazily and report its size, mode and whether EXIF says to rotate it.
 
-    Pillow's warnings are logged with `name` (default: the path).
+    Pillow's warnings are logged with `name` (default: the path); `formats`: see `decode_image`.
     """
     if isinstance(source, (str, Path)) and os.fspath(source)[-4:].lower() == ".png":  # no second open
         try:
@@ -233,7 +313,7 @@ def read_header(source: str | Path | bytes, name: object = None) -> ImageHeader:
         if plain is not None:
             return ImageHeader(plain[0], plain[1], plain[2], "PNG", False)
     with pillow_warnings_logged(name or source):
-        return _read_header(_open(source))
+        return _read_header(_open(source, formats))
 
 
 def _read_header(image: Image.Image) -> ImageHeader:
@@ -258,27 +338,40 @@ def decode_image(
     draft_size: tuple[int, int] | None = None,
     max_pixels: int | None = None,
     name: object = None,
+    formats: tuple[str, ...] | None = None,
 ) -> Image.Image:
     """Fully decode an image, apply its EXIF orientation, and return it in its own mode.
 
     `draft_size` (width, height) lets JPEG decoding downscale in the DCT domain when the source is at
     least twice that size, which is much faster than decoding at full size and resizing.
     `max_pixels` refuses larger images from their header, before any pixel is decoded.
+    `formats`: the Pillow formats opened (UPLOAD_FORMATS for anyone's input; default
+    `training_formats()`); another format is an `ImageFormatError`.
     Every failure is an `ImageDecodeError`; Pillow's warnings are logged with `name` (default: the path).
     """
     with pillow_warnings_logged(name or source):
-        return _decode(source, draft_size, max_pixels)
+        return _decode(source, draft_size, max_pixels, formats)
 
 
 def _decode(
-    source: str | Path | bytes, draft_size: tuple[int, int] | None, max_pixels: int | None
+    source: str | Path | bytes,
+    draft_size: tuple[int, int] | None,
+    max_pixels: int | None,
+    formats: tuple[str, ...] | None = None,
 ) -> Image.Image:
-    image = _open(source)
+    image = _open(source, formats)
     if max_pixels is not None and image.width * image.height > max_pixels:
         image.close()
         raise ImageDecodeError(
             f"image too large: {image.width}×{image.height} pixels, over the limit of {max_pixels:,}"
         )
+    if image.format == "PNG":  # at least one bit per pixel must come out of the deflated data
+        size = len(source) if isinstance(source, (bytes, bytearray)) else _file_size(source)
+        if size is not None and size * DEFLATE_MAX_RATIO * 8 < image.width * image.height:
+            image.close()
+            raise ImageDecodeError(
+                f"corrupt or truncated: {size:,} bytes cannot hold {image.width}×{image.height} pixels"
+            )
     try:
         if draft_size is not None and image.format == "JPEG":
             image.draft(image.mode, draft_size)

@@ -116,8 +116,9 @@ def prepare_image(image: Image.Image, spec: PreprocessSpec) -> np.ndarray:
     return array
 
 
-def load_prepared(source: Any, spec: PreprocessSpec) -> np.ndarray:
+def load_prepared(source: Any, spec: PreprocessSpec, formats: tuple[str, ...] | None = None) -> np.ndarray:
     """Decode a file (or bytes) and prepare it; JPEGs are downscaled while decoding when large.
+    `formats`: the Pillow formats opened (see `decode_image`).
 
     A plain PNG (`decode_plain_png`, such as every MNIST file) takes a shorter way through Pillow to
     the same pixels.
@@ -134,7 +135,9 @@ def load_prepared(source: Any, spec: PreprocessSpec) -> np.ndarray:
         return prepare_image(image, spec)
     name = source if isinstance(source, (str, os.PathLike)) else None
     with pillow_warnings_logged(name):
-        image = decode_image(data if data is not None else source, (spec.width, spec.height), name=name)
+        image = decode_image(
+            data if data is not None else source, (spec.width, spec.height), name=name, formats=formats
+        )
         return prepare_image(image, spec)
 
 

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from imgclf.artifact import ModelInfo, load_artifact, resolve_artifact_path
-from imgclf.data.decode import ImageDecodeError
+from imgclf.data.decode import UPLOAD_FORMATS, ImageDecodeError
 from imgclf.data.imageset import array_to_image
 from imgclf.data.label_map import load_label_map
 from imgclf.data.preprocess import PreprocessSpec, load_prepared, normalize_batch, prepare_image
@@ -269,7 +269,7 @@ class Predictor:
         try:
             if not Path(source).is_file():
                 return source, None, "file not found"
-            return source, load_prepared(source, self.spec), None
+            return source, load_prepared(source, self.spec, UPLOAD_FORMATS), None  # anyone's files
         except ImageDecodeError as error:
             return source, None, str(error)
         except OSError as error:

@@ -30,7 +30,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from imgclf.data.decode import ImageDecodeError, decode_image
+from imgclf.data.decode import UPLOAD_FORMATS, ImageDecodeError, ImageFormatError, decode_image
 from imgclf.data.preprocess import PreprocessSpec, prepare_image
 from imgclf.errors import UsageError
 from imgclf.inference.explain import Explainer, explanation_png
@@ -209,9 +209,15 @@ def prepare_upload(blob: bytes, name: str, spec: PreprocessSpec, settings: Serve
         raise HTTPException(400, f"{name}: empty file")
     try:
         image = decode_image(
-            blob, draft_size=(spec.width, spec.height), max_pixels=settings.max_pixels, name=name
+            blob,
+            draft_size=(spec.width, spec.height),
+            max_pixels=settings.max_pixels,
+            name=name,
+            formats=UPLOAD_FORMATS,
         )
         return prepare_image(image, spec)
+    except ImageFormatError as error:
+        raise HTTPException(415, f"{name}: {error}") from None
     except ImageDecodeError as error:
         raise HTTPException(400, f"{name}: {error}") from None
     except Exception as error:  # Pillow plug-ins raise assorted errors on hostile files

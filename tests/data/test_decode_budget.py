@@ -1,0 +1,120 @@
+"""Decoding anyone's files: the formats opened by purpose, refusals with one-line reasons, and
+budgets checked before pixels are allocated."""
+
+from __future__ import annotations
+
+import io
+import struct
+import subprocess
+import sys
+import time
+import tracemalloc
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imgclf.data import decode
+from imgclf.data.decode import (
+    UPLOAD_FORMATS,
+    ImageDecodeError,
+    ImageFormatError,
+    decode_image,
+    decode_plain_png,
+    read_header,
+    training_formats,
+)
+from imgclf.data.preprocess import PreprocessSpec, load_prepared
+
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n0 0 moveto 10 10 lineto stroke\n"
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _claiming_png(width: int, height: int) -> bytes:
+    """A valid-looking PNG whose few bytes of pixel data claim width × height RGB pixels."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", header)
+        + _chunk(b"IDAT", zlib.compress(b"\0" * 10))
+        + _chunk(b"IEND", b"")
+    )
+
+
+def _encoded(format: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((8, 8, 3), 120, np.uint8)).save(buffer, format=format)
+    return buffer.getvalue()
+
+
+def test_importing_imgclf_leaves_pillows_own_pixel_limit() -> None:
+    code = (
+        "from PIL import Image; default = Image.MAX_IMAGE_PIXELS; "
+        "import imgclf.data.decode, imgclf.serve, imgclf.data.preprocess; "
+        "print(Image.MAX_IMAGE_PIXELS == default)"
+    )
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "True"
+    )
+
+
+def test_eps_and_postscript_are_refused_with_the_reason_unless_allowed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with pytest.raises(ImageFormatError, match=r"runs an outside program .* IMGCLF_ALLOW_EPS=1"):
+        decode_image(EPS)
+    with pytest.raises(ImageFormatError, match="runs an outside program"):
+        read_header(EPS)
+    assert "EPS" not in training_formats()
+    monkeypatch.setenv("IMGCLF_ALLOW_EPS", "1")
+    assert "EPS" in training_formats()  # the user's choice, for training and check
+    with pytest.raises(ImageFormatError, match="only JPEG, PNG, WebP, GIF, BMP, TIFF, HEIC/HEIF and AVIF"):
+        decode_image(EPS, formats=UPLOAD_FORMATS)  # anyone's input: never
+
+
+@pytest.mark.parametrize("format", ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"])
+def test_what_cameras_and_browsers_make_is_read_from_anyone(format: str) -> None:
+    assert decode_image(_encoded(format), formats=UPLOAD_FORMATS).size == (8, 8)
+
+
+@pytest.mark.parametrize("format", ["TGA", "PCX", "SGI", "PPM"])
+def test_other_formats_are_training_data_only(format: str) -> None:
+    data = _encoded(format)
+    assert decode_image(data).size == (8, 8)  # a data set may hold them
+    with pytest.raises(ImageFormatError, match="not a JPEG, PNG, WebP"):
+        decode_image(data, formats=UPLOAD_FORMATS)
+
+
+def test_pixel_data_that_cannot_fill_its_image_is_refused_before_it_is_allocated() -> None:
+    data = _claiming_png(9_000, 9_000)  # 81 M pixels, under Pillow's limit; 68 bytes
+    assert len(data) < 100
+    spec = PreprocessSpec(height=32, width=32, channels=3)
+    tracemalloc.start()
+    started = time.perf_counter()
+    for attempt in (
+        lambda: decode_plain_png(data),
+        lambda: decode_image(data),
+        lambda: load_prepared(data, spec),
+    ):
+        with pytest.raises(ImageDecodeError, match=r"cannot (fill|hold) 9000×9000"):
+            attempt()
+    seconds = time.perf_counter() - started
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert seconds < 0.5 and peak < 20 * 2**20, (seconds, peak)
+
+
+def test_a_real_png_still_decodes_by_both_paths() -> None:
+    rng = np.random.default_rng(0)
+    buffer = io.BytesIO()
+    pixels = rng.integers(0, 256, (300, 200, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    assert (np.asarray(decode_plain_png(buffer.getvalue())) == pixels).all()
+    flat = io.BytesIO()
+    Image.fromarray(np.zeros((3000, 3000, 3), np.uint8)).save(flat, format="PNG")  # compresses ~1000:1
+    assert decode_image(flat.getvalue()).size == (3000, 3000)
+    assert decode.DEFLATE_MAX_RATIO >= 1032
