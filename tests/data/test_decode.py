@@ -215,7 +215,7 @@ def test_plain_pngs_read_and_decode_exactly_as_through_pillow(tmp_path: Path, na
         PreprocessSpec(8, 10, 3, interpolation="bicubic"),
     ):
         try:
-            expected = prepare_image(decode_image(path), spec)
+            expected = prepare_image(decode_image(path, (spec.width, spec.height)), spec)  # the usual way
         except ImageDecodeError:
             with pytest.raises(ImageDecodeError):
                 load_prepared(path, spec)

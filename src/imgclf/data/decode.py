@@ -376,6 +376,12 @@ def _decode(
         if draft_size is not None and image.format == "JPEG":
             image.draft(image.mode, draft_size)
         image.load()
+        if draft_size is not None and image.format != "JPEG":
+            reduced = reduce_for(image, draft_size)
+            if reduced is not image:
+                reduced.info, reduced.format = image.info, image.format  # EXIF orientation still applies
+                image.close()
+                image = reduced
         if getattr(image, "n_frames", 1) > 1:
             image.seek(0)
         ImageOps.exif_transpose(image, in_place=True)  # in place: no copy of an upright image
@@ -391,9 +397,28 @@ def _decode(
     return image
 
 
-def _alpha_composite(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """Transparent pixels become black: what the image shows over a dark background."""
-    return (rgb.astype(np.float32) * (alpha.astype(np.float32) / 255.0)).round().astype(np.uint8)
+def _over_black(image: Image.Image) -> Image.Image:
+    """Transparent pixels become black (what the image shows over a dark background), in uint8 by
+    Pillow's paste: no float copy of the image (a 6320×6320 RGBA PNG cost 1.4 GB that way)."""
+    colour = "L" if image.mode == "LA" else "RGB"
+    base = Image.new(colour, image.size, 0)
+    base.paste(image.convert(colour), mask=image.getchannel("A"))
+    return base
+
+
+# Modes `Image.reduce` averages correctly (a palette cannot be averaged; 16-bit and float images are
+# scaled to 8 bits first).
+REDUCIBLE_MODES = frozenset({"L", "LA", "RGB", "RGBA", "RGBX", "CMYK"})
+
+
+def reduce_for(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """An image at least twice `size` (width, height) on both sides, box-averaged by the largest whole
+    factor that keeps it at least that size: the colour conversion and the resize that follow then
+    work on a fraction of the pixels (JPEG gets the same from draft mode while decoding)."""
+    factor = min(image.width // max(1, size[0]), image.height // max(1, size[1]))
+    if factor < 2 or image.mode not in REDUCIBLE_MODES:
+        return image
+    return image.reduce(factor)
 
 
 def _high_bit_depth_to_l(image: Image.Image) -> Image.Image:
@@ -431,12 +456,10 @@ def _to_l_or_rgb(image: Image.Image) -> Image.Image:
         return image.getchannel(0)
     if mode == "RGBa":
         return Image.merge("RGB", image.split()[:3])
-    if mode == "LA":
-        array = np.asarray(image)
-        return Image.fromarray(_alpha_composite(array[..., 0], array[..., 1]))
-    if mode in ("RGBA", "PA"):
-        array = np.asarray(image.convert("RGBA"))
-        return Image.fromarray(_alpha_composite(array[..., :3], array[..., 3:4]))
+    if mode in ("LA", "RGBA"):
+        return _over_black(image)
+    if mode == "PA":
+        return _over_black(image.convert("RGBA"))
     if mode == "LAB":
         return _lab_to_rgb(image)
     if mode not in ("L", "RGB"):  # CMYK, YCbCr, HSV, RGBX …: Pillow's own conversion

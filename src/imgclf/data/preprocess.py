@@ -14,7 +14,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from imgclf.data.decode import decode_image, decode_plain_png, pillow_warnings_logged, read_bytes, to_channels
+from imgclf.data.decode import (
+    decode_image,
+    decode_plain_png,
+    pillow_warnings_logged,
+    read_bytes,
+    reduce_for,
+    to_channels,
+)
 from imgclf.errors import ModelError
 
 INTERPOLATION = {
@@ -132,7 +139,7 @@ def load_prepared(source: Any, spec: PreprocessSpec, formats: tuple[str, ...] | 
             data = None  # decode_image reports it
     image = decode_plain_png(data) if data is not None else None
     if image is not None:
-        return prepare_image(image, spec)
+        return prepare_image(reduce_for(image, (spec.width, spec.height)), spec)
     name = source if isinstance(source, (str, os.PathLike)) else None
     with pillow_warnings_logged(name):
         image = decode_image(

@@ -1,0 +1,107 @@
+"""Decoder bombs: the time, the peak memory and the one-line answer of imgclf's decoding on hostile
+files, each in a fresh process (so one's memory does not hide another's).
+
+    python benchmarks/decode_bombs.py [--workdir DIR]
+
+Files (generated): a 6320×6320 RGBA PNG of 0.2 MB; 68 bytes of PNG claiming 9,000×9,000 pixels; a
+JPEG header claiming 60,000×60,000; a 10,000-frame GIF; an EPS file. Each is read as training reads
+it (`load_prepared`) and as `serve` does (`decode_image` with its limits and formats).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import struct
+import subprocess
+import sys
+import tempfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+PROBE = r"""
+import json, resource, sys, time
+from imgclf.data.decode import UPLOAD_FORMATS, ImageDecodeError, decode_image, read_bytes
+from imgclf.data.preprocess import PreprocessSpec, load_prepared, prepare_image
+data, way = read_bytes(sys.argv[1]), sys.argv[2]
+spec = PreprocessSpec(height=224, width=224, channels=3)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+started = time.perf_counter()
+try:
+    if way == "serve":
+        image = decode_image(data, (224, 224), max_pixels=40_000_000, formats=UPLOAD_FORMATS)
+        prepare_image(image, spec)
+    else:
+        load_prepared(data, spec)
+    answer = "decoded"
+except ImageDecodeError as error:
+    answer = f"{type(error).__name__}: {error}"
+seconds = time.perf_counter() - started
+extra = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+print(json.dumps({"seconds": seconds, "extra_mb": extra, "answer": answer}))
+"""
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def make_files(folder: Path) -> dict[str, Path]:
+    files = {}
+    rgba = np.zeros((6320, 6320, 4), np.uint8)
+    rgba[..., 3] = 128
+    rgba[::7, ::5, 0] = 255
+    files["6320x6320 RGBA PNG"] = folder / "rgba.png"
+    Image.fromarray(rgba, "RGBA").save(files["6320x6320 RGBA PNG"])
+    del rgba
+    header = struct.pack(">IIBBBBB", 9000, 9000, 8, 2, 0, 0, 0)
+    claim = b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(b"\0" * 10))
+    files["68-byte PNG claiming 9000x9000"] = folder / "claim.png"
+    files["68-byte PNG claiming 9000x9000"].write_bytes(claim + _chunk(b"IEND", b""))
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16)).save(buffer, format="JPEG")
+    jpeg = bytearray(buffer.getvalue())
+    start = jpeg.index(b"\xff\xc0") + 5  # SOF0: precision, then height and width
+    jpeg[start : start + 4] = struct.pack(">HH", 60000, 60000)
+    files["JPEG header claiming 60000x60000"] = folder / "claim.jpg"
+    files["JPEG header claiming 60000x60000"].write_bytes(bytes(jpeg))
+    frames = []
+    for i in range(10_000):  # each frame differs (Pillow merges identical ones)
+        frame = Image.new("L", (64, 64), 0)
+        frame.putpixel((i % 64, i // 64 % 64), 255)
+        frames.append(frame)
+    files["10,000-frame GIF"] = folder / "frames.gif"
+    frames[0].save(files["10,000-frame GIF"], save_all=True, append_images=frames[1:], duration=10)
+    files["EPS"] = folder / "file.eps"
+    files["EPS"].write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 100 100\nshowpage\n")
+    return files
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args()
+    folder = args.workdir or Path(tempfile.mkdtemp(prefix="imgclf-bombs-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    print("| file | bytes | way | seconds | extra peak RSS | answer |\n|---|---|---|---|---|---|")
+    for name, path in make_files(folder).items():
+        for way in ("training", "serve"):
+            command = [sys.executable, "-c", PROBE, str(path), way]
+            out = subprocess.run(command, capture_output=True, text=True)
+            size = f"{path.stat().st_size:,}"
+            if out.returncode != 0:
+                print(f"| {name} | {size} | {way} | – | – | crashed: {out.stderr[-200:]!r} |")
+                continue
+            row = json.loads(out.stdout)
+            seconds, extra = f"{row['seconds']:.2f}", f"{row['extra_mb']:.0f} MB"
+            print(f"| {name} | {size} | {way} | {seconds} | {extra} | {row['answer'][:110]} |")
+
+
+if __name__ == "__main__":
+    main()
