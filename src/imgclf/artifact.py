@@ -20,7 +20,7 @@ from torch import nn
 
 from imgclf.data.preprocess import PreprocessSpec
 from imgclf.errors import ModelError, UsageError
-from imgclf.io import replace_dir_atomic, write_text_atomic
+from imgclf.io import recover_dir, replace_dir_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +115,8 @@ def resolve_artifact_path(path: str | Path) -> Path:
     path = Path(path).expanduser()
     if path.is_file() and path.name == META_FILE:
         path = path.parent
+    recover_dir(path)  # a model folder whose replacement was interrupted between its two renames
+    recover_dir(path / "model")
     if (path / "model" / META_FILE).is_file():
         path = path / "model"
     if not path.exists():

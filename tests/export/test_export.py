@@ -55,6 +55,10 @@ def test_export_writes_a_model_that_follows_the_documented_contract(trained, tmp
         "square",
     ]
     assert json.loads(metadata["imgclf.display_names"]) == ["Cross", "Disc", "Square"]
+    embedded = json.loads(metadata["imgclf.model"])  # the training machine's folders stay there
+    assert str(data.parent) not in metadata["imgclf.model"]
+    assert embedded["dataset"]["source"] == data.name
+    assert embedded["training"]["config"]["output"]["project"] == "runs"
     spec = PreprocessSpec.from_dict(json.loads(metadata["imgclf.preprocessing"]))
     assert (spec.height, spec.width, spec.channels) == (32, 32, 3)
     assert spec.mean == pytest.approx([0.485, 0.456, 0.406])

@@ -311,11 +311,36 @@ def export_metadata(
         "imgclf.display_names": json.dumps(info.display_names or info.classes, ensure_ascii=False),
         "imgclf.preprocessing": json.dumps(info.preprocessing.to_dict()),
         "imgclf.input": INPUT_CONTRACT,
-        "imgclf.model": json.dumps(info.to_dict(), ensure_ascii=False),
+        "imgclf.model": json.dumps(without_local_paths(info.to_dict()), ensure_ascii=False),
         "imgclf.weights_sha256": weights_sha256,
         **({"imgclf.unknown": json.dumps(unknown_contract(info))} if unknown_contract(info) else {}),
         **(extra or {}),
     }
+
+
+# Where imgclf.json names files on the training machine: an export that travels to a phone or another
+# company carries their names only, never the folders they were in.
+LOCAL_PATHS = (
+    ("training", "config", "data", "source"),
+    ("training", "config", "data", "manifest"),
+    ("training", "config", "data", "label_map"),
+    ("training", "config", "model", "weights"),
+    ("training", "config", "output", "project"),
+    ("training", "pretrained"),
+    ("dataset", "source"),
+)
+
+
+def without_local_paths(values: dict[str, Any]) -> dict[str, Any]:
+    """imgclf.json's content with each local path reduced to its last part (a copy)."""
+    values = json.loads(json.dumps(values))
+    for keys in LOCAL_PATHS:
+        node = values
+        for key in keys[:-1]:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict) and isinstance(node.get(keys[-1]), str) and node[keys[-1]]:
+            node[keys[-1]] = Path(node[keys[-1]]).name
+    return values
 
 
 def unknown_contract(info: ModelInfo) -> dict[str, Any] | None:

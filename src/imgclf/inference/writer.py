@@ -34,6 +34,8 @@ class PredictionWriter:
         if resume and self.path.is_file() and self.path.stat().st_size:
             self._read_done()
             self.handle = self.path.open("a", encoding="utf-8", newline="")
+            if not self.jsonl and self.path.stat().st_size == 0:  # killed while writing the header
+                self.handle.write(",".join(self.header) + "\n")
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.handle = self.path.open("w", encoding="utf-8", newline="")
