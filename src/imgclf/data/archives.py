@@ -1,4 +1,12 @@
-"""Archives (.zip, .tar, .tar.gz …) unpacked once into the cache folder, keyed by their content."""
+"""Archives (.zip, .tar, .tar.gz …) unpacked once into the cache folder, keyed by their content.
+
+An archive is anyone's file, so before anything is written its members are counted and their
+declared sizes summed against a budget: no more than ARCHIVE_MAX_RATIO times the archive's own size
+(photos barely compress; a bomb compresses hundreds of times), no more than ARCHIVE_DISK_SHARE of
+the free disk, and no more than ARCHIVE_MAX_MEMBERS members. IMGCLF_ARCHIVE_BUDGET_GB sets the size
+allowed instead (the disk share still holds). Each unpack goes into a private temporary folder that
+is renamed into place once, so two processes unpacking the same archive never remove each other's.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +16,7 @@ import os
 import shutil
 import tarfile
 import tempfile
+import time
 import zipfile
 from pathlib import Path
 
@@ -18,6 +27,14 @@ logger = logging.getLogger(__name__)
 
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+# the budget of one archive (see the module docstring); MNIST's zip holds 70,002 members, stored
+ARCHIVE_MAX_RATIO = 50
+ARCHIVE_MIN_BUDGET = 256 * 2**20  # small archives of anything may unpack to this much
+ARCHIVE_DISK_SHARE = 0.5
+ARCHIVE_MAX_MEMBERS = 1_000_000
+ARCHIVE_BUDGET_VARIABLE = "IMGCLF_ARCHIVE_BUDGET_GB"
+COMPLETE_MARKER = ".imgclf-complete"
+STALE_SECONDS = 24 * 3600  # temporary unpack folders older than this were left by a killed process
 
 
 def is_archive(path: Path) -> bool:
@@ -33,18 +50,70 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def unpack_archive(path: Path) -> Path:
-    """Unpack an archive once into the cache (keyed by its content hash) and return the folder.
+def declared_contents(path: Path) -> tuple[int, int]:
+    """(members, bytes their headers declare) of an archive, read without unpacking anything."""
+    try:
+        if path.name.lower().endswith(".zip"):
+            with zipfile.ZipFile(path) as archive:
+                infos = archive.infolist()
+                return len(infos), sum(info.file_size for info in infos)
+        with tarfile.open(path) as archive:
+            members = archive.getmembers()
+            return len(members), sum(member.size for member in members if member.isfile())
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as error:
+        raise DataError(f"cannot unpack {path}: {error}") from error
 
-    A second call with the same archive content returns the existing folder without unpacking.
+
+def check_budget(path: Path, folder: Path) -> None:
+    """A DataError with the numbers and the way out when the archive would unpack past its budget."""
+    members, declared = declared_contents(path)
+    if members > ARCHIVE_MAX_MEMBERS:
+        raise DataError(
+            f"{path.name} holds {members:,} members, over the limit of {ARCHIVE_MAX_MEMBERS:,}: "
+            "unpack it yourself and give the folder"
+        )
+    free = shutil.disk_usage(folder).free
+    given = os.environ.get(ARCHIVE_BUDGET_VARIABLE)
+    budget = (
+        float(given) * 2**30 if given else max(ARCHIVE_MIN_BUDGET, ARCHIVE_MAX_RATIO * path.stat().st_size)
+    )
+    budget = min(budget, ARCHIVE_DISK_SHARE * free)
+    if declared > budget:
+        ratio = declared / max(1, path.stat().st_size)
+        raise DataError(
+            f"{path.name} declares {declared / 2**20:,.0f} MiB in {members:,} "
+            f"member{'s' if members != 1 else ''} ({ratio:,.0f}× its size), over its budget of "
+            f"{budget / 2**20:,.0f} MiB ({ARCHIVE_MAX_RATIO}× the archive, at least "
+            f"{ARCHIVE_MIN_BUDGET / 2**20:,.0f} MiB, at most half the free disk); "
+            f"{ARCHIVE_BUDGET_VARIABLE}=GB allows more, or unpack it yourself"
+        )
+
+
+def _remove_stale(folder: Path) -> None:
+    now = time.time()
+    for entry in folder.glob(".*.unpacking"):
+        try:
+            if now - entry.stat().st_mtime > STALE_SECONDS:
+                shutil.rmtree(entry, ignore_errors=True)
+        except OSError:
+            pass
+
+
+def unpack_archive(path: Path) -> Path:
+    """Unpack an archive once into the cache (keyed by its content's SHA-256) and return the folder.
+
+    A second call with the same archive content returns the existing folder without unpacking; the
+    budget (`check_budget`) is checked before anything is written.
     """
-    digest = _file_sha256(path)[:20]
+    digest = _file_sha256(path)
     target = cache_dir() / "archives" / digest
-    if (target / ".imgclf-complete").exists():
+    if (target / COMPLETE_MARKER).exists():
         logger.info("using unpacked %s from the cache: %s", path.name, target)
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{digest}.", dir=target.parent))
+    _remove_stale(target.parent)
+    check_budget(path, target.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{digest[:16]}.", suffix=".unpacking", dir=target.parent))
     logger.info("unpacking %s into the cache (%s), once", path.name, target)
     try:
         if path.name.lower().endswith(".zip"):
@@ -64,10 +133,15 @@ def unpack_archive(path: Path) -> Path:
                         ):
                             raise DataError(f"{path.name} holds an unsafe member: {member.name}")
                     archive.extractall(tmp)
-        (tmp / ".imgclf-complete").write_text(str(path), encoding="utf-8")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        (tmp / COMPLETE_MARKER).write_text(digest, encoding="utf-8")
+        if target.exists() and not (target / COMPLETE_MARKER).exists():
+            shutil.rmtree(target, ignore_errors=True)  # an unpack from before the marker was written last
+        try:
+            os.rename(tmp, target)  # never over another process's finished folder
+        except OSError:
+            if not (target / COMPLETE_MARKER).exists():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # another process finished first: use its folder
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as error:
         shutil.rmtree(tmp, ignore_errors=True)
         raise DataError(f"cannot unpack {path}: {error}") from error
