@@ -411,3 +411,70 @@ def test_streamed_body_over_the_limit_gets_413_without_content_length(client) ->
     )
     assert response.status_code == 413
     assert client.get("/health").status_code == 200
+
+
+def test_a_token_guards_every_request_but_the_icons_and_health(served) -> None:
+    from imgclf.serve import Access
+
+    predictor, data = served
+    image = sorted((data / "disc").iterdir())[0].read_bytes()
+    with TestClient(create_app(predictor, access=Access(token="s3cret"))) as http:
+        refused = http.get("/model")
+        assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
+        assert "token" in refused.json()["detail"]
+        assert http.get("/model", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert http.get("/model", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert http.get("/", params={"token": "s3cret"}).status_code == 200  # the printed address
+        assert http.get("/").status_code == 401
+        files = {"files": ("a.png", image, "image/png")}
+        assert http.post("/predict", files=files).status_code == 401
+        answer = http.post("/predict", files=files, headers={"Authorization": "Bearer s3cret"})
+        assert answer.status_code == 200, answer.text
+        assert http.get("/health").status_code == 200 and http.get("/icon.svg").status_code == 200
+        assert "headers: auth" in http.get("/", params={"token": "s3cret"}).text  # the page sends it
+
+
+@pytest.mark.parametrize(
+    ("host", "status"),
+    [("127.0.0.1:8000", 200), ("localhost", 200), ("[::1]:8000", 200), ("evil.example:8000", 403),
+     ("127.0.0.1.evil.example", 403)],
+)  # fmt: skip
+def test_bound_to_loopback_it_answers_only_requests_for_loopback(served, host: str, status: int) -> None:
+    from imgclf.serve import Access
+
+    predictor, _ = served
+    with TestClient(create_app(predictor, access=Access(loopback_only=True))) as http:
+        assert http.get("/model", headers={"Host": host}).status_code == status  # DNS rebinding: 403
+
+
+@pytest.mark.parametrize(
+    ("host", "given", "environment", "require", "expected"),
+    [
+        ("127.0.0.1", None, None, None, None),  # loopback: no token unless asked
+        ("0.0.0.0", None, None, None, "made up"),
+        ("0.0.0.0", "mine", None, None, "mine"),
+        ("0.0.0.0", None, "from-env", None, "from-env"),
+        ("0.0.0.0", None, None, False, None),  # --no-token
+        ("127.0.0.1", "mine", None, None, "mine"),
+    ],
+)
+def test_serve_requires_a_token_off_loopback(
+    shapes_model, monkeypatch: pytest.MonkeyPatch, host, given, environment, require, expected
+) -> None:
+    import uvicorn
+
+    from imgclf import api
+
+    artifact, _ = shapes_model
+    if environment:
+        monkeypatch.setenv("IMGCLF_TOKEN", environment)
+    else:
+        monkeypatch.delenv("IMGCLF_TOKEN", raising=False)
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: None)
+    seen = []
+    api.serve(artifact, host=host, token=given, require_token=require, backend="torch",
+              on_start=lambda predictor, token: seen.append(token))  # fmt: skip
+    if expected == "made up":
+        assert seen[0] is not None and len(seen[0]) >= 24
+    else:
+        assert seen == [expected]

@@ -89,13 +89,24 @@ def serve(
     tta: bool = False,
     label_map: str | Path | None = None,
     access_log: bool = False,
-    on_start: Callable[[Predictor], None] | None = None,
+    token: str | None = None,
+    require_token: bool | None = None,
+    on_start: Callable[[Predictor, str | None], None] | None = None,
 ) -> None:
-    """Serve a model over HTTP until interrupted (see `imgclf.serve`); `on_start(predictor)` runs
-    once the model is loaded, before the server listens."""
+    """Serve a model over HTTP until interrupted (see `imgclf.serve`).
+
+    Bound to anything but loopback, every request needs a token (`token`, else $IMGCLF_TOKEN, else
+    one made up now), unless `require_token` is False; bound to loopback, none unless one is given,
+    and requests naming another host are refused. `on_start(predictor, token)` runs once the model
+    is loaded, before the server listens.
+    """
+    import os
+    import secrets
+
     import uvicorn
 
-    from imgclf.serve import ServeSettings, create_app
+    from imgclf.serve import Access, ServeSettings, create_app
+    from imgclf.serve.app import LOOPBACK_HOSTS
 
     settings = settings or ServeSettings()
     for name, value in (
@@ -110,9 +121,15 @@ def serve(
     predictor = Predictor.from_path(
         model, device=device, label_map=label_map, backend=backend, threads=threads, tta=tta
     )
-    application = create_app(predictor, settings)
+    loopback = host in LOOPBACK_HOSTS
+    token = token or os.environ.get("IMGCLF_TOKEN") or None
+    if require_token is False:
+        token = None
+    elif token is None and (require_token or not loopback):
+        token = secrets.token_urlsafe(24)
+    application = create_app(predictor, settings, Access(token=token, loopback_only=loopback))
     if on_start is not None:
-        on_start(predictor)
+        on_start(predictor, token)
     uvicorn.run(application, host=host, port=port, log_level="warning", access_log=access_log)
 
 

@@ -43,6 +43,18 @@ def serve(
     ] = None,
     tta: TtaOption = False,
     access_log: Annotated[bool, typer.Option("--access-log", help="Log every request.")] = False,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            help="The token every request must carry (Authorization: Bearer, or ?token= as the printed "
+            "address has it) \\[default: $IMGCLF_TOKEN, else one made up when --host is not loopback].",
+            show_default=False,
+        ),
+    ] = None,
+    no_token: Annotated[
+        bool,
+        typer.Option("--no-token", help="Serve without a token: anyone who reaches the port may use it."),
+    ] = False,
     *,
     settings: dict[str, Any],
 ) -> None:
@@ -65,19 +77,31 @@ def serve(
         default_top_k=top_k,
     )
 
-    def announce(predictor: Any) -> None:
+    def announce(predictor: Any, token: str | None) -> None:
         shown = f"[{host}]" if ":" in host else host
+        address = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
         err_console.print(
             f"serving {len(predictor.classes)} classes with {predictor.backend}"
-            f"{', test-time augmentation (mirror images)' if tta else ''} at http://{shown}:{port}/ "
+            f"{', test-time augmentation (mirror images)' if tta else ''} at {address} "
             f"(API docs: /docs; micro-batching: {'off' if max_batch == 1 else f'up to {max_batch} images'})",
             markup=False,
             soft_wrap=True,
         )
         if host not in ("127.0.0.1", "localhost", "::1"):
             err_console.print(f"note: listening on {host}, reachable from other machines", style="yellow")
+            if token is None:
+                err_console.print(
+                    "warning: --no-token: anyone on the network can use this server", style="red"
+                )
+            else:
+                err_console.print(
+                    "every request needs the token (the address above carries it); there is no TLS: "
+                    "anyone who can watch the network can read it",
+                    style="yellow",
+                )
 
     api.serve(
         model, host=host, port=port, settings=limits, backend=backend.value, threads=threads, tta=tta,
-        label_map=label_map, access_log=access_log, on_start=announce, **shared_values(settings, DEVICE),
+        label_map=label_map, access_log=access_log, token=token, require_token=False if no_token else None,
+        on_start=announce, **shared_values(settings, DEVICE),
     )  # fmt: skip

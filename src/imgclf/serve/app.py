@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import hmac
 import json
 import logging
 import threading
@@ -18,6 +19,7 @@ from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from importlib import resources
 from typing import Any
+from urllib.parse import parse_qs, urlencode
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Query, Request
@@ -188,6 +190,78 @@ class BodySizeLimit:
         await send({"type": "http.response.body", "body": body})
 
 
+# What a browser fetches by itself, without the page's script (so without the token): nothing in
+# them is about the model.
+PUBLIC_PATHS = ("/manifest.webmanifest", "/icon.svg", "/icon-192.png", "/icon-512.png", "/health")
+PUBLIC_PREFIXES = ("/docs-static/",)  # the API page's script and style
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who may use the service: `token`, when set, must come with every request (an
+    `Authorization: Bearer TOKEN` header, or `?token=TOKEN` as a link gives it); `loopback_only`
+    refuses requests whose Host header names another machine (DNS rebinding against a server bound
+    to 127.0.0.1)."""
+
+    token: str | None = None
+    loopback_only: bool = False
+
+
+def _host_name(value: bytes) -> str:
+    text = value.decode("latin-1").strip().lower()
+    if text.startswith("["):  # [::1]:8000
+        return text[1 : text.find("]")] if "]" in text else text
+    return text.rsplit(":", 1)[0] if text.count(":") == 1 else text
+
+
+class AccessGuard:
+    """ASGI middleware: 403 for a foreign Host when bound to loopback, 401 without the token."""
+
+    def __init__(self, app: ASGIApp, access: Access) -> None:
+        self.app, self.access = app, access
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        if self.access.loopback_only and _host_name(headers.get(b"host", b"")) not in LOOPBACK_HOSTS:
+            await _reply(send, 403, "this server answers requests for 127.0.0.1 and localhost only")
+            return
+        path = scope.get("path", "")
+        public = path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+        if self.access.token is not None and not public:
+            given = ""
+            authorization = headers.get(b"authorization", b"").decode("latin-1")
+            if authorization.lower().startswith("bearer "):
+                given = authorization[7:].strip()
+            else:
+                query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+                given = (query.get("token") or [""])[0]
+            if not hmac.compare_digest(given.encode(), self.access.token.encode()):
+                await _reply(send, 401, "a token is needed: open the address imgclf serve printed",
+                             [(b"www-authenticate", b"Bearer")])  # fmt: skip
+                return
+        await self.app(scope, receive, send)
+
+
+async def _reply(send: Send, status: int, detail: str, headers: list | None = None) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *(headers or []),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
 def _missing_field(name: str) -> RequestValidationError:
     return RequestValidationError(
         [{"type": "missing", "loc": ["body", name], "msg": "Field required", "input": None}]
@@ -346,8 +420,10 @@ def web_app_manifest(predictor: Predictor) -> dict[str, Any]:
     }
 
 
-def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> FastAPI:
-    """The FastAPI application serving `predictor`."""
+def create_app(
+    predictor: Predictor, settings: ServeSettings | None = None, access: Access | None = None
+) -> FastAPI:
+    """The FastAPI application serving `predictor`; `access`: who may use it (everyone by default)."""
     from imgclf.version import __version__
 
     settings = settings or ServeSettings()
@@ -380,6 +456,8 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
     app.state.batcher = batcher
     app.state.settings = settings
     app.add_middleware(BodySizeLimit, limit=int(settings.max_body_mb * 1_000_000))
+    if access is not None and (access.token is not None or access.loopback_only):
+        app.add_middleware(AccessGuard, access=access)  # added last: it runs first
 
     @app.post("/predict", **PREDICT_ROUTE)
     async def predict(
@@ -508,9 +586,10 @@ def _add_offline_docs(app: FastAPI) -> None:
     app.mount("/docs-static", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-static")
 
     @app.get("/docs", include_in_schema=False)
-    async def docs() -> HTMLResponse:
+    async def docs(token: str | None = None) -> HTMLResponse:
+        schema = app.openapi_url or "/openapi.json"
         return get_swagger_ui_html(
-            openapi_url=app.openapi_url or "/openapi.json",
+            openapi_url=f"{schema}?{urlencode({'token': token})}" if token else schema,
             title=f"{app.title} API",
             swagger_js_url="/docs-static/swagger-ui-bundle.js",
             swagger_css_url="/docs-static/swagger-ui.css",
