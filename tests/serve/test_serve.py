@@ -57,7 +57,8 @@ def png_bytes(image: Image.Image) -> bytes:
 
 
 def test_health_and_model(client) -> None:
-    assert client.get("/health").json() == {"status": "ok"}
+    health = client.get("/health").json()
+    assert health["status"] == "ok" and health["ready"] is True and health["turned_away"] == 0
     model = client.get("/model").json()
     assert model["classes"] == ["cross", "disc", "square"]
     assert model["preprocessing"]["width"] == 32 and model["backend"] == "onnxruntime"
@@ -478,3 +479,37 @@ def test_serve_requires_a_token_off_loopback(
         assert seen[0] is not None and len(seen[0]) >= 24
     else:
         assert seen == [expected]
+
+
+def test_a_full_route_turns_requests_away_with_503_and_health_says_so(shapes_model) -> None:
+    """/explain's one turn is taken and its queue full: the next request gets 503 with Retry-After at
+    once, /health says overloaded (still ready for /predict), and /predict keeps answering."""
+    import asyncio
+
+    import httpx
+
+    artifact, data = shapes_model
+    predictor = Predictor.from_path(artifact, backend="torch")  # one that can explain
+    image = sorted((data / "disc").iterdir())[0].read_bytes()
+    settings = ServeSettings(explain_active=1, explain_waiting=0, max_active=2, max_waiting=0)
+    app = create_app(predictor, settings)
+    predict_gate, explain_gate = app.state.gates
+
+    async def scenario() -> None:
+        transport = httpx.ASGITransport(app=app)
+        client = httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1")
+        async with client as http, explain_gate.enter():  # a long explanation holds the only turn
+            refused = await http.post("/explain", files={"files": ("a.png", image, "image/png")})
+            assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+            assert "busy" in refused.json()["detail"]
+            health = (await http.get("/health")).json()
+            assert health["status"] == "overloaded" and health["ready"] is True
+            assert health["explain_active"] == 1 and health["turned_away"] == 1
+            answer = await http.post("/predict", files={"files": ("a.png", image, "image/png")})
+            assert answer.status_code == 200, answer.text  # /predict is not starved
+            async with predict_gate.enter(), predict_gate.enter():
+                assert (await http.get("/health")).json()["ready"] is False
+                full = await http.post("/predict", files={"files": ("a.png", image, "image/png")})
+                assert full.status_code == 503
+
+    asyncio.run(scenario())

@@ -113,6 +113,7 @@ def serve(
         ("--max-batch", settings.max_batch),
         ("--max-images", settings.max_images),
         ("--top-k", settings.default_top_k),
+        ("--max-active", settings.max_active),
     ):
         if value < 1:
             raise UsageError(f"{name} must be at least 1")

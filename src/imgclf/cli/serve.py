@@ -31,6 +31,19 @@ def serve(
         int, typer.Option(help="Largest image (width × height); larger gets 400, before decoding.")
     ] = 40_000_000,
     max_images: Annotated[int, typer.Option(help="Most images in one request.")] = 32,
+    max_active: Annotated[
+        int | None,
+        typer.Option(
+            help="/predict requests in progress at once \\[default: 2 per core]; /explain has one.",
+            show_default=False,
+        ),
+    ] = None,
+    max_waiting: Annotated[
+        int, typer.Option(help="/predict requests waiting beyond those; more get 503 with Retry-After.")
+    ] = 64,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds a request may wait and run before it gets 503.")
+    ] = 60.0,
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="Classes per image unless a request asks.")] = 5,
     label_map: Annotated[
         Path | None, typer.Option(help="JSON of display names (class names or 1-based indices as keys).")
@@ -74,6 +87,9 @@ def serve(
         max_body_mb=max_body_mb,
         max_pixels=max_pixels,
         max_images=max_images,
+        max_waiting=max_waiting,
+        timeout_s=timeout,
+        **({"max_active": max_active} if max_active is not None else {}),
         default_top_k=top_k,
     )
 

@@ -8,15 +8,18 @@ Bad input is answered with a JSON error and never stops the server: a body over 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
 import hmac
 import json
 import logging
+import os
 import threading
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, urlencode
@@ -28,7 +31,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, Field, ValidationError
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -52,6 +54,15 @@ class ServeSettings:
     max_pixels: int = 40_000_000
     max_images: int = 32
     default_top_k: int = 5
+    # Admission: requests of a route in progress at once, and waiting beyond those; more get 503 with
+    # Retry-After (never an unbounded queue). /explain (Grad-CAM, seconds each) has its own, smaller
+    # gate and its own thread, so a flood of it cannot starve /predict.
+    max_active: int = field(default_factory=lambda: 2 * (os.cpu_count() or 1))
+    max_waiting: int = 64
+    explain_active: int = 1
+    explain_waiting: int = 4
+    read_timeout_s: float = 20.0  # a request body slower than this (slowloris) gets 408
+    timeout_s: float = 60.0  # a request that waited and ran longer than this gets 503
 
 
 # --------------------------------------------------------------------------------------------------
@@ -112,7 +123,51 @@ class ExplainResponse(BaseModel):
 
 
 class Health(BaseModel):
-    status: str
+    status: str = Field(description="ok, or overloaded while a route turns requests away")
+    ready: bool = Field(True, description="false while /predict's queue is full: new requests get 503")
+    predict_active: int = 0
+    predict_waiting: int = 0
+    explain_active: int = 0
+    explain_waiting: int = 0
+    turned_away: int = Field(0, description="requests answered 503 since the start")
+
+
+class Gate:
+    """Admission for one route: `active` requests run at once, `waiting` more wait for a turn; beyond
+    that, or past the time limit, a request gets 503 with Retry-After at once."""
+
+    def __init__(self, name: str, active: int, waiting: int, timeout_s: float) -> None:
+        self.name, self.capacity, self.queue_size, self.timeout_s = name, active, waiting, timeout_s
+        self.active = self.waiting = self.turned_away = 0
+        self._slots: asyncio.Semaphore | None = None
+
+    @property
+    def full(self) -> bool:
+        return self.active + self.waiting >= self.capacity + self.queue_size
+
+    def _busy(self, why: str) -> HTTPException:
+        self.turned_away += 1
+        return HTTPException(503, f"{self.name} is busy ({why}); try again shortly", {"Retry-After": "1"})
+
+    @contextlib.asynccontextmanager
+    async def enter(self) -> AsyncIterator[None]:
+        if self.full:
+            raise self._busy(f"{self.active} in progress, {self.waiting} waiting")
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.capacity)
+        self.waiting += 1
+        try:
+            await asyncio.wait_for(self._slots.acquire(), self.timeout_s)
+        except TimeoutError:
+            raise self._busy(f"no turn within {self.timeout_s:g} s") from None
+        finally:
+            self.waiting -= 1
+        self.active += 1
+        try:
+            yield
+        finally:
+            self.active -= 1
+            self._slots.release()
 
 
 class ErrorBody(BaseModel):
@@ -298,6 +353,18 @@ def prepare_upload(blob: bytes, name: str, spec: PreprocessSpec, settings: Serve
         raise HTTPException(400, f"{name}: cannot decode ({type(error).__name__})") from None
 
 
+async def read_request_in_time(
+    request: Request, top_k: int | None, settings: ServeSettings
+) -> tuple[list[bytes], list[str], int | None]:
+    """`read_request`, or 408 when the body takes longer than `read_timeout_s` to arrive."""
+    try:
+        return await asyncio.wait_for(read_request(request, top_k, settings), settings.read_timeout_s)
+    except TimeoutError:
+        raise HTTPException(
+            408, f"the request body took over {settings.read_timeout_s:g} s to arrive"
+        ) from None
+
+
 async def read_request(
     request: Request, top_k: int | None, settings: ServeSettings
 ) -> tuple[list[bytes], list[str], int | None]:
@@ -443,6 +510,8 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         await batcher.close()
+        for pool in (decoders, explainers):
+            pool.shutdown(wait=False, cancel_futures=True)
 
     architecture = predictor.info.architecture.get("name", "model")
     app = FastAPI(
@@ -455,6 +524,16 @@ def create_app(
     )
     app.state.batcher = batcher
     app.state.settings = settings
+    predict_gate = Gate("/predict", settings.max_active, settings.max_waiting, settings.timeout_s)
+    explain_gate = Gate("/explain", settings.explain_active, settings.explain_waiting, settings.timeout_s)
+    app.state.gates = (predict_gate, explain_gate)
+    # decoding has its own threads (not the shared pool other routes use), /explain its own one
+    decoders = ThreadPoolExecutor(max_workers=max(1, settings.max_active), thread_name_prefix="imgclf-decode")
+    explainers = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imgclf-explain")
+
+    async def in_pool(pool: ThreadPoolExecutor, work: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(pool, work)
+
     app.add_middleware(BodySizeLimit, limit=int(settings.max_body_mb * 1_000_000))
     if access is not None and (access.token is not None or access.loopback_only):
         app.add_middleware(AccessGuard, access=access)  # added last: it runs first
@@ -466,13 +545,21 @@ def create_app(
             None, ge=1, le=1000, description=f"Classes per image (default {settings.default_top_k})."
         ),
     ) -> PredictResponse:
-        blobs, names, top_k = await read_request(request, top_k, settings)
-        if len(blobs) > settings.max_images:
-            raise HTTPException(413, f"{len(blobs)} images; at most {settings.max_images} a request")
-        arrays = await run_in_threadpool(
-            lambda: [prepare_upload(blob, name, spec, settings) for blob, name in zip(blobs, names)]
-        )
-        answers = await batcher.predict(np.stack(arrays))
+        async with predict_gate.enter():
+            blobs, names, top_k = await read_request_in_time(request, top_k, settings)
+            if len(blobs) > settings.max_images:
+                raise HTTPException(413, f"{len(blobs)} images; at most {settings.max_images} a request")
+            arrays = await in_pool(
+                decoders,
+                lambda: [prepare_upload(blob, name, spec, settings) for blob, name in zip(blobs, names)],
+            )
+            try:
+                answers = await asyncio.wait_for(batcher.predict(np.stack(arrays)), settings.timeout_s)
+            except TimeoutError:
+                predict_gate.turned_away += 1
+                raise HTTPException(
+                    503, "the model took too long; try again shortly", {"Retry-After": "1"}
+                ) from None
         k = min(top_k or settings.default_top_k, num_classes)
         predictions = []
         for name, row in zip(names, answers):
@@ -517,11 +604,8 @@ def create_app(
             )
         if class_name is not None and class_name not in predictor.classes:
             raise HTTPException(400, f"class {class_name!r} is not one of the model's classes")
-        blobs, names, _ = await read_request(request, None, settings)
-        if len(blobs) > settings.max_images:
-            raise HTTPException(413, f"{len(blobs)} images; at most {settings.max_images} a request")
 
-        def work() -> list[ImageExplanation]:
+        def work(blobs: list[bytes], names: list[str]) -> list[ImageExplanation]:
             found = []
             for blob, name in zip(blobs, names):
                 array = prepare_upload(blob, name, spec, settings)
@@ -541,11 +625,24 @@ def create_app(
                 )
             return found
 
-        return ExplainResponse(explanations=await run_in_threadpool(work))
+        async with explain_gate.enter():
+            blobs, names, _ = await read_request_in_time(request, None, settings)
+            if len(blobs) > settings.max_images:
+                raise HTTPException(413, f"{len(blobs)} images; at most {settings.max_images} a request")
+            return ExplainResponse(explanations=await in_pool(explainers, lambda: work(blobs, names)))
 
-    @app.get("/health", response_model=Health, summary="Liveness check")
+    @app.get("/health", response_model=Health, summary="Liveness and load")
     async def health() -> Health:
-        return Health(status="ok")
+        turned_away = predict_gate.turned_away + explain_gate.turned_away
+        return Health(
+            status="overloaded" if predict_gate.full or explain_gate.full else "ok",
+            ready=not predict_gate.full,
+            predict_active=predict_gate.active,
+            predict_waiting=predict_gate.waiting,
+            explain_active=explain_gate.active,
+            explain_waiting=explain_gate.waiting,
+            turned_away=turned_away,
+        )
 
     @app.get("/model", summary="Classes, preprocessing, training metrics and serving settings")
     async def model() -> dict[str, Any]:
