@@ -5,7 +5,7 @@ files, each in a fresh process (so one's memory does not hide another's).
 
 Files (generated): a 6320×6320 RGBA PNG of 0.2 MB; 68 bytes of PNG claiming 9,000×9,000 pixels; a
 JPEG header claiming 60,000×60,000; a 10,000-frame GIF; an EPS file. Each is read as training reads
-it (`load_prepared`) and as `serve` does (`decode_image` with its limits and formats).
+it (`load_prepared`) and as `serve` does (`decode_image` with its default limits and formats).
 """
 
 from __future__ import annotations
@@ -33,7 +33,9 @@ before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 started = time.perf_counter()
 try:
     if way == "serve":
-        image = decode_image(data, (224, 224), max_pixels=40_000_000, formats=UPLOAD_FORMATS)
+        image = decode_image(
+            data, (224, 224), max_pixels=40_000_000, formats=UPLOAD_FORMATS, max_bytes=100 * 2**20
+        )
         prepare_image(image, spec)
     else:
         load_prepared(data, spec)

@@ -118,3 +118,16 @@ def test_a_real_png_still_decodes_by_both_paths() -> None:
     Image.fromarray(np.zeros((3000, 3000, 3), np.uint8)).save(flat, format="PNG")  # compresses ~1000:1
     assert decode_image(flat.getvalue()).size == (3000, 3000)
     assert decode.DEFLATE_MAX_RATIO >= 1032
+
+
+def test_a_decoded_size_budget_spares_jpegs_that_draft_mode_reduces() -> None:
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (3000, 3000, 3), dtype=np.uint8)  # 26 MiB decoded
+    png, jpeg = io.BytesIO(), io.BytesIO()
+    Image.fromarray(pixels).save(png, format="PNG", compress_level=1)
+    Image.fromarray(pixels).save(jpeg, format="JPEG", quality=80)
+    budget = 10 * 2**20
+    with pytest.raises(ImageDecodeError, match=r"3000×3000 RGB takes 26 MiB, over the limit of 10 MiB"):
+        decode_image(png.getvalue(), (224, 224), formats=UPLOAD_FORMATS, max_bytes=budget)
+    reduced = decode_image(jpeg.getvalue(), (224, 224), formats=UPLOAD_FORMATS, max_bytes=budget)
+    assert reduced.size == (375, 375)  # decoded at 1/8 in the DCT domain, under the budget

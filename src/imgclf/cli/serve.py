@@ -30,6 +30,13 @@ def serve(
     max_pixels: Annotated[
         int, typer.Option(help="Largest image (width × height); larger gets 400, before decoding.")
     ] = 40_000_000,
+    max_decode_mb: Annotated[
+        float,
+        typer.Option(
+            help="Most memory one image may take decoded (MiB; a JPEG at its reduced size); larger gets "
+            "400, before decoding."
+        ),
+    ] = 100.0,
     max_images: Annotated[int, typer.Option(help="Most images in one request.")] = 32,
     max_active: Annotated[
         int | None,
@@ -87,6 +94,7 @@ def serve(
         max_body_mb=max_body_mb,
         max_pixels=max_pixels,
         max_images=max_images,
+        max_decode_mb=max_decode_mb,
         max_waiting=max_waiting,
         timeout_s=timeout,
         **({"max_active": max_active} if max_active is not None else {}),

@@ -339,6 +339,7 @@ def decode_image(
     max_pixels: int | None = None,
     name: object = None,
     formats: tuple[str, ...] | None = None,
+    max_bytes: int | None = None,
 ) -> Image.Image:
     """Fully decode an image, apply its EXIF orientation, and return it in its own mode.
 
@@ -346,11 +347,18 @@ def decode_image(
     least twice that size, which is much faster than decoding at full size and resizing.
     `max_pixels` refuses larger images from their header, before any pixel is decoded.
     `formats`: the Pillow formats opened (UPLOAD_FORMATS for anyone's input; default
-    `training_formats()`); another format is an `ImageFormatError`.
+    `training_formats()`); another format is an `ImageFormatError`. `max_bytes` refuses an image
+    whose full-size decode would take more memory, except a JPEG that draft mode reduces under it.
     Every failure is an `ImageDecodeError`; Pillow's warnings are logged with `name` (default: the path).
     """
     with pillow_warnings_logged(name or source):
-        return _decode(source, draft_size, max_pixels, formats)
+        return _decode(source, draft_size, max_pixels, formats, max_bytes)
+
+
+def decoded_bytes(image: Image.Image) -> int:
+    """The memory the image's pixels take fully decoded, from its header."""
+    per_band = 4 if image.mode in ("I", "F") else 2 if "16" in image.mode else 1
+    return image.width * image.height * len(image.getbands()) * per_band
 
 
 def _decode(
@@ -358,6 +366,7 @@ def _decode(
     draft_size: tuple[int, int] | None,
     max_pixels: int | None,
     formats: tuple[str, ...] | None = None,
+    max_bytes: int | None = None,
 ) -> Image.Image:
     image = _open(source, formats)
     if max_pixels is not None and image.width * image.height > max_pixels:
@@ -375,6 +384,13 @@ def _decode(
     try:
         if draft_size is not None and image.format == "JPEG":
             image.draft(image.mode, draft_size)
+        if max_bytes is not None and decoded_bytes(image) > max_bytes:
+            reason = (
+                f"image too large to decode: {image.width}×{image.height} {image.mode} takes "
+                f"{decoded_bytes(image) / 2**20:,.0f} MiB, over the limit of {max_bytes / 2**20:,.0f} MiB"
+            )
+            image.close()
+            raise ImageDecodeError(reason)
         image.load()
         if draft_size is not None and image.format != "JPEG":
             reduced = reduce_for(image, draft_size)

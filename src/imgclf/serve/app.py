@@ -52,6 +52,9 @@ class ServeSettings:
     batch_wait_ms: float = 2.0
     max_body_mb: float = 20.0
     max_pixels: int = 40_000_000
+    # the memory one image may take decoded at full size (a JPEG counts at its draft-reduced size):
+    # a 0.2 MB PNG can claim 6320×6320 RGBA, 152 MiB, before any resize
+    max_decode_mb: float = 100.0
     max_images: int = 32
     default_top_k: int = 5
     # Admission: requests of a route in progress at once, and waiting beyond those; more get 503 with
@@ -343,6 +346,7 @@ def prepare_upload(blob: bytes, name: str, spec: PreprocessSpec, settings: Serve
             max_pixels=settings.max_pixels,
             name=name,
             formats=UPLOAD_FORMATS,
+            max_bytes=int(settings.max_decode_mb * 2**20),
         )
         return prepare_image(image, spec)
     except ImageFormatError as error:
