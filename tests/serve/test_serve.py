@@ -513,3 +513,25 @@ def test_a_full_route_turns_requests_away_with_503_and_health_says_so(shapes_mod
                 assert full.status_code == 503
 
     asyncio.run(scenario())
+
+
+def test_serve_off_loopback_prints_the_address_with_its_token_and_a_qr_code(
+    shapes_model, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from imgclf.cli import app
+    from imgclf.serve.app import address_qr, reachable_address
+
+    artifact, _ = shapes_model
+    monkeypatch.delenv("IMGCLF_TOKEN", raising=False)
+    monkeypatch.setattr(uvicorn, "run", lambda application, **kwargs: None)
+    result = CliRunner().invoke(app, ["serve", str(artifact), "--host", "0.0.0.0", "--token", "t0k"])
+    assert result.exit_code == 0, result.output
+    here = reachable_address("0.0.0.0")
+    link = f"http://{here}:8000/?token=t0k"
+    assert f"on a phone: {link}" in result.output
+    assert address_qr(link) in result.output  # the same address, drawn for a phone's camera
+    assert address_qr(link).count("\n") > 10 and "█" in address_qr(link)
+    assert reachable_address("127.0.0.1") == "127.0.0.1"

@@ -87,6 +87,7 @@ def serve(
     from imgclf import api
     from imgclf.console import err_console
     from imgclf.serve import ServeSettings
+    from imgclf.serve.app import address_qr, reachable_address
 
     limits = ServeSettings(
         max_batch=max_batch,
@@ -123,6 +124,12 @@ def serve(
                     "anyone who can watch the network can read it",
                     style="yellow",
                 )
+            reachable = reachable_address(host)
+            if reachable != host or token:
+                shown_here = f"[{reachable}]" if ":" in reachable else reachable
+                link = f"http://{shown_here}:{port}/" + (f"?token={token}" if token else "")
+                err_console.print(f"on a phone: {link}", markup=False, soft_wrap=True)
+                err_console.file.write(address_qr(link))
 
     api.serve(
         model, host=host, port=port, settings=limits, backend=backend.value, threads=threads, tta=tta,

@@ -273,6 +273,33 @@ def _host_name(value: bytes) -> str:
     return text.rsplit(":", 1)[0] if text.count(":") == 1 else text
 
 
+def reachable_address(host: str) -> str:
+    """The address other machines reach a server bound to `host` at: for 0.0.0.0 (or ::), this
+    machine's address on its default route, found without sending anything (a UDP socket's
+    connect only picks the route)."""
+    import socket
+
+    if host not in ("0.0.0.0", "::", ""):
+        return host
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("10.255.255.255", 1))
+            return probe.getsockname()[0]
+    except OSError:
+        return host
+
+
+def address_qr(address: str) -> str:
+    """The address as a QR code drawn with block characters, for a phone's camera."""
+    import io
+
+    import segno
+
+    drawn = io.StringIO()
+    segno.make(address, error="m").terminal(out=drawn, compact=True)
+    return drawn.getvalue()
+
+
 class AccessGuard:
     """ASGI middleware: 403 for a foreign Host when bound to loopback, 401 without the token."""
 
