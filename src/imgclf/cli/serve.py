@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -85,9 +86,7 @@ def serve(
     needs the PyTorch model (--backend torch). Ctrl-C stops it.
     """
     from imgclf import api
-    from imgclf.console import err_console
     from imgclf.serve import ServeSettings
-    from imgclf.serve.app import address_qr, reachable_address
 
     limits = ServeSettings(
         max_batch=max_batch,
@@ -102,37 +101,42 @@ def serve(
         default_top_k=top_k,
     )
 
-    def announce(predictor: Any, token: str | None) -> None:
-        shown = f"[{host}]" if ":" in host else host
-        address = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
-        err_console.print(
-            f"serving {len(predictor.classes)} classes with {predictor.backend}"
-            f"{', test-time augmentation (mirror images)' if tta else ''} at {address} "
-            f"(API docs: /docs; micro-batching: {'off' if max_batch == 1 else f'up to {max_batch} images'})",
-            markup=False,
-            soft_wrap=True,
-        )
-        if host not in ("127.0.0.1", "localhost", "::1"):
-            err_console.print(f"note: listening on {host}, reachable from other machines", style="yellow")
-            if token is None:
-                err_console.print(
-                    "warning: --no-token: anyone on the network can use this server", style="red"
-                )
-            else:
-                err_console.print(
-                    "every request needs the token (the address above carries it); there is no TLS: "
-                    "anyone who can watch the network can read it",
-                    style="yellow",
-                )
-            reachable = reachable_address(host)
-            if reachable != host or token:
-                shown_here = f"[{reachable}]" if ":" in reachable else reachable
-                link = f"http://{shown_here}:{port}/" + (f"?token={token}" if token else "")
-                err_console.print(f"on a phone: {link}", markup=False, soft_wrap=True)
-                err_console.file.write(address_qr(link))
-
     api.serve(
         model, host=host, port=port, settings=limits, backend=backend.value, threads=threads, tta=tta,
         label_map=label_map, access_log=access_log, token=token, require_token=False if no_token else None,
-        on_start=announce, **shared_values(settings, DEVICE),
+        on_start=functools.partial(announce, host=host, port=port, tta=tta, max_batch=max_batch),
+        **shared_values(settings, DEVICE),
     )  # fmt: skip
+
+
+def announce(predictor: Any, token: str | None, *, host: str, port: int, tta: bool, max_batch: int) -> None:
+    """The lines `serve` prints once the model is loaded: where it listens (with the token), what
+    that exposes, and off loopback the address for a phone, drawn as a QR code."""
+    from imgclf.console import err_console
+    from imgclf.serve.app import address_qr, reachable_address
+
+    shown = f"[{host}]" if ":" in host else host
+    address = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
+    err_console.print(
+        f"serving {len(predictor.classes)} classes with {predictor.backend}"
+        f"{', test-time augmentation (mirror images)' if tta else ''} at {address} "
+        f"(API docs: /docs; micro-batching: {'off' if max_batch == 1 else f'up to {max_batch} images'})",
+        markup=False,
+        soft_wrap=True,
+    )
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        err_console.print(f"note: listening on {host}, reachable from other machines", style="yellow")
+        if token is None:
+            err_console.print("warning: --no-token: anyone on the network can use this server", style="red")
+        else:
+            err_console.print(
+                "every request needs the token (the address above carries it); there is no TLS: "
+                "anyone who can watch the network can read it",
+                style="yellow",
+            )
+        reachable = reachable_address(host)
+        if reachable != host or token:
+            shown_here = f"[{reachable}]" if ":" in reachable else reachable
+            link = f"http://{shown_here}:{port}/" + (f"?token={token}" if token else "")
+            err_console.print(f"on a phone: {link}", markup=False, soft_wrap=True)
+            err_console.file.write(address_qr(link))
