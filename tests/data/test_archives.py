@@ -27,7 +27,9 @@ def test_an_archive_that_unpacks_far_beyond_its_size_is_refused_before_anything_
 ) -> None:
     monkeypatch.setattr(archives, "ARCHIVE_MIN_BUDGET", 2**20)
     bomb = _bomb(tmp_path / "bomb.zip")  # 16 MiB declared in about 65 KB
-    with pytest.raises(DataError, match=r"declares 16 MiB in 4 members .* IMGCLF_ARCHIVE_BUDGET_GB=GB"):
+    with pytest.raises(
+        DataError, match=r"declares 16 MiB in 4 members .* imgclf --archive-budget-gb GB allows more"
+    ):
         scan_source(bomb)
     assert not any((isolated_cache / "archives").iterdir())  # nothing unpacked, nothing left behind
     monkeypatch.setenv("IMGCLF_ARCHIVE_BUDGET_GB", "0.05")  # the user's word: 50 MiB
@@ -73,3 +75,23 @@ def test_concurrent_unpacks_of_one_archive_share_one_folder(tmp_path: Path, isol
     assert len(list(folders[0].rglob("*.png"))) == 40
     assert folders[0].name == archives._file_sha256(archive)  # the whole digest names it
     assert not list((isolated_cache / "archives").glob(".*.unpacking"))
+
+
+def test_the_archive_budget_flag_raises_the_budget_from_the_command_line(
+    tmp_path: Path, isolated_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from imgclf.cli import app
+
+    monkeypatch.setattr(archives, "ARCHIVE_MIN_BUDGET", 2**20)
+    monkeypatch.setenv("IMGCLF_ARCHIVE_BUDGET_GB", "")  # so that what the flag sets is undone after
+    monkeypatch.delenv("IMGCLF_ARCHIVE_BUDGET_GB")
+    bomb = _bomb(tmp_path / "bomb.zip")
+    refused = CliRunner().invoke(app, ["check", str(bomb)])
+    assert refused.exit_code != 0 and "--archive-budget-gb GB allows more" in refused.output
+    allowed = CliRunner().invoke(app, ["--archive-budget-gb", "0.05", "check", str(bomb)])
+    assert "over its budget" not in allowed.output
+    assert len(list((isolated_cache / "archives").iterdir())) == 1  # unpacked this time
+    bad = CliRunner().invoke(app, ["--archive-budget-gb", "0", "check", str(bomb)])
+    assert bad.exit_code == 2 and "must be above 0" in bad.output

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -57,9 +58,23 @@ def main_options(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
+    archive_budget_gb: Annotated[
+        float | None,
+        typer.Option(
+            envvar="IMGCLF_ARCHIVE_BUDGET_GB",
+            help="Most an archive given as data may unpack to (GB) \\[default: 50× its size, at least "
+            "256 MiB; never over half the free disk].",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """imgclf: train, evaluate and use image classifiers."""
     _options["debug"] = debug
+    if archive_budget_gb is not None:
+        if archive_budget_gb <= 0:
+            raise typer.BadParameter("must be above 0", param_hint="--archive-budget-gb")
+        # read where archives are unpacked, in this process and in the ones `train --devices` starts
+        os.environ["IMGCLF_ARCHIVE_BUDGET_GB"] = repr(archive_budget_gb)
     _setup_logging(verbose)
 
 

@@ -3,9 +3,10 @@
 An archive is anyone's file, so before anything is written its members are counted and their
 declared sizes summed against a budget: no more than ARCHIVE_MAX_RATIO times the archive's own size
 (photos barely compress; a bomb compresses hundreds of times), no more than ARCHIVE_DISK_SHARE of
-the free disk, and no more than ARCHIVE_MAX_MEMBERS members. IMGCLF_ARCHIVE_BUDGET_GB sets the size
-allowed instead (the disk share still holds). Each unpack goes into a private temporary folder that
-is renamed into place once, so two processes unpacking the same archive never remove each other's.
+the free disk, and no more than ARCHIVE_MAX_MEMBERS members. `imgclf --archive-budget-gb GB` (or
+IMGCLF_ARCHIVE_BUDGET_GB) sets the size allowed instead (the disk share still holds). Each unpack
+goes into a private temporary folder that is renamed into place once, so two processes unpacking
+the same archive never remove each other's.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def check_budget(path: Path, folder: Path) -> None:
             f"member{'s' if members != 1 else ''} ({ratio:,.0f}× its size), over its budget of "
             f"{budget / 2**20:,.0f} MiB ({ARCHIVE_MAX_RATIO}× the archive, at least "
             f"{ARCHIVE_MIN_BUDGET / 2**20:,.0f} MiB, at most half the free disk); "
-            f"{ARCHIVE_BUDGET_VARIABLE}=GB allows more, or unpack it yourself"
+            "imgclf --archive-budget-gb GB allows more, or unpack it yourself"
         )
 
 
