@@ -253,12 +253,13 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def served_at(app) -> Iterator[int]:
-    """The app running in uvicorn on a free loopback port (the port), stopped afterwards."""
+def served_at(app, **config) -> Iterator[int]:
+    """The app running in uvicorn on a free loopback port (the port), stopped afterwards; `config`
+    goes to uvicorn.Config."""
     import uvicorn
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", **config))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:

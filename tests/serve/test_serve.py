@@ -136,6 +136,9 @@ def test_web_page_and_docs_load_nothing_from_other_hosts(client) -> None:
     assert "http://" not in page.text and "https://" not in page.text
     docs = client.get("/docs")
     assert docs.status_code == 200 and "/docs-static/swagger-ui-bundle.js" in docs.text
+    assert (
+        "/docs-static/favicon.png" in docs.text and client.get("/docs-static/favicon.png").status_code == 200
+    )
     assert "cdn" not in docs.text.lower()
     assert client.get("/docs-static/swagger-ui-bundle.js").status_code == 200
     schema = client.get("/openapi.json").json()
@@ -300,6 +303,47 @@ def test_the_page_works_as_a_phone_app_in_chromium(served, tmp_path: Path) -> No
         assert Image.open(shot).width == 780  # 390 CSS px at device scale 2
 
 
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (see .ci/run)")
+def test_the_page_keeps_its_token_for_the_installed_app_and_asks_for_it_without_one(served) -> None:
+    """Opened from the printed address the page works and keeps the token; opened again at "./" (what
+    the installed app's start_url is) it still works; a browser that never had it is told how to get it,
+    and the API page's "Try it out" sends it."""
+    from imgclf.serve import Access
+
+    playwright = pytest.importorskip("playwright.sync_api")
+    predictor, data = served
+    image = sorted((data / "disc").iterdir())[2]
+    with (
+        served_at(create_app(predictor, access=Access(token="t0k3n"))) as port,
+        playwright.sync_playwright() as driver,
+    ):
+        browser = driver.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_context().new_page()
+            page.goto(f"http://127.0.0.1:{port}/?token=t0k3n")
+            page.wait_for_function("document.getElementById('model').textContent.includes('classes')")
+            page.goto(f"http://127.0.0.1:{port}/")  # the installed app: no token in its link
+            page.wait_for_function("document.getElementById('model').textContent.includes('classes')")
+            page.set_input_files("#camera", str(image))
+            page.wait_for_selector(".result .label", timeout=20_000)
+            stranger = browser.new_context().new_page()
+            stranger.goto(f"http://127.0.0.1:{port}/")
+            stranger.wait_for_function("document.getElementById('status').textContent.includes('token')")
+            told = stranger.locator("#status").text_content()
+            docs = browser.new_context().new_page()
+            docs.goto(f"http://127.0.0.1:{port}/docs?token=t0k3n")
+            docs.click("#operations-default-model_model_get .opblock-summary", timeout=20_000)
+            docs.click("text=Try it out")
+            docs.click("text=Execute")
+            status = docs.locator(".live-responses-table tbody .response-col_status").first
+            status.wait_for(timeout=20_000)
+            tried = status.text_content().strip()
+        finally:
+            browser.close()
+    assert "needs its token" in told and "QR code" in told
+    assert tried == "200"
+
+
 def test_explain_answers_a_heatmap_with_the_pytorch_model_and_409_with_an_export(
     served, shapes_model
 ) -> None:
@@ -414,7 +458,7 @@ def test_streamed_body_over_the_limit_gets_413_without_content_length(client) ->
     assert client.get("/health").status_code == 200
 
 
-def test_a_token_guards_every_request_but_the_icons_and_health(served) -> None:
+def test_a_token_guards_every_request_but_the_page_the_icons_and_health(served) -> None:
     from imgclf.serve import Access
 
     predictor, data = served
@@ -426,7 +470,10 @@ def test_a_token_guards_every_request_but_the_icons_and_health(served) -> None:
         assert http.get("/model", headers={"Authorization": "Bearer wrong"}).status_code == 401
         assert http.get("/model", headers={"Authorization": "Bearer s3cret"}).status_code == 200
         assert http.get("/", params={"token": "s3cret"}).status_code == 200  # the printed address
-        assert http.get("/").status_code == 401
+        assert http.get("/").status_code == 200  # the page (nothing about the model) asks for it
+        assert http.get("/openapi.json").status_code == 401 and http.get("/docs").status_code == 401
+        docs = http.get("/docs", params={"token": "s3cret"})
+        assert docs.status_code == 200 and "requestInterceptor" in docs.text  # "Try it out" sends it
         files = {"files": ("a.png", image, "image/png")}
         assert http.post("/predict", files=files).status_code == 401
         answer = http.post("/predict", files=files, headers={"Authorization": "Bearer s3cret"})
@@ -474,7 +521,7 @@ def test_serve_requires_a_token_off_loopback(
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: None)
     seen = []
     api.serve(artifact, host=host, token=given, require_token=require, backend="torch",
-              on_start=lambda predictor, token: seen.append(token))  # fmt: skip
+              on_start=lambda predictor, token, admission: seen.append(token))  # fmt: skip
     if expected == "made up":
         assert seen[0] is not None and len(seen[0]) >= 24
     else:
@@ -535,3 +582,65 @@ def test_serve_off_loopback_prints_the_address_with_its_token_and_a_qr_code(
     assert address_qr(link) in result.output  # the same address, drawn for a phone's camera
     assert address_qr(link).count("\n") > 10 and "█" in address_qr(link)
     assert reachable_address("127.0.0.1") == "127.0.0.1"
+
+
+def test_the_images_of_one_request_share_a_pixel_budget_read_from_their_headers(served) -> None:
+    predictor, data = served
+    images = [("files", (f"{i}.png", p.read_bytes(), "image/png")) for i, p in
+              enumerate(sorted((data / "disc").iterdir())[:4])]  # fmt: skip
+    width, height = Image.open(sorted((data / "disc").iterdir())[0]).size
+    settings = ServeSettings(max_request_pixels=3 * width * height)
+    with TestClient(create_app(predictor, settings)) as http:
+        refused = http.post("/predict", files=images)
+        assert refused.status_code == 413
+        assert (
+            f"the 4 images hold {4 * width * height:,} pixels, over the limit of" in refused.json()["detail"]
+        )
+        assert http.post("/predict", files=images[:3]).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("speed", "given", "waiting"),
+    [(100.0, None, 256), (1.0, None, 15), (0.1, None, 8), (100.0, 5, 5)],
+)
+def test_the_queue_is_sized_from_the_models_speed_unless_given(speed, given, waiting) -> None:
+    sized, line = ServeSettings(max_waiting=given, timeout_s=60.0).sized(speed)
+    assert sized.max_waiting == waiting
+    assert f"{waiting} waiting" in line and "--max-waiting" in line
+
+
+def test_slow_headers_close_the_connection_and_a_slow_body_gets_408(served) -> None:
+    """Slowloris: headers that never finish are cut off at the deadline, a body that trickles gets
+    408, and a keep-alive client that asks promptly is served request after request."""
+    import socket
+
+    from imgclf.serve.connections import deadline_protocol
+
+    predictor, _ = served
+    app = create_app(predictor, ServeSettings(read_timeout_s=1.0))
+    with served_at(app, http=deadline_protocol(1.0)) as port:
+        slow = socket.create_connection(("127.0.0.1", port), timeout=10)
+        slow.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and never the blank line
+        start = time.monotonic()
+        assert slow.recv(100) == b""  # closed by the server
+        waited = time.monotonic() - start
+        silent = socket.create_connection(("127.0.0.1", port), timeout=10)  # opens and sends nothing
+        assert silent.recv(100) == b""
+
+        body = socket.create_connection(("127.0.0.1", port), timeout=10)
+        body.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=x\r\n"
+            b"Content-Length: 1000\r\n\r\n--x\r\n"
+        )
+        answer = b""
+        while b"arrive" not in answer and (chunk := body.recv(1000)):
+            answer += chunk
+
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as http:  # one connection, kept alive
+            statuses = []
+            for _ in range(3):
+                statuses.append(http.get("/health").status_code)
+                time.sleep(0.6)  # idle between requests, more than half the deadline each time
+    assert 0.8 < waited < 5
+    assert answer.startswith(b"HTTP/1.1 408") and b"took over 1 s to arrive" in answer
+    assert statuses == [200, 200, 200]

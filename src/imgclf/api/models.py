@@ -91,14 +91,16 @@ def serve(
     access_log: bool = False,
     token: str | None = None,
     require_token: bool | None = None,
-    on_start: Callable[[Predictor, str | None], None] | None = None,
+    on_start: Callable[[Predictor, str | None, str], None] | None = None,
 ) -> None:
     """Serve a model over HTTP until interrupted (see `imgclf.serve`).
 
     Bound to anything but loopback, every request needs a token (`token`, else $IMGCLF_TOKEN, else
     one made up now), unless `require_token` is False; bound to loopback, none unless one is given,
-    and requests naming another host are refused. `on_start(predictor, token)` runs once the model
-    is loaded, before the server listens.
+    and requests naming another host are refused. Unless `settings.max_waiting` is given, the queue
+    is sized from the model's speed, measured now on blank images (which also warms it up).
+    `on_start(predictor, token, admission)` runs once the model is loaded, before the server
+    listens; `admission` is the line that says how many requests run and wait.
     """
     import os
     import secrets
@@ -107,6 +109,7 @@ def serve(
 
     from imgclf.serve import Access, ServeSettings, create_app
     from imgclf.serve.app import LOOPBACK_HOSTS
+    from imgclf.serve.connections import deadline_protocol, raise_open_file_limit
 
     settings = settings or ServeSettings()
     for name, value in (
@@ -117,11 +120,15 @@ def serve(
     ):
         if value < 1:
             raise UsageError(f"{name} must be at least 1")
+    for name, seconds in (("--timeout", settings.timeout_s), ("--read-timeout", settings.read_timeout_s)):
+        if not seconds > 0:
+            raise UsageError(f"{name} must be above 0 seconds")
     if not 0 < port < 65536:
         raise UsageError("--port must be between 1 and 65535")
     predictor = Predictor.from_path(
         model, device=device, label_map=label_map, backend=backend, threads=threads, tta=tta
     )
+    settings, admission = settings.sized(measured_speed(predictor, settings.max_batch))
     loopback = host in LOOPBACK_HOSTS
     token = token or os.environ.get("IMGCLF_TOKEN") or None
     if require_token is False:
@@ -130,8 +137,31 @@ def serve(
         token = secrets.token_urlsafe(24)
     application = create_app(predictor, settings, Access(token=token, loopback_only=loopback))
     if on_start is not None:
-        on_start(predictor, token)
-    uvicorn.run(application, host=host, port=port, log_level="warning", access_log=access_log)
+        on_start(predictor, token, admission)
+    raise_open_file_limit()
+    uvicorn.run(
+        application,
+        host=host,
+        port=port,
+        http=deadline_protocol(settings.read_timeout_s),
+        log_level="warning",
+        access_log=access_log,
+    )
+
+
+def measured_speed(predictor: Predictor, max_batch: int) -> float:
+    """Images per second the predictor scores in batches of up to 8 blank images (after one
+    warm-up batch), as `serve` meets them."""
+    import time
+
+    import numpy as np
+
+    spec = predictor.spec
+    batch = np.zeros((min(8, max(1, max_batch)), spec.height, spec.width, spec.channels), np.uint8)
+    predictor.score_arrays(batch)
+    start = time.perf_counter()
+    predictor.score_arrays(batch)
+    return len(batch) / max(time.perf_counter() - start, 1e-6)
 
 
 def list_models(pattern: str | None = None) -> list[tuple[str, str]]:

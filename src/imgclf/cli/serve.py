@@ -39,6 +39,10 @@ def serve(
         ),
     ] = 100.0,
     max_images: Annotated[int, typer.Option(help="Most images in one request.")] = 32,
+    max_request_pixels: Annotated[
+        int,
+        typer.Option(help="Most pixels of all the images of one request, from their headers; more get 413."),
+    ] = 200_000_000,
     max_active: Annotated[
         int | None,
         typer.Option(
@@ -47,11 +51,23 @@ def serve(
         ),
     ] = None,
     max_waiting: Annotated[
-        int, typer.Option(help="/predict requests waiting beyond those; more get 503 with Retry-After.")
-    ] = 64,
+        int | None,
+        typer.Option(
+            help="/predict requests waiting beyond those; more get 503 with Retry-After \\[default: what "
+            "the model answers in a quarter of --timeout, measured at start, 8 to 256].",
+            show_default=False,
+        ),
+    ] = None,
     timeout: Annotated[
         float, typer.Option(help="Seconds a request may wait and run before it gets 503.")
     ] = 60.0,
+    read_timeout: Annotated[
+        float,
+        typer.Option(
+            help="Seconds a request may take to arrive: slower headers close the connection, a slower "
+            "body gets 408."
+        ),
+    ] = 20.0,
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="Classes per image unless a request asks.")] = 5,
     label_map: Annotated[
         Path | None, typer.Option(help="JSON of display names (class names or 1-based indices as keys).")
@@ -94,9 +110,11 @@ def serve(
         max_body_mb=max_body_mb,
         max_pixels=max_pixels,
         max_images=max_images,
+        max_request_pixels=max_request_pixels,
         max_decode_mb=max_decode_mb,
         max_waiting=max_waiting,
         timeout_s=timeout,
+        read_timeout_s=read_timeout,
         **({"max_active": max_active} if max_active is not None else {}),
         default_top_k=top_k,
     )
@@ -109,9 +127,12 @@ def serve(
     )  # fmt: skip
 
 
-def announce(predictor: Any, token: str | None, *, host: str, port: int, tta: bool, max_batch: int) -> None:
-    """The lines `serve` prints once the model is loaded: where it listens (with the token), what
-    that exposes, and off loopback the address for a phone, drawn as a QR code."""
+def announce(
+    predictor: Any, token: str | None, admission: str, *, host: str, port: int, tta: bool, max_batch: int
+) -> None:
+    """The lines `serve` prints once the model is loaded: where it listens (with the token), how
+    many requests it admits, what that exposes, and off loopback the address for a phone, drawn as
+    a QR code."""
     from imgclf.console import err_console
     from imgclf.serve.app import address_qr, reachable_address
 
@@ -124,6 +145,7 @@ def announce(predictor: Any, token: str | None, *, host: str, port: int, tta: bo
         markup=False,
         soft_wrap=True,
     )
+    err_console.print(admission, markup=False, soft_wrap=True)
     if host not in ("127.0.0.1", "localhost", "::1"):
         err_console.print(f"note: listening on {host}, reachable from other machines", style="yellow")
         if token is None:

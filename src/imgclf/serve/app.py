@@ -19,7 +19,7 @@ import os
 import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, urlencode
@@ -34,7 +34,7 @@ from pydantic import BaseModel, Field, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from imgclf.data.decode import UPLOAD_FORMATS, ImageDecodeError, ImageFormatError, decode_image
+from imgclf.data.decode import UPLOAD_FORMATS, ImageDecodeError, ImageFormatError, decode_image, read_header
 from imgclf.data.preprocess import PreprocessSpec, prepare_image
 from imgclf.errors import UsageError
 from imgclf.inference.explain import Explainer, explanation_png
@@ -55,17 +55,36 @@ class ServeSettings:
     # the memory one image may take decoded at full size (a JPEG counts at its draft-reduced size):
     # a 0.2 MB PNG can claim 6320×6320 RGBA, 152 MiB, before any resize
     max_decode_mb: float = 100.0
+    # pixels of all the images of one request, read from their headers before any is decoded: the
+    # decoding time one request may cost (16 phone photos of 12 MP; 5 images at the per-image limit)
+    max_request_pixels: int = 200_000_000
     max_images: int = 32
     default_top_k: int = 5
     # Admission: requests of a route in progress at once, and waiting beyond those; more get 503 with
     # Retry-After (never an unbounded queue). /explain (Grad-CAM, seconds each) has its own, smaller
     # gate and its own thread, so a flood of it cannot starve /predict.
     max_active: int = field(default_factory=lambda: 2 * (os.cpu_count() or 1))
-    max_waiting: int = 64
+    max_waiting: int | None = None  # None: sized from the model's speed (`sized`), else 64
     explain_active: int = 1
     explain_waiting: int = 4
-    read_timeout_s: float = 20.0  # a request body slower than this (slowloris) gets 408
+    # request headers slower than this close the connection; a body slower than this gets 408 (slowloris)
+    read_timeout_s: float = 20.0
     timeout_s: float = 60.0  # a request that waited and ran longer than this gets 503
+
+    def sized(self, images_per_second: float) -> tuple[ServeSettings, str]:
+        """These settings with `max_waiting` sized from the model's measured speed, and the line
+        that says so: no more requests wait than the model answers in a quarter of the timeout
+        (one image each), between 8 and 256, so that a request turned away is told at once
+        instead of after the timeout."""
+        if self.max_waiting is not None:
+            return self, f"/predict: {self.max_active} at once, {self.max_waiting} waiting (--max-waiting)"
+        waiting = int(min(256, max(8, images_per_second * self.timeout_s / 4)))
+        line = (
+            f"/predict: {self.max_active} at once (2 per core), {waiting} waiting (what the model answers, "
+            f"at {images_per_second:,.0f} images/s, in a quarter of --timeout {self.timeout_s:g} s; "
+            "--max-waiting sets it)"
+        )
+        return replace(self, max_waiting=waiting), line
 
 
 # --------------------------------------------------------------------------------------------------
@@ -238,8 +257,9 @@ class BodySizeLimit:
 
 
 # What a browser fetches by itself, without the page's script (so without the token): nothing in
-# them is about the model.
-PUBLIC_PATHS = ("/manifest.webmanifest", "/icon.svg", "/icon-192.png", "/icon-512.png", "/health")
+# them is about the model. The page is the same for every server; it asks for the token when it has
+# none (an app installed on the home screen opens "./", and finds the token in its storage).
+PUBLIC_PATHS = ("/", "/manifest.webmanifest", "/icon.svg", "/icon-192.png", "/icon-512.png", "/health")
 PUBLIC_PREFIXES = ("/docs-static/",)  # the API page's script and style
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
@@ -373,6 +393,32 @@ def prepare_upload(blob: bytes, name: str, spec: PreprocessSpec, settings: Serve
         raise HTTPException(400, f"{name}: cannot decode ({type(error).__name__})") from None
 
 
+def check_request_pixels(blobs: list[bytes], settings: ServeSettings) -> None:
+    """413 when the images of one request hold more pixels than `max_request_pixels`, read from their
+    headers before any is decoded (a file whose header does not open is left to `prepare_upload`)."""
+    total = 0
+    for blob in blobs:
+        try:
+            header = read_header(blob, formats=UPLOAD_FORMATS)
+        except Exception:
+            continue
+        total += header.width * header.height
+    if total > settings.max_request_pixels:
+        raise HTTPException(
+            413,
+            f"the {len(blobs)} images hold {total:,} pixels, over the limit of "
+            f"{settings.max_request_pixels:,} a request: send fewer or smaller images",
+        )
+
+
+def prepare_uploads(
+    blobs: list[bytes], names: list[str], spec: PreprocessSpec, settings: ServeSettings
+) -> list[np.ndarray]:
+    """A request's images, prepared, once their pixels together are within the request's budget."""
+    check_request_pixels(blobs, settings)
+    return [prepare_upload(blob, name, spec, settings) for blob, name in zip(blobs, names)]
+
+
 async def read_request_in_time(
     request: Request, top_k: int | None, settings: ServeSettings
 ) -> tuple[list[bytes], list[str], int | None]:
@@ -425,8 +471,21 @@ PREDICT_ROUTE: dict[str, Any] = {
     "summary": "Top-k classes of one or more images",
     "responses": {
         400: {"model": ErrorBody, "description": "Not an image, truncated, or over the pixel limit."},
-        413: {"model": ErrorBody, "description": "Request body over the size limit."},
-        415: {"model": ErrorBody, "description": "Neither multipart/form-data nor JSON."},
+        401: {
+            "model": ErrorBody,
+            "description": "The server needs its token, and the request has not got it.",
+        },
+        408: {"model": ErrorBody, "description": "The request body arrived too slowly."},
+        413: {
+            "model": ErrorBody,
+            "description": "Request body, image count, or the images' pixels together over their limits.",
+        },
+        415: {
+            "model": ErrorBody,
+            "description": "Neither multipart/form-data nor JSON, or an image in a format cameras, phones "
+            "and browsers do not make (JPEG, PNG, WebP, GIF, BMP, TIFF, HEIC and AVIF are read).",
+        },
+        503: {"model": ErrorBody, "description": "Busy: too many requests; try again after Retry-After."},
     },
     "openapi_extra": {
         "requestBody": {
@@ -514,6 +573,8 @@ def create_app(
     from imgclf.version import __version__
 
     settings = settings or ServeSettings()
+    if settings.max_waiting is None:
+        settings = replace(settings, max_waiting=64)
     spec = predictor.spec
 
     def scores(arrays: np.ndarray) -> np.ndarray:
@@ -569,10 +630,7 @@ def create_app(
             blobs, names, top_k = await read_request_in_time(request, top_k, settings)
             if len(blobs) > settings.max_images:
                 raise HTTPException(413, f"{len(blobs)} images; at most {settings.max_images} a request")
-            arrays = await in_pool(
-                decoders,
-                lambda: [prepare_upload(blob, name, spec, settings) for blob, name in zip(blobs, names)],
-            )
+            arrays = await in_pool(decoders, lambda: prepare_uploads(blobs, names, spec, settings))
             try:
                 answers = await asyncio.wait_for(batcher.predict(np.stack(arrays)), settings.timeout_s)
             except TimeoutError:
@@ -610,7 +668,7 @@ def create_app(
         summary="Where the model looked: a Grad-CAM heatmap per image",
         responses={
             409: {"model": ErrorBody, "description": "An exported model is served: no gradients to follow."},
-            **{code: PREDICT_ROUTE["responses"][code] for code in (400, 413, 415)},
+            **{code: PREDICT_ROUTE["responses"][code] for code in (400, 401, 408, 413, 415, 503)},
         },
         openapi_extra=PREDICT_ROUTE["openapi_extra"],
     )
@@ -626,6 +684,7 @@ def create_app(
             raise HTTPException(400, f"class {class_name!r} is not one of the model's classes")
 
         def work(blobs: list[bytes], names: list[str]) -> list[ImageExplanation]:
+            check_request_pixels(blobs, settings)
             found = []
             for blob, name in zip(blobs, names):
                 array = prepare_upload(blob, name, spec, settings)
@@ -691,25 +750,38 @@ def create_app(
     return app
 
 
+DOCS_TOKEN_HOOK = """
+    requestInterceptor: (request) => {
+        const token = new URLSearchParams(window.location.search).get("token");
+        if (token) request.headers.Authorization = "Bearer " + token;
+        return request;
+    },"""
+
+
 def _add_offline_docs(app: FastAPI) -> None:
-    """Swagger UI at /docs from the swagger-ui-bundle package, so the docs work without internet."""
+    """Swagger UI at /docs from the fastapi-offline package's copy, so the docs work without internet."""
     from fastapi.staticfiles import StaticFiles
 
     try:
-        import swagger_ui_bundle
-    except ImportError:  # the API still works; only its browsable docs are missing
-        logger.warning("swagger-ui-bundle is not installed; /docs is off (the schema is at /openapi.json)")
+        static = resources.files("fastapi_offline") / "static"
+    except ModuleNotFoundError:  # the API still works; only its browsable docs are missing
+        logger.warning("fastapi-offline is not installed; /docs is off (the schema is at /openapi.json)")
         return
-    app.mount("/docs-static", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-static")
+    app.mount("/docs-static", StaticFiles(directory=str(static)), name="docs-static")
 
     @app.get("/docs", include_in_schema=False)
     async def docs(token: str | None = None) -> HTMLResponse:
         schema = app.openapi_url or "/openapi.json"
-        return get_swagger_ui_html(
+        page = get_swagger_ui_html(
             openapi_url=f"{schema}?{urlencode({'token': token})}" if token else schema,
             title=f"{app.title} API",
             swagger_js_url="/docs-static/swagger-ui-bundle.js",
             swagger_css_url="/docs-static/swagger-ui.css",
-            swagger_favicon_url="/docs-static/favicon-32x32.png",
+            swagger_favicon_url="/docs-static/favicon.png",
             swagger_ui_parameters={"validatorUrl": None},  # no call to the public validator
         )
+        # "Try it out" sends the token the page's address carried, as the camera page does
+        html = page.body.decode("utf-8").replace(
+            "SwaggerUIBundle({", "SwaggerUIBundle({" + DOCS_TOKEN_HOOK, 1
+        )
+        return HTMLResponse(html)
