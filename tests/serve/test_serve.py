@@ -540,7 +540,7 @@ def test_a_full_route_turns_requests_away_with_503_and_health_says_so(shapes_mod
     image = sorted((data / "disc").iterdir())[0].read_bytes()
     settings = ServeSettings(explain_active=1, explain_waiting=0, max_active=2, max_waiting=0)
     app = create_app(predictor, settings)
-    predict_gate, explain_gate = app.state.gates
+    predict_gate, explain_gate, _ = app.state.gates
 
     async def scenario() -> None:
         transport = httpx.ASGITransport(app=app)
@@ -644,3 +644,88 @@ def test_slow_headers_close_the_connection_and_a_slow_body_gets_408(served) -> N
     assert 0.8 < waited < 5
     assert answer.startswith(b"HTTP/1.1 408") and b"took over 1 s to arrive" in answer
     assert statuses == [200, 200, 200]
+
+
+def test_large_images_take_their_own_lane_and_bodies_share_a_memory_budget(served) -> None:
+    """A request of large PNGs waits in the large-image lane, not in /predict's slots: with that lane
+    full it gets 503 while an ordinary photo is answered; and once the bodies held reach the memory
+    budget, the next body gets 503 before it is read, and /health says so."""
+    import asyncio
+
+    predictor, data = served
+    photo = sorted((data / "disc").iterdir())[0].read_bytes()
+    large = png_bytes(Image.new("RGBA", (3000, 3000), (10, 200, 30, 128)))  # 34 MiB decoded, 40 KB sent
+    app = create_app(predictor, ServeSettings(max_body_mb=2.0, max_held_mb=3.0, max_active=2, max_waiting=0))
+    _, _, large_gate = app.state.gates
+    held = app.state.held
+
+    async def scenario() -> None:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
+            answered = await http.post("/predict", files={"files": ("big.png", large, "image/png")})
+            assert answered.status_code == 200, answered.text  # the lane is free: served
+            large_gate.active, large_gate.waiting = 1, 2  # one decoding, two waiting
+            refused = await http.post("/predict", files={"files": ("big.png", large, "image/png")})
+            assert refused.status_code == 503 and "large images" in refused.json()["detail"]
+            ordinary = await http.post("/predict", files={"files": ("a.png", photo, "image/png")})
+            assert ordinary.status_code == 200
+            health = (await http.get("/health")).json()
+            assert health["status"] == "overloaded" and health["large_waiting"] == 2
+            large_gate.active = large_gate.waiting = 0
+            held.held = 2_500_000  # bodies of other requests, read and waiting
+            body = {"files": ("junk.png", b"\0" * 600_000, "image/png")}
+            too_much = await http.post("/predict", files=body)
+            assert too_much.status_code == 503 and "holds 2 MB of requests" in too_much.json()["detail"]
+            health = (await http.get("/health")).json()
+            assert health["ready"] is False and health["held_mb"] == 2.5
+            held.held = 0
+            assert (
+                await http.post("/predict", files={"files": ("a.png", photo, "image/png")})
+            ).status_code == 200
+
+    asyncio.run(scenario())
+
+
+def test_explanations_yield_to_predictions_while_they_have_requests() -> None:
+    """Pacing: with /predict busy, an explanation waits until those before it took at most their
+    share of the time; with /predict idle, it runs at once."""
+    from imgclf.serve.app import Pacing
+
+    busy = True
+    pacing = Pacing(0.2, lambda: busy)
+    with pacing.turn():
+        time.sleep(0.1)  # an explanation of 0.1 s
+    start = time.monotonic()
+    with pacing.turn():
+        waited = time.monotonic() - start
+    assert 0.3 < waited < 1.0  # 0.1 s at a 20% share: 0.4 s before the next turn
+    busy = False
+    start = time.monotonic()
+    with pacing.turn():
+        assert time.monotonic() - start < 0.1
+
+
+def test_a_client_that_leaves_mid_body_leaves_no_traceback(served, caplog) -> None:
+    import logging
+    import socket
+
+    predictor, data = served
+    photo = sorted((data / "disc").iterdir())[0].read_bytes()
+    uvicorn_log = logging.getLogger("uvicorn.error")  # it does not propagate to the root logger
+    with caplog.at_level(logging.WARNING), served_at(create_app(predictor)) as port:
+        uvicorn_log.addHandler(caplog.handler)  # after uvicorn configured its logging
+        for _ in range(3):
+            gone = socket.create_connection(("127.0.0.1", port), timeout=10)
+            gone.sendall(
+                b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Content-Type: multipart/form-data; boundary=x\r\nContent-Length: 100000\r\n\r\n"
+                b'--x\r\nContent-Disposition: form-data; name="files"; filename="a.png"\r\n\r\n' + photo[:100]
+            )
+            gone.close()
+        time.sleep(0.5)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as http:
+            assert http.post("/predict", files={"files": ("a.png", photo, "image/png")}).status_code == 200
+    uvicorn_log.removeHandler(caplog.handler)
+    logged = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not [r for r in logged if "Exception in ASGI application" in r.getMessage() or r.exc_info]
+    assert not [r for r in logged if "Unclosed file" in r.getMessage()]

@@ -61,6 +61,13 @@ def serve(
     timeout: Annotated[
         float, typer.Option(help="Seconds a request may wait and run before it gets 503.")
     ] = 60.0,
+    max_held_mb: Annotated[
+        float,
+        typer.Option(
+            help="Most MB of request bodies read or waiting for their answer at once (each counted at "
+            "its Content-Length); more get 503 with Retry-After."
+        ),
+    ] = 256.0,
     read_timeout: Annotated[
         float,
         typer.Option(
@@ -115,6 +122,7 @@ def serve(
         max_waiting=max_waiting,
         timeout_s=timeout,
         read_timeout_s=read_timeout,
+        max_held_mb=max_held_mb,
         **({"max_active": max_active} if max_active is not None else {}),
         default_top_k=top_k,
     )

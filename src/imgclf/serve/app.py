@@ -17,7 +17,8 @@ import json
 import logging
 import os
 import threading
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
@@ -30,8 +31,11 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, Response
+from PIL import Image
 from pydantic import BaseModel, Field, ValidationError
 from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imgclf.data.decode import UPLOAD_FORMATS, ImageDecodeError, ImageFormatError, decode_image, read_header
@@ -64,6 +68,8 @@ class ServeSettings:
     # Retry-After (never an unbounded queue). /explain (Grad-CAM, seconds each) has its own, smaller
     # gate and its own thread, so a flood of it cannot starve /predict.
     max_active: int = field(default_factory=lambda: 2 * (os.cpu_count() or 1))
+    # request bodies being read or waiting for their answer, together (each at its Content-Length)
+    max_held_mb: float = 256.0
     max_waiting: int | None = None  # None: sized from the model's speed (`sized`), else 64
     explain_active: int = 1
     explain_waiting: int = 4
@@ -146,12 +152,24 @@ class ExplainResponse(BaseModel):
 
 class Health(BaseModel):
     status: str = Field(description="ok, or overloaded while a route turns requests away")
-    ready: bool = Field(True, description="false while /predict's queue is full: new requests get 503")
+    ready: bool = Field(
+        True, description="false while /predict's queue, or the memory for request bodies, is full"
+    )
     predict_active: int = 0
     predict_waiting: int = 0
+    large_active: int = Field(0, description="requests of large images decoding (their own lane)")
+    large_waiting: int = 0
     explain_active: int = 0
     explain_waiting: int = 0
+    held_mb: float = Field(0.0, description="MB of request bodies being read or waiting for an answer")
     turned_away: int = Field(0, description="requests answered 503 since the start")
+
+
+# the share of the processor explanations may take while /predict has requests (see Pacing)
+EXPLAIN_SHARE = 0.1
+# a request whose images take more than this decoded goes to the large-image lane (a 12 MP phone PNG
+# takes 36 MB; a 12 MP JPEG, decoded reduced for a 224-pixel model, 0.6 MB)
+LARGE_REQUEST_BYTES = 24 * 2**20
 
 
 class Gate:
@@ -171,10 +189,15 @@ class Gate:
         self.turned_away += 1
         return HTTPException(503, f"{self.name} is busy ({why}); try again shortly", {"Retry-After": "1"})
 
-    @contextlib.asynccontextmanager
-    async def enter(self) -> AsyncIterator[None]:
+    def refuse_if_full(self) -> None:
+        """503 at once when the gate is full: asked before a request's body is read, so that a
+        flood is turned away without the work of reading and parsing it."""
         if self.full:
             raise self._busy(f"{self.active} in progress, {self.waiting} waiting")
+
+    @contextlib.asynccontextmanager
+    async def enter(self) -> AsyncIterator[None]:
+        self.refuse_if_full()
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.capacity)
         self.waiting += 1
@@ -393,30 +416,105 @@ def prepare_upload(blob: bytes, name: str, spec: PreprocessSpec, settings: Serve
         raise HTTPException(400, f"{name}: cannot decode ({type(error).__name__})") from None
 
 
-def check_request_pixels(blobs: list[bytes], settings: ServeSettings) -> None:
-    """413 when the images of one request hold more pixels than `max_request_pixels`, read from their
-    headers before any is decoded (a file whose header does not open is left to `prepare_upload`)."""
-    total = 0
+def request_cost(blobs: list[bytes], spec: PreprocessSpec, settings: ServeSettings) -> int:
+    """The memory a request's images take decoded (a JPEG at the size draft mode reduces it to), read
+    from their headers before any is decoded; 413 when their pixels together are over
+    `max_request_pixels` (a file whose header does not open is left to `prepare_upload`)."""
+    total = cost = 0
     for blob in blobs:
         try:
             header = read_header(blob, formats=UPLOAD_FORMATS)
         except Exception:
             continue
         total += header.width * header.height
+        scale = 1
+        if header.format == "JPEG":  # draft mode decodes at 1/2, 1/4 or 1/8 while that stays large enough
+            while (
+                scale < 8
+                and header.width // (scale * 2) >= spec.width
+                and header.height // (scale * 2) >= spec.height
+            ):
+                scale *= 2
+        try:
+            bands = Image.getmodebands(header.mode)
+        except (KeyError, ValueError):
+            bands = 4
+        cost += (header.width // scale) * (header.height // scale) * bands
     if total > settings.max_request_pixels:
         raise HTTPException(
             413,
             f"the {len(blobs)} images hold {total:,} pixels, over the limit of "
             f"{settings.max_request_pixels:,} a request: send fewer or smaller images",
         )
+    return cost
 
 
 def prepare_uploads(
     blobs: list[bytes], names: list[str], spec: PreprocessSpec, settings: ServeSettings
 ) -> list[np.ndarray]:
-    """A request's images, prepared, once their pixels together are within the request's budget."""
-    check_request_pixels(blobs, settings)
+    """A request's images, prepared (`request_cost` has checked their budget)."""
     return [prepare_upload(blob, name, spec, settings) for blob, name in zip(blobs, names)]
+
+
+class HeldBodies:
+    """The request bodies being read or waiting for their answer: their bytes together (a body counts
+    at its Content-Length, else at the body limit, from before it is read) stay within `limit`;
+    beyond it a request gets 503 with Retry-After at once. Bodies that trickle in (slowloris) hold
+    little, so they never keep others out; bodies that are large and many cannot fill the memory."""
+
+    def __init__(self, limit: int, body_limit: int) -> None:
+        self.limit, self.body_limit = limit, body_limit
+        self.held = self.turned_away = 0
+
+    @property
+    def full(self) -> bool:
+        return self.held + self.body_limit > self.limit
+
+    @contextlib.contextmanager
+    def hold(self, request: Request) -> Iterator[None]:
+        declared = request.headers.get("content-length", "")
+        size = min(int(declared), self.body_limit) if declared.isdigit() else self.body_limit
+        if self.held + size > self.limit:
+            self.turned_away += 1
+            raise HTTPException(
+                503,
+                f"the server holds {self.held / 1e6:,.0f} MB of requests already; try again shortly",
+                {"Retry-After": "1"},
+            )
+        self.held += size
+        try:
+            yield
+        finally:
+            self.held -= size
+
+
+class Pacing:
+    """/predict first: while it has requests, an explanation (Grad-CAM, a backward pass through the
+    network on the same cores) waits until the explanations before it have taken no more than
+    `share` of the time since, so that a flood of /explain takes at most that share of the processor
+    from ordinary predictions; with /predict idle, explanations run at once."""
+
+    def __init__(self, share: float, busy: Callable[[], bool]) -> None:
+        self.share, self.busy = share, busy
+        self.next_turn = 0.0
+
+    @contextlib.contextmanager
+    def turn(self) -> Iterator[None]:
+        while time.monotonic() < self.next_turn and self.busy():
+            time.sleep(0.02)
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            spent = time.monotonic() - started
+            self.next_turn = time.monotonic() + spent * (1.0 / self.share - 1.0)
+
+
+def _lower_priority() -> None:
+    """Run this thread at the lowest CPU priority (Linux: a thread's own nice value), so that the
+    large-image lane decodes with the cores the ordinary requests leave idle."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
 
 
 async def read_request_in_time(
@@ -425,10 +523,20 @@ async def read_request_in_time(
     """`read_request`, or 408 when the body takes longer than `read_timeout_s` to arrive."""
     try:
         return await asyncio.wait_for(read_request(request, top_k, settings), settings.read_timeout_s)
+    except ClientDisconnect:  # nobody is left to answer: a 400 for the log, not a traceback
+        raise HTTPException(400, "the client closed the connection before its request arrived") from None
     except TimeoutError:
         raise HTTPException(
             408, f"the request body took over {settings.read_timeout_s:g} s to arrive"
         ) from None
+
+
+class InMemoryMultiPart(MultiPartParser):
+    """Starlette's multipart parser with uploads kept in memory up to the body limit (`HeldBodies`
+    bounds them all): spooled to disk past 1 MB, every 64 KB chunk of a large upload cost a hop to
+    the thread pool and a disk write, and 20 MB bodies took the cores from ordinary requests."""
+
+    spool_max_size = 64 * 2**20
 
 
 async def read_request(
@@ -438,19 +546,28 @@ async def read_request(
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
         # the count check of the route answers 413; the form parser only guards against absurd counts
-        form = await request.form(max_files=max(1000, settings.max_images), max_fields=100)
-        uploads = form.getlist("files") + form.getlist("file")
-        if not uploads:
-            raise _missing_field("files")
-        blobs, names = [], []
-        for position, upload in enumerate(uploads, start=1):
-            if not isinstance(upload, UploadFile):
-                raise RequestValidationError(
-                    [{"type": "value_error", "loc": ["body", "files"], "msg": "expected a file upload"}]
-                )
-            blobs.append(await upload.read())
-            names.append(upload.filename or f"image-{position}")
-        return blobs, names, top_k
+        parser = InMemoryMultiPart(
+            request.headers, request.stream(), max_files=max(1000, settings.max_images), max_fields=100
+        )
+        try:
+            form = await parser.parse()
+        except MultiPartException as error:
+            raise HTTPException(400, error.message) from None
+        try:  # the uploads' files are closed on the way out, answered or not
+            uploads = form.getlist("files") + form.getlist("file")
+            if not uploads:
+                raise _missing_field("files")
+            blobs, names = [], []
+            for position, upload in enumerate(uploads, start=1):
+                if not isinstance(upload, UploadFile):
+                    raise RequestValidationError(
+                        [{"type": "value_error", "loc": ["body", "files"], "msg": "expected a file upload"}]
+                    )
+                blobs.append(await upload.read())
+                names.append(upload.filename or f"image-{position}")
+            return blobs, names, top_k
+        finally:
+            await form.close()
     if content_type == "application/json" or content_type.endswith("+json"):
         try:
             body = PredictJSON.model_validate_json(await request.body())
@@ -607,9 +724,18 @@ def create_app(
     app.state.settings = settings
     predict_gate = Gate("/predict", settings.max_active, settings.max_waiting, settings.timeout_s)
     explain_gate = Gate("/explain", settings.explain_active, settings.explain_waiting, settings.timeout_s)
-    app.state.gates = (predict_gate, explain_gate)
+    # requests whose images take over LARGE_REQUEST_BYTES decoded (large PNGs, TIFFs; JPEGs decode
+    # reduced) take the large-image lane: one at a time, two waiting, in a thread of the lowest CPU
+    # priority, never in /predict's slots, so that they cannot starve ordinary photos
+    large_gate = Gate("/predict (large images)", 1, 2, settings.timeout_s)
+    held = HeldBodies(int(settings.max_held_mb * 1_000_000), int(settings.max_body_mb * 1_000_000))
+    app.state.gates = (predict_gate, explain_gate, large_gate)
+    app.state.held = held
     # decoding has its own threads (not the shared pool other routes use), /explain its own one
     decoders = ThreadPoolExecutor(max_workers=max(1, settings.max_active), thread_name_prefix="imgclf-decode")
+    large_decoders = ThreadPoolExecutor(
+        1, thread_name_prefix="imgclf-decode-large", initializer=_lower_priority
+    )
     explainers = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imgclf-explain")
 
     async def in_pool(pool: ThreadPoolExecutor, work: Any) -> Any:
@@ -626,18 +752,23 @@ def create_app(
             None, ge=1, le=1000, description=f"Classes per image (default {settings.default_top_k})."
         ),
     ) -> PredictResponse:
-        async with predict_gate.enter():
+        # the body is read before the route's gate (a slow one holds no slot) within the held budget
+        predict_gate.refuse_if_full()
+        with held.hold(request):
             blobs, names, top_k = await read_request_in_time(request, top_k, settings)
             if len(blobs) > settings.max_images:
                 raise HTTPException(413, f"{len(blobs)} images; at most {settings.max_images} a request")
-            arrays = await in_pool(decoders, lambda: prepare_uploads(blobs, names, spec, settings))
-            try:
-                answers = await asyncio.wait_for(batcher.predict(np.stack(arrays)), settings.timeout_s)
-            except TimeoutError:
-                predict_gate.turned_away += 1
-                raise HTTPException(
-                    503, "the model took too long; try again shortly", {"Retry-After": "1"}
-                ) from None
+            large = request_cost(blobs, spec, settings) > LARGE_REQUEST_BYTES
+            gate, pool = (large_gate, large_decoders) if large else (predict_gate, decoders)
+            async with gate.enter():
+                arrays = await in_pool(pool, lambda: prepare_uploads(blobs, names, spec, settings))
+                try:
+                    answers = await asyncio.wait_for(batcher.predict(np.stack(arrays)), settings.timeout_s)
+                except TimeoutError:
+                    gate.turned_away += 1
+                    raise HTTPException(
+                        503, "the model took too long; try again shortly", {"Retry-After": "1"}
+                    ) from None
         k = min(top_k or settings.default_top_k, num_classes)
         predictions = []
         for name, row in zip(names, answers):
@@ -661,6 +792,7 @@ def create_app(
 
     explainer = serving_explainer(predictor)
     explaining = threading.Lock()  # Grad-CAM hooks the shared network: one explanation at a time
+    pacing = Pacing(EXPLAIN_SHARE, lambda: predict_gate.active + predict_gate.waiting > 0)
 
     @app.post(
         "/explain",
@@ -684,11 +816,11 @@ def create_app(
             raise HTTPException(400, f"class {class_name!r} is not one of the model's classes")
 
         def work(blobs: list[bytes], names: list[str]) -> list[ImageExplanation]:
-            check_request_pixels(blobs, settings)
+            request_cost(blobs, spec, settings)
             found = []
             for blob, name in zip(blobs, names):
                 array = prepare_upload(blob, name, spec, settings)
-                with explaining:
+                with explaining, pacing.turn():
                     result = explainer.explain_prepared(name, array, class_name)
                 picture = base64.b64encode(explanation_png(result)).decode("ascii")
                 found.append(
@@ -704,23 +836,29 @@ def create_app(
                 )
             return found
 
-        async with explain_gate.enter():
+        explain_gate.refuse_if_full()
+        with held.hold(request):
             blobs, names, _ = await read_request_in_time(request, None, settings)
             if len(blobs) > settings.max_images:
                 raise HTTPException(413, f"{len(blobs)} images; at most {settings.max_images} a request")
-            return ExplainResponse(explanations=await in_pool(explainers, lambda: work(blobs, names)))
+            async with explain_gate.enter():
+                return ExplainResponse(explanations=await in_pool(explainers, lambda: work(blobs, names)))
 
     @app.get("/health", response_model=Health, summary="Liveness and load")
     async def health() -> Health:
-        turned_away = predict_gate.turned_away + explain_gate.turned_away
+        turned_away = predict_gate.turned_away + explain_gate.turned_away + large_gate.turned_away
+        busy = predict_gate.full or explain_gate.full or large_gate.full or held.full
         return Health(
-            status="overloaded" if predict_gate.full or explain_gate.full else "ok",
-            ready=not predict_gate.full,
+            status="overloaded" if busy else "ok",
+            ready=not (predict_gate.full or held.full),
             predict_active=predict_gate.active,
             predict_waiting=predict_gate.waiting,
+            large_active=large_gate.active,
+            large_waiting=large_gate.waiting,
             explain_active=explain_gate.active,
             explain_waiting=explain_gate.waiting,
-            turned_away=turned_away,
+            held_mb=round(held.held / 1e6, 1),
+            turned_away=turned_away + held.turned_away,
         )
 
     @app.get("/model", summary="Classes, preprocessing, training metrics and serving settings")
