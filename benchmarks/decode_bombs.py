@@ -4,8 +4,11 @@ files, each in a fresh process (so one's memory does not hide another's).
     python benchmarks/decode_bombs.py [--workdir DIR]
 
 Files (generated): a 6320×6320 RGBA PNG of 0.2 MB; 68 bytes of PNG claiming 9,000×9,000 pixels; a
-JPEG header claiming 60,000×60,000; a 10,000-frame GIF; an EPS file. Each is read as training reads
-it (`load_prepared`) and as `serve` does (`decode_image` with its default limits and formats).
+JPEG header claiming 60,000×60,000; a PNG header claiming as much; a 10,000-frame GIF; an EPS file.
+Each is read as training reads it (`load_prepared`) and as `serve` does (`decode_image` with its
+default limits and formats). Then archive bombs, read as any command reads data (`scan_source`, with
+a private cache folder): a zip of 20,000 members (16 KB images that deflate 100-fold) and a zip
+whose one member declares 1 GiB.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import struct
 import subprocess
 import sys
@@ -48,6 +52,46 @@ print(json.dumps({"seconds": seconds, "extra_mb": extra, "answer": answer}))
 """
 
 
+ARCHIVE_PROBE = r"""
+import json, os, resource, sys, time
+from imgclf.data.sources import scan_source
+from imgclf.errors import ImgclfError
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+started = time.perf_counter()
+try:
+    found = scan_source(sys.argv[1])
+    answer = f"read: {len(found)} images"
+except ImgclfError as error:
+    answer = f"{type(error).__name__}: {error}"
+seconds = time.perf_counter() - started
+extra = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+print(json.dumps({"seconds": seconds, "extra_mb": extra, "answer": answer}))
+"""
+
+
+def make_archives(folder: Path) -> dict[str, Path]:
+    import zipfile
+
+    files = {}
+    bmp = io.BytesIO()  # 16 KB that deflate to about 100 bytes, as the bomb of the issue had them
+    Image.new("RGB", (74, 74), (200, 30, 30)).save(bmp, format="BMP")
+    many = folder / "members.zip"
+    with zipfile.ZipFile(many, "w", zipfile.ZIP_DEFLATED) as archive:
+        for i in range(20_000):
+            archive.writestr(f"class_{i % 2}/{i:05d}.bmp", bmp.getvalue())
+    files["zip of 20,000 members"] = many
+    big = folder / "gigabyte.zip"
+    with (
+        zipfile.ZipFile(big, "w", zipfile.ZIP_DEFLATED) as archive,
+        archive.open("a/huge.png", "w", force_zip64=True) as member,
+    ):
+        block = b"\0" * 2**24
+        for _ in range(64):  # 1 GiB of zeros, about 1 MB compressed
+            member.write(block)
+    files["zip member declaring 1 GiB"] = big
+    return files
+
+
 def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
@@ -64,6 +108,10 @@ def make_files(folder: Path) -> dict[str, Path]:
     claim = b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(b"\0" * 10))
     files["68-byte PNG claiming 9000x9000"] = folder / "claim.png"
     files["68-byte PNG claiming 9000x9000"].write_bytes(claim + _chunk(b"IEND", b""))
+    header = struct.pack(">IIBBBBB", 60000, 60000, 8, 2, 0, 0, 0)
+    claim = b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(b"\0" * 10))
+    files["PNG header claiming 60000x60000"] = folder / "claim60k.png"
+    files["PNG header claiming 60000x60000"].write_bytes(claim + _chunk(b"IEND", b""))
     buffer = io.BytesIO()
     Image.new("RGB", (16, 16)).save(buffer, format="JPEG")
     jpeg = bytearray(buffer.getvalue())
@@ -103,6 +151,21 @@ def main() -> None:
             row = json.loads(out.stdout)
             seconds, extra = f"{row['seconds']:.2f}", f"{row['extra_mb']:.0f} MB"
             print(f"| {name} | {size} | {way} | {seconds} | {extra} | {row['answer'][:110]} |")
+    cache = folder / "cache"
+    for name, path in make_archives(folder).items():
+        command = [sys.executable, "-c", ARCHIVE_PROBE, str(path)]
+        out = subprocess.run(
+            command, capture_output=True, text=True, env={**os.environ, "IMGCLF_CACHE_DIR": str(cache)}
+        )
+        size = f"{path.stat().st_size:,}"
+        if out.returncode != 0:
+            print(f"| {name} | {size} | any command | – | – | crashed: {out.stderr[-200:]!r} |")
+            continue
+        row = json.loads(out.stdout)
+        print(
+            f"| {name} | {size} | any command | {row['seconds']:.2f} | {row['extra_mb']:.0f} MB | "
+            f"{row['answer'][:260]} |"
+        )
 
 
 if __name__ == "__main__":
