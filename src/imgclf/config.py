@@ -67,16 +67,25 @@ def setting(
     shown: str | None = None,
     parse: Callable[[str], Any] | None = None,
     cli: bool = True,
+    negative: str | None = None,
 ) -> Any:
     """One setting, declared once: its default, and how the command line offers it.
 
     The type (with `Literal[...]` for a choice) is the field's annotation. `flag` is the option's
     name (default: --the-field-name), `short` an alias (-e), `shown` the default as --help shows it
     when a recipe sets it ("" shows none; None: the default itself, unless that is None), `parse`
-    turns the flag's text into the value, `cli=False` keeps the setting off the command line.
+    turns the flag's text into the value, `cli=False` keeps the setting off the command line,
+    `negative` names the flag that sets a bool False (default: --no-the-field-name).
     `imgclf.cli` builds the options of `train` and `augment-preview` from these fields.
     """
-    metadata = {"help": help, "panel": panel, "flag": flag, "short": short, "shown": shown}
+    metadata = {
+        "help": help,
+        "panel": panel,
+        "flag": flag,
+        "short": short,
+        "shown": shown,
+        "negative": negative,
+    }
     return field(default=default, metadata={**metadata, "parse": parse, "cli": cli})
 
 
@@ -105,6 +114,21 @@ class DataConfig(Freezable):
     )
     path_col: str | None = setting(None, "CSV column with image paths.", DATA_PANEL, shown="auto")
     label_col: str | None = setting(None, "CSV column with labels.", DATA_PANEL, shown="auto")
+    multi_label: bool | None = setting(
+        None,
+        "A table whose images carry several labels each (a label column joining them with a space, "
+        "|, ; or a quoted comma, or one 0/1 column per label); --single-label reads every label "
+        "column value as one class.",
+        DATA_PANEL,
+        negative="--single-label",
+        shown="found from the table",
+    )
+    images: str | None = setting(
+        None,
+        "Folder holding the images a CSV names.",
+        DATA_PANEL,
+        shown="beside the CSV, else the folder beside it that holds them: train/, images/ …",
+    )
     classes: list[str] | None = setting(
         None, "Comma-separated class order (others are left out).", DATA_PANEL
     )
@@ -420,6 +444,7 @@ class Setting:
     short: str | None
     shown: str | None
     parse: Callable[[str], Any] | None
+    negative: str | None = None  # a bool's flag for False (default --no-FLAG)
 
     @property
     def choices(self) -> tuple[Any, ...]:
@@ -472,6 +497,7 @@ def settings(cli_only: bool = True) -> list[Setting]:
                     short=meta["short"],
                     shown=meta["shown"],
                     parse=meta["parse"],
+                    negative=meta["negative"],
                 )
             )
     return found

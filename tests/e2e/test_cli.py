@@ -172,7 +172,7 @@ def test_augment_preview_writes_a_grid(trained: tuple[Path, Path], tmp_path: Pat
         "30",
         "--zoom",
         "0.2",
-        "--images",
+        "--rows",
         "3",
         "--variants",
         "4",
@@ -214,11 +214,13 @@ def test_help_and_readme_list_exactly_the_configs_settings() -> None:
     assert len(declared) == len(settings()) > 60
     help_text = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "250"}).output
     in_help = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", help_text)) - {"--help"}
-    in_help = {flag for flag in in_help if not flag.startswith("--no-")}
+    negatives = {item.negative for item in settings() if item.negative}  # --single-label
+    in_help = {flag for flag in in_help if not flag.startswith("--no-")} - negatives
     assert in_help == declared | TRAIN_OWN_FLAGS
     readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
     table = readme[readme.index("| group | flags |") :].split("\n\n", 1)[0]
     in_table = {flag for flag in re.findall(r"--[a-z][a-z0-9-]*", table) if not flag.startswith("--no-")}
+    in_table -= negatives
     assert in_table == declared | {"--resume", "--devices"}
     for item in settings():  # every choice is described where the flag is
         assert all(str(choice) in item.help for choice in item.choices if choice is not None), item.key

@@ -40,16 +40,20 @@ def test_the_readme_lists_every_commands_options() -> None:
         assert set(re.findall(r"`(--[^`]+)`", rows[name])) == set(_options(name)), name
 
 
-@pytest.mark.parametrize("key", ["data.path_col", "data.label_col", "data.splits", "data.workers",
-                                 "train.batch_size", "train.device"])  # fmt: skip
+SHARED_KEYS = ["data.path_col", "data.label_col", "data.images", "data.multi_label", "data.splits",
+               "data.workers", "train.batch_size", "train.device"]  # fmt: skip
+
+
+@pytest.mark.parametrize("key", SHARED_KEYS)
 def test_a_shared_option_is_the_config_fields_on_every_command(key: str) -> None:
     item = next(item for item in settings() if item.key == key)
-    having = [name for name, _ in COMMANDS if item.flag in _options(name)]
+    flags = f"{item.flag}/{item.negative}" if item.negative else item.flag  # --multi-label/--single-label
+    having = [name for name, _ in COMMANDS if flags in _options(name)]
     assert len(having) >= 2, having  # shared indeed
     for name in having:
         if name == "export" and key == "train.batch_size":
             continue  # the fixed batch of --fixed-batch: export's own option
-        param = _options(name)[item.flag]
+        param = _options(name)[flags]
         assert param.help.startswith(item.help), (name, param.help)
         assert param.opts == [item.flag, *([item.short] if item.short else [])], name
         if key == "train.device":

@@ -68,6 +68,8 @@ def check(
     *,
     path_col: str | None = None,
     label_col: str | None = None,
+    images: str | None = None,
+    multi_label: bool | None = None,
     splits: str = "auto",
     workers: int | None = None,
     imbalance: float = 10.0,
@@ -91,11 +93,20 @@ def check(
     if labels:  # scanned once, for the audit and the label check
         from imgclf.data.sources import scan_source
 
-        source = scan_source(data, path_col=path_col, label_col=label_col, splits=splits)
+        source = scan_source(
+            data,
+            path_col=path_col,
+            label_col=label_col,
+            images=images,
+            multi_label=multi_label,
+            splits=splits,
+        )
     report = audit(
         source,
         path_col=path_col,
         label_col=label_col,
+        images=images,
+        multi_label=multi_label,
         splits=splits,
         workers=workers,
         imbalance_threshold=imbalance,
@@ -140,13 +151,23 @@ def show(
     seed: int = 0,
     path_col: str | None = None,
     label_col: str | None = None,
+    images: str | None = None,
+    multi_label: bool | None = None,
     splits: str = "auto",
 ) -> Any:
     """A grid of sample images per class (a matplotlib Figure; written to `out` when given)."""
     from imgclf.evaluation.show import show as show_samples
 
     return show_samples(
-        data, per_class=per_class, out=out, seed=seed, path_col=path_col, label_col=label_col, splits=splits
+        data,
+        per_class=per_class,
+        out=out,
+        seed=seed,
+        path_col=path_col,
+        label_col=label_col,
+        images=images,
+        multi_label=multi_label,
+        splits=splits,
     )
 
 
@@ -162,6 +183,8 @@ def features(
     device: str = "auto",
     path_col: str | None = None,
     label_col: str | None = None,
+    images: str | None = None,
+    multi_label: bool | None = None,
     callbacks: Sequence[Callback] = (),
     splits: str = "auto",
 ) -> Path:
@@ -174,7 +197,9 @@ def features(
     from imgclf.device import resolve_device
     from imgclf.features.bottleneck import feature_network, write_features
 
-    cfg = DataConfig(path_col=path_col, label_col=label_col, splits=splits)
+    cfg = DataConfig(
+        path_col=path_col, label_col=label_col, images=images, multi_label=multi_label, splits=splits
+    )
     image_set, split_names = select_data(data, cfg, split, manifest)
     resolved = resolve_device(device)
     model, spec = feature_network(model_or_backbone, weights, cfg, image_set, resolved)

@@ -31,6 +31,8 @@ def evaluate(
     top_k: int = 5,
     path_col: str | None = None,
     label_col: str | None = None,
+    images: str | None = None,
+    multi_label: bool | None = None,
     labels: Any = None,
     tta: bool = False,
     splits: str = "auto",
@@ -59,7 +61,9 @@ def evaluate(
         backend = "onnxruntime" if onnx else "torch"
         predictor = Predictor.from_path(model, device="cpu" if onnx else device, backend=backend, tta=tta)
     info = predictor.info
-    cfg = DataConfig(path_col=path_col, label_col=label_col, splits=splits)
+    cfg = DataConfig(
+        path_col=path_col, label_col=label_col, images=images, multi_label=multi_label, splits=splits
+    )
     image_set, _ = select_data(data, cfg, split, manifest, labels=labels, classes=info.classes)
     everything = np.full(len(image_set), "all", dtype=object)  # evaluated as one set, named `split`
     prepared = prepare_data(image_set, everything, info.preprocessing, "auto", None)
@@ -82,6 +86,8 @@ def calibrate(
     device: str = "auto",
     path_col: str | None = None,
     label_col: str | None = None,
+    images: str | None = None,
+    multi_label: bool | None = None,
     labels: Any = None,
     splits: str = "auto",
 ) -> dict[str, Any]:
@@ -115,7 +121,9 @@ def calibrate(
         run_manifest = artifact_dir.parent / runs.MANIFEST_FILE
         if manifest is None and run_manifest.is_file():
             manifest = run_manifest
-    cfg = DataConfig(path_col=path_col, label_col=label_col, splits=splits)
+    cfg = DataConfig(
+        path_col=path_col, label_col=label_col, images=images, multi_label=multi_label, splits=splits
+    )
     image_set, split_names = select_data(data, cfg, "all", manifest, labels=labels, classes=info.classes)
     if split == "all":
         split_names = np.where(split_names == "train", "train", "all").astype(object)

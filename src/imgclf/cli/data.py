@@ -160,7 +160,7 @@ def augment_preview(
     out: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.")] = Path(
         "augment_preview.png"
     ),
-    images: Annotated[int, typer.Option(help="How many source images (rows).")] = 6,
+    rows: Annotated[int, typer.Option(help="How many source images (one row each).")] = 6,
     variants: Annotated[
         int, typer.Option(help="Augmented versions per image (columns after the original).")
     ] = 7,
@@ -182,7 +182,7 @@ def augment_preview(
     if image_size is not None:
         overrides["data.image_size"] = parse_size(image_size)
     cfg = resolve_config(config, overrides)
-    path = write_augment_preview(data, out, cfg, images=images, variants=variants)
+    path = write_augment_preview(data, out, cfg, images=rows, variants=variants)
     from imgclf.console import console
 
     console.print(f"wrote {path}")

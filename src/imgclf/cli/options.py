@@ -38,7 +38,7 @@ def setting_option(item: Setting) -> Any:
     """The typer option of one configuration setting: its flag, help, panel and default, as declared
     in `imgclf.config`."""
     kind = _cli_type(item.annotation)
-    names = [f"{item.flag}/--no-{item.flag[2:]}" if kind is bool else item.flag]
+    names = [f"{item.flag}/{item.negative or '--no-' + item.flag[2:]}" if kind is bool else item.flag]
     if item.short:
         names.append(item.short)
     default = f"\\[default: {item.default_text}]" if item.default_text else ""
@@ -114,7 +114,7 @@ def with_default(item: Setting, default: Any) -> Setting:
 
 
 # the settings other commands share with `train`
-DATA_SOURCE = ("data.path_col", "data.label_col", "data.splits")
+DATA_SOURCE = ("data.path_col", "data.label_col", "data.images", "data.multi_label", "data.splits")
 DEVICE = ("train.device",)
 BATCH_SIZE = ("train.batch_size",)
 WORKERS = ("data.workers",)

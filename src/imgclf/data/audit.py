@@ -258,6 +258,8 @@ def audit(
     *,
     path_col: str | None = None,
     label_col: str | None = None,
+    images: str | None = None,
+    multi_label: bool | None = None,
     workers: int | None = None,
     imbalance_threshold: float = 10.0,
     min_class_size: int = 10,
@@ -273,7 +275,14 @@ def audit(
     image_set = (
         data
         if isinstance(data, ImageSet)
-        else scan_source(data, path_col=path_col, label_col=label_col, splits=splits)
+        else scan_source(
+            data,
+            path_col=path_col,
+            label_col=label_col,
+            images=images,
+            multi_label=multi_label,
+            splits=splits,
+        )
     )
     facts = inspect_files(image_set, workers)
     split_of = list(image_set.splits) if image_set.splits is not None else ["all"] * len(image_set)

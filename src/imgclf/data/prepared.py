@@ -142,12 +142,24 @@ def load_data(
         return from_arrays(np.asarray(data), labels, class_names=class_names, classes=cfg.classes)
     if hasattr(data, "columns"):  # a pandas DataFrame
         return scan_dataframe(
-            data, root=cfg.source, path_col=cfg.path_col, label_col=cfg.label_col, classes=cfg.classes
+            data,
+            root=cfg.source,
+            path_col=cfg.path_col,
+            label_col=cfg.label_col,
+            classes=cfg.classes,
+            images=cfg.images,
+            multi_label=cfg.multi_label,
         )
     if data is None:
         raise UsageError("no data given: pass a folder, CSV, archive or IDX file")
     return scan_source(
-        data, path_col=cfg.path_col, label_col=cfg.label_col, classes=cfg.classes, splits=cfg.splits
+        data,
+        path_col=cfg.path_col,
+        label_col=cfg.label_col,
+        classes=cfg.classes,
+        splits=cfg.splits,
+        images=cfg.images,
+        multi_label=cfg.multi_label,
     )
 
 

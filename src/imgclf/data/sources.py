@@ -28,11 +28,27 @@ from imgclf.errors import DataError, UsageError
 logger = logging.getLogger(__name__)
 
 
+def training_table(tables: Sequence[Path]) -> Path | None:
+    """The table that labels a folder's images: the only one, or the only one named for training
+    (`Training_set.csv` beside `Testing_set.csv` and `sample_submission.csv`, as Kaggle ships them)."""
+    if len(tables) == 1:
+        return tables[0]
+    named = [
+        t
+        for t in tables
+        if re.search(r"train|label", t.name.lower())
+        and not re.search(r"test|submission|sample", t.name.lower())
+    ]
+    return named[0] if len(named) == 1 else None
+
+
 def scan_source(
     source: str | Path,
     *,
     path_col: str | None = None,
     label_col: str | None = None,
+    images: str | Path | None = None,
+    multi_label: bool | None = None,
     classes: Sequence[str] | None = None,
     splits: str | None = "auto",
 ) -> ImageSet:
@@ -55,7 +71,14 @@ def scan_source(
     if path.is_file():
         name = path.name.lower()
         if name.endswith(TABLE_SUFFIXES):
-            image_set = scan_table(path, path_col=path_col, label_col=label_col, classes=classes)
+            image_set = scan_table(
+                path,
+                path_col=path_col,
+                label_col=label_col,
+                classes=classes,
+                images=images,
+                multi_label=multi_label,
+            )
         elif re.search(r"-idx\d-ubyte(\.gz)?$", name):
             image_set = scan_idx([path], classes=classes)
         else:
@@ -67,8 +90,18 @@ def scan_source(
             image_set = scan_split_folders(layout, classes=classes)
         elif idx_files(path):
             image_set = scan_idx(idx_files(path), classes=classes)
-        elif len(tables) == 1:  # a single table beside the images is their label index
-            image_set = scan_table(tables[0], path_col=path_col, label_col=label_col, classes=classes)
+        elif (table := training_table(tables)) is not None:  # a table beside the images indexes them
+            if len(tables) > 1:
+                others = ", ".join(p.name for p in tables if p != table)
+                logger.info("%s: read %s, the training table (not %s)", path, table.name, others)
+            image_set = scan_table(
+                table,
+                path_col=path_col,
+                label_col=label_col,
+                classes=classes,
+                images=images,
+                multi_label=multi_label,
+            )
         elif any(p.is_dir() for p in visible_entries(path)):
             image_set = scan_class_folders(path, classes=classes)
             for warning in layout.warnings:

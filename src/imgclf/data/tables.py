@@ -1,29 +1,160 @@
-"""A CSV/TSV file or a pandas DataFrame with path and label columns as a source."""
+"""A CSV/TSV file or a pandas DataFrame with path and label columns as a source.
+
+Tables come as Kaggle ships them: `Training_set.csv` holding bare names (`Image_1.jpg`) or ids
+without an extension (`0a3f…`) beside a `train/` folder that holds the images. When the paths are not
+found beside the table, `locate_images` looks in its sibling folders (image-like names first) and in
+the folder given by `--images DIR`, matching ids to files with an image extension, and the folder and
+the match it settled on are said in the data line.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Sequence
-from pathlib import Path
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 
 from imgclf.data.decode import (
+    IMAGE_EXTENSIONS,
     is_image,
 )
 from imgclf.data.imageset import SPLIT_NAMES, FileReader, ImageSet, Problem, order_classes
+from imgclf.data.label_sets import find_label_sets
 from imgclf.data.layout import (
     split_of_name,
+    visible_entries,
 )
-from imgclf.errors import DataError
+from imgclf.errors import DataError, UsageError
+
+logger = logging.getLogger(__name__)
 
 TABLE_SUFFIXES = (".csv", ".tsv")
 
+# folders beside a table that usually hold its images, looked in first (any other folder follows)
+IMAGE_FOLDER_NAMES = (
+    "images", "image", "imgs", "img", "train", "train_images", "training", "training_images",
+    "train_data", "data", "photos", "pictures", "jpg", "jpeg", "png", "all_images",
+)  # fmt: skip
+ID_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif", ".heic", ".avif")
+SAMPLE_ROWS = 200  # rows tried against each candidate folder
+MAX_CANDIDATES = 64
 
-PATH_COLUMNS = ("path", "filepath", "file_path", "filename", "file", "image", "image_path", "img", "fname")
+
+@dataclass(frozen=True)
+class ImageLocation:
+    """Where a table's paths point: relative to `base`, read `tail` trailing parts of each path
+    (0: all of it), with `suffix` appended (an id given without its extension)."""
+
+    base: Path
+    suffix: str = ""
+    tail: int = 0
+
+    def key(self, raw: str) -> str:
+        parts = PurePosixPath(raw.replace("\\", "/")).parts
+        if self.tail:
+            parts = parts[-self.tail :]
+        return "/".join(parts) + self.suffix
+
+    def describe(self, root: Path) -> str:
+        try:
+            where = self.base.relative_to(root).as_posix()
+            where = "beside it" if where == "." else f"in {where}/"
+        except ValueError:
+            where = f"in {self.base}"
+        how = []
+        if self.tail:
+            how.append("by file name, the folders the table names left out")
+        if self.suffix:
+            how.append(f"ids matched as ID{self.suffix}")
+        return where + (f" ({'; '.join(how)})" if how else "")
 
 
-LABEL_COLUMNS = ("label", "class", "category", "target", "class_name", "y")
+def candidate_folders(root: Path, images: Path | None) -> list[Path]:
+    """The folders a table's relative paths may start from: `images` alone when given; else the
+    table's own folder, its sub-folders (image-like names first) and theirs (train/train/)."""
+    if images is not None:
+        if not images.is_dir():
+            raise UsageError(f"--images {images}: not a folder")
+        return [images]
+    folders = [root]
+    subs = sorted(
+        (p for p in visible_entries(root) if p.is_dir()),
+        key=lambda p: (p.name.lower() not in IMAGE_FOLDER_NAMES, p.name.lower()),
+    )
+    for sub in subs:
+        folders.append(sub)
+    for sub in subs:
+        folders += [p for p in visible_entries(sub) if p.is_dir()][:8]
+    return folders[:MAX_CANDIDATES]
+
+
+class _Listings:
+    """The names in each folder, listed once: a table of 100,000 rows tried against 20 folders is
+    20 directory listings, not two million stat calls."""
+
+    def __init__(self) -> None:
+        self.names: dict[str, frozenset[str]] = {}
+
+    def exists(self, base: Path, key: str) -> bool:
+        folder, _, name = key.rpartition("/")
+        directory = os.path.join(base, folder) if folder else str(base)
+        if directory not in self.names:
+            try:
+                self.names[directory] = frozenset(os.listdir(directory))
+            except OSError:
+                self.names[directory] = frozenset()
+        return name in self.names[directory]
+
+
+def locate_images(raw_paths: Sequence[str], root: Path, images: Path | None = None) -> ImageLocation | None:
+    """Where most of a sample of `raw_paths` exist as files: the paths as given from each candidate
+    folder, then with an image extension appended (ids), then by their file names alone (a table
+    written on another machine); None when no folder holds any."""
+    given = [p.strip() for p in raw_paths if p.strip()]
+    if not given:
+        return None
+    step = max(1, len(given) // SAMPLE_ROWS)
+    sample = given[::step][:SAMPLE_ROWS]
+    absolute = [p for p in sample if Path(p).expanduser().is_absolute()]
+    if absolute and sum(Path(p).expanduser().is_file() for p in absolute) > len(absolute) // 2:
+        return ImageLocation(root)  # absolute paths that exist: nothing to look for
+    listings = _Listings()
+    has_folders = any("/" in p.replace("\\", "/").lstrip("/") for p in sample)
+    has_extension = sum(os.path.splitext(p)[1].lower() in IMAGE_EXTENSIONS for p in sample) > len(sample) // 2
+    tails = (0, 1) if has_folders else (0,)
+    suffixes = ("",) if has_extension else ("", *ID_EXTENSIONS, *(s.upper() for s in ID_EXTENSIONS))
+    best, best_hits = None, 0
+    for tail in tails:
+        for base in candidate_folders(root, images):
+            for suffix in suffixes:
+                location = ImageLocation(base, suffix, tail)
+                hits = sum(listings.exists(base, location.key(p)) for p in sample)
+                if hits > best_hits:
+                    best, best_hits = location, hits
+                if hits == len(sample):
+                    return location
+    if best is None:
+        return None
+    # a folder the table does not name must hold most of it: a test/ folder beside train/ often holds
+    # files of the same names. The paths as given (or in --images) stand with any hit, and the rows
+    # they miss are reported.
+    as_given = best.base == root and not best.suffix and not best.tail
+    if as_given or images is not None or best_hits * 2 > len(sample):
+        return best
+    return None
+
+
+PATH_COLUMNS = (
+    "path", "filepath", "file_path", "filename", "file_name", "file", "image", "image_path", "image_name",
+    "image_id", "img", "img_id", "img_name", "fname", "id",
+)  # fmt: skip
+
+
+LABEL_COLUMNS = ("label", "labels", "class", "category", "target", "class_name", "tags", "y")
 
 
 def _pick_column(
@@ -46,6 +177,8 @@ def scan_table(
     path_col: str | None = None,
     label_col: str | None = None,
     classes: Sequence[str] | None = None,
+    images: str | Path | None = None,
+    multi_label: bool | None = None,
 ) -> ImageSet:
     """A CSV/TSV file with a path column and a label column (an optional `split` column is used)."""
     import pandas as pd
@@ -56,7 +189,14 @@ def scan_table(
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         raise DataError(f"cannot read {path}: {str(error).splitlines()[0]}") from error
     return scan_dataframe(
-        frame, root=path.parent, path_col=path_col, label_col=label_col, classes=classes, source=str(path)
+        frame,
+        root=path.parent,
+        path_col=path_col,
+        label_col=label_col,
+        classes=classes,
+        source=str(path),
+        images=images,
+        multi_label=multi_label,
     )
 
 
@@ -68,28 +208,54 @@ def scan_dataframe(
     label_col: str | None = None,
     classes: Sequence[str] | None = None,
     source: str = "DataFrame",
+    images: str | Path | None = None,
+    multi_label: bool | None = None,
 ) -> ImageSet:
-    """A pandas DataFrame with path and label columns; relative paths resolve against `root`."""
+    """A pandas DataFrame with path and label columns; relative paths resolve against `root`, or
+    where `locate_images` finds them (in `images` when given)."""
     root = Path(root) if root is not None else Path.cwd()
+    images = Path(images).expanduser() if images is not None else None
     columns = [str(c) for c in frame.columns]
     path_column = _pick_column(columns, path_col, PATH_COLUMNS, "path", "--path-col")
-    label_column = _pick_column(columns, label_col, LABEL_COLUMNS, "label", "--label-col")
+    others = [c for c in columns if c != path_column and c.lower() != "split"]
+    if label_col is None and len(others) == 1 and not any(c.lower().strip() in LABEL_COLUMNS for c in others):
+        label_col = others[0]  # a path and one other column (id,has_cactus): that one holds the labels
+    try:
+        label_column: str | None = _pick_column(columns, label_col, LABEL_COLUMNS, "label", "--label-col")
+    except DataError:
+        if label_col is not None or multi_label is False:
+            raise
+        label_column = None  # no label column by name: one 0/1 column per label, perhaps
+    check_single_label(frame, path_column, label_column, multi_label, Path(source).name)
+    if label_column is None:
+        label_column = _pick_column(columns, None, LABEL_COLUMNS, "label", "--label-col")  # its error
     split_column = next((c for c in columns if c.lower() == "split"), None)
     paths = frame[path_column].astype(str).tolist()
     raw_labels = frame[label_column].astype(str).str.strip().tolist()
     raw_splits = frame[split_column].astype(str).str.strip().str.lower().tolist() if split_column else None
+    name = Path(source).name
+    location = locate_images(paths, root, images)
+    if location is None:
+        raise DataError(missing_account(name, len(paths), root, images))
+    base = location.base
     problems: list[Problem] = []
     keep: list[int] = []
     keys: list[str] = []
+    missing = 0
     for row, raw_path in enumerate(paths):
         raw_path = raw_path.strip()
         if not raw_path or not raw_labels[row]:
             problems.append(Problem(f"row {row + 2}", "missing", "empty path or label"))
             continue
         candidate = Path(raw_path).expanduser()
-        full = candidate if candidate.is_absolute() else root / candidate
+        if not candidate.is_absolute() or location.tail:
+            candidate = Path(location.key(raw_path))
+        full = candidate if candidate.is_absolute() else base / candidate
         if not full.is_file():
-            problems.append(Problem(raw_path, "missing", "listed in the table but not found"))
+            problems.append(
+                Problem(raw_path, "missing", f"listed in the table but not found {location.describe(root)}")
+            )
+            missing += 1
             continue
         if not is_image(full):
             problems.append(Problem(raw_path, "non-image", "not an image file (skipped)"))
@@ -110,15 +276,68 @@ def scan_dataframe(
                 raise DataError(f"split column value {value!r} is not train, val or test")
             splits.append(split)
     split_note = f", split column {split_column!r}" if split_column else ""
+    where = location.describe(root)
+    if missing:
+        examples = ", ".join(p.path for p in problems if p.kind == "missing")[:200]
+        logger.warning(
+            "%s: %d of its %d rows name no file %s (%s); --images DIR names the image folder",
+            name, missing, len(paths), where, examples,
+        )  # fmt: skip
+    if location.base != root or location.suffix or location.tail:
+        logger.info("%s: images found %s", name, where)
     return ImageSet(
         [keys[i] for i in selected],
         labels,
         names,
-        FileReader(root),
+        FileReader(base),
         "table",
         source,
         splits=splits,
         problems=problems,
-        description=f"table {Path(source).name}: path column {path_column!r}, label column "
-        f"{label_column!r}{split_note} ({len(selected):,} images)",
+        description=f"table {name}: path column {path_column!r}, label column "
+        f"{label_column!r}{split_note}, images {where} ({len(selected):,} images)",
+    )
+
+
+def check_single_label(
+    frame: Any, path_column: str, label_column: str | None, multi_label: bool | None, name: str
+) -> None:
+    """Refuse a multi-label table, found from the data (or forced with --multi-label), with the one
+    line that says what was found: imgclf trains one label per image, and reading label sets as
+    classes ("cat dog" as a class of its own) would be a silent wrong answer."""
+    sets = find_label_sets(frame, path_column, label_column, multi_label)
+    if sets is None:
+        if multi_label:
+            column = f"the label column {label_column!r} joins no labels" if label_column else "no column"
+            raise DataError(
+                f"--multi-label: {column} with a space, |, ; or a quoted comma, and {name} has no 0/1 "
+                "columns, one per label"
+            )
+        return
+    raise DataError(
+        f"{name} is {sets.summary()}. imgclf trains one label per image: give --single-label to read "
+        "each label column value as one class"
+    )
+
+
+def missing_account(name: str, rows: int, root: Path, images: Path | None) -> str:
+    """The one-line error of a table none of whose rows names a file: how many rows, where imgclf
+    looked, and the option that settles it."""
+    looked = candidate_folders(root, images)
+    shown = []
+    for folder in looked[:6]:
+        try:
+            shown.append(folder.relative_to(root).as_posix() + "/" if folder != root else "beside it")
+        except ValueError:
+            shown.append(str(folder))
+    more = f" and {len(looked) - 6} more folders" if len(looked) > 6 else ""
+    option = (
+        "check the folder given to --images"
+        if images is not None
+        else "give the image folder with --images DIR"
+    )
+    return (
+        f"none of the {rows:,} rows of {name} names an image found: looked {', '.join(shown)}{more} "
+        f"(paths as given, ids with {', '.join(ID_EXTENSIONS[:3])} …, and by file name alone); "
+        f"{option}, or the path column with --path-col"
     )

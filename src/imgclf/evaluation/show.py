@@ -43,6 +43,8 @@ def show(
     seed: int = 0,
     path_col: str | None = None,
     label_col: str | None = None,
+    images: str | None = None,
+    multi_label: bool | None = None,
     splits: str = "auto",
 ) -> Figure:
     """Rows of sample images per class. Returns the matplotlib Figure (a notebook displays it);
@@ -50,7 +52,14 @@ def show(
     image_set = (
         data
         if isinstance(data, ImageSet)
-        else scan_source(data, path_col=path_col, label_col=label_col, splits=splits)
+        else scan_source(
+            data,
+            path_col=path_col,
+            label_col=label_col,
+            images=images,
+            multi_label=multi_label,
+            splits=splits,
+        )
     )
     figure = class_grid_figure(sample_images(image_set, per_class, seed), per_class)
     if out is not None:
