@@ -222,12 +222,13 @@ def print_audit(report: Any, out: Console | None = None) -> None:
 
     out = out or console
     splits = Table(title=f"{report.source} ({report.description or report.layout})")
+    kind = "labels" if report.label_summary else "classes"  # multi-label data: images per label
     splits.add_column("split")
     splits.add_column("images", justify="right")
-    splits.add_column("classes", justify="right")
-    splits.add_column("smallest / largest class", justify="right")
+    splits.add_column(kind, justify="right")
+    splits.add_column(f"smallest / largest {kind[:-1]}", justify="right")
     for name, summary in report.splits.items():
-        counts = list(summary["classes"].values()) or [0]
+        counts = list(summary[kind].values()) or [0]
         splits.add_row(
             name,
             f"{summary['images']:,}",
@@ -238,6 +239,8 @@ def print_audit(report: Any, out: Console | None = None) -> None:
     sizes = ", ".join(f"{size} ×{count:,}" for size, count in list(report.sizes.items())[:5])
     out.print(f"sizes: {sizes}{' …' if len(report.sizes) > 5 else ''}")
     out.print("modes: " + ", ".join(f"{mode} ×{count:,}" for mode, count in report.modes.items()))
+    if report.label_summary:
+        out.print(report.label_summary, markup=False)
     if not report.findings:
         out.print("[green]no problems found[/green]")
     else:

@@ -4,6 +4,7 @@ found without flags and said in one line; and a clear account when nothing is fo
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,8 @@ import pandas as pd
 import pytest
 
 from conftest import shape_image
+from imgclf.config import DataConfig
+from imgclf.data.prepared import load_data
 from imgclf.data.sources import scan_source
 from imgclf.errors import DataError
 
@@ -107,26 +110,78 @@ MULTI_FORMS = {
 LABEL_SETS = [["rain"], ["rain", "fog"], ["sunrise"], [], ["fog"], ["sunrise", "fog", "rain"]] * 3
 
 
-@pytest.mark.parametrize("form", [*MULTI_FORMS, "0/1 columns"])
-def test_a_multi_label_table_is_found_and_refused_with_its_summary(tmp_path: Path, form: str) -> None:
-    table = kaggle_set(tmp_path, rows=len(LABEL_SETS))
+def multi_label_table(root: Path, form: str, sets: list[list[str]] = LABEL_SETS) -> Path:
+    table = kaggle_set(root, rows=len(sets))
     frame = pd.read_csv(table)
     if form == "0/1 columns":
         frame = frame.drop(columns="label")
         for name in ("fog", "rain", "sunrise"):
-            frame[name] = [int(name in s) for s in LABEL_SETS]
+            frame[name] = [int(name in s) for s in sets]
     else:
-        frame["label"] = MULTI_FORMS[form](LABEL_SETS)
+        frame["label"] = MULTI_FORMS[form](sets)
     frame.to_csv(table, index=False)
+    return table
+
+
+@pytest.mark.parametrize("form", [*MULTI_FORMS, "0/1 columns"])
+def test_a_multi_label_table_is_found_with_its_summary_and_training_refuses_it(
+    tmp_path: Path, form: str
+) -> None:
+    table = multi_label_table(tmp_path, form)
+    image_set = scan_source(table)
+    assert image_set.multi_label and image_set.label_names == ["fog", "rain", "sunrise"]
+    assert image_set.targets.sum(axis=0).tolist() == [9, 9, 6] and len(image_set) == 18
+    summary = image_set.label_summary
+    assert (
+        summary.startswith("Training_set.csv is multi-label")
+        and "3 labels (fog 9, rain 9, sunrise 6)" in summary
+    )
+    assert "labels per image: mean 1.33, max 3; 3 images with none" in summary
+    assert "(none)" in image_set.classes  # an image may have no label: "none of these"
     with pytest.raises(DataError) as raised:
-        scan_source(table)
-    message = str(raised.value)
-    assert "Training_set.csv is multi-label" in message and "--single-label" in message
-    assert "3 labels (fog 9, rain 9, sunrise 6)" in message
-    assert "labels per image: mean 1.33, max 3; 3 images with none" in message
+        load_data(table, DataConfig())
+    assert "imgclf trains one label per image" in str(raised.value) and "--single-label" in str(raised.value)
     if form != "0/1 columns":  # read as one class per distinct value when told so
-        single = scan_source(table, multi_label=False)
+        single = load_data(table, DataConfig(multi_label=False))
         assert len(single.classes) == 5  # "rain fog" … as classes; the empty label is a missing row
+
+
+def test_check_reports_on_multi_label_data(tmp_path: Path) -> None:
+    """check on a multi-label table: its summary, labels too rare for a split, and the same image
+    with two label sets."""
+    from imgclf.data.audit import audit
+
+    sets = [["rain"], ["rain", "fog"], ["fog"], [], ["rain"]] * 6 + [["sunrise"]]
+    table = multi_label_table(tmp_path, "pipes", sets)
+    frame = pd.read_csv(table)
+    frame.loc[len(frame)] = [frame.loc[0, "filename"], "fog"]  # Image_1.jpg again, under another set
+    frame.to_csv(table, index=False)
+    report = audit(table)
+    assert "multi-label" in report.label_summary and "3 labels" in report.label_summary
+    assert report.splits["all"]["labels"] == {"fog": 13, "rain": 18, "sunrise": 1}  # the copy counts too
+    small = report.finding("small-label")
+    assert small is not None and small.files == [{"label": "sunrise", "images": 1}]
+    missing = report.finding("label-missing-from-split")
+    assert missing is not None and {(f["label"], f["split"]) for f in missing.files} == {("sunrise", "val")}
+    assert report.finding("empty-class") is None and report.finding("small-class") is None
+    conflict = report.finding("conflicting-labels")
+    assert conflict is not None and "label sets" in conflict.message
+    assert sorted(conflict.files[0]["labels"]) == ["fog", "rain"]
+
+
+def test_iterative_split_keeps_every_label_in_every_split() -> None:
+    from imgclf.data.split import iterative_split
+
+    rng = np.random.default_rng(0)
+    targets = (rng.random((3000, 6)) < [0.4, 0.3, 0.2, 0.05, 0.01, 0.003]).astype(np.uint8)
+    splits = iterative_split(targets, {"val": 0.2, "test": 0.1}, seed=0)
+    assert (splits == iterative_split(targets, {"val": 0.2, "test": 0.1}, seed=0)).all()  # seeded
+    totals = targets.sum(axis=0)
+    for name, share in (("train", 0.7), ("val", 0.2), ("test", 0.1)):
+        held = targets[splits == name].sum(axis=0)
+        assert (held > 0).all(), name  # the rarest label (9 images) too
+        assert np.abs(held - share * totals).max() <= 1.0 + 0.02 * totals.max(), name
+        assert abs((splits == name).mean() - share) < 0.01
 
 
 def test_class_names_with_spaces_stay_single_label(tmp_path: Path) -> None:
@@ -136,8 +191,7 @@ def test_class_names_with_spaces_stay_single_label(tmp_path: Path) -> None:
     frame.to_csv(table, index=False)
     image_set = scan_source(table)
     assert image_set.classes == ["Apple", "Bell Pepper", "Green Bean", "Red Apple"]
-    with pytest.raises(DataError, match="is multi-label"):
-        scan_source(table, multi_label=True)  # forced: read as label sets
+    assert scan_source(table, multi_label=True).multi_label  # forced: read as label sets
 
 
 def test_forcing_multi_label_on_a_table_without_label_sets_says_why(tmp_path: Path) -> None:
@@ -153,3 +207,27 @@ def test_a_folder_as_kaggle_ships_it_reads_its_training_table(tmp_path: Path) ->
     pd.DataFrame({"filename": ["Image_1.jpg"]}).to_csv(tmp_path / "Testing_set.csv", index=False)
     image_set = scan_source(tmp_path)
     assert image_set.classes == ["rain", "sunrise"] and len(image_set) == 12
+
+
+def test_images_split_over_two_folders_are_found_in_both(tmp_path: Path) -> None:
+    """HAM10000 ships its images in two folders beside one table; a test/ folder that reuses the
+    names of train/ for other images is never taken for a second part."""
+    table = kaggle_set(tmp_path, folder="images_part_1", rows=12)
+    second = tmp_path / "images_part_2"
+    second.mkdir()
+    for index in range(7, 13):  # half the images live in the second folder
+        (tmp_path / "images_part_1" / f"Image_{index}.jpg").rename(second / f"Image_{index}.jpg")
+    image_set = scan_source(table)
+    assert len(image_set) == 12 and not image_set.problems
+    assert "in images_part_1/ and images_part_2/" in image_set.description
+    assert {Path(k).parts[0] for k in image_set.keys} == {"images_part_1", "images_part_2"}
+
+    other = tmp_path / "weather"
+    table = kaggle_set(other)
+    for index in range(2, 6):  # Kaggle's test/ names its own images as train/ does
+        shutil.copy(other / "test" / "Image_1.jpg", other / "test" / f"Image_{index}.jpg")
+    for index in range(1, 5):  # four training images lost: test/ holds other images by those names
+        (other / "train" / f"Image_{index}.jpg").unlink()
+    image_set = scan_source(table)
+    assert len(image_set) == 8 and len(image_set.problems) == 4
+    assert "images in train/ (" in image_set.description

@@ -101,6 +101,13 @@ def check(
             multi_label=multi_label,
             splits=splits,
         )
+        if source.multi_label:
+            from imgclf.errors import UsageError
+
+            raise UsageError(
+                f"{source.label_summary}. check --labels finds wrong labels of single-label data; "
+                "run check without --labels for this table's report"
+            )
     report = audit(
         source,
         path_col=path_col,

@@ -31,6 +31,7 @@ from imgclf.data.decode import (
 )
 from imgclf.data.imageset import ArrayReader, FileReader, ImageSet
 from imgclf.data.sources import scan_source
+from imgclf.data.split import iterative_split
 
 COMMON_MODES = frozenset({"L", "RGB"})
 THUMB = 16  # first, coarse comparison of every cross-split pair
@@ -65,6 +66,7 @@ class AuditReport:
     seconds: float = 0.0
     files_read: int = 0
     description: str = ""  # the layout found, in one line
+    label_summary: str = ""  # multi-label data: the labels, images per label, labels per image
 
     @property
     def has_errors(self) -> bool:
@@ -81,6 +83,7 @@ class AuditReport:
             "source": self.source,
             "layout": self.layout,
             "layout_found": self.description,
+            "multi_label": self.label_summary,
             "seconds": round(self.seconds, 3),
             "files_read": self.files_read,
             "splits": self.splits,
@@ -288,7 +291,11 @@ def audit(
     split_of = list(image_set.splits) if image_set.splits is not None else ["all"] * len(image_set)
     files = AuditedFiles(image_set, facts, split_of, [i for i, f in enumerate(facts) if not f.error])
     split_summary = count_splits(files)
-    findings = check_unreadable(files) + check_classes(files, min_class_size, imbalance_threshold)
+    findings = check_unreadable(files)
+    if image_set.multi_label:
+        findings += check_label_sets(files, min_class_size)
+    else:
+        findings += check_classes(files, min_class_size, imbalance_threshold)
     exact, groups, exact_pairs = check_exact_duplicates(files)
     near, near_pairs = check_near_duplicates(files, list(split_summary), exact_pairs, near_correlation)
     findings += exact + near + check_conflicting_labels(files, groups, near_pairs)
@@ -310,7 +317,49 @@ def audit(
         seconds=time.perf_counter() - started,
         files_read=len(facts),
         description=image_set.description,
+        label_summary=image_set.label_summary,
     )
+
+
+# the split `check` tries on multi-label data: train's default validation share, no test split
+CHECK_SPLIT = {"val": 0.2}
+
+
+def check_label_sets(files: AuditedFiles, min_label_size: int) -> list[Finding]:
+    """Multi-label data: labels with few images, and labels a seeded iterative split cannot put in
+    every split (training needs each label in train, and choosing its threshold needs it in
+    validation), unless the data's own splits already hold them."""
+    image_set, findings = files.image_set, []
+    assert image_set.targets is not None and image_set.label_names is not None
+    good = np.asarray(files.good, dtype=int)
+    targets = image_set.targets[good] if len(good) else np.zeros((0, len(image_set.label_names)))
+    totals = targets.sum(axis=0)
+    names = image_set.label_names
+    small = [{"label": n, "images": int(c)} for n, c in zip(names, totals) if c < min_label_size]
+    if small:
+        findings.append(
+            Finding("warning", "small-label", f"labels with fewer than {min_label_size} images", small)
+        )
+    given = np.asarray(files.splits, dtype=object)[good]
+    splits = given if "val" in set(given.tolist()) else iterative_split(targets, CHECK_SPLIT, 0)
+    absent = []
+    for split in ("train", "val"):
+        held = targets[splits == split].sum(axis=0)
+        absent += [
+            {"label": n, "split": split, "images": int(c)} for n, c, h in zip(names, totals, held) if not h
+        ]
+    if absent:
+        how = "the data's own splits" if splits is given else "a seeded split of 20% for validation"
+        findings.append(
+            Finding(
+                "warning",
+                "label-missing-from-split",
+                f"labels that {how} leave out of training or validation: too few images to learn "
+                "them and choose their thresholds",
+                absent,
+            )
+        )
+    return findings
 
 
 def check_unreadable(files: AuditedFiles) -> list[Finding]:
@@ -338,15 +387,19 @@ def check_unreadable(files: AuditedFiles) -> list[Finding]:
 
 
 def count_splits(files: AuditedFiles) -> dict[str, dict[str, Any]]:
-    """Readable images per split and class."""
+    """Readable images per split and class (per split and label for multi-label data: "labels")."""
     image_set, summary = files.image_set, {}
     for split in sorted(set(files.splits), key=["train", "val", "test", "all"].index):
         members = [i for i in files.good if files.splits[i] == split]
-        counts = np.bincount(image_set.labels[members], minlength=len(image_set.classes))
-        summary[split] = {
-            "images": len(members),
-            "classes": {name: int(c) for name, c in zip(image_set.classes, counts)},
-        }
+        if image_set.targets is not None and image_set.label_names is not None:
+            per_label = (
+                image_set.targets[members].sum(axis=0) if members else [0] * len(image_set.label_names)
+            )
+            counts = {"labels": {name: int(c) for name, c in zip(image_set.label_names, per_label)}}
+        else:
+            per_class = np.bincount(image_set.labels[members], minlength=len(image_set.classes))
+            counts = {"classes": {name: int(c) for name, c in zip(image_set.classes, per_class)}}
+        summary[split] = {"images": len(members), **counts}
     return summary
 
 
@@ -488,6 +541,10 @@ def check_conflicting_labels(
     if not conflicting:
         return []
     message = "the same image under different classes (identical or look-alike): a label is wrong"
+    if files.image_set.multi_label:
+        message = (
+            "the same image with different label sets (identical or look-alike): a label is wrong or missing"
+        )
     return [Finding("error", "conflicting-labels", message, conflicting)]
 
 

@@ -112,6 +112,15 @@ class ImageSet:
     problems: list[Problem] = field(default_factory=list)
     file_stats: list[str] | None = None  # "size mtime" per sample, filled once by file_list_digest
     description: str = ""  # what was found, in one line ("split folders training_set → train (8,000) …")
+    # a multi-label table: samples × labels (0/1), the label names, and the summary line; `labels`
+    # and `classes` then index each sample's label set ("fog|rain"; "(none)" for no label)
+    targets: np.ndarray | None = None
+    label_names: list[str] | None = None
+    label_summary: str = ""
+
+    @property
+    def multi_label(self) -> bool:
+        return self.targets is not None
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -134,6 +143,9 @@ class ImageSet:
             problems=self.problems,
             file_stats=[self.file_stats[i] for i in indices] if self.file_stats is not None else None,
             description=self.description,
+            targets=self.targets[indices] if self.targets is not None else None,
+            label_names=self.label_names,
+            label_summary=self.label_summary,
         )
 
     def class_counts(self) -> dict[str, int]:

@@ -30,15 +30,21 @@ class LabelSets:
     labels: tuple[str, ...]
     targets: np.ndarray  # (rows, labels) uint8, one row per table row
 
+    def with_targets(self, targets: np.ndarray) -> LabelSets:
+        """The same form and labels for these rows (the readable ones)."""
+        return LabelSets(self.form, self.columns, self.separator, self.labels, targets)
+
+    def describe_columns(self) -> str:
+        if self.form == "joined":
+            shown = {" ": "spaces", "|": "'|'", ";": "';'", ",": "','"}[self.separator or " "]
+            return f"label column {self.columns[0]!r} joining labels with {shown}"
+        return f"{len(self.columns)} 0/1 label columns"
+
     def summary(self) -> str:
         """One line: the form, the labels, the images per label, the labels per image."""
         per_image = self.targets.sum(axis=1)
         per_label = self.targets.sum(axis=0)
-        if self.form == "joined":
-            shown = {" ": "spaces", "|": "'|'", ";": "';'", ",": "','"}[self.separator or " "]
-            how = f"column {self.columns[0]!r} joins labels with {shown}"
-        else:
-            how = f"{len(self.columns)} 0/1 columns, one per label"
+        how = self.describe_columns()
         counts = ", ".join(f"{name} {int(count):,}" for name, count in zip(self.labels, per_label))
         if len(counts) > 160:
             counts = counts[:157].rsplit(",", 1)[0] + " …"

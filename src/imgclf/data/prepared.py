@@ -27,7 +27,7 @@ from imgclf.data.loader import Shard, create_loader, decode_all
 from imgclf.data.preprocess import PreprocessSpec, prepare_image
 from imgclf.data.sources import scan_source
 from imgclf.data.split import apply_manifest
-from imgclf.data.tables import scan_dataframe
+from imgclf.data.tables import refuse_multi_label, scan_dataframe
 from imgclf.errors import DataError, UsageError
 
 logger = logging.getLogger(__name__)
@@ -137,7 +137,16 @@ def crop_cache_spec(
 def load_data(
     data: Any, cfg: DataConfig, *, labels: Any = None, class_names: Sequence[str] | None = None
 ) -> ImageSet:
-    """Any supported source (path, DataFrame, or arrays with `labels`) → ImageSet."""
+    """Any supported source (path, DataFrame, or arrays with `labels`) → ImageSet, single-label
+    (a multi-label table stops here with its summary: `refuse_multi_label`)."""
+    image_set = _load_data(data, cfg, labels=labels, class_names=class_names)
+    refuse_multi_label(image_set)
+    return image_set
+
+
+def _load_data(
+    data: Any, cfg: DataConfig, *, labels: Any = None, class_names: Sequence[str] | None = None
+) -> ImageSet:
     if labels is not None:
         return from_arrays(np.asarray(data), labels, class_names=class_names, classes=cfg.classes)
     if hasattr(data, "columns"):  # a pandas DataFrame

@@ -42,6 +42,47 @@ def stratified_split(labels: np.ndarray, fractions: dict[str, float], seed: int)
     return assigned
 
 
+def iterative_split(targets: np.ndarray, fractions: dict[str, float], seed: int) -> np.ndarray:
+    """Split names per sample of a multi-label set (`targets`: samples × labels, 0/1), so that every
+    split holds each label in its proportion: iterative stratification (Sechidis, Tsoumakas and
+    Vlahavas, 2011). The label with the fewest samples left is dealt first, each of its samples to
+    the split that most lacks that label (ties: the split that lacks most samples, then at random);
+    samples without any label fill the splits last. Seeded; "train" takes what the fractions leave.
+    """
+    rng = np.random.default_rng(seed)
+    targets = np.asarray(targets, dtype=bool)
+    count = len(targets)
+    names = ["train", *(name for name, fraction in fractions.items() if fraction > 0)]
+    shares = np.asarray(
+        [1.0 - sum(f for f in fractions.values() if f > 0)] + [fractions[n] for n in names[1:]]
+    )
+    wanted = shares * count  # samples each split still lacks
+    wanted_label = np.outer(shares, targets.sum(axis=0)).astype(float)  # split × label
+    assigned = np.full(count, -1)
+    left = targets.copy()
+    left_count = left.sum(axis=0)
+    while left_count.any():
+        label = min(np.flatnonzero(left_count), key=lambda i: (left_count[i], rng.random()))
+        members = np.flatnonzero(left[:, label])
+        rng.shuffle(members)
+        for sample in members:
+            need = wanted_label[:, label]
+            best = np.flatnonzero(need == need.max())
+            if len(best) > 1:
+                best = best[wanted[best] == wanted[best].max()]
+            split = int(rng.choice(best))
+            assigned[sample] = split
+            wanted[split] -= 1
+            wanted_label[split] -= targets[sample]
+            left[sample] = False
+        left_count = left.sum(axis=0)
+    for sample in rng.permutation(np.flatnonzero(assigned < 0)):  # images with no label
+        split = int(np.argmax(wanted))
+        assigned[sample] = split
+        wanted[split] -= 1
+    return np.asarray(names, dtype=object)[assigned]
+
+
 def assign_splits(image_set: ImageSet, val_fraction: float, test_fraction: float, seed: int) -> np.ndarray:
     """Split names per sample: the layout's own splits where given, carved stratified otherwise.
 

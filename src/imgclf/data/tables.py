@@ -46,12 +46,18 @@ MAX_CANDIDATES = 64
 
 @dataclass(frozen=True)
 class ImageLocation:
-    """Where a table's paths point: relative to `base`, read `tail` trailing parts of each path
-    (0: all of it), with `suffix` appended (an id given without its extension)."""
+    """Where a table's paths point: relative to `base` (or, for rows not there, to the `more`
+    folders that hold the rest: HAM10000_images_part_1/ and _part_2/), read `tail` trailing parts
+    of each path (0: all of it), with `suffix` appended (an id given without its extension)."""
 
     base: Path
     suffix: str = ""
     tail: int = 0
+    more: tuple[Path, ...] = ()
+
+    @property
+    def bases(self) -> tuple[Path, ...]:
+        return (self.base, *self.more)
 
     def key(self, raw: str) -> str:
         parts = PurePosixPath(raw.replace("\\", "/")).parts
@@ -60,11 +66,14 @@ class ImageLocation:
         return "/".join(parts) + self.suffix
 
     def describe(self, root: Path) -> str:
-        try:
-            where = self.base.relative_to(root).as_posix()
-            where = "beside it" if where == "." else f"in {where}/"
-        except ValueError:
-            where = f"in {self.base}"
+        places = []
+        for base in self.bases:
+            try:
+                where = base.relative_to(root).as_posix()
+                places.append("beside it" if where == "." else f"{where}/")
+            except ValueError:
+                places.append(str(base))
+        where = places[0] if places == ["beside it"] else "in " + " and ".join(places)
         how = []
         if self.tail:
             how.append("by file name, the folders the table names left out")
@@ -99,15 +108,18 @@ class _Listings:
     def __init__(self) -> None:
         self.names: dict[str, frozenset[str]] = {}
 
-    def exists(self, base: Path, key: str) -> bool:
-        folder, _, name = key.rpartition("/")
-        directory = os.path.join(base, folder) if folder else str(base)
+    def listing(self, directory: str | Path) -> frozenset[str]:
+        directory = str(directory)
         if directory not in self.names:
             try:
                 self.names[directory] = frozenset(os.listdir(directory))
             except OSError:
                 self.names[directory] = frozenset()
-        return name in self.names[directory]
+        return self.names[directory]
+
+    def exists(self, base: Path, key: str) -> bool:
+        folder, _, name = key.rpartition("/")
+        return name in self.listing(os.path.join(base, folder) if folder else base)
 
 
 def locate_images(raw_paths: Sequence[str], root: Path, images: Path | None = None) -> ImageLocation | None:
@@ -139,13 +151,41 @@ def locate_images(raw_paths: Sequence[str], root: Path, images: Path | None = No
                     return location
     if best is None:
         return None
+    best, best_hits = _with_more_folders(best, best_hits, sample, candidate_folders(root, images), listings)
     # a folder the table does not name must hold most of it: a test/ folder beside train/ often holds
     # files of the same names. The paths as given (or in --images) stand with any hit, and the rows
     # they miss are reported.
-    as_given = best.base == root and not best.suffix and not best.tail
+    as_given = best.base == root and not best.suffix and not best.tail and not best.more
     if as_given or images is not None or best_hits * 2 > len(sample):
         return best
     return None
+
+
+def _with_more_folders(
+    best: ImageLocation, hits: int, sample: list[str], folders: list[Path], listings: _Listings
+) -> tuple[ImageLocation, int]:
+    """`best` with the other folders that hold a tenth or more of the sample, all of it rows the
+    folders taken miss, and share no file name with them: parts of one set (HAM10000_images_part_1/,
+    _part_2/), not a test/ folder that reuses the names of train/ for other images."""
+    taken = [best.base]
+    found = {p for p in sample if listings.exists(best.base, best.key(p))}
+    while len(found) < len(sample):
+        scores = []
+        for folder in folders:
+            if folder in taken or any(folder in t.parents or t in folder.parents for t in taken):
+                continue
+            holds = {p for p in sample if listings.exists(folder, best.key(p))}
+            shared = listings.listing(folder) & set().union(*(listings.listing(t) for t in taken))
+            if len(holds) * 10 >= len(sample) and not holds & found and not shared:
+                scores.append((len(holds), folder, holds))
+        if not scores:
+            break
+        _, folder, holds = max(scores, key=lambda score: score[0])
+        taken.append(folder)
+        found |= holds
+    if len(taken) == 1:
+        return best, hits
+    return ImageLocation(best.base, best.suffix, best.tail, tuple(taken[1:])), len(found)
 
 
 PATH_COLUMNS = (
@@ -226,18 +266,29 @@ def scan_dataframe(
         if label_col is not None or multi_label is False:
             raise
         label_column = None  # no label column by name: one 0/1 column per label, perhaps
-    check_single_label(frame, path_column, label_column, multi_label, Path(source).name)
-    if label_column is None:
+    sets = find_label_sets(frame, path_column, label_column, multi_label)
+    if sets is None and multi_label:
+        column = f"the label column {label_column!r} joins no labels" if label_column else "no column"
+        raise DataError(
+            f"--multi-label: {column} with a space, |, ; or a quoted comma, and {Path(source).name} has "
+            "no 0/1 columns, one per label"
+        )
+    if sets is not None and classes is not None:
+        raise UsageError("--classes orders the classes of single-label data; this table is multi-label")
+    if sets is None and label_column is None:
         label_column = _pick_column(columns, None, LABEL_COLUMNS, "label", "--label-col")  # its error
     split_column = next((c for c in columns if c.lower() == "split"), None)
     paths = frame[path_column].astype(str).tolist()
-    raw_labels = frame[label_column].astype(str).str.strip().tolist()
+    if sets is not None:  # each row's label set as one name; an image may have none
+        raw_labels = [label_set_name(row, sets.labels) for row in sets.targets]
+    else:
+        raw_labels = frame[label_column].astype(str).str.strip().tolist()
     raw_splits = frame[split_column].astype(str).str.strip().str.lower().tolist() if split_column else None
     name = Path(source).name
     location = locate_images(paths, root, images)
     if location is None:
         raise DataError(missing_account(name, len(paths), root, images))
-    base = location.base
+    listings = _Listings()
     problems: list[Problem] = []
     keep: list[int] = []
     keys: list[str] = []
@@ -249,8 +300,12 @@ def scan_dataframe(
             continue
         candidate = Path(raw_path).expanduser()
         if not candidate.is_absolute() or location.tail:
-            candidate = Path(location.key(raw_path))
-        full = candidate if candidate.is_absolute() else base / candidate
+            relative = location.key(raw_path)
+            base = next((b for b in location.bases if listings.exists(b, relative)), location.base)
+            candidate = base / relative
+            if candidate.is_relative_to(root):  # keys relative to the table's folder where they can be
+                candidate = candidate.relative_to(root)
+        full = candidate if candidate.is_absolute() else root / candidate
         if not full.is_file():
             problems.append(
                 Problem(raw_path, "missing", f"listed in the table but not found {location.describe(root)}")
@@ -276,6 +331,7 @@ def scan_dataframe(
                 raise DataError(f"split column value {value!r} is not train, val or test")
             splits.append(split)
     split_note = f", split column {split_column!r}" if split_column else ""
+    columns_note = f"label column {label_column!r}" if sets is None else sets.describe_columns()
     where = location.describe(root)
     if missing:
         examples = ", ".join(p.path for p in problems if p.kind == "missing")[:200]
@@ -283,41 +339,44 @@ def scan_dataframe(
             "%s: %d of its %d rows name no file %s (%s); --images DIR names the image folder",
             name, missing, len(paths), where, examples,
         )  # fmt: skip
-    if location.base != root or location.suffix or location.tail:
+    if location.base != root or location.suffix or location.tail or location.more:
         logger.info("%s: images found %s", name, where)
-    return ImageSet(
+    image_set = ImageSet(
         [keys[i] for i in selected],
         labels,
         names,
-        FileReader(base),
+        FileReader(root),
         "table",
         source,
         splits=splits,
         problems=problems,
-        description=f"table {name}: path column {path_column!r}, label column "
-        f"{label_column!r}{split_note}, images {where} ({len(selected):,} images)",
+        description=f"table {name}: path column {path_column!r}, {columns_note}{split_note}, "
+        f"images {where} ({len(selected):,} images)",
     )
+    if sets is not None:
+        image_set.targets = sets.targets[[keep[i] for i in selected]]
+        image_set.label_names = list(sets.labels)
+        image_set.label_summary = f"{name} is " + sets.with_targets(image_set.targets).summary()
+    return image_set
 
 
-def check_single_label(
-    frame: Any, path_column: str, label_column: str | None, multi_label: bool | None, name: str
-) -> None:
-    """Refuse a multi-label table, found from the data (or forced with --multi-label), with the one
-    line that says what was found: imgclf trains one label per image, and reading label sets as
-    classes ("cat dog" as a class of its own) would be a silent wrong answer."""
-    sets = find_label_sets(frame, path_column, label_column, multi_label)
-    if sets is None:
-        if multi_label:
-            column = f"the label column {label_column!r} joins no labels" if label_column else "no column"
-            raise DataError(
-                f"--multi-label: {column} with a space, |, ; or a quoted comma, and {name} has no 0/1 "
-                "columns, one per label"
-            )
-        return
-    raise DataError(
-        f"{name} is {sets.summary()}. imgclf trains one label per image: give --single-label to read "
-        "each label column value as one class"
-    )
+def label_set_name(row: np.ndarray, labels: Sequence[str]) -> str:
+    """A sample's label set as one name: "fog|rain", or "(none)"."""
+    present = [label for label, on in zip(labels, row) if on]
+    return "|".join(present) if present else NO_LABEL
+
+
+NO_LABEL = "(none)"
+
+
+def refuse_multi_label(image_set: ImageSet) -> None:
+    """Training, evaluation and the label check take one label per image; a multi-label set stops
+    them with its summary (reading "fog|rain" as a class of its own would be a silent wrong answer)."""
+    if image_set.multi_label:
+        raise DataError(
+            f"{image_set.label_summary}. imgclf trains one label per image ('imgclf check' reports on "
+            "this data): give --single-label to read each label column value as one class"
+        )
 
 
 def missing_account(name: str, rows: int, root: Path, images: Path | None) -> str:
