@@ -45,7 +45,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import bench_images, describe_machine, make_bench_artifact
-from serve_load import BOUNDARY, free_port
+from serve_load import BOUNDARY, free_port, wait_until_healthy
 
 TOKEN = "bench-token-0123456789"
 EPS = (
@@ -224,18 +224,8 @@ def start_server(artifact: Path, port: int, log: Path) -> subprocess.Popen:
     command = [sys.executable, "-m", "imgclf", "serve", str(artifact), "--port", str(port)]
     command += ["--backend", "torch", "--token", TOKEN]
     process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as response:
-                if response.status == 200:
-                    return process
-        except OSError:
-            if process.poll() is not None:
-                raise RuntimeError(log.read_text()) from None
-            time.sleep(0.3)
-    process.kill()
-    raise RuntimeError("the server did not start in 120 s")
+    wait_until_healthy(process, port, 120, log.read_text)
+    return process
 
 
 def rss_mb(pid: int) -> float:
@@ -308,18 +298,7 @@ def attackers(name: str, port: int, assets: dict, deadline: float, tally: Tally,
         data = request(port, "/predict", multipart([("x.jpg", photo)]), token=False)
         return [one_shot(port, data, deadline, tally, pause) for _ in range(4)]
     if name == "all at once":
-        return [
-            c
-            for part in (
-                "decode-heavy PNGs",
-                "EPS and PS",
-                "slowloris",
-                "20 MB bodies",
-                "/explain flood",
-                "no token",
-            )
-            for c in attackers(part, port, assets, deadline, tally, pause)
-        ]
+        return [c for part in PHASES[1:-1] for c in attackers(part, port, assets, deadline, tally, pause)]
     return []
 
 

@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -107,22 +108,28 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def serve(artifact: Path, port: int, max_batch: int) -> subprocess.Popen:
-    command = [sys.executable, "-m", "imgclf", "serve", str(artifact), "--port", str(port)]
-    command += ["--max-batch", str(max_batch)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
+def wait_until_healthy(process: subprocess.Popen, port: int, seconds: float, log: Callable[[], str]) -> None:
+    """Return once the server on `port` answers /health; raise with `log()` if it exits first."""
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as response:
                 if response.status == 200:
-                    return process
+                    return
         except OSError:
             if process.poll() is not None:
-                raise RuntimeError(process.stderr.read().decode()) from None
+                raise RuntimeError(log()) from None
             time.sleep(0.2)
     process.kill()
-    raise RuntimeError("the server did not start in 60 s")
+    raise RuntimeError(f"the server did not start in {seconds:.0f} s")
+
+
+def serve(artifact: Path, port: int, max_batch: int) -> subprocess.Popen:
+    command = [sys.executable, "-m", "imgclf", "serve", str(artifact), "--port", str(port)]
+    command += ["--max-batch", str(max_batch)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    wait_until_healthy(process, port, 60, lambda: process.stderr.read().decode())
+    return process
 
 
 def main() -> None:

@@ -87,13 +87,14 @@ def check(
     backbone's features), written as label_issues.csv and label_issues.png into `labels_out` and
     added to the findings. `out`: write every finding to this JSON file."""
     from imgclf.data.audit import Finding, audit
+    from imgclf.data.imageset import ImageSet
+    from imgclf.data.sources import scan_source
     from imgclf.io import write_text_atomic
 
-    source: Any = data
-    if labels:  # scanned once, for the audit and the label check
-        from imgclf.data.sources import scan_source
-
-        source = scan_source(
+    source = (  # scanned once, for the audit and the label check
+        data
+        if isinstance(data, ImageSet)
+        else scan_source(
             data,
             path_col=path_col,
             label_col=label_col,
@@ -101,24 +102,15 @@ def check(
             multi_label=multi_label,
             splits=splits,
         )
-        if source.multi_label:
-            from imgclf.errors import UsageError
-
-            raise UsageError(
-                f"{source.label_summary}. check --labels finds wrong labels of single-label data; "
-                "run check without --labels for this table's report"
-            )
-    report = audit(
-        source,
-        path_col=path_col,
-        label_col=label_col,
-        images=images,
-        multi_label=multi_label,
-        splits=splits,
-        workers=workers,
-        imbalance_threshold=imbalance,
-        min_class_size=min_class_size,
     )
+    if labels and source.multi_label:
+        from imgclf.errors import UsageError
+
+        raise UsageError(
+            f"{source.label_summary}. check --labels finds wrong labels of single-label data; "
+            "run check without --labels for this table's report"
+        )
+    report = audit(source, workers=workers, imbalance_threshold=imbalance, min_class_size=min_class_size)
     result = CheckResult(report)
     if labels:
         from imgclf.data.headers import read_headers

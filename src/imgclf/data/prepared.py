@@ -149,27 +149,13 @@ def _load_data(
 ) -> ImageSet:
     if labels is not None:
         return from_arrays(np.asarray(data), labels, class_names=class_names, classes=cfg.classes)
+    columns = {"path_col": cfg.path_col, "label_col": cfg.label_col, "classes": cfg.classes}
+    found = {"images": cfg.images, "multi_label": cfg.multi_label}
     if hasattr(data, "columns"):  # a pandas DataFrame
-        return scan_dataframe(
-            data,
-            root=cfg.source,
-            path_col=cfg.path_col,
-            label_col=cfg.label_col,
-            classes=cfg.classes,
-            images=cfg.images,
-            multi_label=cfg.multi_label,
-        )
+        return scan_dataframe(data, root=cfg.source, **columns, **found)
     if data is None:
         raise UsageError("no data given: pass a folder, CSV, archive or IDX file")
-    return scan_source(
-        data,
-        path_col=cfg.path_col,
-        label_col=cfg.label_col,
-        classes=cfg.classes,
-        splits=cfg.splits,
-        images=cfg.images,
-        multi_label=cfg.multi_label,
-    )
+    return scan_source(data, splits=cfg.splits, **columns, **found)
 
 
 def check_classes(image_set: ImageSet, splits: np.ndarray, what: str = "training") -> None:
