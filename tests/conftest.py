@@ -271,3 +271,51 @@ def served_at(app, **config) -> Iterator[int]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def write_flower_mosaics(
+    folder: Path, count: int, form: str = "space", seed: int = 0, tile: int = 64
+) -> tuple[Path, np.ndarray, list[str]]:
+    """Multi-label images from real photos: `count` mosaics of 1–4 flowers5 tiles in a 2×2 grid
+    (the other cells empty), labelled with the set of flower classes present (at most one mosaic in
+    ten has no flower at all: "none of these"), written as JPEGs in `folder/images/` with a table
+    beside them in one of the forms multi-label sets come in: "space", "pipe", "semicolon",
+    "comma" (quoted) joined labels, or "columns" (one 0/1 column per label). Returns the table,
+    the true targets (mosaics × classes) and the class names. Reads flowers5.zip in place."""
+    import zipfile
+
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    with zipfile.ZipFile(SHARED_DATASETS / "flowers5.zip") as archive:
+        by_class: dict[str, list[str]] = {}
+        for name in archive.namelist():
+            if name.lower().endswith(".jpg"):
+                by_class.setdefault(name.split("/")[-2], []).append(name)
+        classes = sorted(by_class)
+        images = folder / "images"
+        images.mkdir(parents=True, exist_ok=True)
+        targets = np.zeros((count, len(classes)), np.uint8)
+        rows = []
+        for index in range(count):
+            mosaic = Image.new("RGB", (2 * tile, 2 * tile), (0, 0, 0))
+            filled = 0 if rng.random() < 0.1 else int(rng.integers(1, 5))
+            for cell in rng.permutation(4)[:filled]:
+                label = int(rng.integers(len(classes)))
+                member = by_class[classes[label]][int(rng.integers(len(by_class[classes[label]])))]
+                photo = Image.open(io.BytesIO(archive.read(member))).convert("RGB").resize((tile, tile))
+                mosaic.paste(photo, ((cell % 2) * tile, (cell // 2) * tile))
+                targets[index, label] = 1
+            mosaic.save(images / f"mosaic_{index:05d}.jpg", quality=90)
+            rows.append(f"mosaic_{index:05d}.jpg")
+    present = [[c for c, on in zip(classes, row) if on] for row in targets]
+    frame = pd.DataFrame({"image": rows})
+    if form == "columns":
+        for position, name in enumerate(classes):
+            frame[name] = targets[:, position]
+    else:
+        separator = {"space": " ", "pipe": "|", "semicolon": ";", "comma": ","}[form]
+        frame["tags"] = [separator.join(labels) for labels in present]
+    table = folder / "labels.csv"
+    frame.to_csv(table, index=False)
+    return table, targets, classes

@@ -231,3 +231,22 @@ def test_images_split_over_two_folders_are_found_in_both(tmp_path: Path) -> None
     image_set = scan_source(table)
     assert len(image_set) == 8 and len(image_set.problems) == 4
     assert "images in train/ (" in image_set.description
+
+
+@pytest.mark.parametrize("form", ["space", "comma", "columns"])
+def test_flower_mosaics_are_found_multi_label_in_each_form(
+    tmp_path: Path, shared_datasets, form: str
+) -> None:
+    """Mosaics of real flowers5 photos, laid out as multi-label sets come: every form is found, with
+    the true label sets, and check keeps every label in training and validation."""
+    from conftest import write_flower_mosaics
+    from imgclf.data.audit import audit
+
+    table, targets, classes = write_flower_mosaics(tmp_path, 120, form)
+    image_set = scan_source(table)
+    assert image_set.multi_label and image_set.label_names == classes
+    order = np.argsort([Path(k).name for k in image_set.keys])
+    assert (image_set.targets[order] == targets).all()
+    report = audit(image_set)
+    assert report.finding("label-missing-from-split") is None
+    assert report.splits["all"]["labels"] == dict(zip(classes, targets.sum(axis=0).tolist()))
