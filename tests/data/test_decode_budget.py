@@ -131,3 +131,15 @@ def test_a_decoded_size_budget_spares_jpegs_that_draft_mode_reduces() -> None:
         decode_image(png.getvalue(), (224, 224), formats=UPLOAD_FORMATS, max_bytes=budget)
     reduced = decode_image(jpeg.getvalue(), (224, 224), formats=UPLOAD_FORMATS, max_bytes=budget)
     assert reduced.size == (375, 375)  # decoded at 1/8 in the DCT domain, under the budget
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA"])
+def test_translucent_images_reduce_in_strips_to_the_same_pixels(mode: str, monkeypatch) -> None:
+    """Pillow premultiplies the alpha of a whole RGBA image into a copy before reducing it; imgclf
+    reduces strip by strip (a few rows here), and every pixel is the same."""
+    monkeypatch.setattr(decode, "REDUCE_STRIP_BYTES", 20_000)
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (1001, 777, len(mode)), dtype=np.uint8), mode)
+    for size in ((224, 224), (100, 100), (30, 30)):
+        factor = min(image.width // size[0], image.height // size[1])
+        assert (np.asarray(decode.reduce_for(image, size)) == np.asarray(image.reduce(factor))).all()
