@@ -444,6 +444,8 @@ def test_serve_command_refuses_bad_options_before_listening(served, tmp_path: Pa
     assert zero.exit_code == 2 and "--max-batch" in zero.output
     port = runner.invoke(app, ["serve", str(predictor.onnx.path), "--port", "70000"])
     assert port.exit_code == 2
+    held = runner.invoke(app, ["serve", str(predictor.onnx.path), "--max-held-mb", "10"])
+    assert held.exit_code == 2 and "--max-held-mb must be at least --max-body-mb" in held.output
 
 
 def test_streamed_body_over_the_limit_gets_413_without_content_length(client) -> None:

@@ -123,6 +123,10 @@ def serve(
     for name, seconds in (("--timeout", settings.timeout_s), ("--read-timeout", settings.read_timeout_s)):
         if not seconds > 0:
             raise UsageError(f"{name} must be above 0 seconds")
+    if settings.max_held_mb < settings.max_body_mb:
+        raise UsageError(
+            "--max-held-mb must be at least --max-body-mb: one body of the largest size must fit"
+        )
     if not 0 < port < 65536:
         raise UsageError("--port must be between 1 and 65535")
     predictor = Predictor.from_path(
