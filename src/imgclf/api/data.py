@@ -87,21 +87,11 @@ def check(
     backbone's features), written as label_issues.csv and label_issues.png into `labels_out` and
     added to the findings. `out`: write every finding to this JSON file."""
     from imgclf.data.audit import Finding, audit
-    from imgclf.data.imageset import ImageSet
-    from imgclf.data.sources import scan_source
+    from imgclf.data.sources import as_image_set
     from imgclf.io import write_text_atomic
 
-    source = (  # scanned once, for the audit and the label check
-        data
-        if isinstance(data, ImageSet)
-        else scan_source(
-            data,
-            path_col=path_col,
-            label_col=label_col,
-            images=images,
-            multi_label=multi_label,
-            splits=splits,
-        )
+    source = as_image_set(  # scanned once, for the audit and the label check
+        data, path_col=path_col, label_col=label_col, images=images, multi_label=multi_label, splits=splits
     )
     if labels and source.multi_label:
         from imgclf.errors import UsageError

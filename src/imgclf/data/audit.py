@@ -30,7 +30,7 @@ from imgclf.data.decode import (
     to_channels,
 )
 from imgclf.data.imageset import ArrayReader, FileReader, ImageSet
-from imgclf.data.sources import scan_source
+from imgclf.data.sources import as_image_set
 from imgclf.data.split import iterative_split
 
 COMMON_MODES = frozenset({"L", "RGB"})
@@ -275,17 +275,8 @@ def audit(
     `splits` says which folders are splits, as `train --splits` does.
     """
     started = time.perf_counter()
-    image_set = (
-        data
-        if isinstance(data, ImageSet)
-        else scan_source(
-            data,
-            path_col=path_col,
-            label_col=label_col,
-            images=images,
-            multi_label=multi_label,
-            splits=splits,
-        )
+    image_set = as_image_set(
+        data, path_col=path_col, label_col=label_col, images=images, multi_label=multi_label, splits=splits
     )
     facts = inspect_files(image_set, workers)
     split_of = list(image_set.splits) if image_set.splits is not None else ["all"] * len(image_set)

@@ -355,6 +355,24 @@ def decode_image(
         return _decode(source, draft_size, max_pixels, formats, max_bytes)
 
 
+def decode_cost(
+    source: str | Path | bytes,
+    draft_size: tuple[int, int] | None = None,
+    formats: tuple[str, ...] | None = None,
+) -> tuple[int, int]:
+    """(pixels, bytes) of an image from its header, decoding nothing: its pixels at full size, and
+    the memory `decode_image` would take to decode it (a JPEG at the size draft mode reduces it to)."""
+    with pillow_warnings_logged(source):
+        image = _open(source, formats)
+        try:
+            pixels = image.width * image.height
+            if draft_size is not None and image.format == "JPEG":
+                image.draft(image.mode, draft_size)
+            return pixels, decoded_bytes(image)
+        finally:
+            image.close()
+
+
 def decoded_bytes(image: Image.Image) -> int:
     """The memory the image's pixels take fully decoded, from its header."""
     per_band = 4 if image.mode in ("I", "F") else 2 if "16" in image.mode else 1

@@ -9,7 +9,6 @@ counts only when the labels it yields also stand alone, or are far fewer than th
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -70,8 +69,9 @@ def _joined_form(values: list[str], forced: bool) -> str | None:
         if not joined or (len(joined) * 10 < len(distinct) and not forced):
             continue
         alone = {v for v in distinct if separator not in v}
-        tokens = {part for value in joined for part in joined_labels([value], separator)[0]}
-        standing = sum(all(t in alone for t in joined_labels([v], separator)[0]) for v in joined)
+        parts = joined_labels(joined, separator)
+        tokens = {part for labels in parts for part in labels}
+        standing = sum(all(t in alone for t in labels) for labels in parts)
         if forced or standing * 2 >= len(joined) or len(tokens | alone) * 2 <= len(distinct):
             return separator
     return None
@@ -111,7 +111,3 @@ def find_label_sets(
         targets = cells.isin(["1", "1.0"]).to_numpy().astype(np.uint8)
         return LabelSets("indicator", tuple(indicators), None, tuple(indicators), targets)
     return None
-
-
-def label_counts(targets: np.ndarray, labels: Sequence[str]) -> Counter[str]:
-    return Counter({name: int(count) for name, count in zip(labels, targets.sum(axis=0))})

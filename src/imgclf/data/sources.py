@@ -12,6 +12,7 @@ import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from imgclf.data.archives import is_archive, unpack_archive
 from imgclf.data.folders import data_root, scan_class_folders, scan_split_folders
@@ -26,6 +27,11 @@ from imgclf.data.tables import TABLE_SUFFIXES, scan_table
 from imgclf.errors import DataError, UsageError
 
 logger = logging.getLogger(__name__)
+
+
+def as_image_set(data: str | Path | ImageSet, **options: Any) -> ImageSet:
+    """`data` itself when it is already scanned, else `scan_source(data, **options)`."""
+    return data if isinstance(data, ImageSet) else scan_source(data, **options)
 
 
 def training_table(tables: Sequence[Path]) -> Path | None:

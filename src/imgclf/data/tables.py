@@ -139,9 +139,10 @@ def locate_images(raw_paths: Sequence[str], root: Path, images: Path | None = No
     has_extension = sum(os.path.splitext(p)[1].lower() in IMAGE_EXTENSIONS for p in sample) > len(sample) // 2
     tails = (0, 1) if has_folders else (0,)
     suffixes = ("",) if has_extension else ("", *ID_EXTENSIONS, *(s.upper() for s in ID_EXTENSIONS))
+    folders = candidate_folders(root, images)
     best, best_hits = None, 0
     for tail in tails:
-        for base in candidate_folders(root, images):
+        for base in folders:
             for suffix in suffixes:
                 location = ImageLocation(base, suffix, tail)
                 hits = sum(listings.exists(base, location.key(p)) for p in sample)
@@ -151,7 +152,7 @@ def locate_images(raw_paths: Sequence[str], root: Path, images: Path | None = No
                     return location
     if best is None:
         return None
-    best, best_hits = _with_more_folders(best, best_hits, sample, candidate_folders(root, images), listings)
+    best, best_hits = _with_more_folders(best, best_hits, sample, folders, listings)
     # a folder the table does not name must hold most of it: a test/ folder beside train/ often holds
     # files of the same names. The paths as given (or in --images) stand with any hit, and the rows
     # they miss are reported.

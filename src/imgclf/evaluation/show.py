@@ -9,7 +9,7 @@ from matplotlib.figure import Figure
 
 from imgclf.data.decode import GRAYSCALE_MODES, ImageDecodeError, to_channels
 from imgclf.data.imageset import ImageSet
-from imgclf.data.sources import scan_source
+from imgclf.data.sources import as_image_set
 from imgclf.evaluation.plots import class_grid_figure, save_figure
 
 
@@ -49,17 +49,8 @@ def show(
 ) -> Figure:
     """Rows of sample images per class. Returns the matplotlib Figure (a notebook displays it);
     with `out`, also writes it as a PNG."""
-    image_set = (
-        data
-        if isinstance(data, ImageSet)
-        else scan_source(
-            data,
-            path_col=path_col,
-            label_col=label_col,
-            images=images,
-            multi_label=multi_label,
-            splits=splits,
-        )
+    image_set = as_image_set(
+        data, path_col=path_col, label_col=label_col, images=images, multi_label=multi_label, splits=splits
     )
     figure = class_grid_figure(sample_images(image_set, per_class, seed), per_class)
     if out is not None:

@@ -31,14 +31,13 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, Response
-from PIL import Image
 from pydantic import BaseModel, Field, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from imgclf.data.decode import UPLOAD_FORMATS, ImageDecodeError, ImageFormatError, decode_image, read_header
+from imgclf.data.decode import UPLOAD_FORMATS, ImageDecodeError, ImageFormatError, decode_cost, decode_image
 from imgclf.data.preprocess import PreprocessSpec, prepare_image
 from imgclf.errors import UsageError
 from imgclf.inference.explain import Explainer, explanation_png
@@ -417,29 +416,17 @@ def prepare_upload(blob: bytes, name: str, spec: PreprocessSpec, settings: Serve
 
 
 def request_cost(blobs: list[bytes], spec: PreprocessSpec, settings: ServeSettings) -> int:
-    """The memory a request's images take decoded (a JPEG at the size draft mode reduces it to), read
-    from their headers before any is decoded; 413 when their pixels together are over
-    `max_request_pixels` (a file whose header does not open is left to `prepare_upload`)."""
+    """The memory a request's images take decoded (`decode_cost`: a JPEG at the size draft mode
+    reduces it to), read from their headers before any is decoded; 413 when their pixels together
+    are over `max_request_pixels` (a file whose header does not open is left to `prepare_upload`)."""
     total = cost = 0
     for blob in blobs:
         try:
-            header = read_header(blob, formats=UPLOAD_FORMATS)
+            pixels, size = decode_cost(blob, (spec.width, spec.height), UPLOAD_FORMATS)
         except Exception:
             continue
-        total += header.width * header.height
-        scale = 1
-        if header.format == "JPEG":  # draft mode decodes at 1/2, 1/4 or 1/8 while that stays large enough
-            while (
-                scale < 8
-                and header.width // (scale * 2) >= spec.width
-                and header.height // (scale * 2) >= spec.height
-            ):
-                scale *= 2
-        try:
-            bands = Image.getmodebands(header.mode)
-        except (KeyError, ValueError):
-            bands = 4
-        cost += (header.width // scale) * (header.height // scale) * bands
+        total += pixels
+        cost += size
     if total > settings.max_request_pixels:
         raise HTTPException(
             413,
