@@ -25,7 +25,7 @@ from imgclf.io import recover_dir, replace_dir_atomic, write_text_atomic
 logger = logging.getLogger(__name__)
 
 FORMAT = "imgclf-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: multi-label models (sigmoid outputs, per-label thresholds); 1 otherwise
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "imgclf.json"
 
@@ -43,13 +43,19 @@ class ModelInfo:
     dataset: dict[str, Any] = field(default_factory=dict)
     created: str = ""
     calibration: dict[str, Any] = field(default_factory=dict)  # temperature scaling (see Predictor)
+    # several labels per image: independent sigmoid outputs, each answered at its own threshold
+    # (chosen on validation; `imgclf.evaluation.multi_label`)
+    multi_label: bool = False
+    thresholds: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         from imgclf.version import __version__
 
         return {
             "format": FORMAT,
-            "format_version": FORMAT_VERSION,
+            # a single-label model stays readable by imgclf versions that know format 1 only; a
+            # multi-label one is refused by them rather than read as a softmax classifier
+            "format_version": FORMAT_VERSION if self.multi_label else 1,
             "imgclf_version": __version__,
             "created": self.created or datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "architecture": self.architecture,
@@ -60,6 +66,7 @@ class ModelInfo:
             "metrics": self.metrics,
             "dataset": self.dataset,
             **({"calibration": self.calibration} if self.calibration else {}),
+            **({"task": "multi-label", "thresholds": self.thresholds} if self.multi_label else {}),
         }
 
     @classmethod
@@ -82,6 +89,8 @@ class ModelInfo:
                 calibration=values.get("calibration", {}),
                 dataset=values.get("dataset", {}),
                 created=values.get("created", ""),
+                multi_label=values.get("task") == "multi-label",
+                thresholds=[float(t) for t in values.get("thresholds", [])],
             )
         except KeyError as error:
             raise ModelError(f"imgclf.json lacks {error.args[0]!r}") from error

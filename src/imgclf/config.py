@@ -309,12 +309,15 @@ class TrainConfig(Freezable):
     warmup_epochs: float | None = setting(
         None, "Linear warm-up length (constant, cosine).", TRAIN_PANEL, shown="plain 1, transfer 0.3"
     )
-    class_weight: Literal["none", "auto"] = setting("none", "auto (balanced) | none.", TRAIN_PANEL)
-    monitor: Literal["val_loss", "val_acc"] | None = setting(
+    class_weight: Literal["none", "auto"] = setting(
+        "none", "auto (balanced; multi-label: positive weights for rare labels) | none.", TRAIN_PANEL
+    )
+    monitor: Literal["val_loss", "val_acc", "val_map"] | None = setting(
         None,
-        "val_loss | val_acc (ties broken by val_loss): picks the best model.",
+        "val_loss | val_acc (ties broken by val_loss) | val_map (multi-label: mean average precision): "
+        "picks the best model.",
         TRAIN_PANEL,
-        shown="plain val_loss, transfer val_acc",
+        shown="plain val_loss, transfer val_acc, multi-label val_map",
     )
     time_limit: float | None = setting(
         None,
@@ -333,9 +336,10 @@ class TrainConfig(Freezable):
         None,
         "Answer `unknown` rather than guess: the confidence threshold that keeps precision ≥ P on the "
         "validation split, and a likeness-to-the-training-images test that keeps 98% of it, are stored "
-        "with the model (predict, serve and the exports apply them).",
+        "with the model (predict, serve and the exports apply them). Multi-label: each label's "
+        "threshold is the lowest that keeps its precision ≥ P on validation.",
         TRAIN_PANEL,
-        shown="none: always answer a class",
+        shown="none: always answer a class; multi-label: the F1-best threshold per label",
     )
     device: str = setting("auto", "auto | cpu | cuda | cuda:N.", TRAIN_PANEL)
     precision: Literal["auto", "fp32", "bf16"] = setting(

@@ -146,6 +146,8 @@ class ConsoleReporter(Callback):
         text += f"train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}"
         if math.isfinite(row.get("val_loss", float("nan"))):
             text += f" | val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}"
+            if "val_map" in row:  # multi-label: acc is subset accuracy at 0.5
+                text += f" mAP {row['val_map']:.4f}"
         if row.get("stage") == "head":
             text += f" | {row['seconds']:.1f} s"
         else:
@@ -179,6 +181,9 @@ def _short(values: list[float]) -> str:
 def print_evaluation(metrics: dict[str, Any], out: Console | None = None, pairs: int = 10) -> None:
     """The classification report as a table, the headline numbers, then the most-confused pairs."""
     out = out or console
+    if metrics.get("task") == "multi-label":
+        print_multi_label_evaluation(metrics, out, pairs)
+        return
     table = Table(title=f"{metrics['count']:,} images ({metrics.get('split', 'all')})")
     for column in ("class", "precision", "recall", "f1", "support"):
         table.add_column(column, justify="left" if column == "class" else "right")
@@ -214,6 +219,43 @@ def print_evaluation(metrics: dict[str, Any], out: Console | None = None, pairs:
         out.print("most confused (true → predicted: count)")
         for true, predicted, count in confused:
             out.print(f"  {true} → {predicted}: {count}", markup=False)
+
+
+def print_multi_label_evaluation(metrics: dict[str, Any], out: Console, pairs: int = 10) -> None:
+    """Per label: precision, recall, F1, AP at its threshold; then mAP, F1, subset accuracy, Hamming
+    loss; then the labels missed together most often."""
+    table = Table(title=f"{metrics['count']:,} images ({metrics.get('split', 'all')}), multi-label")
+    for column in ("label", "precision", "recall", "f1", "ap", "threshold", "support"):
+        table.add_column(column, justify="left" if column == "label" else "right")
+    for name, row in metrics["per_label"].items():
+        ap = row["ap"]
+        table.add_row(
+            name,
+            f"{row['precision']:.4f}",
+            f"{row['recall']:.4f}",
+            f"{row['f1']:.4f}",
+            f"{ap:.4f}" if ap is not None and math.isfinite(ap) else "-",
+            f"{row['threshold']:.3f}",
+            f"{row['support']:,}",
+        )
+    out.print(table)
+    out.print(
+        f"mAP {metrics['map']:.4f}  macro F1 {metrics['macro_f1']:.4f}  micro F1 {metrics['micro_f1']:.4f}  "
+        f"subset accuracy {metrics['subset_accuracy']:.4f}  Hamming loss {metrics['hamming_loss']:.4f}  "
+        f"labels per image {metrics['labels_per_image']:.2f} (answered {metrics['answered_per_image']:.2f})"
+    )
+    names = list(metrics["per_label"])
+    together = metrics.get("missed_together") or []
+    found = [
+        (together[i][j], names[i], names[j])
+        for i in range(len(names))
+        for j in range(i + 1, len(names))
+        if together[i][j] > 0
+    ]
+    if found:
+        out.print("missed together most often (label + label: images)")
+        for count, first, second in sorted(found, reverse=True)[:pairs]:
+            out.print(f"  {first} + {second}: {count}", markup=False)
 
 
 def print_audit(report: Any, out: Console | None = None) -> None:

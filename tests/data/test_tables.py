@@ -124,7 +124,7 @@ def multi_label_table(root: Path, form: str, sets: list[list[str]] = LABEL_SETS)
 
 
 @pytest.mark.parametrize("form", [*MULTI_FORMS, "0/1 columns"])
-def test_a_multi_label_table_is_found_with_its_summary_and_training_refuses_it(
+def test_a_multi_label_table_is_found_with_its_summary_and_single_label_readers_refuse_it(
     tmp_path: Path, form: str
 ) -> None:
     table = multi_label_table(tmp_path, form)
@@ -140,7 +140,8 @@ def test_a_multi_label_table_is_found_with_its_summary_and_training_refuses_it(
     assert "(none)" in image_set.classes  # an image may have no label: "none of these"
     with pytest.raises(DataError) as raised:
         load_data(table, DataConfig())
-    assert "imgclf trains one label per image" in str(raised.value) and "--single-label" in str(raised.value)
+    assert "This takes one label per image" in str(raised.value) and "--single-label" in str(raised.value)
+    assert load_data(table, DataConfig(), multi_label_ok=True).multi_label  # train and evaluate read it
     if form != "0/1 columns":  # read as one class per distinct value when told so
         single = load_data(table, DataConfig(multi_label=False))
         assert len(single.classes) == 5  # "rain fog" … as classes; the empty label is a missing row

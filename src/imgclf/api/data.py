@@ -31,15 +31,21 @@ def select_data(
     manifest: str | Path | None,
     labels: Any = None,
     classes: Sequence[str] | None = None,
+    multi_label: bool = False,
 ) -> tuple[Any, np.ndarray]:
-    """The samples of one split of any source, with their headers read; says the layout it found."""
+    """The samples of one split of any source, with their headers read; says the layout it found.
+    `classes`: the model's, in its order; with `multi_label`, the labels of a multi-label model
+    (single-label data then gives each image its class as its one label)."""
     from imgclf.data.headers import read_headers
+    from imgclf.data.label_sets import relabel_for_model
     from imgclf.data.prepared import header_workers, load_data, select_split
 
-    image_set = load_data(data, cfg, labels=labels)
+    image_set = load_data(data, cfg, labels=labels, multi_label_ok=multi_label)
     if image_set.description:
         logger.info("layout: %s", image_set.description)
-    if classes is not None:  # the model's classes, in its order
+    if multi_label and classes is not None:
+        image_set = relabel_for_model(image_set, classes)
+    elif classes is not None:  # the model's classes, in its order
         unknown = sorted(set(image_set.classes) - set(classes))
         if unknown:
             raise DataError(f"the data has class {unknown[0]!r}, which the model does not know")

@@ -46,7 +46,9 @@ def evaluate(
     metrics.json, the confusion matrices, most_confused.csv, predictions.csv, misclassified.png and
     reliability.png into `out` (default: a new folder runs/evaluate[-N]). `tta` averages each image's
     probabilities with its mirror image's (test-time augmentation; also on with a Predictor's `tta`).
-    `splits` says which folders are splits, as `train --splits` does.
+    `splits` says which folders are splits, as `train --splits` does. A multi-label model writes
+    metrics.json, per_label.csv, predictions.csv, label_cooccurrence.png, missed_together.png and
+    misclassified.png (see `imgclf.evaluation.multi_label`).
     """
     from imgclf.data.prepared import prepare_data
     from imgclf.evaluation.evaluate import evaluate_split
@@ -64,11 +66,30 @@ def evaluate(
     cfg = DataConfig(
         path_col=path_col, label_col=label_col, images=images, multi_label=multi_label, splits=splits
     )
-    image_set, _ = select_data(data, cfg, split, manifest, labels=labels, classes=info.classes)
+    image_set, _ = select_data(
+        data, cfg, split, manifest, labels=labels, classes=info.classes, multi_label=info.multi_label
+    )
     everything = np.full(len(image_set), "all", dtype=object)  # evaluated as one set, named `split`
     prepared = prepare_data(image_set, everything, info.preprocessing, "auto", None)
     out_dir = Path(out) if out is not None else runs.create_run_dir("runs", "evaluate")
-    evaluation = evaluate_split(predictor, prepared, "all", out_dir, batch_size, top_k, name=split)
+    if info.multi_label:  # at the model's own thresholds
+        from imgclf.data.prepared import image_loader
+        from imgclf.evaluation.multi_label import predict_targets, write_multi_label_evaluation
+
+        probabilities, targets, indices = predict_targets(predictor, prepared, "all", batch_size)
+        evaluation = write_multi_label_evaluation(
+            out_dir,
+            probabilities,
+            targets,
+            [float(t) for t in predictor.thresholds],
+            predictor.classes,
+            [prepared.image_set.keys[i] for i in indices],
+            image_loader(prepared, indices),
+            split=split,
+            extra={"tta": predictor.tta},
+        )
+    else:
+        evaluation = evaluate_split(predictor, prepared, "all", out_dir, batch_size, top_k, name=split)
     evaluation.problems = list(prepared.image_set.problems)
     evaluation.metrics["skipped"] = [p.__dict__ for p in evaluation.problems]
     runs.write_problems(out_dir / runs.PROBLEMS_FILE, evaluation.problems)  # every file: evaluated or listed
@@ -93,7 +114,8 @@ def calibrate(
 ) -> dict[str, Any]:
     """Fit a saved model's temperature again and, with `min_precision`, its `unknown` answer, on
     labelled data; rewrites the model's imgclf.json (and novelty.safetensors) and returns its new
-    `calibration`.
+    `calibration`. A multi-label model has each label's threshold chosen again instead (F1-best, or
+    the lowest keeping precision ≥ `min_precision`).
 
     `data` defaults to the data the model was trained on, split by the run's manifest.csv;
     `split` names the split fitted on (val; `all` for a labelled set of its own). The feature bank
@@ -124,12 +146,16 @@ def calibrate(
     cfg = DataConfig(
         path_col=path_col, label_col=label_col, images=images, multi_label=multi_label, splits=splits
     )
-    image_set, split_names = select_data(data, cfg, "all", manifest, labels=labels, classes=info.classes)
+    image_set, split_names = select_data(
+        data, cfg, "all", manifest, labels=labels, classes=info.classes, multi_label=info.multi_label
+    )
     if split == "all":
         split_names = np.where(split_names == "train", "train", "all").astype(object)
     elif split not in set(split_names.tolist()):
         raise UsageError(f"the data has no {split!r} split; use --split all (or give --manifest)")
     prepared = prepare_data(image_set, split_names, info.preprocessing, "auto", None)
+    if info.multi_label:
+        return _choose_thresholds_again(predictor, prepared, split, batch_size, min_precision, artifact_dir)
     bank = None  # built from the data's train split
     if not len(prepared.indices("train")):
         bank = own_bank
@@ -145,6 +171,38 @@ def calibrate(
     info.calibration = report
     update_artifact_info(artifact_dir, info)
     return report
+
+
+def _choose_thresholds_again(
+    predictor: Predictor,
+    prepared: Any,
+    split: str,
+    batch_size: int,
+    min_precision: float | None,
+    artifact_dir: Path,
+) -> dict[str, Any]:
+    """A multi-label model's calibration: each label's threshold chosen again on `split` (F1-best,
+    or the lowest that keeps precision ≥ `min_precision`), written into its imgclf.json."""
+    from imgclf.artifact import update_artifact_info
+    from imgclf.evaluation.multi_label import choose_thresholds, multi_label_metrics, predict_targets
+
+    probabilities, targets, _ = predict_targets(predictor, prepared, split, batch_size)
+    before = multi_label_metrics(
+        probabilities, targets, [float(t) for t in predictor.thresholds], predictor.classes
+    )
+    info = predictor.info
+    info.thresholds = choose_thresholds(probabilities, targets, min_precision)
+    after = multi_label_metrics(probabilities, targets, info.thresholds, predictor.classes)
+    update_artifact_info(artifact_dir, info)
+    return {
+        "task": "multi-label",
+        "fitted_on": f"{split} ({len(targets):,} images)",
+        "min_precision": min_precision,
+        "thresholds": dict(zip(predictor.classes, info.thresholds)),
+        "macro_f1_before": before["macro_f1"],
+        "macro_f1_after": after["macro_f1"],
+        "per_label": after["per_label"],
+    }
 
 
 def _training_bank(predictor: Predictor, artifact_dir: Path, batch_size: int) -> Any:

@@ -133,6 +133,16 @@ def calibration_lines(report: dict[str, Any]) -> list[str]:
     """imgclf.json's `calibration` in words."""
     if not report:
         return ["no calibration: too few labelled images"]
+    if report.get("task") == "multi-label":
+        rule = f"precision ≥ {report['min_precision']:g}" if report.get("min_precision") else "the best F1"
+        lines = [f"thresholds per label for {rule}, chosen on {report['fitted_on']}:"]
+        for name, row in report["per_label"].items():
+            lines.append(
+                f"  {name} {row['threshold']:.3f}: precision {row['precision']:.4f}, "
+                f"recall {row['recall']:.4f}"
+            )
+        lines.append(f"macro F1 {report['macro_f1_before']:.4f} → {report['macro_f1_after']:.4f}")
+        return lines
     lines = [f"temperature {report['temperature']:.4f}, fitted on {report['fitted_on']}"]
     if report.get("note"):
         lines[0] = f"temperature 1 (none: {report['note']})"

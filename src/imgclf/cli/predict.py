@@ -97,9 +97,21 @@ def predict(
 
 def prediction_line(result: Any) -> str:
     """'path  name 0.9876  (other 0.0100, …)', 'path  unknown: why  (best guess name 0.41, …)' or
-    'path  error: reason'."""
+    'path  error: reason'; for a multi-label model 'path  cat 0.97, dog 0.81  (below threshold: …)'."""
     if result.error:
         return f"{result.source}  error: {result.error}"
+    if result.present is not None:  # a multi-label model: every label at or above its threshold
+        present = ", ".join(
+            f"{n} {p:.4f}" for n, p in zip(result.present_names, result.present_probabilities)
+        )
+        shown = set(result.present)
+        others = ", ".join(
+            f"{n} {p:.4f}" for label, n, p in zip(result.labels, result.names, result.probabilities)
+            if label not in shown
+        )  # fmt: skip
+        return f"{result.source}  {present or '(none of the labels)'}" + (
+            f"  (below threshold: {others})" if others else ""
+        )
     if result.unknown:
         guesses = ", ".join(f"{n} {p:.4f}" for n, p in zip(result.names, result.probabilities))
         return f"{result.source}  unknown: {result.unknown}  (best guess {guesses})"

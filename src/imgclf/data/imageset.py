@@ -125,6 +125,19 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.keys)
 
+    @property
+    def output_names(self) -> list[str]:
+        """What a model of this set answers: its classes, or for a multi-label set its labels."""
+        return list(self.label_names) if self.label_names is not None else self.classes
+
+    def set_targets(self) -> np.ndarray:
+        """A multi-label set's label sets as 0/1 rows (label sets × labels, float32): row `labels[i]`
+        is sample i's target vector, so loaders keep handing out one integer per sample."""
+        assert self.targets is not None and self.label_names is not None
+        table = np.zeros((len(self.classes), len(self.label_names)), np.float32)
+        table[self.labels] = self.targets
+        return table
+
     def location(self, index: int) -> str:
         return self.reader.location(self.keys[index])
 

@@ -15,6 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from imgclf.errors import DataError
+
+NO_LABEL = "(none)"  # the label set of an image with none of the labels
 SEPARATORS = ("|", ";", ",", " ")  # tried in this order: the rarer in class names first
 INDICATOR_VALUES = frozenset({"0", "1", "0.0", "1.0", "", "-1", "-1.0"})  # -1: uncertain, read as 0
 
@@ -111,3 +114,40 @@ def find_label_sets(
         targets = cells.isin(["1", "1.0"]).to_numpy().astype(np.uint8)
         return LabelSets("indicator", tuple(indicators), None, tuple(indicators), targets)
     return None
+
+
+def label_set_name(row: np.ndarray, labels: Sequence[str]) -> str:
+    """A sample's label set as one name: "fog|rain", or "(none)"."""
+    present = [label for label, on in zip(labels, row) if on]
+    return "|".join(present) if present else NO_LABEL
+
+
+def label_set_index(targets: np.ndarray, labels: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+    """Each sample's label set as an integer, and the sets' names in sorted order: what an
+    `ImageSet` of a multi-label set keeps in `labels` and `classes` (stratification, manifests)."""
+    names = [label_set_name(row, labels) for row in targets]
+    ordered = sorted(set(names))
+    index = {name: i for i, name in enumerate(ordered)}
+    return np.asarray([index[name] for name in names], dtype=np.int64), ordered
+
+
+def relabel_for_model(image_set: Any, model_labels: Sequence[str]) -> Any:
+    """An image set with the labels of a multi-label model, in its order: a multi-label set's label
+    columns mapped onto the model's (labels the data lacks are absent from every image), or a
+    single-label set's class taken as each image's one label. A label the model does not know is
+    a DataError."""
+    model_labels = list(model_labels)
+    names = image_set.label_names if image_set.multi_label else image_set.classes
+    unknown = sorted(set(names) - set(model_labels))
+    if unknown:
+        raise DataError(f"the data has label {unknown[0]!r}, which the model does not know")
+    columns = [model_labels.index(name) for name in names]
+    targets = np.zeros((len(image_set), len(model_labels)), np.uint8)
+    if image_set.multi_label:
+        targets[:, columns] = image_set.targets
+    else:
+        targets[np.arange(len(image_set)), np.asarray(columns, dtype=np.int64)[image_set.labels]] = 1
+    image_set.targets = targets
+    image_set.label_names = model_labels
+    image_set.labels, image_set.classes = label_set_index(targets, model_labels)
+    return image_set

@@ -135,12 +135,19 @@ def crop_cache_spec(
 
 
 def load_data(
-    data: Any, cfg: DataConfig, *, labels: Any = None, class_names: Sequence[str] | None = None
+    data: Any,
+    cfg: DataConfig,
+    *,
+    labels: Any = None,
+    class_names: Sequence[str] | None = None,
+    multi_label_ok: bool = False,
 ) -> ImageSet:
-    """Any supported source (path, DataFrame, or arrays with `labels`) → ImageSet, single-label
-    (a multi-label table stops here with its summary: `refuse_multi_label`)."""
+    """Any supported source (path, DataFrame, or arrays with `labels`) → ImageSet; a multi-label
+    table stops here with its summary (`refuse_multi_label`) unless the caller reads such sets
+    (`multi_label_ok`: training and evaluation)."""
     image_set = _load_data(data, cfg, labels=labels, class_names=class_names)
-    refuse_multi_label(image_set)
+    if not multi_label_ok:
+        refuse_multi_label(image_set)
     return image_set
 
 
@@ -161,6 +168,9 @@ def _load_data(
 def check_classes(image_set: ImageSet, splits: np.ndarray, what: str = "training") -> None:
     if len(image_set) == 0:
         raise DataError("no usable image found in the data")
+    if image_set.multi_label:
+        check_labels(image_set, splits, what)
+        return
     train_labels = image_set.labels[splits == "train"] if what == "training" else image_set.labels
     counts = np.bincount(train_labels, minlength=len(image_set.classes))
     empty = [name for name, count in zip(image_set.classes, counts) if count == 0]
@@ -170,6 +180,19 @@ def check_classes(image_set: ImageSet, splits: np.ndarray, what: str = "training
         )
     if len(image_set.classes) < 2 and what == "training":
         raise DataError(f"only one class found ({image_set.classes[0]!r}); a classifier needs at least two")
+
+
+def check_labels(image_set: ImageSet, splits: np.ndarray, what: str = "training") -> None:
+    """A multi-label set trains when every label has an image for training (its label sets need
+    not: an image may hold any combination), and there are at least two labels."""
+    names = image_set.label_names or []
+    targets = image_set.targets if what != "training" else image_set.targets[splits == "train"]
+    counts = targets.sum(axis=0)
+    empty = [name for name, count in zip(names, counts) if count == 0]
+    if empty and what == "training":
+        raise DataError(f"label {empty[0]!r} has no usable image for {what}; add images that carry it")
+    if len(names) < 2 and what == "training":
+        raise DataError(f"only one label found ({names[0]!r}); a multi-label classifier needs at least two")
 
 
 def prepare_data(

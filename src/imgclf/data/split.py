@@ -87,15 +87,21 @@ def assign_splits(image_set: ImageSet, val_fraction: float, test_fraction: float
     """Split names per sample: the layout's own splits where given, carved stratified otherwise.
 
     With train/ and test/ folders but no validation folder, validation is carved from train/ and
-    test/ stays the test set.
+    test/ stays the test set. A multi-label set is split by `iterative_split`.
     """
     labels = image_set.labels
+
+    def carve(rows: np.ndarray, fractions: dict[str, float]) -> np.ndarray:
+        if image_set.targets is not None:  # a multi-label set: every label in every split
+            return iterative_split(image_set.targets[rows], fractions, seed)
+        return stratified_split(labels[rows], fractions, seed)
+
     if image_set.splits is None:
-        return stratified_split(labels, {"val": val_fraction, "test": test_fraction}, seed)
+        return carve(np.arange(len(labels)), {"val": val_fraction, "test": test_fraction})
     given = np.asarray(image_set.splits, dtype=object)
     if "val" not in set(image_set.splits) and val_fraction > 0:
         train_index = np.flatnonzero(given == "train")
-        carved = stratified_split(labels[train_index], {"val": val_fraction}, seed)
+        carved = carve(train_index, {"val": val_fraction})
         given = given.copy()
         given[train_index] = carved
     return given

@@ -23,7 +23,7 @@ from imgclf.data.decode import (
     is_image,
 )
 from imgclf.data.imageset import SPLIT_NAMES, FileReader, ImageSet, Problem, order_classes
-from imgclf.data.label_sets import find_label_sets
+from imgclf.data.label_sets import find_label_sets, label_set_name
 from imgclf.data.layout import (
     split_of_name,
     visible_entries,
@@ -361,22 +361,15 @@ def scan_dataframe(
     return image_set
 
 
-def label_set_name(row: np.ndarray, labels: Sequence[str]) -> str:
-    """A sample's label set as one name: "fog|rain", or "(none)"."""
-    present = [label for label, on in zip(labels, row) if on]
-    return "|".join(present) if present else NO_LABEL
-
-
-NO_LABEL = "(none)"
-
-
 def refuse_multi_label(image_set: ImageSet) -> None:
-    """Training, evaluation and the label check take one label per image; a multi-label set stops
-    them with its summary (reading "fog|rain" as a class of its own would be a silent wrong answer)."""
+    """The commands that take one label per image (the label check, features, a single-label
+    model's evaluation) stop at a multi-label set with its summary: reading "fog|rain" as a class of
+    its own would be a silent wrong answer. `train` and a multi-label model's `evaluate` read it."""
     if image_set.multi_label:
         raise DataError(
-            f"{image_set.label_summary}. imgclf trains one label per image ('imgclf check' reports on "
-            "this data): give --single-label to read each label column value as one class"
+            f"{image_set.label_summary}. This takes one label per image (`imgclf train` makes a "
+            "multi-label model of it; 'imgclf check' reports on it): give --single-label to read each "
+            "label column value as one class"
         )
 
 

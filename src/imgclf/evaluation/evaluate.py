@@ -113,11 +113,15 @@ def gallery_explainer(predictor: Predictor) -> Callable[[np.ndarray, int], np.nd
 
 
 def write_samples(path: Path, prepared: PreparedData, per_class: int = 8) -> None:
-    """samples.png: the first `per_class` images of every class, as the model sees them."""
+    """samples.png: the first `per_class` images of every class (of a multi-label set: that carry
+    each label), as the model sees them."""
     image_set = prepared.image_set
     load = image_loader(prepared, np.arange(len(image_set)))
     by_class: dict[str, list[np.ndarray]] = {}
-    for label, name in enumerate(image_set.classes):
-        chosen = np.flatnonzero(image_set.labels == label)[:per_class]
+    for label, name in enumerate(image_set.output_names):
+        if image_set.targets is not None:
+            chosen = np.flatnonzero(image_set.targets[:, label])[:per_class]
+        else:
+            chosen = np.flatnonzero(image_set.labels == label)[:per_class]
         by_class[name] = [image for image in (load(int(i)) for i in chosen) if image is not None]
     save_figure(class_grid_figure(by_class, per_class), path)

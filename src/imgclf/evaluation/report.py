@@ -108,7 +108,11 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         dataset_section(run_dir, dataset, len(skipped)) if dataset else "",
         f"<section><h2>Configuration</h2><pre>{html.escape(config_text)}</pre></section>",
         training_section(run_dir, info),
-        evaluation_section(run_dir, evaluation) if evaluation else "",
+        (multi_label_section if evaluation.get("task") == "multi-label" else evaluation_section)(
+            run_dir, evaluation
+        )
+        if evaluation
+        else "",
         skipped_section(skipped) if skipped else "",
     ]
     created = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -129,6 +133,15 @@ def summary_section(info: dict[str, Any], evaluation: dict[str, Any]) -> str:
     """The headline numbers as cards, and the model in one line."""
     metrics = info.get("metrics", {})
     training = info.get("training", {})
+    if info.get("task") == "multi-label":
+        cards = [
+            ("validation mAP", metrics.get("val_map")),
+            ("test mAP", metrics.get("test_map")),
+            ("validation macro F1", metrics.get("val_macro_f1")),
+            ("test macro F1", metrics.get("test_macro_f1")),
+            ("best epoch", training.get("best_epoch")),
+        ]
+        return _summary_cards(cards, info, "labels")
     cards = [
         ("validation accuracy", evaluation.get("accuracy", metrics.get("val_acc"))),
         ("test accuracy", metrics.get("test_acc")),
@@ -136,6 +149,10 @@ def summary_section(info: dict[str, Any], evaluation: dict[str, Any]) -> str:
         ("best epoch", training.get("best_epoch")),
         ("ECE", evaluation.get("ece")),
     ]
+    return _summary_cards(cards, info, "classes")
+
+
+def _summary_cards(cards: list[tuple[str, Any]], info: dict[str, Any], kind: str) -> str:
     card_html = "".join(
         f'<div class="card"><div class="value" id="{label.replace(" ", "-")}">{_fmt(value)}</div>'
         f'<div class="label">{html.escape(label)}</div></div>'
@@ -145,7 +162,7 @@ def summary_section(info: dict[str, Any], evaluation: dict[str, Any]) -> str:
     return (
         f'<section><h2>Summary</h2><div class="cards">{card_html}</div>'
         f'<p class="muted">model {html.escape(str(info.get("architecture", {}).get("name", "?")))}, '
-        f"{len(info.get('classes', []))} classes, "
+        f"{len(info.get('classes', []))} {kind}, "
         f"input {_spec_text(info.get('preprocessing', {}))}</p></section>"
     )
 
@@ -229,6 +246,37 @@ def evaluation_section(run_dir: Path, evaluation: dict[str, Any]) -> str:
         + _image(evaluation_dir / outputs.COVERAGE_FILE, "coverage-precision curve")
         + "</div></div><h3>Highest-loss mistakes</h3>"
         + _image(evaluation_dir / outputs.MISCLASSIFIED_FILE, "misclassified images")
+        + "</section>"
+    )
+
+
+def multi_label_section(run_dir: Path, evaluation: dict[str, Any]) -> str:
+    """A multi-label model's validation evaluation: the per-label table at the thresholds chosen,
+    the headline numbers, co-occurrence and missed-together matrices, the images with wrong labels."""
+    from imgclf.evaluation import multi_label
+
+    evaluation_dir = run_dir / runs.EVALUATION_DIR
+    per_label = [
+        [name, row["precision"], row["recall"], row["f1"], row["ap"] if row["ap"] is not None else math.nan,
+         row["threshold"], row["support"]]
+        for name, row in evaluation.get("per_label", {}).items()
+    ]  # fmt: skip
+    return (
+        f"<section><h2>Evaluation ({html.escape(str(evaluation.get('split', 'val')))} split, "
+        f"{evaluation.get('count', 0):,} images, multi-label)</h2>"
+        f"<p>mAP {_fmt(evaluation.get('map'))}; macro F1 {_fmt(evaluation.get('macro_f1'))}; micro F1 "
+        f"{_fmt(evaluation.get('micro_f1'))}; subset accuracy {_fmt(evaluation.get('subset_accuracy'))}; "
+        f"Hamming loss {_fmt(evaluation.get('hamming_loss'))}; labels per image "
+        f"{_fmt(evaluation.get('labels_per_image'), 2)} "
+        f"(answered {_fmt(evaluation.get('answered_per_image'), 2)}). "
+        f"{_download(evaluation_dir / outputs.PREDICTIONS_FILE, 'predictions.csv')}</p>"
+        + _table(["label", "precision", "recall", "f1", "AP", "threshold", "support"], per_label)
+        + '<div class="row"><div><h3>Label co-occurrence</h3>'
+        + _image(evaluation_dir / multi_label.COOCCURRENCE_FILE, "label co-occurrence")
+        + "</div><div><h3>Missed together</h3>"
+        + _image(evaluation_dir / multi_label.MISSED_TOGETHER_FILE, "labels missed together")
+        + "</div></div><h3>Images with missed or extra labels</h3>"
+        + _image(evaluation_dir / multi_label.MISTAKES_FILE, "images with wrong labels")
         + "</section>"
     )
 

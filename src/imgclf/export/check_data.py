@@ -97,9 +97,11 @@ def training_split(info: ModelInfo, artifact_dir: Path, split: str, count: int, 
     kept = [i for i, array in enumerate(arrays) if array is not None]
     if not kept:
         raise DataError(f"no image of the {split} split could be read")
+    what = f"{len(kept)} {split} images of {source}"
+    if info.multi_label:  # label sets: the int8 check compares the answered labels, not a top class
+        return CheckImages(_to_batch([arrays[i] for i in kept]), None, what)
     model_index = {name: i for i, name in enumerate(info.classes)}
     labels = np.asarray(
         [model_index.get(image_set.classes[image_set.labels[chosen[i]]], -1) for i in kept], dtype=np.int64
     )
-    what = f"{len(kept)} {split} images of {source}"
     return CheckImages(_to_batch([arrays[i] for i in kept]), labels, what)

@@ -5,6 +5,8 @@ The exported graph has one input and one output (three for a model with an `unkn
 - input `image`: float32, N×C×H×W, the image resized to the model's size by its preprocessing spec
   (see `prepare_image`), channels RGB (or one grey channel), pixel values divided by 255 (0.0–1.0);
 - output `probabilities`: float32, N×K, softmax over the classes in the order of `imgclf.classes`;
+  for a multi-label model (`imgclf.task` "multi-label") one sigmoid per label, each label answered
+  when its probability reaches its threshold in `imgclf.thresholds` (JSON: label → threshold);
 - outputs `similarity` and `distance` (models trained or calibrated with --min-precision): float32,
   N each, the image's likeness to the training images (`imgclf.inference.unknown`).
 
@@ -83,8 +85,10 @@ class ExportWrapper(nn.Module):
         spec: PreprocessSpec,
         bank: FeatureBank | None = None,
         example: torch.Tensor | None = None,
+        multi_label: bool = False,
     ) -> None:
         super().__init__()
+        self.multi_label = multi_label  # one sigmoid per label instead of the softmax
         self.register_buffer("mean", torch.tensor(spec.mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(spec.std, dtype=torch.float32).view(1, -1, 1, 1))
         self.classes = None
@@ -103,10 +107,15 @@ class ExportWrapper(nn.Module):
     def forward(self, image: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         output = self.model((image - self.mean) / self.std)
         if self.bank is None:
-            return torch.softmax(output.float(), dim=1)
+            return self.activate(output)
         logits, features = output[:, : self.classes], output[:, self.classes :]
         likeness = self.bank(features)
-        return torch.softmax(logits.float(), dim=1), likeness[:, 0], likeness[:, 1]
+        return self.activate(logits), likeness[:, 0], likeness[:, 1]
+
+    def activate(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.multi_label:
+            return torch.sigmoid(logits.float())
+        return torch.softmax(logits.float(), dim=1)
 
     def answers(self, images: np.ndarray) -> list[np.ndarray]:
         """Every output, in `output_names` order, of prepared float images (N×C×H×W)."""
@@ -195,7 +204,7 @@ def export_model(
     example = torch.from_numpy(images[:example_batch]) if len(images) >= example_batch else None
     if example is None or example.shape[0] != example_batch:
         example = torch.rand(example_batch, spec.channels, spec.height, spec.width)
-    wrapper = ExportWrapper(model, spec, FeatureBank.load(artifact_dir), example).eval()
+    wrapper = ExportWrapper(model, spec, FeatureBank.load(artifact_dir), example, info.multi_label).eval()
     onnx_bytes = _export_graph(wrapper, example, opset, dynamic_batch)
 
     payload = _with_metadata(onnx_bytes, info, weights_digest(artifact_dir))
@@ -231,6 +240,7 @@ def export_model(
     fixed = None if dynamic_batch else batch_size
     float_payload, check = payload, None
     rule = UnknownRule.from_calibration(info.calibration)
+    thresholds = (info.thresholds or [0.5] * len(info.classes)) if info.multi_label else None
     if quantize == "int8":
         calibration, check = _int8_images(
             info, artifact_dir, check_images, calibration_images, calibration_count
@@ -239,7 +249,7 @@ def export_model(
         payload = quantize_int8(payload, calibration, fixed)
         payload = _with_metadata(payload, info, weights_digest(artifact_dir), {"imgclf.quantization": how})
         result.quantization = _passed(
-            check_int8(float_payload, payload, check, len(calibration), fixed, rule)
+            check_int8(float_payload, payload, check, len(calibration), fixed, rule, thresholds)
         )
     if format == "tflite":
         from imgclf.export.tflite import check_tflite, convert_to_tflite
@@ -261,7 +271,7 @@ def export_model(
             # the float model does, as the int8 graph had to
             result.ort_max_abs_diff = check_ort(payload, ort_bytes, images, fixed, limit=None)
             result.quantization = _passed(
-                check_int8(float_payload, ort_bytes, check, len(calibration), fixed, rule)
+                check_int8(float_payload, ort_bytes, check, len(calibration), fixed, rule, thresholds)
             )
         payload = ort_bytes
     result.size_bytes = len(payload)
@@ -308,6 +318,14 @@ def export_metadata(
     contract in words, the full imgclf.json and the digest of the weights it came from."""
     return {
         "imgclf.classes": json.dumps(info.classes, ensure_ascii=False),
+        **(
+            {
+                "imgclf.task": "multi-label",
+                "imgclf.thresholds": json.dumps(dict(zip(info.classes, info.thresholds)), ensure_ascii=False),
+            }
+            if info.multi_label
+            else {}
+        ),
         "imgclf.display_names": json.dumps(info.display_names or info.classes, ensure_ascii=False),
         "imgclf.preprocessing": json.dumps(info.preprocessing.to_dict()),
         "imgclf.input": INPUT_CONTRACT,

@@ -13,6 +13,7 @@ import contextlib
 import io
 import logging
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +51,7 @@ class QuantizationCheck:
     int8_accuracy: float | None
     calibration_images: int
     unknown_included: bool = False  # the answers compared include `unknown` (the model's rule)
+    multi_label: bool = False  # the answers compared are label sets (a multi-label model)
 
     @property
     def passed(self) -> bool:
@@ -61,6 +63,8 @@ class QuantizationCheck:
 
     def describe(self) -> str:
         what = "answer agreement (unknown included)" if self.unknown_included else "top-1 agreement"
+        if self.multi_label:
+            what = "label-set agreement (the labels at their thresholds)"
         text = f"{what} {self.agreement:.1%} on {self.source}"
         if self.float_accuracy is not None and self.int8_accuracy is not None:
             text += f", accuracy float {self.float_accuracy:.4f} vs int8 {self.int8_accuracy:.4f}"
@@ -113,14 +117,19 @@ def quantize_int8(float_model: bytes, calibration: CheckImages, fixed_batch: int
 
 
 def _float_nodes(path: Path) -> list[str]:
-    """Nodes that stay float. The softmax at the output: quantized to 1/255 steps, a small probability
-    becomes 0, and the loss and calibration measured on the answers would be wrong. The similarity to
-    the training images (a model with an `unknown` answer): a cosine similarity over a bank of
-    features that int8 steps would blur."""
+    """Nodes that stay float. The softmax (or sigmoid) at the output: quantized to 1/255 steps, a
+    small probability becomes 0, and the loss and calibration measured on the answers would be
+    wrong. The similarity to the training images (a model with an `unknown` answer): a cosine
+    similarity over a bank of features that int8 steps would blur."""
     import onnx
 
     graph = onnx.load(str(path)).graph
-    keep = [node.name for node in graph.node if node.op_type == "Softmax"]
+    # the output's softmax, or a multi-label model's sigmoids
+    keep = [
+        node.name
+        for node in graph.node
+        if node.op_type == "Softmax" or (node.op_type == "Sigmoid" and OUTPUT_NAME in node.output)
+    ]
     if SIMILARITY_NAME in {output.name for output in graph.output}:
         likeness = _ancestors(graph, SIMILARITY_NAME) | _ancestors(graph, DISTANCE_NAME)
         keep += [n.name for n in graph.node if id(n) in likeness - _ancestors(graph, OUTPUT_NAME)]
@@ -147,11 +156,26 @@ def check_int8(
     calibration_images: int,
     fixed_batch: int | None = None,
     rule: UnknownRule | None = None,
+    thresholds: Sequence[float] | None = None,
 ) -> QuantizationCheck:
     """Run the float and the int8 model on the check images and compare their answers (`unknown`
-    being one, with the model's `rule`)."""
+    being one, with the model's `rule`; for a multi-label model, with its `thresholds`, an image's
+    answer is its set of labels)."""
     float_probabilities, float_similarity = answers(float_model, check.images, fixed_batch)
     int8_probabilities, int8_similarity = answers(int8_model, check.images, fixed_batch)
+    if thresholds is not None:
+        cut = np.asarray(thresholds, dtype=np.float32)[None, :]
+        same = ((float_probabilities >= cut) == (int8_probabilities >= cut)).all(1)
+        return QuantizationCheck(
+            images=len(check),
+            source=check.source,
+            agreement=float(same.mean()),
+            float_accuracy=None,
+            int8_accuracy=None,
+            calibration_images=calibration_images,
+            unknown_included=False,
+            multi_label=True,
+        )
     float_top, int8_top = float_probabilities.argmax(1), int8_probabilities.argmax(1)
     float_answer, int8_answer = float_top.copy(), int8_top.copy()
     if rule is not None:

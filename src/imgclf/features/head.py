@@ -1,6 +1,7 @@
 """A linear head fitted exactly on features: multinomial logistic regression (L-BFGS) on
-standardized features, its L2 strength chosen by validation (or cross-validation). The transfer
-recipe's first stage and the label check (`check --labels`) both fit it."""
+standardized features, its L2 strength chosen by validation (or cross-validation); for a multi-label
+set one logistic regression per label (`fit_multi_label_head`). The transfer recipe's first stage
+and the label check (`check --labels`) both fit it."""
 
 from __future__ import annotations
 
@@ -28,6 +29,17 @@ class HeadFit:
     train_acc: float
     val_loss: float
     val_acc: float
+    val_map: float = float("nan")  # multi-label heads: validation mean average precision
+
+
+def bce_loss(pos_weight: torch.Tensor | None = None):
+    """Binary cross-entropy per label (mean over samples and labels), for multi-label heads."""
+
+    def loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+        weight = None if pos_weight is None else pos_weight.to(logits)
+        return nn.functional.binary_cross_entropy_with_logits(logits, targets, pos_weight=weight)
+
+    return loss
 
 
 def fit_logistic(
@@ -36,7 +48,10 @@ def fit_logistic(
     l2: float,
     start: tuple[torch.Tensor, torch.Tensor],
     label_smoothing: float = 0.0,
+    loss_fn=nn.functional.cross_entropy,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logistic regression by L-BFGS from `start`: softmax cross-entropy (`loss_fn`), or one
+    sigmoid per label with `bce_loss`."""
     weight = start[0].clone().requires_grad_(True)
     bias = start[1].clone().requires_grad_(True)
     optimizer = torch.optim.LBFGS(
@@ -52,7 +67,7 @@ def fit_logistic(
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
         logits = features @ weight + bias
-        loss = nn.functional.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+        loss = loss_fn(logits, labels, label_smoothing=label_smoothing)
         loss = loss + l2 * weight.square().sum()
         loss.backward()
         return loss
@@ -139,6 +154,82 @@ def _cross_validate(
         losses.append(loss)
         accuracies.append(acc)
     return float(np.mean(losses)), float(np.mean(accuracies))
+
+
+def _multi_label_scores(
+    features: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
+) -> tuple[float, float, float]:
+    """(binary cross-entropy, subset accuracy at 0.5, mAP) of a multi-label head."""
+    from imgclf.evaluation.multi_label import mean_average_precision
+
+    logits = features @ weight + bias
+    loss = nn.functional.binary_cross_entropy_with_logits(logits, targets).item()
+    accuracy = ((logits > 0) == (targets > 0.5)).all(1).double().mean().item()
+    return loss, accuracy, mean_average_precision(torch.sigmoid(logits).numpy(), targets.numpy())
+
+
+def fit_multi_label_head(
+    train_features: np.ndarray,
+    train_targets: np.ndarray,
+    val_features: np.ndarray | None,
+    val_targets: np.ndarray | None,
+    pos_weight: torch.Tensor | None = None,
+) -> HeadFit:
+    """One logistic regression per label (fitted together by L-BFGS) on standardized features, the
+    L2 strength chosen by validation mAP (then loss); without validation data, by 3-fold
+    cross-validation. `pos_weight`: binary cross-entropy's positive weights (--class-weight auto)."""
+    mean = train_features.mean(0)
+    scale = train_features.std(0) + 1e-6
+    x = torch.tensor((train_features - mean) / scale, dtype=torch.float64)
+    t = torch.as_tensor(train_targets, dtype=torch.float64)
+    has_val = val_features is not None and len(val_features) > 0
+    if has_val:
+        xv = torch.tensor((val_features - mean) / scale, dtype=torch.float64)
+        tv = torch.as_tensor(val_targets, dtype=torch.float64)
+    labels = t.shape[1]
+    zero = (torch.zeros(x.shape[1], labels, dtype=torch.float64), torch.zeros(labels, dtype=torch.float64))
+    loss_fn = bce_loss(pos_weight)
+    best: tuple[float, float, float, float, tuple[torch.Tensor, torch.Tensor]] | None = None
+    start = zero
+    for l2 in HEAD_L2:  # strongest first: each fit starts from the last one's answer
+        start = fit_logistic(x, t, l2, start, loss_fn=loss_fn)
+        if has_val:
+            loss, accuracy, average = _multi_label_scores(xv, tv, *start)
+        else:
+            loss, accuracy, average = _cross_validate_multi_label(x, t, l2, zero, loss_fn)
+        if best is None or average > best[2] + 1e-9 or (abs(average - best[2]) <= 1e-9 and loss < best[0]):
+            best = (loss, accuracy, average, l2, start)
+    assert best is not None
+    val_loss, val_acc, val_map, l2, (weight, bias) = best
+    train_loss, train_acc, _ = _multi_label_scores(x, t, weight, bias)
+    scale_t = torch.tensor(scale, dtype=torch.float64)
+    raw_weight = (weight / scale_t[:, None]).T
+    raw_bias = bias - torch.tensor(mean / scale, dtype=torch.float64) @ weight
+    nan = float("nan")
+    return HeadFit(
+        raw_weight.float(),
+        raw_bias.float(),
+        l2,
+        train_loss,
+        train_acc,
+        val_loss if has_val else nan,
+        val_acc if has_val else nan,
+        val_map if has_val else nan,
+    )
+
+
+def _cross_validate_multi_label(
+    x: torch.Tensor, t: torch.Tensor, l2: float, zero: tuple[torch.Tensor, torch.Tensor], loss_fn
+) -> tuple[float, float, float]:
+    order = torch.randperm(len(t), generator=torch.Generator().manual_seed(0))
+    scores = []
+    for held in order.chunk(3):
+        keep = torch.ones(len(t), dtype=torch.bool)
+        keep[held] = False
+        weight, bias = fit_logistic(x[keep], t[keep], l2, zero, loss_fn=loss_fn)
+        scores.append(_multi_label_scores(x[held], t[held], weight, bias))
+    loss, accuracy, average = (float(np.nanmean([s[i] for s in scores])) for i in range(3))
+    return loss, accuracy, average
 
 
 def load_head(model: nn.Module, fit: HeadFit) -> None:

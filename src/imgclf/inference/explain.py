@@ -99,6 +99,10 @@ class Explainer:
         inputs = normalize_batch(batch, self.predictor.spec)
         classes = None if class_index is None else torch.full((len(arrays),), class_index, dtype=torch.long)
         heatmaps, probabilities = grad_cam(self.predictor.model, self.layer, inputs, classes)
+        if self.predictor.multi_label:  # one sigmoid per label: grad_cam's softmax is not its answer
+            with torch.no_grad():
+                probabilities = self.predictor.activate(self.predictor.model(inputs))
+            return heatmaps, probabilities
         return heatmaps, with_temperature(probabilities, self.predictor.temperature)  # as Predictor answers
 
     def class_index(self, class_name: str | None) -> int | None:

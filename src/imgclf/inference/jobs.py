@@ -54,7 +54,11 @@ class PredictionJob:
         if output is not None:
             columns = min(top_k, len(predictor.classes))
             self.writer = PredictionWriter(
-                output, columns, resume, unknown=predictor.unknown_rule is not None
+                output,
+                columns,
+                resume,
+                unknown=predictor.unknown_rule is not None,
+                multi_label=predictor.multi_label,
             )
             done = self.writer.done
             paths = (path for path in paths if path not in done)

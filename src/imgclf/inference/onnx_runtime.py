@@ -128,7 +128,13 @@ def load_current_export(artifact_dir: Path, threads: int | None = None) -> OnnxC
     if export.weights_sha256 != weights_digest(artifact_dir):
         logger.warning("%s is older than the model's weights; predicting with PyTorch (export again)", path)
         return None
-    if export.info.calibration != load_model_info(artifact_dir).calibration:
+    current = load_model_info(artifact_dir)
+    if export.info.thresholds != current.thresholds:
+        logger.warning(
+            "%s carries older label thresholds than the model's; predicting with PyTorch (export again)", path
+        )
+        return None
+    if export.info.calibration != current.calibration:
         logger.warning(
             "%s carries an older calibration than the model's; predicting with PyTorch (export again)", path
         )

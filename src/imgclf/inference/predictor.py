@@ -40,7 +40,9 @@ class Prediction:
 
     `unknown` says why the model answers `unknown` (see `inference.unknown`), None when it answers;
     `labels[0]` stays its best guess either way. `similarity` and `distance`: to the nearest
-    training images, when the model has a feature bank.
+    training images, when the model has a feature bank. A multi-label model's answer is `present`:
+    every label whose probability reaches its threshold, most likely first (empty: none of them);
+    `labels` and `probabilities` are then its top-k labels by probability.
     """
 
     source: str
@@ -51,10 +53,17 @@ class Prediction:
     unknown: str | None = None
     similarity: float | None = None
     distance: float | None = None
+    present: list[str] | None = None  # multi-label models only
+    present_names: list[str] | None = None
+    present_probabilities: list[float] | None = None
+    thresholds: list[float] | None = None
 
     @property
     def label(self) -> str | None:
-        """The answer: the top class, or "unknown"."""
+        """The answer: the top class, or "unknown"; for a multi-label model its labels joined by
+        "|" ("" for none of them)."""
+        if self.present is not None:
+            return "|".join(self.present) if not self.error else None
         if self.unknown is not None:
             return UNKNOWN
         return self.labels[0] if self.labels else None
@@ -68,9 +77,22 @@ class Prediction:
         return self.probabilities[0] if self.probabilities else None
 
     def to_dict(self) -> dict[str, Any]:
+        present = {}
+        if self.present is not None:
+            present = {
+                "labels": [
+                    {"label": label, "name": name, "probability": round(probability, 6),
+                     "threshold": round(threshold, 6)}
+                    for label, name, probability, threshold in zip(
+                        self.present, self.present_names or self.present, self.present_probabilities or [],
+                        self.thresholds or [],
+                    )
+                ]
+            }  # fmt: skip
         return {
             "path": self.source,
             "label": self.label,
+            **present,
             "unknown": self.unknown,
             **({"similarity": round(self.similarity, 6)} if self.similarity is not None else {}),
             **({"distance": round(self.distance, 6)} if self.distance is not None else {}),
@@ -137,6 +159,9 @@ class Predictor:
         self.info = info
         self.device = device
         self.names = list(info.display_names or info.classes)
+        # several labels per image: sigmoid outputs, each label answered at its own threshold
+        self.multi_label = info.multi_label
+        self.thresholds = np.asarray(info.thresholds or [0.5] * len(info.classes), dtype=np.float32)
         # fitted on the validation split at the end of training (1.0: none)
         self.temperature = float((info.calibration or {}).get("temperature", 1.0))
         # `unknown` below a confidence (and a likeness to the training images), when chosen
@@ -243,11 +268,17 @@ class Predictor:
         arrays = np.require(arrays, requirements=["C_CONTIGUOUS", "WRITEABLE"])  # torch needs both
         batch = normalize_batch(torch.from_numpy(arrays).permute(0, 3, 1, 2).to(self.device), self.spec)
         if self.bank is None:
-            return torch.softmax(self.model(batch).float(), dim=1).cpu().numpy(), None
+            return self.activate(self.model(batch)), None
         with tap_features(self.model) as features:
             logits = self.model(batch)
         likeness = self.bank.to(self.device)(features[-1]).cpu().numpy()
-        return torch.softmax(logits.float(), dim=1).cpu().numpy(), likeness
+        return self.activate(logits), likeness
+
+    def activate(self, logits: torch.Tensor) -> np.ndarray:
+        """Logits → probabilities: softmax over the classes, or one sigmoid per label."""
+        if self.multi_label:
+            return torch.sigmoid(logits.float()).cpu().numpy()
+        return torch.softmax(logits.float(), dim=1).cpu().numpy()
 
     @torch.no_grad()
     def features(self, arrays: np.ndarray) -> np.ndarray:
@@ -304,6 +335,19 @@ class Predictor:
         """The `top_k` classes of one row of probabilities, most likely first; `unknown` set when
         the model's unknown rule says so (`likeness`: the row's similarity and distance)."""
         order = np.argsort(-probabilities, kind="stable")[:top_k]
+        if self.multi_label:
+            full = np.argsort(-probabilities, kind="stable")
+            present = [int(i) for i in full if probabilities[i] >= self.thresholds[i]]
+            return Prediction(
+                source,
+                labels=[self.classes[i] for i in order],
+                names=[self.names[i] for i in order],
+                probabilities=[float(probabilities[i]) for i in order],
+                present=[self.classes[i] for i in present],
+                present_names=[self.names[i] for i in present],
+                present_probabilities=[float(probabilities[i]) for i in present],
+                thresholds=[float(self.thresholds[i]) for i in present],
+            )
         rule = self.unknown_rule
         pair = None if likeness is None else (float(likeness[0]), float(likeness[1]))
         return Prediction(

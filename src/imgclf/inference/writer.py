@@ -18,16 +18,26 @@ class PredictionWriter:
     With `resume`, rows already in the file are kept and their paths listed in `done`, so an
     interrupted job continues where it stopped; a last line cut short by the interruption is dropped.
     CSV columns: path, label_1, name_1, prob_1, …, label_k, name_k, prob_k, error; with `unknown`
-    (a model that may answer `unknown`) also answer (the class or unknown) and unknown (why).
+    (a model that may answer `unknown`) also answer (the class or unknown) and unknown (why); with
+    `multi_label`, a `labels` column after path: every label at or above its threshold, joined by
+    "|" (empty: none of them), most likely first.
     """
 
-    def __init__(self, path: str | Path, top_k: int, resume: bool = False, unknown: bool = False) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        top_k: int,
+        resume: bool = False,
+        unknown: bool = False,
+        multi_label: bool = False,
+    ) -> None:
         self.path = Path(path)
         self.jsonl = self.path.suffix.lower() == ".jsonl"
         self.top_k = top_k
         self.unknown = unknown
+        self.multi_label = multi_label
         self.done: set[str] = set()
-        header = ["path"]
+        header = ["path", *(["labels"] if multi_label else [])]
         for rank in range(1, top_k + 1):
             header += [f"label_{rank}", f"name_{rank}", f"prob_{rank}"]
         self.header = [*header, "error", *(["answer", "unknown"] if unknown else [])]
@@ -64,6 +74,8 @@ class PredictionWriter:
             self.handle.write(json.dumps(prediction.to_dict(), ensure_ascii=False) + "\n")
             return
         row: list[Any] = [prediction.source]
+        if self.multi_label:
+            row.append(prediction.label or "")
         for rank in range(self.top_k):
             if rank < len(prediction.labels):
                 row += [

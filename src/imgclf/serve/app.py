@@ -112,11 +112,26 @@ class ClassScore(BaseModel):
     probability: float
 
 
+class LabelScore(BaseModel):
+    label: str = Field(description="Label name, as in the training data.")
+    name: str = Field(description="Display name (from the label map, or the label name).")
+    probability: float
+    threshold: float = Field(
+        description="The label's threshold, chosen on validation; it is answered at or above it."
+    )
+
+
 class ImagePrediction(BaseModel):
     image: str = Field(description="The file name, or the given name, or image-N.")
     label: str = Field(
         description="The answer: the top class, or `unknown` when the model's unknown rule says so "
-        "(models trained or calibrated with --min-precision)."
+        "(models trained or calibrated with --min-precision); for a multi-label model its labels "
+        "joined by `|` (empty: none of them)."
+    )
+    labels: list[LabelScore] | None = Field(
+        None,
+        description="Multi-label models: every label at or above its threshold, most likely first "
+        "(empty: none of them); null for a single-label model.",
     )
     unknown: str | None = Field(None, description="Why the answer is `unknown`; null when it is a class.")
     similarity: float | None = Field(
@@ -629,6 +644,8 @@ def describe_model(predictor: Predictor, settings: ServeSettings, batcher: Micro
         "explain": predictor.model is not None,
         "calibration": info.calibration,
         "unknown": predictor.unknown_rule.describe() if predictor.unknown_rule is not None else None,
+        "task": "multi-label" if predictor.multi_label else "single-label",
+        **({"thresholds": dict(zip(info.classes, info.thresholds))} if predictor.multi_label else {}),
         "serving": {
             **asdict(settings),
             "batches": stats.batches,
@@ -765,10 +782,19 @@ def create_app(
                 ClassScore(label=label, name=display, probability=round(float(p), 6))
                 for label, display, p in zip(result.labels, result.names, result.probabilities)
             ]
+            present = None
+            if result.present is not None:
+                present = [
+                    LabelScore(label=label, name=display, probability=round(p, 6), threshold=round(t, 6))
+                    for label, display, p, t in zip(
+                        result.present, result.present_names, result.present_probabilities, result.thresholds
+                    )
+                ]
             predictions.append(
                 ImagePrediction(
                     image=name,
                     label=result.label,
+                    labels=present,
                     unknown=result.unknown,
                     similarity=None if result.similarity is None else round(result.similarity, 6),
                     distance=None if result.distance is None else round(result.distance, 6),

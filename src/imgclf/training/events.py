@@ -219,7 +219,10 @@ class MetricsLog(Callback):
 
     def on_epoch_end(self, state: TrainState) -> None:
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+        columns = list(METRIC_COLUMNS)
+        if any("val_map" in row for row in state.history):  # a multi-label run
+            columns.insert(columns.index("val_acc") + 1, "val_map")
+        writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         for row in state.history:
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})

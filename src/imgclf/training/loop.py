@@ -7,6 +7,7 @@ and normalized by the preprocessing spec, so the model sees exactly what predict
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -40,6 +41,16 @@ class StepContext:
     frozen_norm: list[nn.Module] = field(default_factory=list)  # kept in eval mode while training
     dist: DistInfo = field(default_factory=DistInfo)
     wrapped: nn.Module | None = None  # the DistributedDataParallel wrapper when distributed
+    # a multi-label set: label-set index → 0/1 target vector (`ImageSet.set_targets`), on the device
+    set_targets: torch.Tensor | None = None
+
+
+def count_correct(logits: torch.Tensor, labels: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+    """Right answers in a batch: the top class; for a multi-label set, every label right at 0.5
+    (subset accuracy; the thresholds are chosen after training)."""
+    if ctx.set_targets is None:
+        return (logits.argmax(1) == labels).sum()
+    return ((logits > 0) == (ctx.set_targets[labels] > 0.5)).all(1).sum()
 
 
 def autocast(ctx: StepContext):
@@ -111,7 +122,7 @@ def train_one_epoch(
         optimizer.step()
         state.schedule.step_batch()
         loss_sum += loss.detach() * len(labels)
-        correct += (logits.detach().argmax(1) == labels).sum()
+        correct += count_correct(logits.detach(), labels, ctx)
         seen += len(labels)
         state.batch += 1
         if callbacks and (state.batch % 10 == 0 or state.batch == state.batches or ctx.device.type == "cpu"):
@@ -158,17 +169,34 @@ def predict_logits(model: nn.Module, loader: Loader, ctx: StepContext) -> tuple[
 
 def evaluate(model: nn.Module, loader: Loader, ctx: StepContext, prefix: str = "val") -> dict[str, float]:
     """Mean cross-entropy (unweighted, unsmoothed) and accuracy over the loader (summed over ranks,
-    each sample counted once)."""
+    each sample counted once); for a multi-label set, mean binary cross-entropy per label, subset
+    accuracy at 0.5 and `{prefix}_map`, the mean average precision (of this rank's share when
+    distributed)."""
     logits, labels = predict_logits(model, loader, ctx)
     sums = torch.zeros(3, dtype=torch.float64)
-    if len(labels):
+    extra: dict[str, float] = {}
+    if len(labels) and ctx.set_targets is not None:
+        targets = ctx.set_targets.cpu()[labels]
+        loss = nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="none").mean(1)
+        sums[0] = loss.sum().item()
+        sums[1] = count_correct(logits, labels, dataclasses.replace(ctx, set_targets=ctx.set_targets.cpu()))
+        sums[2] = len(labels)
+        from imgclf.evaluation.multi_label import mean_average_precision
+
+        extra[f"{prefix}_map"] = mean_average_precision(torch.sigmoid(logits).numpy(), targets.numpy())
+    elif len(labels):
         sums[0] = nn.functional.cross_entropy(logits, labels, reduction="sum").item()
         sums[1] = (logits.argmax(1) == labels).sum().item()
         sums[2] = len(labels)
     loss_sum, correct, count = all_reduce_sum(sums.to(ctx.device), ctx.dist).tolist()
     if count == 0:
         return {}
-    return {f"{prefix}_loss": loss_sum / count, f"{prefix}_acc": correct / count, f"{prefix}_count": count}
+    return {
+        f"{prefix}_loss": loss_sum / count,
+        f"{prefix}_acc": correct / count,
+        f"{prefix}_count": count,
+        **extra,
+    }
 
 
 def _denormals_flush() -> bool:
@@ -230,6 +258,7 @@ def fit(
             "val_loss": val_stats.get("val_loss", float("nan")),
             "val_acc": val_stats.get("val_acc", float("nan")),
             "val_count": val_stats.get("val_count", 0.0),
+            **({"val_map": val_stats.get("val_map", float("nan"))} if ctx.set_targets is not None else {}),
             "lr": lr,
             "seconds": time.perf_counter() - epoch_start,
             "images_per_s": train_stats["images_per_s"],

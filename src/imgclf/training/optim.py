@@ -136,5 +136,43 @@ def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
     return torch.tensor(weights, dtype=torch.float32)
 
 
-def create_loss(cfg: TrainConfig, weights: torch.Tensor | None) -> nn.Module:
+# a rare label's positive weight (negatives / positives) is capped: a label on 1 image in 500 would
+# otherwise weigh its positives 500 times and flood the model with false alarms
+MAX_POSITIVE_WEIGHT = 20.0
+
+
+def positive_weights(targets: np.ndarray) -> torch.Tensor:
+    """Per label, negatives / positives among the training images (at most MAX_POSITIVE_WEIGHT, at
+    least 1): binary cross-entropy then counts a rare label's positives as much as its negatives."""
+    positives = targets.sum(axis=0).astype(np.float64)
+    negatives = len(targets) - positives
+    weights = np.clip(negatives / np.maximum(positives, 1.0), 1.0, MAX_POSITIVE_WEIGHT)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+class MultiLabelLoss(nn.Module):
+    """Binary cross-entropy of one sigmoid per label, for batches whose labels are label-set indices
+    (`set_targets`, label sets × labels, gives each its 0/1 vector; see `ImageSet.set_targets`).
+
+    Binary cross-entropy is linear in the target, so MixUp's and CutMix's λ·loss(labels) +
+    (1-λ)·loss(other labels) is exactly the loss of the mixed label vector λ·t + (1-λ)·t'.
+    """
+
+    def __init__(self, set_targets: torch.Tensor, pos_weight: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.register_buffer("set_targets", set_targets.float())
+        self.pos_weight = pos_weight
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        targets = self.set_targets[labels]
+        return nn.functional.binary_cross_entropy_with_logits(logits, targets, pos_weight=self.pos_weight)
+
+
+def create_loss(
+    cfg: TrainConfig, weights: torch.Tensor | None, set_targets: torch.Tensor | None = None
+) -> nn.Module:
+    """Cross-entropy (class `weights`, label smoothing); with `set_targets` (a multi-label set) binary
+    cross-entropy per label, `weights` then being the labels' positive weights."""
+    if set_targets is not None:
+        return MultiLabelLoss(set_targets, weights)
     return nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)

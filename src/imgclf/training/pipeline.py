@@ -27,7 +27,14 @@ from imgclf.data.headers import read_headers
 from imgclf.data.imageset import ImageSet, Problem
 from imgclf.data.label_map import load_label_map
 from imgclf.data.loader import Shard
-from imgclf.data.prepared import PreparedData, check_classes, header_workers, load_data, prepare_data
+from imgclf.data.prepared import (
+    PreparedData,
+    check_classes,
+    header_workers,
+    image_loader,
+    load_data,
+    prepare_data,
+)
 from imgclf.data.preprocess import PreprocessSpec
 from imgclf.data.split import apply_manifest, assign_splits
 from imgclf.device import configure_backends, resolve_device, resolve_precision
@@ -38,6 +45,13 @@ from imgclf.evaluation.evaluate import (
     evaluate_split,
     split_metrics,
     write_samples,
+)
+from imgclf.evaluation.multi_label import (
+    choose_thresholds,
+    multi_label_metrics,
+    predict_targets,
+    run_metrics,
+    write_multi_label_evaluation,
 )
 from imgclf.inference.predictor import Predictor
 from imgclf.models.factory import create_model, model_args
@@ -56,7 +70,7 @@ from imgclf.training.distributed import (
 )
 from imgclf.training.events import Callback, KeepBest, MetricsLog, RunInfo, TimeLimit, TrainState, emit
 from imgclf.training.loop import StepContext, compile_for_training, fit, wrap_for_ranks
-from imgclf.training.optim import class_weights, create_loss, scale_lr
+from imgclf.training.optim import class_weights, create_loss, positive_weights, scale_lr
 from imgclf.training.recipe import resolve_recipe
 from imgclf.training.strategies import StageInputs, Strategy, create_strategy
 
@@ -170,7 +184,7 @@ def run_training(
         started=started,
         run_dir=folder.path,
         layout=data.image_set.description,
-        classes=data.image_set.classes,
+        classes=data.image_set.output_names,
         counts={split: int((prepared.splits == split).sum()) for split in ("train", "val", "test")},
         validation_split=data.val_name if loaders.val is not None else None,
         problems=prepared.image_set.problems,
@@ -232,7 +246,7 @@ def find_samples(
 ) -> tuple[ImageSet, np.ndarray]:
     """Every sample with its headers read, and its split (made, or reused from a manifest), the
     classes checked."""
-    image_set = load_data(source, cfg.data, labels=labels, class_names=class_names)
+    image_set = load_data(source, cfg.data, labels=labels, class_names=class_names, multi_label_ok=True)
     image_set = read_headers(image_set, workers=header_workers(len(image_set), cfg.data.workers))
     manifest = (resume / runs.MANIFEST_FILE) if resume is not None else cfg.data.manifest
     if manifest is not None:
@@ -265,11 +279,12 @@ def describe_training_data(cfg: Config, image_set: ImageSet, splits: np.ndarray)
         )
     pretrained = cfg.model.pretrained or bool(cfg.model.weights)
     spec = resolve_spec(cfg.data, cfg.model.name, image_set, pretrained=pretrained)
-    display_names = list(image_set.classes)
+    outputs = image_set.output_names  # the classes, or a multi-label set's labels
+    display_names = list(outputs)
     if cfg.data.label_map is not None:
-        mapping = load_label_map(cfg.data.label_map, image_set.classes)
-        display_names = [mapping[name] for name in image_set.classes]
-    args = model_args(cfg.model, len(image_set.classes), spec.channels, [spec.height, spec.width])
+        mapping = load_label_map(cfg.data.label_map, outputs)
+        display_names = [mapping[name] for name in outputs]
+    args = model_args(cfg.model, len(outputs), spec.channels, [spec.height, spec.width])
     return TrainingData(image_set, splits, val_name, spec, args, display_names)
 
 
@@ -386,11 +401,19 @@ def build_optimisation(
         )  # fmt: skip
     optimizer = strategy.create_optimizer(network.model, network.trained, lr, global_batch)
     schedule = strategy.create_schedule(optimizer, loaders.steps_per_epoch, lr, epochs)
-    train_labels = prepared.image_set.labels[prepared.indices("train")]
-    num_classes = len(prepared.image_set.classes)
-    weights = class_weights(train_labels, num_classes) if train.class_weight == "auto" else None
-    loss_fn = create_loss(train, weights.to(hardware.device) if weights is not None else None)
+    image_set = prepared.image_set
+    train_labels = image_set.labels[prepared.indices("train")]
+    set_targets = None
+    if image_set.multi_label:  # binary cross-entropy per label; positive weights for rare labels
+        set_targets = torch.from_numpy(image_set.set_targets()).to(hardware.device)
+        train_targets = image_set.set_targets()[train_labels]
+        weights = positive_weights(train_targets) if train.class_weight == "auto" else None
+    else:
+        num_classes = len(image_set.classes)
+        weights = class_weights(train_labels, num_classes) if train.class_weight == "auto" else None
+    loss_fn = create_loss(train, weights.to(hardware.device) if weights is not None else None, set_targets)
     ctx = step_context(cfg, network, prepared, hardware, strategy)
+    ctx.set_targets = set_targets
     wrap_for_ranks(network.model, ctx)
     compile_for_training(network.model, ctx, train.compile)
     monitor = train.monitor if loaders.val is not None else "train_loss"
@@ -447,9 +470,14 @@ def model_info(
 ) -> ModelInfo:
     """What the saved model carries besides its weights: classes, preprocessing, how it was trained."""
     image_set = data.image_set
+    counts = prepared.image_set.class_counts()
+    if image_set.multi_label:  # images per label
+        per_label = prepared.image_set.targets.sum(axis=0)
+        counts = {name: int(count) for name, count in zip(image_set.output_names, per_label)}
     return ModelInfo(
         architecture=data.args,
-        classes=image_set.classes,
+        classes=image_set.output_names,
+        multi_label=image_set.multi_label,
         preprocessing=data.spec,
         display_names=data.display_names,
         training={
@@ -461,7 +489,7 @@ def model_info(
             "source": str(image_set.source),
             "fingerprint": image_set.fingerprint(),
             "layout": image_set.layout,
-            "class_counts": prepared.image_set.class_counts(),
+            "class_counts": counts,
             "split_counts": state.info.counts,
         },
     )
@@ -519,6 +547,37 @@ def finish_run(
     best_model, _ = load_artifact(folder.model, device=hardware.device)
     predictor = Predictor(best_model, info, hardware.device)
     batch_size = cfg.train.batch_size * 2
+    if prepared.image_set.multi_label:
+        final = evaluate_multi_label_run(cfg, folder, prepared, data, predictor, info, has_val, batch_size)
+    else:
+        final = evaluate_single_label_run(cfg, folder, prepared, data, predictor, info, has_val, batch_size)
+    folder.write_dataset(prepared)
+    write_samples(folder.samples, prepared)
+    info.metrics = {**info.metrics, **final}
+    info.training.update(
+        best_epoch=state.best_epoch,
+        epochs_completed=state.epoch,
+        epochs_planned=state.epochs,
+        stop_reason=state.stop_reason,
+    )
+    update_artifact_info(folder.model, info)
+    problems = prepared.image_set.problems
+    folder.write_summary(state.epoch, state.best_epoch, state.monitor, state.stop_reason, final, problems)
+    return Run(folder.path, folder.model, state.best_epoch, final, problems, state.stop_reason)
+
+
+def evaluate_single_label_run(
+    cfg: Config,
+    folder: RunFolder,
+    prepared: PreparedData,
+    data: TrainingData,
+    predictor: Predictor,
+    info: ModelInfo,
+    has_val: bool,
+    batch_size: int,
+) -> dict[str, float]:
+    """Calibrate on validation (temperature, --min-precision's unknown rule, the feature bank), write
+    its full evaluation into the run folder, and measure the test split: the run's final metrics."""
     final: dict[str, float] = {}
     predictions: dict[str, Predicted] = {}
     if cfg.train.min_precision is not None and not has_val:
@@ -552,16 +611,56 @@ def finish_run(
         final.update(split_metrics(predictor, prepared, "test", batch_size, prefix="test", predicted=test))
     elif data.val_name == "test" and has_val:
         final.update({k.replace("val_", "test_"): v for k, v in final.items()})
-    folder.write_dataset(prepared)
-    write_samples(folder.samples, prepared)
-    info.metrics = {**info.metrics, **final}
-    info.training.update(
-        best_epoch=state.best_epoch,
-        epochs_completed=state.epoch,
-        epochs_planned=state.epochs,
-        stop_reason=state.stop_reason,
-    )
-    update_artifact_info(folder.model, info)
-    problems = prepared.image_set.problems
-    folder.write_summary(state.epoch, state.best_epoch, state.monitor, state.stop_reason, final, problems)
-    return Run(folder.path, folder.model, state.best_epoch, final, problems, state.stop_reason)
+    return final
+
+
+def evaluate_multi_label_run(
+    cfg: Config,
+    folder: RunFolder,
+    prepared: PreparedData,
+    data: TrainingData,
+    predictor: Predictor,
+    info: ModelInfo,
+    has_val: bool,
+    batch_size: int,
+) -> dict[str, float]:
+    """Choose each label's threshold on validation (F1-best, or --min-precision), write the
+    validation split's multi-label evaluation into the run folder, and measure the test split at the
+    same thresholds: the run's final metrics (mAP, macro F1, subset accuracy; val_acc is subset
+    accuracy too)."""
+    names = prepared.image_set.output_names
+    final: dict[str, float] = {}
+    if has_val:
+        probabilities, targets, indices = predict_targets(predictor, prepared, data.val_name, batch_size)
+        info.thresholds = choose_thresholds(probabilities, targets, cfg.train.min_precision)
+        never = [name for name, t in zip(names, info.thresholds) if t >= 1.0]
+        if never:
+            logger.warning(
+                "no threshold keeps precision ≥ %g on validation for %s: the model never answers %s",
+                cfg.train.min_precision, ", ".join(never), "them" if len(never) > 1 else "it",
+            )  # fmt: skip
+        predictor.thresholds = np.asarray(info.thresholds, dtype=np.float32)
+        evaluation = write_multi_label_evaluation(
+            folder.evaluation,
+            probabilities,
+            targets,
+            info.thresholds,
+            names,
+            [prepared.image_set.keys[i] for i in indices],
+            image_loader(prepared, indices),
+            split=data.val_name,
+        )
+        final.update(run_metrics(evaluation.metrics, "val"))
+    else:
+        logger.warning(
+            "no validation split: every label is answered at probability 0.5 (train with --val-split "
+            "for thresholds chosen per label)"
+        )
+        info.thresholds = [0.5] * len(names)
+    if data.val_name != "test" and len(prepared.indices("test")):
+        probabilities, targets, _ = predict_targets(predictor, prepared, "test", batch_size)
+        metrics = multi_label_metrics(probabilities, targets, info.thresholds, names)
+        final.update(run_metrics(metrics, "test"))
+    elif data.val_name == "test" and has_val:
+        final.update({k.replace("val_", "test_"): v for k, v in final.items()})
+    return final

@@ -191,6 +191,24 @@ def choose_recipe(
     return PLAIN, line
 
 
+def choose_multi_label(cfg: Config, image_set: ImageSet) -> str:
+    """A multi-label set trains one sigmoid output per label with binary cross-entropy, its best
+    epoch chosen by validation mAP and no label smoothing (the per-label thresholds chosen on
+    validation at the end play its part); recorded in the config so that --resume repeats it."""
+    train = cfg.train
+    cfg.data.multi_label = True
+    if train.monitor is None:
+        train.monitor = "val_map"
+    if train.label_smoothing is None:
+        train.label_smoothing = 0.0
+    weights = "positive weights for rare labels" if train.class_weight == "auto" else "unweighted"
+    return (
+        f"{image_set.label_summary}: one sigmoid output per label, binary cross-entropy ({weights}), "
+        f"the best epoch by {train.monitor}, a threshold per label chosen on validation "
+        "(--single-label reads each label value as one class)"
+    )
+
+
 def resolve_recipe(
     cfg: Config, image_set: ImageSet, device_type: str = "cpu", distributed: bool = False
 ) -> tuple[Config, list[str]]:
@@ -209,6 +227,10 @@ def resolve_recipe(
     if time_line:
         lines.append(time_line)
     train = cfg.train
+    if image_set.multi_label:
+        lines.append(choose_multi_label(cfg, image_set))
+    elif train.monitor == "val_map":
+        raise ConfigError("--monitor val_map ranks multi-label models; this data has one label per image")
     if train.lr is None:
         train.lr = defaults.lr
     if train.label_smoothing is None:

@@ -26,11 +26,11 @@ from imgclf.config import Config
 from imgclf.data.augment import BatchAugment
 from imgclf.data.prepared import PreparedData
 from imgclf.features.bottleneck import cached_features
-from imgclf.features.head import HeadFit, fit_head, load_head
+from imgclf.features.head import HeadFit, fit_head, fit_multi_label_head, load_head
 from imgclf.models.anatomy import backbone_digest, classifier_of
 from imgclf.training.events import Callback, TrainState, emit
 from imgclf.training.loop import StepContext
-from imgclf.training.optim import Schedule
+from imgclf.training.optim import Schedule, positive_weights
 from imgclf.training.speed import inference_speed, training_speed
 
 logger = logging.getLogger(__name__)
@@ -75,6 +75,12 @@ class FineTunePlan:
 def head_verdict(fit: HeadFit, val_count: int) -> str | None:
     """Why fine-tuning would not pay after this head (None when it may): the head's validation error
     is at most FINETUNE_SKIP_ERROR."""
+    if math.isfinite(fit.val_map):  # multi-label: by the mean average precision
+        if 1.0 - fit.val_map > FINETUNE_SKIP_ERROR:
+            return None
+        return (
+            f"the head already reaches a validation mAP of {fit.val_map:.4f}, too little left for fine-tuning"
+        )
     if val_count == 0 or not math.isfinite(fit.val_acc):
         return None  # nothing to judge by: fine-tune as planned, the last epoch is kept
     wrong = round((1.0 - fit.val_acc) * val_count)
@@ -88,6 +94,8 @@ def head_verdict(fit: HeadFit, val_count: int) -> str | None:
 
 def head_evidence(fit: HeadFit, val_count: int) -> str:
     """The head's errors on validation and on its own training images, in words."""
+    if math.isfinite(fit.val_map):
+        return f"the head reaches a validation mAP of {fit.val_map:.4f}"
     if val_count == 0 or not math.isfinite(fit.val_acc):
         return f"the head is right on {fit.train_acc:.1%} of its training images, no validation split"
     gap = fit.train_acc - fit.val_acc
@@ -233,14 +241,21 @@ class HeadStage:
             for split in ("train", self.val_name)
         ]
         (train_x, train_y, train_speed), (val_x, val_y, val_speed) = features
-        fit = fit_head(
-            train_x,
-            train_y,
-            val_x,
-            val_y,
-            len(self.prepared.image_set.classes),
-            label_smoothing=self.cfg.train.label_smoothing or 0.0,
-        )
+        image_set = self.prepared.image_set
+        if image_set.multi_label:  # one logistic regression per label, on the label-set rows
+            table = image_set.set_targets()
+            weights = positive_weights(table[train_y]) if self.cfg.train.class_weight == "auto" else None
+            val_targets = None if val_y is None else table[val_y]
+            fit = fit_multi_label_head(train_x, table[train_y], val_x, val_targets, weights)
+        else:
+            fit = fit_head(
+                train_x,
+                train_y,
+                val_x,
+                val_y,
+                len(image_set.classes),
+                label_smoothing=self.cfg.train.label_smoothing or 0.0,
+            )
         load_head(self.model, fit)
         seconds = time.perf_counter() - started
         logger.info(
@@ -268,6 +283,7 @@ class HeadStage:
             "val_loss": fit.val_loss,
             "val_acc": fit.val_acc,
             "val_count": float(0 if val_y is None else len(val_y)),
+            **({"val_map": fit.val_map} if image_set.multi_label else {}),
             "lr": 0.0,
             "seconds": seconds,
             "images_per_s": len(train_y) / max(seconds, 1e-9),
@@ -290,7 +306,7 @@ class HeadStage:
         plan = plan_finetune(
             train_count,
             val_count,
-            len(self.prepared.image_set.classes),
+            len(self.prepared.image_set.output_names),
             self.cfg.train.batch_size,
             train_speed,
             speed,
@@ -335,7 +351,8 @@ class FineTuneStop(Callback):
     def on_epoch_end(self, state: TrainState) -> None:
         if state.epoch == 0 or len(state.history) < 2:
             return
-        value, before = state.last.get("val_acc"), state.history[-2].get("val_acc")
+        metric = "val_map" if "val_map" in state.last else "val_acc"  # multi-label: by mAP
+        value, before = state.last.get(metric), state.history[-2].get(metric)
         if value is None or before is None or not (math.isfinite(value) and math.isfinite(before)):
             return
         self.stalled = 0 if state.improved or value > before else self.stalled + 1
@@ -344,7 +361,7 @@ class FineTuneStop(Callback):
             state.stop = True
             best = state.best_value if state.best_value is not None else float("nan")
             state.stop_reason = (
-                f"early stop: fine-tuning no longer pays: val_acc neither beat the best ({best:.4f}, "
+                f"early stop: fine-tuning no longer pays: {metric} neither beat the best ({best:.4f}, "
                 f"epoch {state.best_epoch}{' — the head' if state.best_epoch == 0 else ''}) nor rose for "
                 f"{self.patience} epochs; the best epoch is kept"
             )
