@@ -138,6 +138,12 @@ class DataConfig(Freezable):
     val_split: float = setting(0.2, "Validation fraction carved from training data.", DATA_PANEL)
     test_split: float = setting(0.0, "Test fraction carved when the data has no test folder.", DATA_PANEL)
     manifest: str | None = setting(None, "Reuse the split of a manifest.csv (path,label,split).", DATA_PANEL)
+    review: str | None = setting(
+        None,
+        "The decisions of `imgclf review` (review.jsonl) read over the data: relabelled images get their "
+        "new class, excluded ones are left out, newly labelled ones join training; no file moves.",
+        DATA_PANEL,
+    )
     image_size: list[int] | None = setting(
         None,
         "Model input size: 32 or 32,48 (height,width).",

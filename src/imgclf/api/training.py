@@ -64,6 +64,39 @@ def train(
     )
 
 
+def update(
+    run: str | Path,
+    review: str | Path | None = None,
+    data: Any = None,
+    *,
+    full: bool = False,
+    name: str | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> Any:
+    """A new run from a trained one with a review's corrections (`review`: review.jsonl) and, with
+    `data`, other data (new images, a new class): the head refitted on the run's own backbone in
+    seconds (an `imgclf.training.update.Update`), or with `full` a whole new training run with the
+    run's settings and the decisions as an overlay (a `Run`)."""
+    if not full:
+        from imgclf.training.update import update_run
+
+        return update_run(run, review, data, name=name)
+    from imgclf.training.update import run_folder_of
+
+    run_dir = run_folder_of(run)
+    saved = load_config(run_dir / runs.CONFIG_FILE)
+    changed: dict[str, Any] = {
+        "output.name": name or f"{run_dir.name}-update",
+        "output.project": str(run_dir.parent),
+    }
+    if review is not None:
+        changed["data.review"] = str(review)
+    if data is not None:
+        changed["data.source"] = str(data)
+    cfg = resolve_config(None, changed, base=saved)
+    return train(config=cfg, callbacks=callbacks)
+
+
 def _config_from(config: Config | str | Path | None, data: Any, overrides: dict[str, Any]) -> Config:
     """Defaults < config (object or YAML) < keyword overrides.
 

@@ -86,3 +86,64 @@ def _without_option(argv: list[str], name: str) -> list[str]:
         elif not item.startswith(f"{name}="):
             kept.append(item)
     return kept
+
+
+@command("update", rank=15)
+@handle_errors
+def update(
+    run: Annotated[
+        Path, typer.Argument(help="A run folder of `imgclf train` (or its model folder).", show_default=False)
+    ],
+    data: Annotated[
+        str | None,
+        typer.Argument(
+            help="Other data to read (new images, a new class) \\[default: the run's own data].",
+            show_default=False,
+        ),
+    ] = None,
+    review: Annotated[
+        Path | None,
+        typer.Option(help="The decisions of `imgclf review` (review.jsonl) to apply.", show_default=False),
+    ] = None,
+    full: Annotated[
+        bool,
+        typer.Option("--full", help="Train a whole new run with the run's settings, as `train` would."),
+    ] = False,
+    name: Annotated[
+        str | None,
+        typer.Option(help="The new run folder's name \\[default: RUN-update].", show_default=False),
+    ] = None,
+) -> None:
+    """A new run with corrected labels, newly labelled images or a new class, in seconds: the run's
+    network is kept and its head fitted again on the features of its own backbone.
+
+    Says how many labels changed and the validation accuracy before and after on the same corrected
+    validation split, then the summary lines `train` ends with.
+
+    Example: [bold]imgclf review data/ --model runs/train[/bold], then
+    [bold]imgclf update runs/train --review review.jsonl[/bold]
+    """
+    from imgclf import api
+    from imgclf.console import ConsoleReporter, console
+
+    if full:
+        api.update(run, review, data, full=True, name=name, callbacks=[ConsoleReporter()])
+        return
+    result = api.update(run, review, data, name=name)
+    new = f"; new classes: {', '.join(result.new_classes)}" if result.new_classes else ""
+    console.print(
+        f"{result.changed} labels changed: {result.relabelled} relabelled, {result.removed} left out, "
+        f"{result.added} new images{new}",
+        markup=False,
+    )
+    console.print(
+        f"val_acc {result.val_acc_before:.4f} → {result.val_acc_after:.4f} on the same corrected validation "
+        f"split ({result.val_count:,} images); head refitted in {result.seconds:.1f} s "
+        f"({result.computed:,} images through the network, the rest from the cache)",
+        markup=False,
+    )
+    for key, value in result.metrics.items():
+        if not key.endswith("_count"):
+            console.print(f"{key:<10} {value:.4f}", markup=False)
+    console.print(f"[bold]model[/bold] {result.artifact}")
+    console.print(f"[bold]run folder[/bold] {result.run_dir}")

@@ -148,6 +148,10 @@ def load_data(
     image_set = _load_data(data, cfg, labels=labels, class_names=class_names)
     if not multi_label_ok:
         refuse_multi_label(image_set)
+    if cfg.review is not None:  # a review's decisions, read over the data
+        from imgclf.data.decisions import read_overlay
+
+        image_set = read_overlay(image_set, cfg.review)
     return image_set
 
 

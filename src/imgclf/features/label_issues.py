@@ -53,7 +53,8 @@ class LabelIssues:
     image_set: ImageSet  # the readable samples, in the order of `probabilities`
     probabilities: np.ndarray  # out-of-sample, N×K
     issues: list[LabelIssue]  # most likely wrong first
-    prepared: PreparedData  # the decoded images, for the gallery
+    prepared: PreparedData | None  # the decoded images, for the gallery
+    features: np.ndarray | None = None  # N×D, the features the probabilities come from
 
 
 def out_of_sample_probabilities(
@@ -138,20 +139,29 @@ def find_label_issues(
     device: str = "auto",
     always: Sequence[str] = (),
     callbacks: Sequence[ProgressListener] = (),
+    features: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> LabelIssues:
     """The likely wrong labels of a labelled image set (headers read). `model`: a saved model
     folder, or a pretrained backbone's name (default efficientnet_lite0, offline). `always`: sample
-    keys listed whatever their score (the same picture found under two classes)."""
-    resolved = resolve_device(device)
-    network, spec = feature_network(model or DEFAULT_BACKBONE, None, DataConfig(), image_set, resolved)
-    splits = np.full(len(image_set), "all", dtype=object)
-    prepared = prepare_data(image_set, splits, spec, "auto", None, callbacks)
-    ctx = FeatureContext(device=resolved, spec=spec, autocast_dtype=resolve_precision("auto", resolved))
-    features, labels = compute_features(network, prepared, "all", ctx, 64, callbacks)
-    kept = prepared.image_set
+    keys listed whatever their score (the same picture found under two classes). `features`: every
+    sample's features and which samples are readable, when the caller has them (the review's, from
+    the feature store); `prepared` is then None."""
+    prepared = None
+    if features is None:
+        resolved = resolve_device(device)
+        network, spec = feature_network(model or DEFAULT_BACKBONE, None, DataConfig(), image_set, resolved)
+        splits = np.full(len(image_set), "all", dtype=object)
+        prepared = prepare_data(image_set, splits, spec, "auto", None, callbacks)
+        ctx = FeatureContext(device=resolved, spec=spec, autocast_dtype=resolve_precision("auto", resolved))
+        vectors, labels = compute_features(network, prepared, "all", ctx, 64, callbacks)
+        kept = prepared.image_set
+    else:
+        vectors, readable = features
+        kept = image_set.subset(np.flatnonzero(readable))
+        vectors, labels = vectors[readable], kept.labels
     probabilities = (
-        out_of_sample_probabilities(features, labels, len(kept.classes), folds)
-        + neighbour_probabilities(features, labels, len(kept.classes))
+        out_of_sample_probabilities(vectors, labels, len(kept.classes), folds)
+        + neighbour_probabilities(vectors, labels, len(kept.classes))
     ) / 2.0
     found = confident_learning(probabilities, labels)
     listed = {index for index, _, _ in found}
@@ -164,7 +174,7 @@ def find_label_issues(
         LabelIssue(index, kept.keys[index], kept.classes[labels[index]], kept.classes[suggested], quality)
         for index, suggested, quality in found
     ]
-    return LabelIssues(kept, probabilities, issues, prepared)
+    return LabelIssues(kept, probabilities, issues, prepared, vectors)
 
 
 def write_label_issues(result: LabelIssues, out_dir: Path, gallery_size: int = 24) -> Path:

@@ -1,0 +1,119 @@
+"""`imgclf review`: what in a data set needs a human, in the browser; decisions to review.jsonl."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from imgclf.cli.app import command, handle_errors
+from imgclf.cli.options import DATA_SOURCE, DEVICE, DataArgument, shared, shared_values
+
+
+@command("review", rank=95)
+@handle_errors
+@shared(DATA_SOURCE, DEVICE)
+def review(
+    data: DataArgument,
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            help="A run (or model) folder: its split, its features for the label check, its confident "
+            "mistakes on validation and Grad-CAM heatmaps.",
+            show_default=False,
+        ),
+    ] = None,
+    new: Annotated[
+        Path | None,
+        typer.Option(
+            help="A folder of unlabelled images: the ones the model answers unknown or least surely come "
+            "to be labelled (needs --model).",
+            show_default=False,
+        ),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="The decisions file, appended to.")] = Path(
+        "review.jsonl"
+    ),
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; 0.0.0.0 opens the page to the network.")
+    ] = ("127.0.0.1"),
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8010,
+    no_browser: Annotated[
+        bool, typer.Option("--no-browser", help="Only print the page's address; do not open a browser.")
+    ] = False,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            help="The token the page needs \\[default: $IMGCLF_TOKEN, else one made up when --host is not "
+            "loopback].",
+            show_default=False,
+        ),
+    ] = None,
+    no_token: Annotated[
+        bool, typer.Option("--no-token", help="No token: anyone who reaches the port may decide.")
+    ] = False,
+    apply: Annotated[
+        bool,
+        typer.Option(
+            "--apply",
+            help="Carry out the decisions of --out instead of opening the page: moves between class "
+            "folders (undone by --revert), or a new <name>.reviewed.csv beside a table.",
+        ),
+    ] = False,
+    revert: Annotated[
+        bool, typer.Option("--revert", help="Put back the files an earlier --apply moved.")
+    ] = False,
+    *,
+    settings: dict[str, Any],
+) -> None:
+    """Review what needs a human, ranked by how much fixing it is worth: likely wrong labels, the
+    same image under two classes, copies across splits, corrupt files, the model's confident
+    mistakes, and with --new the images whose label would teach the model most.
+
+    Keys: Enter relabels to the suggestion, 1–9 to that class, k keeps, n marks not any class, x
+    excludes, u undoes, ←/→ move, h shows where the model looked. Every decision is appended to
+    review.jsonl at once; nothing on disk moves until --apply. Then
+    [bold]imgclf update RUN --review review.jsonl[/bold] refits the model in seconds, or
+    [bold]imgclf train DATA --review review.jsonl[/bold] trains with the decisions as an overlay.
+    """
+    from imgclf import api
+    from imgclf.config import DataConfig
+    from imgclf.console import console, err_console
+
+    values = shared_values(settings, DATA_SOURCE)
+    data_cfg = DataConfig(**values)
+    if revert:
+        console.print(api.revert_review(data))
+        return
+    if apply:
+        console.print(api.apply_review(data, out, data_cfg))
+        return
+    session = api.open_review(data, model=model, new=new, review=out, data_cfg=data_cfg,
+                              **shared_values(settings, DEVICE))  # fmt: skip
+    kinds: dict[str, int] = {}
+    for item in session.items:
+        kinds[item.kind] = kinds.get(item.kind, 0) + 1
+    found = ", ".join(f"{kind} {count:,}" for kind, count in kinds.items()) or "nothing"
+    console.print(f"{len(session.items):,} items to review ({found}); decisions go to {out}", markup=False)
+
+    def started(chosen: str | None) -> None:
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        address = f"http://{shown}:{port}/" + (f"?token={chosen}" if chosen else "")
+        console.print(f"review page: {address}  (Ctrl-C stops it; the decisions are kept)", markup=False)
+        if chosen is None and host not in ("127.0.0.1", "localhost", "::1"):
+            err_console.print("warning: --no-token: anyone on the network can decide", style="red")
+        if not no_browser:
+            import threading
+            import webbrowser
+
+            threading.Timer(1.0, webbrowser.open, (address,)).start()
+
+    api.serve_review(
+        session,
+        host=host,
+        port=port,
+        token=token,
+        require_token=False if no_token else None,
+        on_start=started,
+    )

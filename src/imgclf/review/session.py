@@ -1,0 +1,293 @@
+"""A review session: the data, its findings ranked, the decisions made so far (review.jsonl), and
+what the page asks about an item (its image, the nearest training images, the Grad-CAM heatmap).
+
+`open_review` does the slow part once (the data check, the label check's features, the model's
+mistakes and its answers on `--new` images); every decision afterwards is one appended line.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from imgclf import runs
+from imgclf.config import DataConfig
+from imgclf.data.decisions import (
+    Decision,
+    DecisionLog,
+    apply_to_folders,
+    apply_to_table,
+    current_decisions,
+    file_digest,
+    revert_moves,
+)
+from imgclf.data.decode import decode_image
+from imgclf.data.imageset import ImageSet
+from imgclf.errors import UsageError
+from imgclf.review.findings import (
+    Item,
+    audit_items,
+    label_issue_items,
+    mistake_items,
+    nearest_training_images,
+    new_items,
+    rank,
+)
+
+logger = logging.getLogger(__name__)
+
+SHOWN_SIDE = 768  # the page shows images up to this size (re-encoded: nothing but pixels leaves)
+NOT_ANY_CLASS = "(not any class)"
+
+
+@dataclass
+class ReviewSession:
+    """Everything the review page works on."""
+
+    source: str
+    image_set: ImageSet
+    splits: np.ndarray
+    items: list[Item]
+    log: DecisionLog
+    classes: list[str]
+    features: np.ndarray | None = None  # per sample of image_set (NaN rows: unreadable)
+    predictor: Any = None  # the model given with --model
+    explainer: Any = None
+    table: tuple[str, str, str] | None = None  # (CSV, path column, label column) of a table source
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def state(self) -> dict[str, Any]:
+        """What the page shows: the classes, and every item with the decision in force on it."""
+        decided = current_decisions(self.log.read())
+        return {
+            "source": self.source,
+            "classes": self.classes,
+            "review": str(self.log.path),
+            "model": bool(self.predictor is not None),
+            "explain": self.explainer is not None,
+            "apply": "folders" if self.table is None else "table",
+            "items": [
+                {**item.to_dict(), "number": number, "decision": _decision_dict(decided.get(item.id))}
+                for number, item in enumerate(self.items)
+            ],
+        }
+
+    def item(self, number: int) -> Item:
+        if not 0 <= number < len(self.items):
+            raise UsageError(f"no item {number}")
+        return self.items[number]
+
+    def decide(self, number: int, action: str, label: str | None = None) -> Decision:
+        """Record a decision on item `number` (durably, before this returns)."""
+        item = self.item(number)
+        if action == "undo":
+            decision = Decision(item.id, "undo", item.path, finding=item.kind)
+        else:
+            new = label
+            if action == "relabel" or action == "label":
+                new = label or item.suggestion
+                if not new:
+                    raise UsageError("relabel to which class? this finding suggests none")
+            elif action in ("keep", "none", "exclude"):
+                new = None
+            digest = file_digest(item.location) if Path(item.location).is_file() else ""
+            decision = Decision(item.id, action, item.path, digest, item.kind, item.label, new)
+        with self.lock:
+            self.log.append(decision)
+        return decision
+
+    def undo_last(self) -> Decision | None:
+        """Take back the latest decision still in force, whichever item it was on."""
+        decided = current_decisions(self.log.read())
+        if not decided:
+            return None
+        last = max(decided.values(), key=lambda d: d.time)
+        number = next((n for n, item in enumerate(self.items) if item.id == last.item), None)
+        return self.decide(number, "undo") if number is not None else None
+
+    def image_bytes(self, location: str) -> bytes:
+        """The image as JPEG (PNG for grey and small ones), at most SHOWN_SIDE on a side."""
+        image = decode_image(location)
+        image.thumbnail((SHOWN_SIDE, SHOWN_SIDE))
+        if image.mode not in ("RGB", "L"):
+            image = image.convert("RGB")
+        buffer = io.BytesIO()
+        small = max(image.size) < 128 or image.mode == "L"
+        if small and max(image.size) < 256:  # digits: enlarge, crisp
+            factor = max(1, 256 // max(image.size))
+            image = image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
+        image.save(buffer, format="PNG" if small else "JPEG", quality=90)
+        return buffer.getvalue()
+
+    def neighbours(self, number: int) -> list[dict[str, Any]]:
+        """The training images most like the item's (from the label check's features)."""
+        item = self.item(number)
+        if self.features is None or item.sample is None or not np.isfinite(self.features[item.sample]).all():
+            return []
+        readable = np.isfinite(self.features).all(1)
+        splits = np.where(readable, self.splits, "unreadable")
+        found = nearest_training_images(np.nan_to_num(self.features), splits, item.sample)
+        return [
+            {
+                "sample": int(i),
+                "label": self.image_set.classes[self.image_set.labels[i]],
+                "path": self.image_set.keys[i],
+            }
+            for i in found
+        ]
+
+    def heatmap(self, number: int, class_name: str | None = None) -> bytes:
+        """Grad-CAM of the model for the item's suggestion (or `class_name`), as PNG."""
+        from imgclf.inference.explain import explanation_png
+
+        if self.explainer is None:
+            raise UsageError("heatmaps need the model: start the review with --model RUN")
+        item = self.item(number)
+        chosen = class_name or item.suggestion or item.label
+        if chosen not in self.predictor.classes:
+            chosen = None  # a class the model does not know: its own answer
+        result = next(iter(self.explainer.explain([item.location], class_name=chosen)))
+        if getattr(result, "error", None):
+            raise UsageError(result.error)
+        return explanation_png(result)
+
+    def apply(self) -> str:
+        """Carry the decisions out: moves between class folders (undone by `revert`), or a new CSV
+        beside the table."""
+        decisions = self.log.read()
+        if self.table is not None:
+            path, path_column, label_column = self.table
+            out = apply_to_table(path, path_column, label_column, decisions)
+            return f"wrote {out} (the old table is untouched)"
+        moves = apply_to_folders(self.source, decisions)
+        return (
+            f"moved {len(moves)} files in {self.source} (imgclf review {self.source} --revert puts them back)"
+        )
+
+    def revert(self) -> str:
+        if self.table is not None:
+            raise UsageError("a table's review writes a new CSV beside it; there is nothing to put back")
+        return f"put back {revert_moves(self.source)} files"
+
+
+def _decision_dict(decision: Decision | None) -> dict[str, Any] | None:
+    if decision is None:
+        return None
+    return {"action": decision.action, "new": decision.new, "time": decision.time}
+
+
+def open_review(
+    data: str | Path,
+    *,
+    model: str | Path | None = None,
+    new: str | Path | None = None,
+    review: str | Path = "review.jsonl",
+    cfg: DataConfig | None = None,
+    label_check: bool = True,
+    device: str = "auto",
+) -> ReviewSession:
+    """Scan `data`, find what needs a human (see `imgclf.review.findings`), rank it and open the
+    decisions log. `model`: a run (or model) folder, whose manifest gives the splits and whose
+    network gives the label check's features, its mistakes, heatmaps and the `new` images' ranking."""
+    from imgclf.data.audit import audit
+    from imgclf.data.headers import read_headers
+    from imgclf.data.prepared import header_workers, load_data
+    from imgclf.data.split import assign_splits
+    from imgclf.features.label_issues import find_label_issues
+    from imgclf.inference.predictor import Predictor
+
+    cfg = cfg or DataConfig()
+    image_set = load_data(str(data), cfg)
+    image_set = read_headers(image_set, workers=header_workers(len(image_set), None))
+    predictor = explainer = None
+    run_dir = None
+    if model is not None:
+        from imgclf.artifact import resolve_artifact_path
+
+        artifact = resolve_artifact_path(model)
+        run_dir = artifact.parent if (artifact.parent / runs.MANIFEST_FILE).is_file() else None
+        predictor = Predictor.from_path(artifact, device=device, backend="torch")
+        from imgclf.inference.explain import Explainer
+
+        try:
+            explainer = Explainer(predictor)
+        except UsageError:
+            explainer = None
+    elif new is not None:
+        raise UsageError("--new ranks new images by the model's answers: give the model with --model RUN")
+    if run_dir is not None:
+        from imgclf.training.update import run_splits
+
+        splits = run_splits(image_set, run_dir / runs.MANIFEST_FILE, 0)
+    elif image_set.splits is not None:
+        splits = np.asarray(image_set.splits, dtype=object)
+    else:
+        splits = assign_splits(image_set, 0.2, 0.0, 0)  # the split `train` makes with its defaults
+    logger.info("checking %s: %d images", data, len(image_set))
+    items: list[Item] = audit_items(image_set, audit(image_set))
+    features = None
+    stored = None
+    if predictor is not None:  # the run's own features, kept for `update` (fp32, as it refits)
+        from imgclf.features.store import stored_features
+        from imgclf.models.anatomy import backbone_digest
+
+        vectors, readable, _ = stored_features(
+            backbone_digest(predictor.model), predictor.spec, image_set, predictor.features
+        )
+        stored = (vectors, readable)
+        features = np.where(readable[:, None], vectors, np.nan).astype(np.float32)
+    if label_check and len(image_set.classes) >= 2:
+        issues = find_label_issues(image_set, device=device, features=stored)
+        items += label_issue_items(issues, image_set)
+        if features is None and issues.features is not None:  # aligned with the readable images
+            features = np.full((len(image_set), issues.features.shape[1]), np.nan, np.float32)
+            position = {key: i for i, key in enumerate(image_set.keys)}
+            for row, key in enumerate(issues.image_set.keys):
+                features[position[key]] = issues.features[row]
+    if predictor is not None:
+        items += mistake_items(predictor, image_set, splits)
+        if new is not None:
+            items += new_items(predictor, new)
+    ranked = rank(items)
+    classes = list(image_set.classes)
+    if predictor is not None:
+        classes += [c for c in predictor.classes if c not in classes]
+    table = None
+    if image_set.layout == "table":
+        table = (str(image_set.source), *_table_columns(image_set))
+    return ReviewSession(
+        str(data),
+        image_set,
+        splits,
+        ranked,
+        DecisionLog(review),
+        classes,
+        features,
+        predictor,
+        explainer,
+        table,
+    )
+
+
+def _table_columns(image_set: ImageSet) -> tuple[str, str]:
+    """The path and label columns of a table source, from its description."""
+    import re
+
+    found = re.search(r"path column '([^']+)', label column '([^']+)'", image_set.description)
+    if found is None:
+        raise UsageError("cannot tell the table's path and label columns; give --path-col and --label-col")
+    return found.group(1), found.group(2)
+
+
+def simulate(session: ReviewSession, answers: Sequence[tuple[int, str, str | None]]) -> None:
+    """Record decisions as a reviewer would (number, action, label): the benchmarks' reviewer."""
+    for number, action, label in answers:
+        session.decide(number, action, label)
