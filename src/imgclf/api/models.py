@@ -102,13 +102,10 @@ def serve(
     `on_start(predictor, token, admission)` runs once the model is loaded, before the server
     listens; `admission` is the line that says how many requests run and wait.
     """
-    import os
-    import secrets
-
     import uvicorn
 
     from imgclf.serve import Access, ServeSettings, create_app
-    from imgclf.serve.app import LOOPBACK_HOSTS
+    from imgclf.serve.app import LOOPBACK_HOSTS, resolve_token
     from imgclf.serve.connections import deadline_protocol, raise_open_file_limit
 
     settings = settings or ServeSettings()
@@ -133,13 +130,8 @@ def serve(
         model, device=device, label_map=label_map, backend=backend, threads=threads, tta=tta
     )
     settings, admission = settings.sized(measured_speed(predictor, settings.max_batch))
-    loopback = host in LOOPBACK_HOSTS
-    token = token or os.environ.get("IMGCLF_TOKEN") or None
-    if require_token is False:
-        token = None
-    elif token is None and (require_token or not loopback):
-        token = secrets.token_urlsafe(24)
-    application = create_app(predictor, settings, Access(token=token, loopback_only=loopback))
+    token = resolve_token(host, token, require_token)
+    application = create_app(predictor, settings, Access(token=token, loopback_only=host in LOOPBACK_HOSTS))
     if on_start is not None:
         on_start(predictor, token, admission)
     raise_open_file_limit()

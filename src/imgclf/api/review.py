@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,17 +39,12 @@ def serve_review(
 
     from imgclf.review.app import create_review_app
     from imgclf.serve import Access
-    from imgclf.serve.app import LOOPBACK_HOSTS
+    from imgclf.serve.app import LOOPBACK_HOSTS, resolve_token
 
     if not 0 < port < 65536:
         raise UsageError("--port must be between 1 and 65535")
-    loopback = host in LOOPBACK_HOSTS
-    token = token or os.environ.get("IMGCLF_TOKEN") or None
-    if require_token is False:
-        token = None
-    elif token is None and (require_token or not loopback):
-        token = secrets.token_urlsafe(24)
-    application = create_review_app(session, Access(token=token, loopback_only=loopback))
+    token = resolve_token(host, token, require_token)
+    application = create_review_app(session, Access(token=token, loopback_only=host in LOOPBACK_HOSTS))
     if on_start is not None:
         on_start(token)
     uvicorn.run(application, host=host, port=port, log_level="warning")

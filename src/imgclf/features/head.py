@@ -42,6 +42,28 @@ def bce_loss(pos_weight: torch.Tensor | None = None):
     return loss
 
 
+def standardized(
+    train_features: np.ndarray, val_features: np.ndarray | None
+) -> tuple[torch.Tensor, torch.Tensor | None, np.ndarray, np.ndarray]:
+    """Features scaled to zero mean and unit variance by the training split's statistics (float64),
+    the validation split's too (None without one), and the mean and scale used."""
+    mean = train_features.mean(0)
+    scale = train_features.std(0) + 1e-6
+    x = torch.tensor((train_features - mean) / scale, dtype=torch.float64)
+    xv = None
+    if val_features is not None and len(val_features) > 0:
+        xv = torch.tensor((val_features - mean) / scale, dtype=torch.float64)
+    return x, xv, mean, scale
+
+
+def unstandardized(
+    weight: torch.Tensor, bias: torch.Tensor, mean: np.ndarray, scale: np.ndarray
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A head fitted on standardized features as a layer for the raw ones (outputs × features)."""
+    scale_t = torch.tensor(scale, dtype=torch.float64)
+    return (weight / scale_t[:, None]).T, bias - torch.tensor(mean / scale, dtype=torch.float64) @ weight
+
+
 def fit_logistic(
     features: torch.Tensor,
     labels: torch.Tensor,
@@ -97,13 +119,10 @@ def fit_head(
     far more confident than that loss wants, and its first fine-tuning steps, with large gradients,
     undo much of what the backbone knew (flowers5: 0.73 → 0.58 after the first epoch).
     """
-    mean = train_features.mean(0)
-    scale = train_features.std(0) + 1e-6
-    x = torch.tensor((train_features - mean) / scale, dtype=torch.float64)
+    x, xv, mean, scale = standardized(train_features, val_features)
     y = torch.as_tensor(train_labels, dtype=torch.int64)
-    has_val = val_features is not None and len(val_features) > 0
+    has_val = xv is not None
     if has_val:
-        xv = torch.tensor((val_features - mean) / scale, dtype=torch.float64)
         yv = torch.as_tensor(val_labels, dtype=torch.int64)
     zero = (
         torch.zeros(x.shape[1], num_classes, dtype=torch.float64),
@@ -122,9 +141,7 @@ def fit_head(
     assert best is not None
     val_loss, val_acc, l2, (weight, bias) = best
     train_loss, train_acc = _scores(x, y, weight, bias)
-    scale_t = torch.tensor(scale, dtype=torch.float64)
-    raw_weight = (weight / scale_t[:, None]).T  # fold the standardization into the layer
-    raw_bias = bias - torch.tensor(mean / scale, dtype=torch.float64) @ weight
+    raw_weight, raw_bias = unstandardized(weight, bias, mean, scale)
     return HeadFit(
         raw_weight.float(),
         raw_bias.float(),
@@ -178,13 +195,10 @@ def fit_multi_label_head(
     """One logistic regression per label (fitted together by L-BFGS) on standardized features, the
     L2 strength chosen by validation mAP (then loss); without validation data, by 3-fold
     cross-validation. `pos_weight`: binary cross-entropy's positive weights (--class-weight auto)."""
-    mean = train_features.mean(0)
-    scale = train_features.std(0) + 1e-6
-    x = torch.tensor((train_features - mean) / scale, dtype=torch.float64)
+    x, xv, mean, scale = standardized(train_features, val_features)
     t = torch.as_tensor(train_targets, dtype=torch.float64)
-    has_val = val_features is not None and len(val_features) > 0
+    has_val = xv is not None
     if has_val:
-        xv = torch.tensor((val_features - mean) / scale, dtype=torch.float64)
         tv = torch.as_tensor(val_targets, dtype=torch.float64)
     labels = t.shape[1]
     zero = (torch.zeros(x.shape[1], labels, dtype=torch.float64), torch.zeros(labels, dtype=torch.float64))
@@ -202,9 +216,7 @@ def fit_multi_label_head(
     assert best is not None
     val_loss, val_acc, val_map, l2, (weight, bias) = best
     train_loss, train_acc, _ = _multi_label_scores(x, t, weight, bias)
-    scale_t = torch.tensor(scale, dtype=torch.float64)
-    raw_weight = (weight / scale_t[:, None]).T
-    raw_bias = bias - torch.tensor(mean / scale, dtype=torch.float64) @ weight
+    raw_weight, raw_bias = unstandardized(weight, bias, mean, scale)
     nan = float("nan")
     return HeadFit(
         raw_weight.float(),

@@ -312,6 +312,20 @@ class Access:
     loopback_only: bool = False
 
 
+def resolve_token(host: str, token: str | None, require_token: bool | None) -> str | None:
+    """The token a server bound to `host` asks for: the one given, else $IMGCLF_TOKEN, else one made
+    up when it is not bound to loopback (or `require_token`); None with `require_token` False."""
+    import os
+    import secrets
+
+    if require_token is False:
+        return None
+    token = token or os.environ.get("IMGCLF_TOKEN") or None
+    if token is None and (require_token or host not in LOOPBACK_HOSTS):
+        token = secrets.token_urlsafe(24)
+    return token
+
+
 def _host_name(value: bytes) -> str:
     text = value.decode("latin-1").strip().lower()
     if text.startswith("["):  # [::1]:8000
