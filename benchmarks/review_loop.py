@@ -145,7 +145,7 @@ def simulated_reviewer(
     print(f"{name}: {count:,} images, {len(flipped)} flipped ({NOISE:.0%}); zero-flag run {seconds:.0f} s; "
           f"review opened in {review_seconds:.0f} s with {len(session.items):,} items",
           flush=True)  # fmt: skip
-    in_first = sum(1 for item in session.items[: 2 * len(flipped)] if item.path in flipped)
+    in_first = len({item.path for item in session.items[: 2 * len(flipped)] if item.path in flipped})
     print(f"  flips among the first {2 * len(flipped)} items (2× the flips): {in_first} of {len(flipped)} "
           f"({in_first / max(len(flipped), 1):.0%}; target ≥ 80%)", flush=True)  # fmt: skip
     print(f"  {'reviewed':<28} {'flips fixed':>11} {'test acc':>9} {'update s':>9}")

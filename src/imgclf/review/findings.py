@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -184,14 +184,27 @@ def new_items(predictor: Any, folder: str | Path, limit: int | None = None) -> l
 
 
 def rank(items: Sequence[Item]) -> list[Item]:
-    """The items by worth, the most first; one item per image and kind (the first found)."""
-    seen: set[str] = set()
-    ranked = []
-    for item in sorted(items, key=lambda item: -item.worth):
-        if item.id not in seen:
-            seen.add(item.id)
-            ranked.append(item)
-    return ranked
+    """One item per image, the most worth first. Findings that agree on an image add up as
+    independent evidence (worth 1 - Π(1 - wᵢ): a likely wrong label that the model also gets
+    confidently wrong comes before either alone); the item keeps the strongest finding's kind and
+    suggestion, and names the others in its note."""
+    by_path: dict[str, list[Item]] = {}
+    for item in items:
+        by_path.setdefault(item.path, []).append(item)
+    merged = []
+    for found in by_path.values():
+        found.sort(key=lambda item: -item.worth)
+        first = found[0]
+        if len(found) > 1 and first.kind != "new":
+            doubt = 1.0
+            for item in found:
+                doubt *= 1.0 - max(0.0, min(item.worth, 1.0))
+            others = "; ".join(f"also {KINDS.get(item.kind, item.kind)}" for item in found[1:])
+            first = replace(
+                first, worth=1.0 - doubt, note=f"{first.note}; {others}" if first.note else others
+            )
+        merged.append(first)
+    return sorted(merged, key=lambda item: -item.worth)
 
 
 def nearest_training_images(
