@@ -11,6 +11,7 @@ undo is one more line, so a review killed at any point keeps every decision made
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import json
@@ -180,19 +181,7 @@ def apply_overlay(image_set: ImageSet, decisions: Sequence[Decision]) -> Overlay
             if decision.new not in classes:
                 classes.append(decision.new)
                 overlay.new_classes.append(decision.new)
-    changed = ImageSet(
-        keys=list(image_set.keys),
-        labels=labels,
-        classes=classes,
-        reader=image_set.reader,
-        layout=image_set.layout,
-        source=image_set.source,
-        splits=image_set.splits,
-        headers=image_set.headers,
-        problems=image_set.problems,
-        file_stats=image_set.file_stats,
-        description=image_set.description,
-    )
+    changed = dataclasses.replace(image_set, labels=labels, classes=classes)
     overlay.image_set = changed.subset(np.flatnonzero(keep))
     return overlay
 
@@ -210,15 +199,14 @@ def with_added_images(image_set: ImageSet, added: Sequence[tuple[str, str]]) -> 
             classes.append(label)
         keys.append(str(Path(path).resolve()))
         labels.append(classes.index(label))
-    return ImageSet(
+    return dataclasses.replace(  # per-sample splits, headers and file stats cover the old keys only
+        image_set,
         keys=keys,
         labels=np.asarray(labels, dtype=np.int64),
         classes=classes,
-        reader=image_set.reader,
-        layout=image_set.layout,
-        source=image_set.source,
-        problems=image_set.problems,
-        description=image_set.description,
+        splits=None,
+        headers=None,
+        file_stats=None,
     )
 
 

@@ -158,12 +158,6 @@ def missed_together(chosen: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return missed.T @ missed
 
 
-def extra_together(chosen: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """labels × labels: row i (a true label) against column j (a label answered but absent), summed
-    over images: which labels the model adds when it sees another."""
-    return truth.astype(np.int64).T @ (chosen & ~truth).astype(np.int64)
-
-
 def predict_targets(
     predictor: Any, prepared: Any, split: str, batch_size: int = 128
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import logging
 import threading
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -303,9 +302,3 @@ def _table_columns(image_set: ImageSet) -> tuple[str, str]:
     if found is None:
         raise UsageError("cannot tell the table's path and label columns; give --path-col and --label-col")
     return found.group(1), found.group(2)
-
-
-def simulate(session: ReviewSession, answers: Sequence[tuple[int, str, str | None]]) -> None:
-    """Record decisions as a reviewer would (number, action, label): the benchmarks' reviewer."""
-    for number, action, label in answers:
-        session.decide(number, action, label)
