@@ -10,7 +10,8 @@ the flips recovered, and each update's wall time (the first update reads the fea
 stored; `cold` is an update with an empty cache, every image through the network).
 
 **Active learning.** From 10 labelled photos per class of flowers5, `review --new POOL` orders the
-unlabelled pool by uncertainty; 100 labelled in that order are compared with 100 chosen at random.
+unlabelled pool by uncertainty; 100 labelled in that order are compared with 100 chosen at random
+(three seeds).
 
 Targets: `update` under 30 s for 2,000 images on 2 cores; the reviewed order recovers at least 80%
 of the flips within the first 2× the number of flipped items.
@@ -171,7 +172,7 @@ def simulated_reviewer(
           flush=True)  # fmt: skip
 
 
-def active_learning(workdir: Path, seed: int, start: int = 10, budget: int = 100) -> None:
+def active_learning(workdir: Path, seed: int, start: int = 10, budget: int = 100, repeats: int = 3) -> None:
     from imgclf.data.decisions import Decision, DecisionLog
     from imgclf.review.findings import new_image_paths
     from imgclf.review.session import open_review
@@ -192,20 +193,24 @@ def active_learning(workdir: Path, seed: int, start: int = 10, budget: int = 100
     run, seconds = train(data, workdir, "start")
     before = accuracy(run / "model", test)
     session = open_review(data, model=run, new=pool, review=workdir / "unused.jsonl")
-    chosen = [item for item in session.items if item.kind == "new"][:budget]
     rng = np.random.default_rng(seed)
     paths = [str(p.resolve()) for p in new_image_paths(pool)]
-    randomly = [paths[i] for i in rng.choice(len(paths), budget, replace=False)]
     print(f"active learning: {start} labelled photos per class, a pool of {len(paths):,}; start run "
           f"{seconds:.0f} s, test acc {before:.4f}", flush=True)  # fmt: skip
-    for name, picked in (("the page's order (uncertainty)", [i.path for i in chosen]), ("random", randomly)):
-        log = DecisionLog(workdir / f"new-{name.split()[0]}.jsonl")
+    arms = [("the page's order (uncertainty)", [i.path for i in session.items if i.kind == "new"][:budget])]
+    for repeat in range(repeats):
+        arms.append(
+            (f"random, seed {repeat}", [paths[i] for i in rng.choice(len(paths), budget, replace=False)])
+        )
+    for number, (name, picked) in enumerate(arms):
+        log = DecisionLog(workdir / f"new-{number}.jsonl")
         for path in picked:
             log.append(Decision(f"new:{path}", "label", path, "", "new", None, truth[path]))
-        update = update_run(run, log.path, name=f"update-{name.split()[0]}")
+        update = update_run(run, log.path, name=f"update-new-{number}")
         after = accuracy(update.artifact, test)
-        print(f"  +{budget} labelled in {name:<32} test acc {after:.4f}  (update {update.seconds:.1f} s)",
-              flush=True)  # fmt: skip
+        classes = np.bincount([sorted(set(truth.values())).index(truth[p]) for p in picked], minlength=5)
+        print(f"  +{budget} labelled, {name:<30} test acc {after:.4f}  per class {classes.tolist()}  "
+              f"(update {update.seconds:.1f} s)", flush=True)  # fmt: skip
 
 
 def main() -> None:

@@ -62,6 +62,20 @@ def test_findings_come_ranked_with_the_wrong_labels_first(noisy, tmp_path: Path)
     assert session.neighbours(kinds.index("label-issue"))  # nearest training images
 
 
+def test_new_images_come_after_the_findings_the_least_sure_first(noisy, tmp_path: Path) -> None:
+    run_dir, data, _ = noisy
+    pool = write_class_folders(tmp_path / "pool", ["square", "disc", "cross"], 6, size=28, mode="RGB", seed=5)
+    (pool / "cross" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)  # skipped
+    session = open_review(data, model=run_dir, new=pool, review=tmp_path / "review.jsonl", label_check=False)
+    kinds = [item.kind for item in session.items]
+    new = [item for item in session.items if item.kind == "new"]
+    assert len(new) == 18 and kinds[-18:] == ["new"] * 18  # each readable one once, after the findings
+    assert all(item.label is None and item.suggestion in ("square", "disc", "cross") for item in new)
+    assert len({item.path for item in new}) == 18 and all(Path(item.path).is_absolute() for item in new)
+    sure = [item.score for item in new]  # the model's confidence in its answer, the least sure first
+    assert sure[0] <= sure[-1] and all(0.0 <= value <= 1.0 for value in sure)
+
+
 def test_routes_record_every_decision_and_undo(noisy, tmp_path: Path) -> None:
     run_dir, data, _ = noisy
     session = open_review(data, model=run_dir, review=tmp_path / "review.jsonl")
