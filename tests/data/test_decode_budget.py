@@ -143,3 +143,42 @@ def test_translucent_images_reduce_in_strips_to_the_same_pixels(mode: str, monke
     for size in ((224, 224), (100, 100), (30, 30)):
         factor = min(image.width // size[0], image.height // size[1])
         assert (np.asarray(decode.reduce_for(image, size)) == np.asarray(image.reduce(factor))).all()
+
+
+def test_decoding_in_threads_leaves_the_warning_state_as_it_was(monkeypatch) -> None:
+    """Serve and the header readers decode in threads: Pillow's warnings (here its decompression
+    bomb warning, the pixel limit lowered) must neither leave the process's warning filters and
+    hooks changed nor let an image over the limit through."""
+    import threading
+    import warnings
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # warns over 1,000 pixels, refuses over 2,000
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(buffer, format="PNG")  # 1,600 pixels: the warning
+    big = buffer.getvalue()
+    buffer = io.BytesIO()
+    Image.new("RGB", (20, 20)).save(buffer, format="PNG")
+    small = buffer.getvalue()
+    filters, hook = list(warnings.filters), warnings.showwarning
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def decode_many() -> None:
+        for index in range(200):
+            try:
+                decode_image(big if index % 2 else small, name=f"upload {index}")
+                answer = "big" if index % 2 else "small"
+            except ImageDecodeError as error:
+                answer = "refused" if "too large" in str(error) else f"other: {error}"
+            with lock:
+                outcomes.append(answer)
+
+    threads = [threading.Thread(target=decode_many) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    decode_many()  # the main thread at the same time
+    for thread in threads:
+        thread.join()
+    assert warnings.filters == filters and warnings.showwarning is hook
+    assert sorted(set(outcomes)) == ["refused", "small"], sorted(set(outcomes))
+    assert outcomes.count("refused") == 9 * 100

@@ -12,6 +12,7 @@ import io
 import logging
 import os
 import struct
+import threading
 import warnings
 import zlib
 from collections.abc import Iterator
@@ -147,7 +148,15 @@ def is_image(path: str | Path) -> bool:
 @contextlib.contextmanager
 def pillow_warnings_logged(source: object) -> Iterator[None]:
     """Pillow's warnings about one file become one log line each that names the file; a decompression
-    bomb warning becomes an error."""
+    bomb warning becomes an error.
+
+    In the main thread only: `warnings.catch_warnings` swaps the process's filters and hooks, and
+    threads decoding at once (serve's requests, the header readers) would restore one another's and
+    leave them changed. Elsewhere Pillow's warnings take Python's usual way, and the pixel limit
+    holds without them (`_open` checks the size itself)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -163,7 +172,14 @@ def _open(source: str | Path | bytes, formats: tuple[str, ...] | None = None) ->
     fp = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
     formats = formats or training_formats()
     try:
-        return Image.open(fp, formats=list(formats))
+        image = Image.open(fp, formats=list(formats))
+        limit = Image.MAX_IMAGE_PIXELS
+        if limit and image.width * image.height > limit:  # Pillow only warns up to twice its limit
+            image.close()
+            raise ImageDecodeError(f"image too large ({image.width * image.height:,} pixels, over {limit:,})")
+        return image
+    except ImageDecodeError:
+        raise
     except Image.DecompressionBombWarning as error:
         raise ImageDecodeError(f"image too large ({error})") from error
     except Image.DecompressionBombError as error:
