@@ -144,6 +144,25 @@ def test_the_head_is_fitted_exactly_and_folds_the_standardization() -> None:
     assert np.isnan(without_val.val_acc) and without_val.train_acc > 0.9
 
 
+def test_a_prior_head_keeps_what_a_few_training_images_cannot_teach() -> None:
+    """`imgclf update`'s refit: from the run's head (here one fitted on 2,000 images), 24 training
+    images only adjust it; fitted from zero on those 24 alone, the head is far worse."""
+    rng = np.random.default_rng(1)
+    centres = rng.normal(0, 1, (3, 200))
+    labels = rng.integers(0, 3, 2_600)
+    features = (centres[labels] + rng.normal(0, 8.0, (2_600, 200))).astype(np.float32)
+    good = fit_head(features[:2_000], labels[:2_000], features[2_000:2_300], labels[2_000:2_300], 3)
+    few, val = slice(2_300, 2_324), slice(2_324, 2_600)
+    alone = fit_head(features[few], labels[few], features[val], labels[val], 3)
+    prior = (good.weight.double().numpy(), good.bias.double().numpy())
+    kept = fit_head(features[few], labels[few], features[val], labels[val], 3, prior=prior)
+    logits = features[val] @ prior[0].T + prior[1]
+    prior_acc = float((logits.argmax(1) == labels[val]).mean())
+    assert kept.val_acc >= prior_acc - 0.01 and kept.val_acc > alone.val_acc + 0.05, (
+        kept.val_acc, prior_acc, alone.val_acc,
+    )  # fmt: skip
+
+
 def test_finetuning_is_planned_from_the_data_and_the_time_left() -> None:
     def plan(train: int, val: int, classes: int, seconds_left: float | None):
         return plan_finetune(train, val, classes, 32, 40.0, 120.0, seconds_left)

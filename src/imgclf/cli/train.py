@@ -138,7 +138,7 @@ def update(
     )
     console.print(
         f"val_acc {result.val_acc_before:.4f} → {result.val_acc_after:.4f} on the same corrected validation "
-        f"split ({result.val_count:,} images); head refitted in {result.seconds:.1f} s "
+        f"split ({result.val_count:,} images); {result.head} in {result.seconds:.1f} s "
         f"({result.computed:,} images through the network, the rest from the cache)",
         markup=False,
     )

@@ -1,7 +1,8 @@
 """`imgclf update RUN`: a new run from a trained one with corrected labels, newly labelled images or
 a new class, in seconds: the run's network stays as it is and only its head is fitted again, exactly
 (`fit_head`), on the features of the run's own backbone (kept per image in the cache folder, so an
-image goes through the network once, whatever the number of updates).
+image goes through the network once, whatever the number of updates), pulled toward the run's own
+head instead when that does better on validation (`_refit`).
 
 Validation accuracy is measured before (the run's head) and after (the new one) on the same
 corrected validation split: the images the run validated on, with the review's labels.
@@ -58,6 +59,7 @@ class Update:
     val_count: int = 0
     computed: int = 0  # images that went through the network now (the rest came from the store)
     seconds: float = 0.0
+    head: str = "head refitted"  # or "the run's head adjusted" (see `_refit`)
 
     @property
     def changed(self) -> int:
@@ -131,13 +133,8 @@ def update_run(
     train, val = np.flatnonzero(splits == "train"), np.flatnonzero(splits == val_name)
     labels = image_set.labels
     classes = image_set.classes
-    fit = fit_head(
-        features[train],
-        labels[train],
-        features[val] if len(val) else None,
-        labels[val] if len(val) else None,
-        len(classes),
-        label_smoothing=cfg.train.label_smoothing or 0.0,
+    fit, head = _refit(
+        features, labels, train, val, len(classes), cfg, _old_head(network, classes, old_classes)
     )
     before = _old_head_accuracy(network, features[val], labels[val], classes, old_classes)
     model = _network_for(network, predictor.info, len(classes))
@@ -151,7 +148,7 @@ def update_run(
     info.metrics = metrics
     save_artifact(folder.model, model.eval(), info)
     seconds = time.perf_counter() - started
-    folder.write_summary(0, 0, "val_acc", f"updated from {run_dir} (head refitted)", metrics, [])
+    folder.write_summary(0, 0, "val_acc", f"updated from {run_dir} ({head})", metrics, [])
     return Update(
         run_dir=folder.path,
         artifact=folder.model,
@@ -165,7 +162,36 @@ def update_run(
         val_count=len(val),
         computed=computed,
         seconds=seconds,
+        head=head,
     )
+
+
+def _refit(
+    features: np.ndarray,
+    labels: np.ndarray,
+    train: np.ndarray,
+    val: np.ndarray,
+    num_classes: int,
+    cfg: Any,
+    old_head: tuple[np.ndarray, np.ndarray],
+) -> tuple[Any, str]:
+    """The head for the corrected labels: fitted anew, unless the run's own head, adjusted to them
+    (`fit_head`'s prior), does strictly better on validation. A new fit takes in the corrections
+    fully (flowers5, 1,500 photos, 56 flips fixed: test accuracy 0.706 → 0.730, the adjusted head
+    0.708); the adjusted one keeps what fine-tuning taught a head that the training images' own
+    features, which fit their labels too well, cannot (300 photos: validation 0.803 anew, 0.820
+    adjusted)."""
+    given = (features[val], labels[val]) if len(val) else (None, None)
+    smoothing = cfg.train.label_smoothing or 0.0
+    fresh = fit_head(features[train], labels[train], *given, num_classes, label_smoothing=smoothing)
+    if not len(val):
+        return fresh, "head refitted"
+    adjusted = fit_head(
+        features[train], labels[train], *given, num_classes, label_smoothing=smoothing, prior=old_head
+    )
+    if adjusted.val_acc > fresh.val_acc + 1e-9:
+        return adjusted, "the run's head adjusted"
+    return fresh, "head refitted"
 
 
 def _head_logits(model: torch.nn.Module, features: np.ndarray) -> np.ndarray:
@@ -173,6 +199,20 @@ def _head_logits(model: torch.nn.Module, features: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         weight, bias = classifier.weight.double().cpu(), classifier.bias.double().cpu()
         return (torch.from_numpy(features).double() @ weight.T + bias).numpy()
+
+
+def _old_head(network: torch.nn.Module, classes: list[str], old: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The run's own head (raw weight K×D, bias K) in the order of `classes`; a class the run never
+    knew gets zeros (its row is fitted from nothing)."""
+    classifier = classifier_of(network)
+    weight = classifier.weight.detach().double().cpu().numpy()
+    bias = classifier.bias.detach().double().cpu().numpy()
+    rows = np.zeros((len(classes), weight.shape[1]))
+    offsets = np.zeros(len(classes))
+    for row, name in enumerate(classes):
+        if name in old:
+            rows[row], offsets[row] = weight[old.index(name)], bias[old.index(name)]
+    return rows, offsets
 
 
 def _old_head_accuracy(
