@@ -163,6 +163,25 @@ def test_a_prior_head_keeps_what_a_few_training_images_cannot_teach() -> None:
     )  # fmt: skip
 
 
+def test_update_keeps_the_old_head_adjusted_only_when_validation_clearly_says_so() -> None:
+    from types import SimpleNamespace
+
+    from imgclf.training.update import _refit
+
+    rng = np.random.default_rng(1)
+    centres = rng.normal(0, 1, (3, 200))
+    labels = rng.integers(0, 3, 2_600)
+    features = (centres[labels] + rng.normal(0, 8.0, (2_600, 200))).astype(np.float32)
+    good = fit_head(features[:2_000], labels[:2_000], features[2_000:2_300], labels[2_000:2_300], 3)
+    old = (good.weight.double().numpy(), good.bias.double().numpy())
+    cfg = SimpleNamespace(train=SimpleNamespace(label_smoothing=0.0))
+    val = np.arange(2_324, 2_600)
+    _, head = _refit(features, labels, np.arange(2_300, 2_324), val, 3, cfg, old)  # 24 training images
+    assert head == "the run's head adjusted"
+    _, head = _refit(features, labels, np.arange(0, 2_000), val, 3, cfg, old)  # the old head's own data
+    assert head == "head refitted"
+
+
 def test_finetuning_is_planned_from_the_data_and_the_time_left() -> None:
     def plan(train: int, val: int, classes: int, seconds_left: float | None):
         return plan_finetune(train, val, classes, 32, 40.0, 120.0, seconds_left)
