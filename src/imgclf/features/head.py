@@ -127,7 +127,7 @@ def fit_head(
     instead of zero, the strengths from HEAD_L2_PRIOR, the first fit starting from it. `imgclf
     update` gives the run's own head, trained with its backbone and augmentation: on 238 training
     photos of a fine-tuned run, a head fitted from zero fits them all and does worse on validation
-    than the one it replaces (0.820 → 0.803 with one label corrected; 0.836 from the prior).
+    than the one it replaces (0.820 → 0.803 with one label corrected; 0.820 from the prior).
 
     The head is fitted with the `label_smoothing` fine-tuning will use: a head fitted without it is
     far more confident than that loss wants, and its first fine-tuning steps, with large gradients,
