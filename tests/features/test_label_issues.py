@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from conftest import write_class_folders
@@ -75,3 +76,61 @@ def test_the_label_check_does_not_load_the_training_loop() -> None:
     )
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert loaded.stdout.strip() == "[]"
+
+
+def test_multi_label_confident_learning_finds_missing_and_extra_labels() -> None:
+    from imgclf.features.label_issues import multi_label_confident_learning, out_of_sample_label_probabilities
+
+    rng = np.random.default_rng(2)
+    directions = rng.normal(0, 3, (4, 24))
+    truth = rng.random((800, 4)) < 0.35  # label sets, some of them empty
+    features = (truth.astype(float) @ directions + rng.normal(0, 1, (800, 24))).astype(np.float32)
+    given = truth.copy()
+    changed = rng.choice(800, 30, replace=False)
+    labels = rng.integers(0, 4, 30)
+    given[changed, labels] = ~given[changed, labels]  # a label dropped (missing) or added (extra)
+    probabilities = out_of_sample_label_probabilities(features, given.astype(np.float32))
+    assert probabilities.shape == given.shape and ((probabilities >= 0) & (probabilities <= 1)).all()
+    found = multi_label_confident_learning(probabilities, given)
+    pairs = {(index, label) for index, label, _, _ in found}
+    wrong = set(zip(changed.tolist(), labels.tolist()))
+    assert len(pairs & wrong) / len(wrong) >= 0.9 and len(pairs & wrong) / len(pairs) >= 0.7
+    for index, label, present, quality in found:
+        assert present == given[index, label]  # extra: in the given set; missing: not in it
+        assert quality == (probabilities[index, label] if present else 1 - probabilities[index, label])
+        assert quality < 0.5
+    assert [q for *_, q in found] == sorted(q for *_, q in found)  # most likely wrong first
+
+
+def test_check_labels_on_a_multi_label_table_lists_missing_and_extra_labels(tmp_path: Path) -> None:
+    from conftest import SHARED_DATASETS, write_flower_mosaics
+
+    if not (SHARED_DATASETS / "flowers5.zip").is_file():
+        pytest.skip(f"flowers5.zip not found in {SHARED_DATASETS}")
+    table, _, _ = write_flower_mosaics(tmp_path / "mosaics", 160, "space", tile=48)
+    rows = list(csv.DictReader(table.open()))
+    blank = [row for row in rows if not row["tags"]][:3]
+    assert len(blank) == 3
+    for row in blank:  # empty mosaics said to hold a daisy: an extra label each
+        row["tags"] = "daisy"
+    with table.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["image", "tags"])
+        writer.writeheader()
+        writer.writerows(rows)
+    out = tmp_path / "issues"
+    result = CliRunner().invoke(app, ["check", str(table), "--labels", "--labels-out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "likely missing or extra labels" in result.output
+    listed = list(csv.DictReader((out / "label_issues.csv").open()))
+    assert list(listed[0]) == ["path", "given", "suggested", "missing", "extra", "score"]
+    by_path = {row["path"]: row for row in listed}
+    for row in blank:
+        issue = by_path[f"images/{row['image']}"]
+        assert issue["given"] == "daisy" and issue["extra"] == "daisy" and issue["suggested"] == ""
+    for row in listed:  # the suggested set is the given one less the extra labels, plus the missing
+        given, suggested, missing, extra = (
+            set(filter(None, row[column].split("|"))) for column in ("given", "suggested", "missing", "extra")
+        )
+        assert (missing and not missing & given) or (extra and extra <= given)
+        assert suggested == (given - extra) | missing
+    assert (out / "label_issues.png").is_file()

@@ -99,13 +99,6 @@ def check(
     source = as_image_set(  # scanned once, for the audit and the label check
         data, path_col=path_col, label_col=label_col, images=images, multi_label=multi_label, splits=splits
     )
-    if labels and source.multi_label:
-        from imgclf.errors import UsageError
-
-        raise UsageError(
-            f"{source.label_summary}. check --labels finds wrong labels of single-label data; "
-            "run check without --labels for this table's report"
-        )
     report = audit(source, workers=workers, imbalance_threshold=imbalance, min_class_size=min_class_size)
     result = CheckResult(report)
     if labels:
@@ -127,10 +120,13 @@ def check(
         result.label_issues, result.label_table = found, write_label_issues(found, Path(labels_out))
         files = [
             {"path": i.path, "given": i.given, "suggested": i.suggested, "score": round(i.quality, 6)}
+            | ({"missing": list(i.missing), "extra": list(i.extra)} if source.multi_label else {})
             for i in found.issues
         ]
         if files:
             message = "likely wrong labels (confident learning on out-of-sample probabilities)"
+            if source.multi_label:
+                message = "likely missing or extra labels (confident learning per label, out-of-sample)"
             report.findings.append(Finding("warning", "label-issue", message, files))
     if out is not None:
         result.out = Path(out)

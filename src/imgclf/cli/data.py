@@ -44,9 +44,10 @@ def check(
         bool,
         typer.Option(
             "--labels",
-            help="Also find likely wrong labels: out-of-sample probabilities from a head cross-fitted "
-            "on the offline backbone's features, ranked by confident learning; writes "
-            "label_issues.csv and label_issues.png into --labels-out.",
+            help="Also find likely wrong labels (multi-label sets: likely missing or extra labels): "
+            "out-of-sample probabilities from a head cross-fitted on the offline backbone's "
+            "features, ranked by confident learning; writes label_issues.csv and label_issues.png "
+            "into --labels-out.",
         ),
     ] = False,
     labels_model: Annotated[
@@ -73,15 +74,20 @@ def check(
     found = result.label_issues
     if found is not None:
         share = len(found.issues) / max(1, len(found.image_set))
+        what = "likely missing or extra labels" if found.image_set.multi_label else "likely wrong labels"
+        measure, value = found.agreement
         console.print(
-            f"likely wrong labels: {len(found.issues):,} of {len(found.image_set):,} images ({share:.1%})"
+            f"{what}: {len(found.issues):,} of {len(found.image_set):,} images ({share:.1%}), most likely "
+            f"first; the check's out-of-sample {measure} on the given labels is {value:.3f} (the lower, the "
+            "more of the list is right after all)"
         )
         for issue in found.issues[:10]:
-            console.print(
-                f"  {issue.path}  labelled {issue.given}, looks {issue.suggested} ({issue.quality:.3f})",
-                markup=False,
-                soft_wrap=True,
-            )
+            if found.image_set.multi_label:
+                changes = [f"missing {name}" for name in issue.missing] + [f"extra {n}" for n in issue.extra]
+                told = f"labelled {issue.given or '(none)'}: {', '.join(changes)}"
+            else:
+                told = f"labelled {issue.given}, looks {issue.suggested}"
+            console.print(f"  {issue.path}  {told} ({issue.quality:.3f})", markup=False, soft_wrap=True)
         console.print(f"wrote {result.label_table} and {result.label_table.parent / 'label_issues.png'}")
     if result.out is not None:
         console.print(f"wrote {result.out}")
