@@ -19,6 +19,7 @@ within 3 points of the validation one at the thresholds chosen on validation.
 
     python benchmarks/multi_label.py                   # 3,000 mosaics (2,100 / 450 / 450)
     python benchmarks/multi_label.py --mosaics 600     # a quick look
+    python benchmarks/multi_label.py --also "--time-limit 14"   # and a run with these flags beside it
 """
 
 from __future__ import annotations
@@ -178,6 +179,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--workdir", type=Path, default=None, help="where the data and runs go (default: temp)"
+    )
+    parser.add_argument(
+        "--also", default="", help='one more multi-label run with these flags, e.g. "--time-limit 14"'
     )
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="imgclf-multi-label-"))
