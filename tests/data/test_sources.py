@@ -97,12 +97,18 @@ def test_csv_relative_paths_missing_files_and_split_column(tmp_path: Path) -> No
     assert image_set.layout == "table" and len(image_set) == 8
     assert image_set.splits.count("test") == 4
     assert [p.kind for p in image_set.problems] == ["missing"]
-    # named columns and TSV
+    # columns named in no way imgclf knows, as TSV: the path column is the one of image file names,
+    # the label column the one other column, and the description names both
     frame.rename(columns={"filepath": "img_file", "category": "kind"}).to_csv(
         tmp_path / "labels.tsv", sep="\t", index=False
     )
+    found = scan_source(tmp_path / "labels.tsv")
+    assert len(found) == 8 and "path column 'img_file'" in found.description
+    assert found.class_counts() == {"x": 4, "y": 4}
+    ids = frame.assign(filepath=frame["filepath"].str.removesuffix(".png"))  # no extension: not told apart
+    ids.rename(columns={"filepath": "ref", "category": "kind"}).to_csv(tmp_path / "ids.csv", index=False)
     with pytest.raises(DataError, match="--path-col"):
-        scan_source(tmp_path / "labels.tsv")
+        scan_source(tmp_path / "ids.csv")
     named = scan_source(tmp_path / "labels.tsv", path_col="img_file", label_col="kind")
     assert len(named) == 8
     with pytest.raises(DataError, match="not found"):

@@ -251,3 +251,49 @@ def test_flower_mosaics_are_found_multi_label_in_each_form(
     report = audit(image_set)
     assert report.finding("label-missing-from-split") is None
     assert report.splits["all"]["labels"] == dict(zip(classes, targets.sum(axis=0).tolist()))
+
+
+def test_chest_x_ray_tables_are_read_without_flags(tmp_path: Path) -> None:
+    """NIH ChestX-ray14's Data_Entry_2017.csv names its columns "Image Index" and "Finding Labels"
+    (joined by |) beside patient columns, its images in images_001/images/, images_002/images/ …;
+    CheXpert's train.csv has a 0/1 column per finding, with -1 for uncertain and blanks, beside
+    Sex and Age: both are found without flags, and the -1 values are said."""
+    rng = np.random.default_rng(3)
+    findings = [["Effusion"], ["Effusion", "Mass"], [], ["Mass"], ["Nodule", "Mass"], ["Nodule"]] * 3
+    nih = tmp_path / "nih"
+    for index in range(len(findings)):
+        folder = nih / f"images_00{1 + index % 2}" / "images"
+        folder.mkdir(parents=True, exist_ok=True)
+        shape_image(index % 3, 32, rng, "L").save(folder / f"0000{index:04d}_000.png")
+    pd.DataFrame(
+        {
+            "Image Index": [f"0000{index:04d}_000.png" for index in range(len(findings))],
+            "Finding Labels": ["|".join(labels) or "No Finding" for labels in findings],
+            "Follow-up #": 0,
+            "Patient ID": rng.integers(1, 9, len(findings)),
+            "Patient Gender": rng.choice(["M", "F"], len(findings)),
+        }
+    ).to_csv(nih / "Data_Entry_2017.csv", index=False)
+    image_set = scan_source(nih / "Data_Entry_2017.csv")
+    assert image_set.multi_label and len(image_set) == len(findings) and not image_set.problems
+    assert image_set.label_names == ["Effusion", "Mass", "No Finding", "Nodule"]
+    assert "path column 'Image Index'" in image_set.description
+    assert "label column 'Finding Labels' joining labels with '|'" in image_set.label_summary
+    assert "images_001/images/ and images_002/images/" in image_set.description
+
+    chexpert = tmp_path / "chexpert"
+    (chexpert / "train").mkdir(parents=True)
+    frame = pd.DataFrame({"Path": [f"train/{i}.jpg" for i in range(12)], "Sex": "Female", "Age": 60})
+    for column, values in {
+        "Edema": ["1.0", "0.0", "", "-1.0"] * 3,
+        "Effusion": ["", "1.0", "1.0", "0.0"] * 3,
+        "Pneumonia": ["0.0", "", "-1.0", "1.0"] * 3,
+    }.items():
+        frame[column] = values
+    for index in range(12):
+        shape_image(index % 3, 32, rng, "L").save(chexpert / "train" / f"{index}.jpg")
+    frame.to_csv(chexpert / "train.csv", index=False)
+    image_set = scan_source(chexpert / "train.csv")
+    assert image_set.multi_label and image_set.label_names == ["Edema", "Effusion", "Pneumonia"]
+    assert image_set.targets.sum(axis=0).tolist() == [3, 6, 3]  # -1 is not a finding
+    assert image_set.label_summary.endswith("6 values -1 (uncertain) read as absent")

@@ -31,10 +31,11 @@ class LabelSets:
     separator: str | None
     labels: tuple[str, ...]
     targets: np.ndarray  # (rows, labels) uint8, one row per table row
+    uncertain: int = 0  # 0/1 columns: the cells marked -1 (uncertain, as CheXpert has them), read as 0
 
     def with_targets(self, targets: np.ndarray) -> LabelSets:
         """The same form and labels for these rows (the readable ones)."""
-        return LabelSets(self.form, self.columns, self.separator, self.labels, targets)
+        return LabelSets(self.form, self.columns, self.separator, self.labels, targets, self.uncertain)
 
     def describe_columns(self) -> str:
         if self.form == "joined":
@@ -54,6 +55,7 @@ class LabelSets:
             f"multi-label ({how}): {len(self.labels)} labels ({counts}); labels per image: mean "
             f"{per_image.mean():.2f}, max {int(per_image.max(initial=0))}; "
             f"{int((per_image == 0).sum()):,} images with none"
+            + (f"; {self.uncertain:,} values -1 (uncertain) read as absent" if self.uncertain else "")
         )
 
 
@@ -112,7 +114,8 @@ def find_label_sets(
     if len(indicators) >= 2 and (label_column is None or multi_label):
         cells = frame[indicators].astype(str).apply(lambda col: col.str.strip())
         targets = cells.isin(["1", "1.0"]).to_numpy().astype(np.uint8)
-        return LabelSets("indicator", tuple(indicators), None, tuple(indicators), targets)
+        uncertain = int(cells.isin(["-1", "-1.0"]).to_numpy().sum())
+        return LabelSets("indicator", tuple(indicators), None, tuple(indicators), targets, uncertain)
     return None
 
 

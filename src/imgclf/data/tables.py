@@ -196,6 +196,26 @@ PATH_COLUMNS = (
 
 
 LABEL_COLUMNS = ("label", "labels", "class", "category", "target", "class_name", "tags", "y")
+# a label column named otherwise ("Finding Labels", "class_id", "Tag list"): the one column whose name
+# holds one of these words
+LABEL_WORDS = ("label", "class", "tag", "categor", "target")
+
+
+def _path_column_by_values(frame: Any, columns: list[str]) -> str | None:
+    """The one column whose values are mostly image file names ("Image Index": 00000001_000.png), for a
+    table that names its path column in no way imgclf knows; None when no single column is."""
+    found = []
+    for column in columns:
+        values = [v.strip() for v in frame[column].astype(str).tolist()[:SAMPLE_ROWS] if v.strip()]
+        named = sum(os.path.splitext(v)[1].lower() in IMAGE_EXTENSIONS for v in values)
+        if values and named * 2 > len(values):
+            found.append(column)
+    return found[0] if len(found) == 1 else None
+
+
+def _label_column_by_word(columns: list[str]) -> str | None:
+    named = [c for c in columns if any(word in c.lower() for word in LABEL_WORDS)]
+    return named[0] if len(named) == 1 else None
 
 
 def _pick_column(
@@ -257,10 +277,15 @@ def scan_dataframe(
     root = Path(root) if root is not None else Path.cwd()
     images = Path(images).expanduser() if images is not None else None
     columns = [str(c) for c in frame.columns]
+    known = {c.lower().strip() for c in columns}
+    if path_col is None and not known & set(PATH_COLUMNS):
+        path_col = _path_column_by_values(frame, columns)  # NIH's "Image Index"
     path_column = _pick_column(columns, path_col, PATH_COLUMNS, "path", "--path-col")
     others = [c for c in columns if c != path_column and c.lower() != "split"]
     if label_col is None and len(others) == 1 and not any(c.lower().strip() in LABEL_COLUMNS for c in others):
         label_col = others[0]  # a path and one other column (id,has_cactus): that one holds the labels
+    if label_col is None and not known & set(LABEL_COLUMNS):
+        label_col = _label_column_by_word(others)  # "Finding Labels"
     try:
         label_column: str | None = _pick_column(columns, label_col, LABEL_COLUMNS, "label", "--label-col")
     except DataError:
