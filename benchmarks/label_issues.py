@@ -159,38 +159,26 @@ def main() -> None:
     runs = [(spec, seed) for spec in args.data for seed in range(args.seeds)]
     results: dict[str, list[tuple[float, float, float]]] = {}
     for spec, seed in runs:
-        if spec.startswith(("mosaics:", "digit-mosaics:")):
-            with tempfile.TemporaryDirectory() as tmp:
-                images, changed, listed, seconds, text = check_mosaics(spec, args.share, seed, Path(tmp))
-            hits, top_hits = len(set(listed) & changed), len(set(listed[: len(changed)]) & changed)
-            print(
-                f"{spec:<22} {seed:>4} {images:>7,} {len(changed):>8} {len(listed):>7} "
-                f"{hits / max(1, len(listed)):>10.3f} {hits / len(changed):>7.3f} "
-                f"{top_hits / len(changed):>7.3f} {seconds:>8.1f}   changed pairs found: {text}"
-            )
-            results.setdefault(spec, []).append(
-                (hits / max(1, len(listed)), hits / len(changed), top_hits / len(changed))
-            )
-            continue
         with tempfile.TemporaryDirectory() as tmp:
-            folder = subset(spec, Path(tmp))
-            flipped = flip(folder, args.share, seed)
-            started = time.perf_counter()
-            image_set = read_headers(scan_source(folder))
-            found = find_label_issues(image_set)
-            seconds = time.perf_counter() - started
-            listed = [issue.path for issue in found.issues]
-            hits = len(set(listed) & flipped)
-            top = set(listed[: len(flipped)])
-            top_hits = len(top & flipped)
-            print(
-                f"{Path(spec).name:<22} {seed:>4} {len(image_set):>7,} {len(flipped):>8} {len(listed):>7} "
-                f"{hits / max(1, len(listed)):>10.3f} {hits / len(flipped):>7.3f} "
-                f"{top_hits / len(flipped):>7.3f} {seconds:>8.1f}"
-            )
-            results.setdefault(spec, []).append(
-                (hits / max(1, len(listed)), hits / len(flipped), top_hits / len(flipped))
-            )
+            text = ""
+            if spec.startswith(("mosaics:", "digit-mosaics:")):
+                images, wrong, listed, seconds, text = check_mosaics(spec, args.share, seed, Path(tmp))
+                text = f"   changed pairs found: {text}"
+            else:
+                folder = subset(spec, Path(tmp))
+                wrong = flip(folder, args.share, seed)
+                started = time.perf_counter()
+                image_set = read_headers(scan_source(folder))
+                found = find_label_issues(image_set)
+                seconds = time.perf_counter() - started
+                images, listed = len(image_set), [issue.path for issue in found.issues]
+        hits, top_hits = len(set(listed) & wrong), len(set(listed[: len(wrong)]) & wrong)
+        scores = (hits / max(1, len(listed)), hits / len(wrong), top_hits / len(wrong))
+        print(
+            f"{Path(spec).name:<22} {seed:>4} {images:>7,} {len(wrong):>8} {len(listed):>7} "
+            f"{scores[0]:>10.3f} {scores[1]:>7.3f} {scores[2]:>7.3f} {seconds:>8.1f}{text}"
+        )
+        results.setdefault(spec, []).append(scores)
     for spec, rows in results.items():
         if len(rows) > 1:
             mean, spread = np.mean(rows, axis=0), np.std(rows, axis=0)
