@@ -37,7 +37,7 @@ from imgclf.data.imageset import ImageSet
 from imgclf.data.prepared import PreparedData, ProgressListener, image_loader, prepare_data
 from imgclf.device import resolve_device, resolve_precision
 from imgclf.features.bottleneck import FeatureContext, compute_features, feature_network
-from imgclf.features.head import fit_head, fit_logistic
+from imgclf.features.head import bce_loss, fit_head, fit_logistic, standardized
 from imgclf.io import write_text_atomic
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
@@ -80,6 +80,35 @@ class LabelIssues:
         return "accuracy", float((self.probabilities.argmax(1) == labels).mean()) if len(labels) else 0.0
 
 
+def _cross_fitted(
+    features: np.ndarray,
+    targets: torch.Tensor,
+    outputs: int,
+    l2: float,
+    held_out: Sequence[np.ndarray],
+    multi_label: bool,
+) -> np.ndarray:
+    """Every sample's probabilities from a logistic-regression head fitted on the samples outside
+    its held-out fold (`held_out`: index arrays): a softmax over `outputs` classes, or one sigmoid
+    per label."""
+    x, _, _, _ = standardized(features, None)
+    zero = (
+        torch.zeros(x.shape[1], outputs, dtype=torch.float64),
+        torch.zeros(outputs, dtype=torch.float64),
+    )
+    probabilities = np.zeros((len(targets), outputs))
+    for held in held_out:
+        keep = np.ones(len(targets), dtype=bool)
+        keep[held] = False
+        if multi_label:
+            weight, bias = fit_logistic(x[keep], targets[keep], l2, zero, loss_fn=bce_loss())
+            probabilities[held] = torch.sigmoid(x[held] @ weight + bias).numpy()
+        else:
+            weight, bias = fit_logistic(x[keep], targets[keep], l2, zero, 0.0)
+            probabilities[held] = torch.softmax(x[held] @ weight + bias, dim=1).numpy()
+    return probabilities
+
+
 def out_of_sample_probabilities(
     features: np.ndarray, labels: np.ndarray, num_classes: int, folds: int = 5, seed: int = 0
 ) -> np.ndarray:
@@ -89,19 +118,10 @@ def out_of_sample_probabilities(
     counts = np.bincount(labels, minlength=num_classes)
     folds = max(2, min(folds, int(counts[counts > 0].min())))
     l2 = fit_head(features, labels, None, None, num_classes).l2  # chosen once, by 3-fold CV
-    mean, scale = features.mean(0), features.std(0) + 1e-6
-    x = torch.tensor((features - mean) / scale, dtype=torch.float64)
-    y = torch.as_tensor(labels, dtype=torch.int64)
-    zero = (
-        torch.zeros(x.shape[1], num_classes, dtype=torch.float64),
-        torch.zeros(num_classes, dtype=torch.float64),
-    )
-    probabilities = np.zeros((len(labels), num_classes))
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    for train, held in splitter.split(features, labels):
-        weight, bias = fit_logistic(x[train], y[train], l2, zero, 0.0)
-        probabilities[held] = torch.softmax(x[held] @ weight + bias, dim=1).numpy()
-    return probabilities
+    held_out = [held for _, held in splitter.split(features, labels)]
+    y = torch.as_tensor(labels, dtype=torch.int64)
+    return _cross_fitted(features, y, num_classes, l2, held_out, multi_label=False)
 
 
 def neighbour_probabilities(
@@ -129,25 +149,15 @@ def out_of_sample_label_probabilities(
     other folds; the folds keep every label in every fold (`iterative_split`), the L2 strength is
     chosen once by `fit_multi_label_head`'s cross-validation."""
     from imgclf.data.split import iterative_split
-    from imgclf.features.head import bce_loss, fit_multi_label_head
+    from imgclf.features.head import fit_multi_label_head
 
     counts = np.asarray(targets).sum(0)
     folds = int(max(2, min(folds, counts[counts > 0].min() if (counts > 0).any() else 2)))
     fold_of = iterative_split(targets, {f"fold{k}": 1.0 / folds for k in range(1, folds)}, seed)
     l2 = fit_multi_label_head(features, targets, None, None).l2
-    mean, scale = features.mean(0), features.std(0) + 1e-6
-    x = torch.tensor((features - mean) / scale, dtype=torch.float64)
+    held_out = [np.flatnonzero(fold_of == name) for name in np.unique(fold_of)]
     t = torch.as_tensor(np.asarray(targets), dtype=torch.float64)
-    zero = (
-        torch.zeros(x.shape[1], t.shape[1], dtype=torch.float64),
-        torch.zeros(t.shape[1], dtype=torch.float64),
-    )
-    probabilities = np.zeros(t.shape, dtype=np.float64)
-    for name in np.unique(fold_of):
-        held = torch.as_tensor(fold_of == name)
-        weight, bias = fit_logistic(x[~held], t[~held], l2, zero, loss_fn=bce_loss())
-        probabilities[held.numpy()] = torch.sigmoid(x[held] @ weight + bias).numpy()
-    return probabilities
+    return _cross_fitted(features, t, t.shape[1], l2, held_out, multi_label=True)
 
 
 def confident_learning(probabilities: np.ndarray, labels: np.ndarray) -> list[tuple[int, int, float]]:
@@ -202,21 +212,10 @@ def multi_label_confident_learning(
         p, given = probabilities[:, label], targets[:, label]
         if given.all() or not given.any():
             continue  # a label on every image, or on none: nothing to tell its carriers from
-        binary = np.stack([1.0 - p, p], axis=1)
-        thresholds = np.array([binary[~given, 0].mean(), binary[given, 1].mean()])
-        above = binary >= thresholds[None, :]
-        confident = np.where(above, binary, -1.0).argmax(1)
-        joint = np.zeros((2, 2))
-        for index in np.flatnonzero(above.any(1)):
-            joint[int(given[index]), confident[index]] += 1
-        sizes = np.array([(~given).sum(), given.sum()])
-        calibrated = joint * (sizes / np.maximum(joint.sum(1), 1))[:, None]
-        quality = np.where(given, p, 1.0 - p)
-        for side in (0, 1):
-            wrong = int(np.rint(calibrated[side, 1 - side]))
-            members = np.flatnonzero(given == bool(side))
-            worst = members[np.argsort(quality[members], kind="stable")][:wrong]
-            found += [(int(i), label, bool(side), float(quality[i])) for i in worst if quality[i] < 0.5]
+        binary = np.stack([1.0 - p, p], axis=1)  # the margin of `confident_learning` is then 2q - 1
+        for index, _, quality in confident_learning(binary, given.astype(np.int64)):
+            if quality < 0.5:  # listed only where p argues against the given value
+                found.append((index, label, bool(given[index]), quality))
     found.sort(key=lambda item: item[3])
     return found
 
