@@ -21,7 +21,7 @@ from imgclf.data.decisions import (
     current_decisions,
     file_digest,
     read_decisions,
-    revert_moves,
+    revert_folders,
 )
 from imgclf.data.sources import scan_source
 from imgclf.training.update import update_run
@@ -71,16 +71,16 @@ def test_overlay_moves_and_revert(noisy_run, tmp_path: Path) -> None:
     decisions.append(
         Decision(f"corrupt:{wrong[5]}", "exclude", wrong[5], file_digest(data / wrong[5]), "corrupt", "disc")
     )
-    decisions.append(
-        Decision("x:cross/cross_000.png", "relabel", "cross/cross_000.png", "", "mistake", "cross", "star")
-    )
+    star = Decision("x:cross/cross_000.png", "relabel", "cross/cross_000.png", "", "mistake", "cross", "star")
+    star.new_class = True  # a class the user created in the review, on purpose
+    decisions.append(star)
     overlay = apply_overlay(scan_source(data), decisions)
     assert overlay.relabelled == 6 and overlay.removed == 1 and overlay.new_classes == ["star"]
     image_set = overlay.image_set
     assert image_set.classes[image_set.labels[image_set.keys.index(wrong[0])]] == "square"
     before = sorted(p.relative_to(data).as_posix() for p in data.rglob("*.png"))
-    moves = apply_to_folders(data, decisions)
-    assert len(moves) == 7
+    applied = apply_to_folders(data, decisions)
+    assert len(applied.moved) == 7 and not applied.skipped
     assert (data / "square" / Path(wrong[0]).name).is_file() and not (data / wrong[0]).exists()
     assert (data / "star" / "cross_000.png").is_file()
     assert (data / ".imgclf-review" / "excluded" / wrong[5]).is_file()
@@ -89,9 +89,10 @@ def test_overlay_moves_and_revert(noisy_run, tmp_path: Path) -> None:
     # the overlay still finds a moved image by its content
     moved = apply_overlay(found, decisions)
     assert moved.relabelled == 0 and moved.removed == 0
-    assert revert_moves(data) == 7
+    reverted = revert_folders(data)
+    assert reverted.undone == 7 and not reverted.kept
     assert sorted(p.relative_to(data).as_posix() for p in data.rglob("*.png")) == before
-    assert not (data / "star").exists()
+    assert not (data / "star").exists() and not (data / ".imgclf-review").exists()
 
 
 def test_reviewed_table_is_written_beside_the_old_one(tmp_path: Path) -> None:

@@ -31,20 +31,21 @@ def serve_review(
     host: str = "127.0.0.1",
     port: int = 8010,
     token: str | None = None,
-    require_token: bool | None = None,
-    on_start: Callable[[str | None], None] | None = None,
+    on_start: Callable[[str], None] | None = None,
 ) -> None:
-    """Serve the review page until Ctrl-C; bound to anything but loopback, with a token (as serve)."""
+    """Serve the review page until Ctrl-C, always with a token (`token`, else $IMGCLF_TOKEN, else
+    one made up now): the page can change the user's files, so no other web page may drive it."""
     import uvicorn
 
     from imgclf.review.app import create_review_app
-    from imgclf.serve import Access
-    from imgclf.serve.app import LOOPBACK_HOSTS, resolve_token
+    from imgclf.serve.access import LOOPBACK_HOSTS, Access, resolve_token
 
     if not 0 < port < 65536:
         raise UsageError("--port must be between 1 and 65535")
-    token = resolve_token(host, token, require_token)
-    application = create_review_app(session, Access(token=token, loopback_only=host in LOOPBACK_HOSTS))
+    token = resolve_token(host, token, require_token=True)
+    assert token is not None
+    access = Access(token=token, loopback_only=host in LOOPBACK_HOSTS, query_token_changes=False)
+    application = create_review_app(session, access)
     if on_start is not None:
         on_start(token)
     uvicorn.run(application, host=host, port=port, log_level="warning")
@@ -52,27 +53,17 @@ def serve_review(
 
 def apply_review(
     data: str | Path, review: str | Path = "review.jsonl", data_cfg: DataConfig | None = None
-) -> str:
-    """Carry a review's decisions out on the data: moves between class folders, or a new CSV."""
-    from imgclf.data.decisions import apply_to_folders, apply_to_table, read_decisions
-    from imgclf.data.prepared import load_data
-    from imgclf.review.session import _table_columns
+) -> list[str]:
+    """Carry a review's decisions out on the data: changes to class folders (undone by
+    `revert_review`), or a new CSV beside a table. Returns the lines to show: what was done first."""
+    from imgclf.review.session import apply_decisions
 
-    decisions = read_decisions(review)
-    if Path(data).is_dir():
-        moves = apply_to_folders(data, decisions)
-        return f"moved {len(moves)} files in {data} (imgclf review {data} --revert puts them back)"
-    image_set = load_data(str(data), data_cfg or DataConfig())
-    if image_set.layout != "table":
-        raise UsageError(
-            "--apply moves files in class folders or writes a reviewed CSV; this data is neither"
-        )
-    out = apply_to_table(image_set.source, *_table_columns(image_set), decisions)
-    return f"wrote {out} (the old table is untouched)"
+    return apply_decisions(data, review, data_cfg or DataConfig())
 
 
-def revert_review(data: str | Path) -> str:
-    """Put back the files an applied review moved."""
-    from imgclf.data.decisions import revert_moves
+def revert_review(data: str | Path, data_cfg: DataConfig | None = None) -> list[str]:
+    """Put back what an applied review changed in class folders. Returns the lines to show: what
+    was put back, then each change that could not be undone and why (kept for a later try)."""
+    from imgclf.review.session import revert_changes
 
-    return f"put back {revert_moves(data)} files in {data}"
+    return revert_changes(data, data_cfg or DataConfig())

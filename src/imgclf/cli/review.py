@@ -45,24 +45,27 @@ def review(
     token: Annotated[
         str | None,
         typer.Option(
-            help="The token the page needs \\[default: $IMGCLF_TOKEN, else one made up when --host is not "
-            "loopback].",
+            help="The token the page needs; the printed address carries it \\[default: $IMGCLF_TOKEN, "
+            "else one made up now: the page can move your files, so it always has one].",
             show_default=False,
         ),
     ] = None,
-    no_token: Annotated[
-        bool, typer.Option("--no-token", help="No token: anyone who reaches the port may decide.")
-    ] = False,
     apply: Annotated[
         bool,
         typer.Option(
             "--apply",
             help="Carry out the decisions of --out instead of opening the page: moves between class "
-            "folders (undone by --revert), or a new <name>.reviewed.csv beside a table.",
+            "folders, new images copied in (undone by --revert), or a new <name>.reviewed.csv beside "
+            "a table. Every decision is checked first; nothing is ever overwritten.",
         ),
     ] = False,
     revert: Annotated[
-        bool, typer.Option("--revert", help="Put back the files an earlier --apply moved.")
+        bool,
+        typer.Option(
+            "--revert",
+            help="Put back what earlier --apply runs changed: moved files back, unchanged copies "
+            "removed, folders they made removed when empty; says what it could not undo, and why.",
+        ),
     ] = False,
     *,
     settings: dict[str, Any],
@@ -84,10 +87,14 @@ def review(
     values = shared_values(settings, DATA_SOURCE)
     data_cfg = DataConfig(**values)
     if revert:
-        console.print(api.revert_review(data))
+        lines = api.revert_review(data, data_cfg)
+        console.print(lines[0], markup=False)
+        for line in lines[1:]:
+            err_console.print(line, markup=False, style="yellow")
         return
     if apply:
-        console.print(api.apply_review(data, out, data_cfg))
+        for line in api.apply_review(data, out, data_cfg):
+            console.print(line, markup=False)
         return
     session = api.open_review(data, model=model, new=new, review=out, data_cfg=data_cfg,
                               **shared_values(settings, DEVICE))  # fmt: skip
@@ -97,23 +104,14 @@ def review(
     found = ", ".join(f"{kind} {count:,}" for kind, count in kinds.items()) or "nothing"
     console.print(f"{len(session.items):,} items to review ({found}); decisions go to {out}", markup=False)
 
-    def started(chosen: str | None) -> None:
+    def started(chosen: str) -> None:
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-        address = f"http://{shown}:{port}/" + (f"?token={chosen}" if chosen else "")
+        address = f"http://{shown}:{port}/?token={chosen}"
         console.print(f"review page: {address}  (Ctrl-C stops it; the decisions are kept)", markup=False)
-        if chosen is None and host not in ("127.0.0.1", "localhost", "::1"):
-            err_console.print("warning: --no-token: anyone on the network can decide", style="red")
         if not no_browser:
             import threading
             import webbrowser
 
             threading.Timer(1.0, webbrowser.open, (address,)).start()
 
-    api.serve_review(
-        session,
-        host=host,
-        port=port,
-        token=token,
-        require_token=False if no_token else None,
-        on_start=started,
-    )
+    api.serve_review(session, host=host, port=port, token=token, on_start=started)

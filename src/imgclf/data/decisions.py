@@ -1,6 +1,7 @@
 """A review's decisions: appended one JSON line each to `review.jsonl`, read back into what they
 mean for each image, and applied to the data when the user asks (moves between class folders,
-undone by `revert_moves`; a new CSV beside the old one; or an overlay `train --review` reads).
+undone by `revert_folders`, all through `imgclf.data.edits`; a new CSV beside the old one; or an
+overlay `train --review` reads).
 
 A decision names its image by the content hash of its bytes and by its path (the key in the data
 source), so an overlay still finds an image that was moved or renamed. Nothing is ever rewritten in
@@ -12,26 +13,34 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
 import io
 import json
 import os
-import shutil
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from imgclf.data.decode import is_image
+from imgclf.data.edits import (
+    JOURNAL_FILE,
+    REVIEW_FOLDER,
+    FolderEdits,
+    RevertResult,
+    file_digest,
+    name_problem,
+    relative_problem,
+    resolved_inside,
+    write_new_file,
+)
 from imgclf.data.imageset import ImageSet
 from imgclf.errors import DataError, UsageError
-from imgclf.io import fsync_path, write_text_atomic
+from imgclf.io import fsync_path
 
 ACTIONS = ("keep", "relabel", "none", "exclude", "label", "undo")
-REVIEW_FOLDER = ".imgclf-review"  # inside a reviewed class-folder tree: hidden, so never a class
-MOVES_FILE = "moves.jsonl"
 
 
 @dataclass
@@ -50,18 +59,10 @@ class Decision:
     old: str | None = None
     new: str | None = None
     time: float = field(default_factory=time.time)
+    new_class: bool = False  # `new` is a class the user created in the review, on purpose
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False)
-
-
-def file_digest(path: str | Path) -> str:
-    """sha256 of a file's bytes (the first 32 hex digits): the image's identity across moves."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:32]
 
 
 class DecisionLog:
@@ -226,83 +227,217 @@ def read_overlay(image_set: ImageSet, review: str | Path) -> ImageSet:
 
 
 @dataclass
-class Move:
-    source: str  # relative to the data folder
-    target: str
+class Applied:
+    """What `apply_to_folders` did: each change as (what, from, to), and the decisions it skipped."""
+
+    root: Path
+    moved: list[tuple[str, str]] = field(default_factory=list)  # (from, to), relative to root
+    copied: list[tuple[str, str]] = field(default_factory=list)  # (absolute source, to)
+    skipped: list[str] = field(default_factory=list)  # one line each
+    settled: list[str] = field(default_factory=list)  # what a killed process had left, settled
+
+    def summary(self) -> str:
+        text = f"moved {len(self.moved)} files"
+        if self.copied:
+            text += f" and copied {len(self.copied)} new images"
+        text += f" in {self.root}"
+        if self.skipped:
+            more = f" and {len(self.skipped) - 1} more" if len(self.skipped) > 1 else ""
+            text += f"; skipped {self.skipped[0]}{more}"
+        return text
 
 
-def apply_to_folders(root: str | Path, decisions: Sequence[Decision]) -> list[Move]:
-    """Carry the decisions out on a class-folder tree: a relabelled image moves to its new class's
-    folder (made when new), an excluded one to `.imgclf-review/excluded/<class>/`, "not any class"
-    to `.imgclf-review/none/<class>/` (hidden: never read as a class). Every move is recorded in
-    `.imgclf-review/moves.jsonl` before it is made, so `revert_moves` puts them back."""
-    root = Path(root)
-    if not root.is_dir():
-        raise UsageError(f"--apply moves files between class folders; {root} is not a folder")
-    log = root / REVIEW_FOLDER / MOVES_FILE
-    log.parent.mkdir(parents=True, exist_ok=True)
-    moves = []
+@dataclass
+class _Planned:
+    kind: str  # move | copy
+    source: str  # relative to the root (move) or absolute (copy)
+    target: str  # relative to the root
+    tag: str  # the free-name suffix: the image's content hash
+
+
+def _describe(decision: Decision) -> str:
+    to = (
+        f" to {decision.new!r}"
+        if decision.new is not None and decision.action in ("relabel", "label")
+        else ""
+    )
+    return f"the decision on {decision.path!r} ({decision.action}{to})"
+
+
+def _split_prefixes(image_set: ImageSet, splits: str | None) -> dict[str, str]:
+    """Split → the folder of its class folders, relative to the image set's root ("" for class folders)."""
+    if image_set.layout != "split-folders":
+        return {"all": ""}
+    from imgclf.data.layout import find_layout
+
+    root = Path(image_set.reader.root)
+    layout = find_layout(root, splits)
+    return {split: folder.relative_to(root).as_posix() for split, folder in layout.splits.items()}
+
+
+def plan_folder_changes(
+    image_set: ImageSet, decisions: Sequence[Decision], edits: FolderEdits, splits: str | None = "auto",
+    review: str = "review.jsonl",
+) -> tuple[list[_Planned], list[str]]:  # fmt: skip
+    """Every change the decisions ask of a class-folder tree, each checked before any is made: a
+    relabelled image moves to its new class's folder, an excluded one to `.imgclf-review/excluded/`,
+    "not any class" to `.imgclf-review/none/` (hidden: never read as a class), and a new image (by
+    absolute path) is copied into its class's folder (of the training split). Only files of the
+    scanned set move, only into existing classes or ones the review created on purpose; a decision
+    that breaks a rule is a DataError naming it, and nothing is changed. Returns the plan and the
+    decisions skipped (applied before, or naming a file no longer there), one line each."""
+    prefixes = _split_prefixes(image_set, splits)
+    train_prefix = prefixes.get("train", prefixes.get("all", ""))
+    keys = {key: index for index, key in enumerate(image_set.keys)}
+    splits_of = image_set.splits
+    in_force = current_decisions(decisions).values()
+    created = {d.new for d in in_force if d.new_class and d.new is not None}
+    classes = set(image_set.classes) | created
+    moved = edits.moved_from()
+    copied = {c.source for c in edits.live() if c.op == "copy"}
+    plan: list[_Planned] = []
+    skipped: list[str] = []
+
+    def refuse(decision: Decision, problem: str) -> DataError:
+        return DataError(f"{review}: {_describe(decision)}: {problem}; nothing was changed")
+
     for decision in image_verdicts(decisions).values():
-        source = root / decision.path
-        if not source.is_file():
-            continue  # applied before, or a --new image outside the data
-        parts = Path(decision.path).parts
-        if len(parts) < 2:
+        moves_file = decision.action in ("relabel", "label") and decision.new is not None
+        if moves_file:
+            problem = name_problem(decision.new)
+            if problem is not None:
+                raise refuse(decision, f"class {decision.new!r}: {problem}")
+            if decision.new not in classes:
+                raise refuse(
+                    decision, f"{decision.new!r} is not a class of the data, nor one the review created"
+                )
+        elif decision.action not in ("none", "exclude"):
             continue
+        path = decision.path
+        if isinstance(path, str) and os.path.isabs(path) and "\0" not in path:
+            if decision.action in ("none", "exclude"):
+                continue  # a new image left out or not any class: nothing to do on disk
+            if decision.action != "label" or decision.finding != "new":
+                raise refuse(decision, "an absolute path: only a new image (review --new) is named so")
+            source = Path(path)
+            if resolved_inside(edits.root, source):
+                raise refuse(decision, "a new image from inside the data folder is already in it")
+            if not source.is_file() or not is_image(source):
+                raise refuse(decision, "not an image file")
+            if path in copied:
+                skipped.append(f"{path}: copied before")
+                continue
+            target = "/".join(p for p in (train_prefix, decision.new, source.name) if p)
+            edits.check_inside(target, "copy to")
+            plan.append(_Planned("copy", path, target, decision.sha256[:8]))
+            continue
+        problem = relative_problem(path)
+        if problem is not None:
+            raise refuse(decision, problem)
+        if path in moved:  # an earlier apply moved it; whatever is there now is another file
+            skipped.append(f"{path}: moved before")
+            continue
+        if path not in keys:
+            skipped.append(f"{path}: not in the data now")
+            continue
+        edits.check_inside(path, _describe(decision))
+        if decision.sha256 and file_digest(edits.root / path) != decision.sha256:
+            skipped.append(f"{path}: another file than the one decided on")
+            continue
+        index = keys[path]
+        current = image_set.classes[image_set.labels[index]]
         if decision.action in ("none", "exclude"):
             folder = "excluded" if decision.action == "exclude" else "none"
-            target = Path(REVIEW_FOLDER, folder, *parts)
-        elif decision.new is not None:
-            target = Path(*parts[:-2], decision.new, parts[-1])
+            target = f"{REVIEW_FOLDER}/{folder}/{path}"
         else:
-            continue
-        if (root / target).exists():
-            target = target.with_name(f"{target.stem}-{decision.sha256[:8]}{target.suffix}")
-        move = Move(decision.path, target.as_posix())
-        with log.open("a", encoding="utf-8") as handle:  # recorded before it is made
-            handle.write(json.dumps(asdict(move)) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        (root / target).parent.mkdir(parents=True, exist_ok=True)
-        os.replace(source, root / target)
-        moves.append(move)
-    return moves
+            if decision.new == current:
+                continue
+            split = splits_of[index] if splits_of is not None else "all"
+            prefix = prefixes.get(split, "")
+            rest = path[len(prefix) + 1 :] if prefix else path
+            head, _, inside = rest.partition("/")
+            if (prefix and not path.startswith(prefix + "/")) or head != current or not inside:
+                raise refuse(decision, f"cannot tell the class folder of {path!r}")
+            target = "/".join(p for p in (prefix, decision.new, inside) if p)
+        edits.check_inside(target, "move to", own_folder=True)
+        plan.append(_Planned("move", path, target, (decision.sha256 or "")[:8]))
+    return plan, skipped
 
 
-def revert_moves(root: str | Path) -> int:
-    """Put back every move `apply_to_folders` made in `root`, the latest first; returns how many."""
-    root = Path(root)
-    log = root / REVIEW_FOLDER / MOVES_FILE
-    if not log.is_file():
-        raise UsageError(f"nothing to revert: {root} has no {REVIEW_FOLDER}/{MOVES_FILE}")
-    moves = [
-        Move(**json.loads(line)) for line in log.read_text(encoding="utf-8").splitlines() if line.strip()
-    ]
-    reverted = 0
-    for move in reversed(moves):
-        target, source = root / move.target, root / move.source
-        if target.is_file() and not source.exists():
-            source.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(target, source)
-            reverted += 1
-    done = log.with_name(f"moves-reverted-{int(time.time())}.jsonl")
-    os.replace(log, done)  # kept, so what was reverted stays on record
-    for folder in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
-        if folder != root / REVIEW_FOLDER and not any(folder.iterdir()):
-            shutil.rmtree(folder, ignore_errors=True)  # class folders the moves emptied or made
-    return reverted
+def apply_to_folders(
+    data: str | Path,
+    decisions: Sequence[Decision],
+    splits: str | None = "auto",
+    review: str = "review.jsonl",
+    read: Callable[[str], ImageSet] | None = None,
+) -> Applied:
+    """Carry the decisions out on a class-folder tree (see `plan_folder_changes`), each change
+    through `FolderEdits`: recorded before it is made, never over a file, undone by
+    `revert_folders`. The data is read (`read`, default `scan_source`) once the folder is locked and
+    what an interrupted run left is settled, so the plan sees the files as they are."""
+    from imgclf.data.sources import scan_source
+
+    root = edit_root(data, splits)
+    with FolderEdits(root) as edits:
+        image_set = read(str(data)) if read is not None else scan_source(data, splits=splits)
+        if image_set.layout not in ("class-folders", "split-folders"):
+            raise UsageError("--apply moves files between class folders; this data is not class folders")
+        if Path(image_set.reader.root).resolve() != edits.root:
+            raise DataError(f"{data}: its images are read from {image_set.reader.root}, not {edits.root}")
+        plan, skipped = plan_folder_changes(image_set, decisions, edits, splits, review)
+        applied = Applied(edits.root, skipped=skipped, settled=edits.settled)
+        for step in plan:
+            source = step.source if step.kind == "copy" else edits.root / step.source
+            tag = step.tag or file_digest(source)[:8]
+            if step.kind == "move":
+                applied.moved.append((step.source, edits.move(step.source, step.target, tag)))
+            else:
+                applied.copied.append((step.source, edits.copy_in(step.source, step.target, tag)))
+    return applied
+
+
+def revert_folders(data: str | Path, splits: str | None = "auto") -> RevertResult:
+    """Undo what `apply_to_folders` did in `data`'s tree, the latest first (see `FolderEdits.revert`)."""
+    root = edit_root(data, splits)
+    if not (root / REVIEW_FOLDER / JOURNAL_FILE).is_file():
+        raise UsageError(f"nothing to revert: {root} has no {REVIEW_FOLDER}/{JOURNAL_FILE}")
+    with FolderEdits(root) as edits:
+        return edits.revert()
+
+
+def edit_root(data: str | Path, splits: str | None = "auto") -> Path:
+    """The folder whose `.imgclf-review` holds the changes made to `data`: the root of its class or
+    split folders (below single wrapper folders), or `data` itself when that holds the journal."""
+    from imgclf.data.folders import data_root
+    from imgclf.data.layout import find_layout
+
+    folder = Path(data)
+    if not folder.is_dir():
+        raise UsageError(f"--revert puts back files in class folders; {folder} is not a folder")
+    if (folder / REVIEW_FOLDER / JOURNAL_FILE).is_file():
+        return folder
+    return find_layout(data_root(folder), splits).root
 
 
 def apply_to_table(
-    table: str | Path, path_column: str, label_column: str, decisions: Sequence[Decision]
-) -> Path:
-    """A new CSV beside the old one (`<name>.reviewed.csv`): relabelled rows with their new label,
-    excluded and "not any class" rows left out; the old file is untouched."""
+    table: str | Path, path_column: str, label_column: str, decisions: Sequence[Decision],
+    review: str = "review.jsonl",
+) -> Path:  # fmt: skip
+    """A new CSV beside the old one (`<name>.reviewed.csv`, or `<name>.reviewed-2.csv` … when that
+    name is taken: nothing is overwritten): relabelled rows with their new label, excluded and "not
+    any class" rows left out; the old file is untouched. A new label keeps the class-name rules
+    (a class may become a folder later), or nothing is written."""
     import pandas as pd
 
     table = Path(table)
     frame = pd.read_csv(table, dtype=str, keep_default_na=False)
     verdicts = image_verdicts(decisions)
+    for decision in verdicts.values():
+        problem = name_problem(decision.new) if decision.new is not None else None
+        if problem is not None and decision.action in ("relabel", "label"):
+            raise DataError(
+                f"{review}: {_describe(decision)}: class {decision.new!r}: {problem}; nothing written"
+            )
     by_name = {Path(path).name: d for path, d in verdicts.items()}
     keep, labels = [], []
     for raw, label in zip(frame[path_column].tolist(), frame[label_column].tolist()):
@@ -314,11 +449,9 @@ def apply_to_table(
         keep.append(True)
         labels.append(decision.new if decision is not None and decision.new is not None else label)
     frame[label_column] = labels
-    out = table.with_name(f"{table.stem}.reviewed.csv")
     buffer = io.StringIO()
     frame[keep].to_csv(buffer, index=False, quoting=csv.QUOTE_MINIMAL)
-    write_text_atomic(out, buffer.getvalue())
-    return out
+    return write_new_file(table.with_name(f"{table.stem}.reviewed.csv"), buffer.getvalue().encode("utf-8"))
 
 
 def describe(decisions: Sequence[Decision]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ mistakes and its answers on `--new` images); every decision afterwards is one ap
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import threading
@@ -25,10 +26,11 @@ from imgclf.data.decisions import (
     apply_to_folders,
     apply_to_table,
     current_decisions,
-    file_digest,
-    revert_moves,
+    read_decisions,
+    revert_folders,
 )
 from imgclf.data.decode import decode_image
+from imgclf.data.edits import check_class_name, file_digest
 from imgclf.data.imageset import ImageSet
 from imgclf.errors import UsageError
 from imgclf.review.findings import (
@@ -61,6 +63,7 @@ class ReviewSession:
     predictor: Any = None  # the model given with --model
     explainer: Any = None
     table: tuple[str, str, str] | None = None  # (CSV, path column, label column) of a table source
+    cfg: DataConfig = field(default_factory=DataConfig)  # how the data was read (apply reads it again)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def state(self) -> dict[str, Any]:
@@ -68,7 +71,7 @@ class ReviewSession:
         decided = current_decisions(self.log.read())
         return {
             "source": self.source,
-            "classes": self.classes,
+            "classes": self.state_classes(),
             "review": str(self.log.path),
             "model": bool(self.predictor is not None),
             "explain": self.explainer is not None,
@@ -84,8 +87,10 @@ class ReviewSession:
             raise UsageError(f"no item {number}")
         return self.items[number]
 
-    def decide(self, number: int, action: str, label: str | None = None) -> Decision:
-        """Record a decision on item `number` (durably, before this returns)."""
+    def decide(self, number: int, action: str, label: str | None = None, new_class: bool = False) -> Decision:
+        """Record a decision on item `number` (durably, before this returns). A label must be one of
+        the classes the page shows, or with `new_class` a new one the user named (one folder name,
+        not hidden); a class the data lacks is recorded as created on purpose."""
         item = self.item(number)
         if action == "undo":
             decision = Decision(item.id, "undo", item.path, finding=item.kind)
@@ -95,13 +100,27 @@ class ReviewSession:
                 new = label or item.suggestion
                 if not new:
                     raise UsageError("relabel to which class? this finding suggests none")
+                if new_class:
+                    check_class_name(new)
+                elif new not in self.state_classes():
+                    raise UsageError(f"{new!r} is not one of the classes; name a new class on purpose")
+                new_class = new not in self.image_set.classes
             elif action in ("keep", "none", "exclude"):
-                new = None
+                new, new_class = None, False
             digest = file_digest(item.location) if Path(item.location).is_file() else ""
-            decision = Decision(item.id, action, item.path, digest, item.kind, item.label, new)
+            decision = Decision(
+                item.id, action, item.path, digest, item.kind, item.label, new, new_class=new_class
+            )
         with self.lock:
             self.log.append(decision)
         return decision
+
+    def state_classes(self) -> list[str]:
+        """The classes the page offers: the data's, the model's, and those created in this review."""
+        created = [
+            d.new for d in current_decisions(self.log.read()).values() if d.new_class and d.new is not None
+        ]
+        return self.classes + [c for c in dict.fromkeys(created) if c not in self.classes]
 
     def undo_last(self) -> Decision | None:
         """Take back the latest decision still in force, whichever item it was on."""
@@ -159,22 +178,42 @@ class ReviewSession:
         return explanation_png(result)
 
     def apply(self) -> str:
-        """Carry the decisions out: moves between class folders (undone by `revert`), or a new CSV
-        beside the table."""
-        decisions = self.log.read()
-        if self.table is not None:
-            path, path_column, label_column = self.table
-            out = apply_to_table(path, path_column, label_column, decisions)
-            return f"wrote {out} (the old table is untouched)"
-        moves = apply_to_folders(self.source, decisions)
-        return (
-            f"moved {len(moves)} files in {self.source} (imgclf review {self.source} --revert puts them back)"
-        )
+        """Carry the decisions out (see `apply_decisions`); the lines joined as one message."""
+        return "; ".join(apply_decisions(self.source, self.log.path, self.cfg))
 
     def revert(self) -> str:
         if self.table is not None:
             raise UsageError("a table's review writes a new CSV beside it; there is nothing to put back")
-        return f"put back {revert_moves(self.source)} files"
+        return "; ".join(revert_changes(self.source, self.cfg))
+
+
+def apply_decisions(data: str | Path, review: str | Path, cfg: DataConfig) -> list[str]:
+    """Carry a review's decisions out on the data, scanned afresh: changes to class folders (each
+    through `imgclf.data.edits`, undone by `revert_changes`), or a new CSV beside a table. Returns
+    the lines to show, what was done first."""
+    from imgclf.data.prepared import load_data
+
+    decisions = read_decisions(review)
+    image_set = load_data(str(data), cfg)
+    if image_set.layout == "table":
+        out = apply_to_table(image_set.source, *_table_columns(image_set), decisions, Path(review).name)
+        return [f"wrote {out} (the old table is untouched)"]
+    if image_set.layout not in ("class-folders", "split-folders") or not Path(data).is_dir():
+        raise UsageError(
+            "--apply changes class folders or writes a reviewed CSV beside a table; this data is "
+            "neither (an archive: unpack it and review the folder)"
+        )
+    read = functools.partial(load_data, cfg=cfg)  # again, once the folder is locked
+    applied = apply_to_folders(data, decisions, cfg.splits, Path(review).name, read)
+    lines = [f"{applied.summary()} (imgclf review {data} --revert puts them back)"]
+    return lines + [f"settled what an interrupted run left: {line}" for line in applied.settled]
+
+
+def revert_changes(data: str | Path, cfg: DataConfig) -> list[str]:
+    """Put back what an applied review changed in class folders. Returns the lines to show: what
+    was put back, then each change that could not be undone and why (kept for a later try)."""
+    result = revert_folders(data, cfg.splits)
+    return [f"put back {result.undone} files in {data}"] + [f"not undone: {line}" for line in result.kept]
 
 
 def _decision_dict(decision: Decision | None) -> dict[str, Any] | None:
@@ -276,6 +315,7 @@ def open_review(
         predictor,
         explainer,
         table,
+        cfg,
     )
 
 
