@@ -76,6 +76,51 @@ def test_new_images_come_after_the_findings_the_least_sure_first(noisy, tmp_path
     assert sure[0] <= sure[-1] and all(0.0 <= value <= 1.0 for value in sure)
 
 
+def test_the_review_page_only_its_user_can_drive(noisy, tmp_path: Path) -> None:
+    run_dir, original, _ = noisy
+    data = fresh_copy(original, tmp_path)
+    session = open_review(data, review=tmp_path / "review.jsonl", label_check=False, model=run_dir)
+    before = sorted(p.relative_to(data).as_posix() for p in data.rglob("*"))
+    access = Access(token="t0k", loopback_only=True, query_token_changes=False)
+    auth = {"Authorization": "Bearer t0k"}
+    with TestClient(create_review_app(session, access), base_url="http://127.0.0.1:8010") as client:
+        session.decide(0, "exclude")  # a decision waiting to be applied
+        form = client.post(
+            "/api/apply?token=t0k", headers={"Content-Type": "application/x-www-form-urlencoded"}
+        )
+        assert form.status_code == 401 and "Authorization: Bearer header" in form.json()["detail"]
+        for foreign in (
+            {"Origin": "http://evil.example"},
+            {"Sec-Fetch-Site": "cross-site"},
+            {"Origin": "null"},
+        ):
+            assert client.post("/api/apply", headers={**auth, **foreign}).status_code == 403, foreign
+        assert sorted(p.relative_to(data).as_posix() for p in data.rglob("*")) == before  # nothing moved
+        assert client.get("/api/items?token=t0k").status_code == 200  # reads (the images) by address
+        page = client.get("/")
+        assert (
+            page.headers["x-frame-options"] == "DENY"
+            and "frame-ancestors 'none'" in page.headers["content-security-policy"]
+        )
+        assert "history.replaceState" in page.text and "sessionStorage" in page.text
+
+        def decide(**body):
+            return client.post("/api/decide", json={"item": 0, "action": "relabel", **body}, headers=auth)
+
+        for label in ("../../victim", "/tmp/x", ".hidden", "a/b", "x\u0000y", ""):
+            assert decide(label=label, new_class=True).status_code == 400, label
+        assert decide(label="zebra").status_code == 400  # not a class: only on purpose
+        assert decide(label="zebra", new_class=True).status_code == 200
+        assert "zebra" in client.get("/api/items", headers=auth).json()["classes"]
+        assert decide(label="zebra").status_code == 200  # created now: one of the classes
+    decided = read_decisions(tmp_path / "review.jsonl")
+    assert [d.new for d in decided] == [None, "zebra", "zebra"] and [d.new_class for d in decided] == [
+        False,
+        True,
+        True,
+    ]
+
+
 def test_routes_record_every_decision_and_undo(noisy, tmp_path: Path) -> None:
     run_dir, data, _ = noisy
     session = open_review(data, model=run_dir, review=tmp_path / "review.jsonl")
@@ -114,12 +159,14 @@ def test_the_review_loop_in_chromium(noisy, tmp_path: Path) -> None:
     session = open_review(data, model=run_dir, review=review)
     first = session.items[0]
     assert first.kind in ("conflicting-labels", "corrupt", "label-issue")
-    with served_at(create_review_app(session)) as port, playwright.sync_playwright() as driver:
+    access = Access(token="page-t0ken", loopback_only=True, query_token_changes=False)  # as `imgclf review`
+    with served_at(create_review_app(session, access)) as port, playwright.sync_playwright() as driver:
         browser = driver.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
         try:
             page = browser.new_page()
-            page.goto(f"http://127.0.0.1:{port}/")
+            page.goto(f"http://127.0.0.1:{port}/?token=page-t0ken")
             page.wait_for_function("document.getElementById('progress').textContent.includes('item 1 of')")
+            assert "token" not in page.url  # dropped from the address bar and history; kept by the tab
             labels = [item for item in session.items if item.kind == "label-issue"]
             target = session.items.index(labels[0])
             for _ in range(target):  # to the first likely wrong label
@@ -150,6 +197,42 @@ def test_the_review_loop_in_chromium(noisy, tmp_path: Path) -> None:
             browser.close()
     decided = [json.loads(line) for line in review.read_text().splitlines()]
     assert [d["action"] for d in decided] == ["relabel", "relabel", "undo"]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (see .ci/run)")
+def test_a_page_of_another_site_cannot_apply_in_chromium(noisy, tmp_path: Path) -> None:
+    """A web page the user has open elsewhere posts a form to the review page's /api/apply (with the
+    token in its address, as if it had leaked): the browser sends it, the review page refuses it,
+    and no file moves."""
+    from fastapi import FastAPI
+    from fastapi.responses import HTMLResponse
+
+    playwright = pytest.importorskip("playwright.sync_api")
+    run_dir, original, _ = noisy
+    data = fresh_copy(original, tmp_path)
+    session = open_review(data, model=run_dir, review=tmp_path / "review.jsonl", label_check=False)
+    session.decide(0, "exclude")
+    before = sorted(p.relative_to(data).as_posix() for p in data.rglob("*"))
+    access = Access(token="page-t0ken", loopback_only=True, query_token_changes=False)
+    evil = FastAPI()
+    with served_at(create_review_app(session, access)) as port:
+
+        @evil.get("/", response_class=HTMLResponse)
+        def attack() -> str:
+            target = f"http://127.0.0.1:{port}/api/apply?token=page-t0ken"
+            return f'<form id="f" method="post" action="{target}"></form><script>f.submit()</script>'
+
+        with served_at(evil) as evil_port, playwright.sync_playwright() as driver:
+            browser = driver.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+            try:
+                page = browser.new_page()
+                with page.expect_response(lambda r: "/api/apply" in r.url) as answer:
+                    page.goto(f"http://localhost:{evil_port}/")  # another origin than 127.0.0.1:{port}
+                assert answer.value.status == 403, answer.value.text()
+            finally:
+                browser.close()
+    assert sorted(p.relative_to(data).as_posix() for p in data.rglob("*")) == before
+    assert not (data / ".imgclf-review").exists()
 
 
 def test_the_cli_applies_reverts_updates_and_trains_with_the_overlay(

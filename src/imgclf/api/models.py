@@ -104,8 +104,8 @@ def serve(
     """
     import uvicorn
 
-    from imgclf.serve import Access, ServeSettings, create_app
-    from imgclf.serve.app import LOOPBACK_HOSTS, resolve_token
+    from imgclf.serve import ServeSettings, create_app
+    from imgclf.serve.access import LOOPBACK_HOSTS, Access, resolve_token
     from imgclf.serve.connections import deadline_protocol, raise_open_file_limit
 
     settings = settings or ServeSettings()
@@ -117,7 +117,11 @@ def serve(
     ):
         if value < 1:
             raise UsageError(f"{name} must be at least 1")
-    for name, seconds in (("--timeout", settings.timeout_s), ("--read-timeout", settings.read_timeout_s)):
+    for name, seconds in (
+        ("--timeout", settings.timeout_s),
+        ("--read-timeout", settings.read_timeout_s),
+        ("--decode-timeout", settings.decode_timeout_s),
+    ):
         if not seconds > 0:
             raise UsageError(f"{name} must be above 0 seconds")
     if settings.max_held_mb < settings.max_body_mb:
@@ -131,7 +135,8 @@ def serve(
     )
     settings, admission = settings.sized(measured_speed(predictor, settings.max_batch))
     token = resolve_token(host, token, require_token)
-    application = create_app(predictor, settings, Access(token=token, loopback_only=host in LOOPBACK_HOSTS))
+    access = Access(token=token, loopback_only=host in LOOPBACK_HOSTS, log_requests=access_log)
+    application = create_app(predictor, settings, access)
     if on_start is not None:
         on_start(predictor, token, admission)
     raise_open_file_limit()
@@ -141,7 +146,7 @@ def serve(
         port=port,
         http=deadline_protocol(settings.read_timeout_s),
         log_level="warning",
-        access_log=access_log,
+        access_log=False,  # imgclf's own (`Access.log_requests`): with any token removed
     )
 
 

@@ -1,8 +1,9 @@
 """The review page's server: the page, the items, their images, and one route per decision.
 
 Images are only ever served by item or sample number (never by a path the browser names), and each
-decision is appended to review.jsonl before the answer goes back. Bound to loopback by default;
-`serve`'s access guard (token, Host check) protects it when exposed.
+decision is appended to review.jsonl before the answer goes back. `serve`'s access guard stands in
+front (`imgclf.serve.access`): `imgclf review` always gives it a token, which every request that
+changes something must carry as a header, and it refuses requests from other web sites and framing.
 """
 
 from __future__ import annotations
@@ -19,21 +20,24 @@ from imgclf.data.decisions import ACTIONS
 from imgclf.data.decode import ImageDecodeError
 from imgclf.errors import ImgclfError
 from imgclf.review.session import ReviewSession
-from imgclf.serve import Access
-from imgclf.serve.app import AccessGuard
+from imgclf.serve.access import Access, AccessGuard
 
 
 class DecisionBody(BaseModel):
     item: int = Field(ge=0, description="The item's number, as GET /api/items lists it.")
     action: str = Field(description=f"One of {', '.join(ACTIONS)}.")
     label: str | None = Field(None, description="The class, for relabel and label (default: the suggestion).")
+    new_class: bool = Field(
+        False, description="`label` is a new class the user named in the page (one folder name, not hidden)."
+    )
 
 
 def create_review_app(session: ReviewSession, access: Access | None = None) -> FastAPI:
+    """The review page's application; `access`: its token and host rules (`imgclf review` always
+    gives a token; without one, the other rules of the guard still hold)."""
     app = FastAPI(title="imgclf review", docs_url=None, redoc_url=None, openapi_url=None)
     page = resources.files("imgclf.review").joinpath("page.html").read_text(encoding="utf-8")
-    if access is not None and (access.token is not None or access.loopback_only):
-        app.add_middleware(AccessGuard, access=access)
+    app.add_middleware(AccessGuard, access=access or Access(query_token_changes=False))
 
     async def off_loop(work: Any, *args: Any) -> Any:
         try:
@@ -83,7 +87,7 @@ def create_review_app(session: ReviewSession, access: Access | None = None) -> F
     async def decide(body: DecisionBody) -> dict[str, Any]:
         if body.action not in ACTIONS:
             raise HTTPException(400, f"action must be one of {', '.join(ACTIONS)}")
-        decision = await off_loop(session.decide, body.item, body.action, body.label)
+        decision = await off_loop(session.decide, body.item, body.action, body.label, body.new_class)
         return {"item": body.item, "action": decision.action, "new": decision.new}
 
     @app.post("/api/undo")
