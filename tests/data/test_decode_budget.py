@@ -182,3 +182,56 @@ def test_decoding_in_threads_leaves_the_warning_state_as_it_was(monkeypatch) -> 
     assert warnings.filters == filters and warnings.showwarning is hook
     assert sorted(set(outcomes)) == ["refused", "small"], sorted(set(outcomes))
     assert outcomes.count("refused") == 9 * 100
+
+
+def _progressive_jpeg(scans: int, side: int = 256) -> bytes:
+    """A progressive JPEG of a flat image with one of its scans repeated until it holds `scans`."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (side, side), (120, 130, 140)).save(buffer, "JPEG", progressive=True, quality=50)
+    data = buffer.getvalue()
+    first = data.index(b"\xff\xda")  # the scans run from the first SOS to the end-of-image marker
+    last = data.rindex(b"\xff\xda")
+    extra = max(0, scans - data.count(b"\xff\xda"))
+    return data[:-2] + data[last:-2] * extra + b"\xff\xd9" if first < last else data
+
+
+def test_a_progressive_jpeg_of_thousands_of_scans_is_refused_before_decoding(tmp_path) -> None:
+    ordinary = _progressive_jpeg(10)
+    assert decode_image(ordinary, formats=UPLOAD_FORMATS).size == (256, 256)  # libjpeg's own script
+    bomb = _progressive_jpeg(20_000)  # each scan walks the whole image again
+    (tmp_path / "bomb.jpg").write_bytes(bomb)
+    for source in (bomb, tmp_path / "bomb.jpg"):  # refused from its bytes, before any scan is decoded
+        with pytest.raises(ImageDecodeError, match=r"JPEG of 20,\d+ scans, over the limit of 256"):
+            decode_image(source, formats=UPLOAD_FORMATS)
+
+
+def test_a_deadline_stops_decoding_within_one_block_of_input() -> None:
+    pixels = np.random.default_rng(0).integers(0, 256, (2000, 2000, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    data = buffer.getvalue()
+    assert decode_image(data, deadline=time.monotonic() + 600).size == (2000, 2000)
+    with pytest.raises(decode.DecodeTimeout):
+        decode_image(data, deadline=time.monotonic() - 1)
+    with pytest.raises(decode.DecodeTimeout):  # past the deadline in the middle of the pixels
+        decode_image(data, deadline=time.monotonic() + 0.002)
+
+
+def test_a_multi_page_file_is_decoded_without_looking_at_its_other_pages(monkeypatch) -> None:
+    from PIL import GifImagePlugin, TiffImagePlugin
+
+    frames = [Image.new("L", (4, 4), i) for i in range(300)]
+    seeks: list[tuple[str, int]] = []
+    for plugin, kind in ((TiffImagePlugin.TiffImageFile, "TIFF"), (GifImagePlugin.GifImageFile, "GIF")):
+        original = plugin._seek
+
+        def counted(self, frame, *args, original=original, kind=kind):
+            seeks.append((kind, frame))
+            return original(self, frame, *args)
+
+        monkeypatch.setattr(plugin, "_seek", counted)
+        buffer = io.BytesIO()
+        frames[0].save(buffer, format=kind, save_all=True, append_images=frames[1:])
+        image = decode_image(buffer.getvalue(), formats=UPLOAD_FORMATS)
+        assert image.getpixel((0, 0)) == 0
+    assert all(frame == 0 for _, frame in seeks), seeks

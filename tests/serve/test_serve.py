@@ -571,7 +571,7 @@ def test_serve_off_loopback_prints_the_address_with_its_token_and_a_qr_code(
     from typer.testing import CliRunner
 
     from imgclf.cli import app
-    from imgclf.serve.app import address_qr, reachable_address
+    from imgclf.serve.access import address_qr, reachable_address
 
     artifact, _ = shapes_model
     monkeypatch.delenv("IMGCLF_TOKEN", raising=False)
@@ -731,3 +731,67 @@ def test_a_client_that_leaves_mid_body_leaves_no_traceback(served, caplog) -> No
     logged = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert not [r for r in logged if "Exception in ASGI application" in r.getMessage() or r.exc_info]
     assert not [r for r in logged if "Unclosed file" in r.getMessage()]
+
+
+def test_other_sites_cannot_post_and_no_page_can_frame_it(served) -> None:
+    from imgclf.serve import Access
+
+    predictor, data = served
+    files = {"files": ("a.png", sorted((data / "disc").iterdir())[0].read_bytes(), "image/png")}
+    app = create_app(predictor, access=Access(loopback_only=True))
+    with TestClient(app, base_url="http://127.0.0.1:8000") as http:
+        own = http.post("/predict", files=files, headers={"Origin": "http://127.0.0.1:8000"})
+        assert own.status_code == 200  # the page's own requests
+        assert http.post("/predict", files=files).status_code == 200  # scripts send no Origin
+        for foreign in ({"Origin": "http://evil.example"}, {"Origin": "null"},
+                        {"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site"}):  # fmt: skip
+            refused = http.post("/predict", files=files, headers=foreign)
+            assert refused.status_code == 403 and "another web site" in refused.json()["detail"], foreign
+        cross_site_read = http.get("/model", headers={"Sec-Fetch-Site": "cross-site"})
+        assert cross_site_read.status_code == 200  # a read changes nothing (and no CORS lets it be read)
+        for answer in (http.get("/"), refused, http.get("/model", headers={"Host": "evil.example"})):
+            assert answer.headers["x-frame-options"] == "DENY"
+            assert answer.headers["content-security-policy"] == "frame-ancestors 'none'"
+            assert answer.headers["referrer-policy"] == "no-referrer"
+
+
+def test_the_access_log_names_each_request_without_its_token(served, caplog) -> None:
+    from imgclf.serve import Access
+
+    predictor, _ = served
+    access = Access(token="s3cret-token", log_requests=True)
+    app = create_app(predictor, access=access)
+    with caplog.at_level("INFO", logger="imgclf.serve.access"), TestClient(app) as http:
+        assert http.get("/model", params={"token": "s3cret-token", "x": "1"}).status_code == 200
+        assert http.get("/model").status_code == 401
+    lines = [record.getMessage() for record in caplog.records if record.name == "imgclf.serve.access"]
+    assert len(lines) == 2 and '"GET /model?token=…&x=1 HTTP/1.1" 200' in lines[0], lines
+    assert '"GET /model HTTP/1.1" 401' in lines[1] and "s3cret" not in caplog.text
+
+
+def test_decoding_has_a_time_budget_and_no_decoder_walks_every_page(served, monkeypatch) -> None:
+    from PIL import TiffImagePlugin
+
+    predictor, _ = served
+    pixels = np.random.default_rng(0).integers(0, 256, (2500, 2500, 3), dtype=np.uint8)
+    big = png_bytes(Image.fromarray(pixels))  # about 0.1 s to decode
+    settings = ServeSettings(decode_timeout_s=0.005)
+    with TestClient(create_app(predictor, settings)) as http:
+        answer = http.post("/predict", files={"files": ("big.png", big, "image/png")})
+        assert answer.status_code == 413 and "took over 0.005 s" in answer.json()["detail"]
+        health = http.get("/health").json()
+        assert health["predict_active"] == 0 and health["large_active"] == 0  # the worker is free
+    seeks = []
+    original = TiffImagePlugin.TiffImageFile._seek
+
+    def counted(self, frame: int) -> None:
+        seeks.append(frame)
+        original(self, frame)
+
+    monkeypatch.setattr(TiffImagePlugin.TiffImageFile, "_seek", counted)
+    with TestClient(create_app(predictor)) as http:
+        frames = [Image.new("L", (1, 1), i % 256) for i in range(500)]
+        tiff = io.BytesIO()
+        frames[0].save(tiff, format="TIFF", save_all=True, append_images=frames[1:])
+        pages = http.post("/predict", files={"files": ("pages.tif", tiff.getvalue(), "image/tiff")})
+        assert pages.status_code == 200 and max(seeks, default=0) == 0  # the first page, no other looked at

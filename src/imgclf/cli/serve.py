@@ -68,6 +68,13 @@ def serve(
             "its Content-Length); more get 503 with Retry-After."
         ),
     ] = 256.0,
+    decode_timeout: Annotated[
+        float,
+        typer.Option(
+            help="Seconds the decoding of one request's images may take; past it the request gets 413 and "
+            "its thread is free at once."
+        ),
+    ] = 10.0,
     read_timeout: Annotated[
         float,
         typer.Option(
@@ -86,7 +93,13 @@ def serve(
         int | None, typer.Option(help="ONNX Runtime threads \\[default: one per core].", show_default=False)
     ] = None,
     tta: TtaOption = False,
-    access_log: Annotated[bool, typer.Option("--access-log", help="Log every request.")] = False,
+    access_log: Annotated[
+        bool,
+        typer.Option(
+            "--access-log",
+            help="Log every request: client, method, path (any token replaced by …), status, milliseconds.",
+        ),
+    ] = False,
     token: Annotated[
         str | None,
         typer.Option(
@@ -122,6 +135,7 @@ def serve(
         max_waiting=max_waiting,
         timeout_s=timeout,
         read_timeout_s=read_timeout,
+        decode_timeout_s=decode_timeout,
         max_held_mb=max_held_mb,
         **({"max_active": max_active} if max_active is not None else {}),
         default_top_k=top_k,
@@ -142,7 +156,7 @@ def announce(
     many requests it admits, what that exposes, and off loopback the address for a phone, drawn as
     a QR code."""
     from imgclf.console import err_console
-    from imgclf.serve.app import address_qr, reachable_address
+    from imgclf.serve.access import address_qr, reachable_address
 
     shown = f"[{host}]" if ":" in host else host
     address = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")

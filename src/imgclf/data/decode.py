@@ -13,11 +13,12 @@ import logging
 import os
 import struct
 import threading
+import time
 import warnings
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -69,6 +70,35 @@ class ImageDecodeError(Exception):
 
 class ImageFormatError(ImageDecodeError):
     """An image in a format this use does not open (serve answers 415)."""
+
+
+class DecodeTimeout(ImageDecodeError):
+    """Decoding ran past its deadline (serve answers 413)."""
+
+
+# A progressive JPEG's scans each walk every block of the image: 20,000 scans of 23 bytes each make
+# a 0.7 MB file that takes 12 s to decode at 6000×6000. Encoders write about 10 (libjpeg's default
+# script) and rarely more than a few dozen; libjpeg-turbo's own tools suggest a limit of 500.
+MAX_JPEG_SCANS = 256
+JPEG_SCAN_MARKER = b"\xff\xda"  # SOS; entropy-coded data never holds it (0xFF is stuffed there)
+
+
+class _DeadlineBytes(io.BytesIO):
+    """Bytes that refuse to be read past a deadline: Pillow's decoders read their input in blocks
+    of 64 KiB, so decoding stops within one block of the deadline and the thread is free again."""
+
+    def __init__(self, data: bytes | bytearray, deadline: float) -> None:
+        super().__init__(data)
+        self.deadline = deadline
+
+    def read(self, size: int | None = -1) -> bytes:
+        _check_deadline(self.deadline)
+        return super().read(size)
+
+
+def _check_deadline(deadline: float | None) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise DecodeTimeout("decoding took too long (over its time budget)")
 
 
 def training_formats() -> tuple[str, ...]:
@@ -167,9 +197,15 @@ def pillow_warnings_logged(source: object) -> Iterator[None]:
             logger.warning("%s: %s", name, str(warning.message).splitlines()[0] if warning.message else "")
 
 
-def _open(source: str | Path | bytes, formats: tuple[str, ...] | None = None) -> Image.Image:
-    """Open lazily with only `formats`' plug-ins (default: `training_formats()`)."""
-    fp = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
+def _open(
+    source: str | Path | bytes, formats: tuple[str, ...] | None = None, deadline: float | None = None
+) -> Image.Image:
+    """Open lazily with only `formats`' plug-ins (default: `training_formats()`); bytes read with a
+    `deadline` (time.monotonic()) stop being readable past it."""
+    if isinstance(source, (bytes, bytearray)):
+        fp: Any = io.BytesIO(source) if deadline is None else _DeadlineBytes(source, deadline)
+    else:
+        fp = source
     formats = formats or training_formats()
     try:
         image = Image.open(fp, formats=list(formats))
@@ -356,6 +392,7 @@ def decode_image(
     name: object = None,
     formats: tuple[str, ...] | None = None,
     max_bytes: int | None = None,
+    deadline: float | None = None,
 ) -> Image.Image:
     """Fully decode an image, apply its EXIF orientation, and return it in its own mode.
 
@@ -365,10 +402,12 @@ def decode_image(
     `formats`: the Pillow formats opened (UPLOAD_FORMATS for anyone's input; default
     `training_formats()`); another format is an `ImageFormatError`. `max_bytes` refuses an image
     whose full-size decode would take more memory, except a JPEG that draft mode reduces under it.
+    `deadline` (a time.monotonic() value; bytes only) stops decoding past it (`DecodeTimeout`).
+    A progressive JPEG of more than MAX_JPEG_SCANS scans is refused before decoding.
     Every failure is an `ImageDecodeError`; Pillow's warnings are logged with `name` (default: the path).
     """
     with pillow_warnings_logged(name or source):
-        return _decode(source, draft_size, max_pixels, formats, max_bytes)
+        return _decode(source, draft_size, max_pixels, formats, max_bytes, deadline)
 
 
 def decode_cost(
@@ -401,8 +440,9 @@ def _decode(
     max_pixels: int | None,
     formats: tuple[str, ...] | None = None,
     max_bytes: int | None = None,
+    deadline: float | None = None,
 ) -> Image.Image:
-    image = _open(source, formats)
+    image = _open(source, formats, deadline)
     if max_pixels is not None and image.width * image.height > max_pixels:
         image.close()
         raise ImageDecodeError(
@@ -414,6 +454,14 @@ def _decode(
             image.close()
             raise ImageDecodeError(
                 f"corrupt or truncated: {size:,} bytes cannot hold {image.width}×{image.height} pixels"
+            )
+    if image.format in ("JPEG", "MPO") and "progressive" in image.info:
+        scans = _jpeg_scans(source)
+        if scans > MAX_JPEG_SCANS:
+            image.close()
+            raise ImageDecodeError(
+                f"a progressive JPEG of {scans:,} scans, over the limit of {MAX_JPEG_SCANS} "
+                "(each scan decodes the whole image again)"
             )
     try:
         if draft_size is not None and image.format == "JPEG":
@@ -432,8 +480,9 @@ def _decode(
                 reduced.info, reduced.format = image.info, image.format  # EXIF orientation still applies
                 image.close()
                 image = reduced
-        if getattr(image, "n_frames", 1) > 1:
-            image.seek(0)
+        # the first frame of a multi-page file is decoded, and no other page is looked at (counting
+        # them walks every page: 3 s for a 2 MB TIFF of 20,001 one-pixel pages, 157 s for 19 MB)
+        _check_deadline(deadline)
         ImageOps.exif_transpose(image, in_place=True)  # in place: no copy of an upright image
     except ImageDecodeError:
         raise
@@ -445,6 +494,17 @@ def _decode(
     except Exception as error:  # a plugin's decoder on an unusual file: report it, never crash
         raise ImageDecodeError(f"cannot decode: {error or type(error).__name__}") from error
     return image
+
+
+def _jpeg_scans(source: str | Path | bytes) -> int:
+    """How many scans (SOS markers) a JPEG holds, counted in its bytes (an EXIF thumbnail's count
+    too: a few at most)."""
+    if isinstance(source, (bytes, bytearray)):
+        return source.count(JPEG_SCAN_MARKER)
+    try:
+        return read_bytes(source).count(JPEG_SCAN_MARKER)
+    except OSError:
+        return 0
 
 
 def _over_black(image: Image.Image) -> Image.Image:

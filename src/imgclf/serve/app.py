@@ -12,7 +12,6 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import hmac
 import json
 import logging
 import os
@@ -23,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from typing import Any
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import urlencode
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Query, Request
@@ -37,11 +36,19 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from imgclf.data.decode import UPLOAD_FORMATS, ImageDecodeError, ImageFormatError, decode_cost, decode_image
+from imgclf.data.decode import (
+    UPLOAD_FORMATS,
+    DecodeTimeout,
+    ImageDecodeError,
+    ImageFormatError,
+    decode_cost,
+    decode_image,
+)
 from imgclf.data.preprocess import PreprocessSpec, prepare_image
 from imgclf.errors import UsageError
 from imgclf.inference.explain import Explainer, explanation_png
 from imgclf.inference.predictor import Predictor
+from imgclf.serve.access import Access, AccessGuard, reply
 from imgclf.serve.batching import MicroBatcher
 
 logger = logging.getLogger(__name__)
@@ -75,6 +82,9 @@ class ServeSettings:
     # request headers slower than this close the connection; a body slower than this gets 408 (slowloris)
     read_timeout_s: float = 20.0
     timeout_s: float = 60.0  # a request that waited and ran longer than this gets 503
+    # decoding one request's images may take this long; past it the request gets 413 and its thread
+    # is free within one 64 KiB block of input (a file whose decoding is slow by design)
+    decode_timeout_s: float = 10.0
 
     def sized(self, images_per_second: float) -> tuple[ServeSettings, str]:
         """These settings with `max_waiting` sized from the model's measured speed, and the line
@@ -290,121 +300,7 @@ class BodySizeLimit:
                 await self._reject(send)
 
     async def _reject(self, send: Send) -> None:
-        await _reply(send, 413, f"request body over the limit of {self.limit:,} bytes")
-
-
-# What a browser fetches by itself, without the page's script (so without the token): nothing in
-# them is about the model. The page is the same for every server; it asks for the token when it has
-# none (an app installed on the home screen opens "./", and finds the token in its storage).
-PUBLIC_PATHS = ("/", "/manifest.webmanifest", "/icon.svg", "/icon-192.png", "/icon-512.png", "/health")
-PUBLIC_PREFIXES = ("/docs-static/",)  # the API page's script and style
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
-
-
-@dataclass(frozen=True)
-class Access:
-    """Who may use the service: `token`, when set, must come with every request (an
-    `Authorization: Bearer TOKEN` header, or `?token=TOKEN` as a link gives it); `loopback_only`
-    refuses requests whose Host header names another machine (DNS rebinding against a server bound
-    to 127.0.0.1)."""
-
-    token: str | None = None
-    loopback_only: bool = False
-
-
-def resolve_token(host: str, token: str | None, require_token: bool | None) -> str | None:
-    """The token a server bound to `host` asks for: the one given, else $IMGCLF_TOKEN, else one made
-    up when it is not bound to loopback (or `require_token`); None with `require_token` False."""
-    import os
-    import secrets
-
-    if require_token is False:
-        return None
-    token = token or os.environ.get("IMGCLF_TOKEN") or None
-    if token is None and (require_token or host not in LOOPBACK_HOSTS):
-        token = secrets.token_urlsafe(24)
-    return token
-
-
-def _host_name(value: bytes) -> str:
-    text = value.decode("latin-1").strip().lower()
-    if text.startswith("["):  # [::1]:8000
-        return text[1 : text.find("]")] if "]" in text else text
-    return text.rsplit(":", 1)[0] if text.count(":") == 1 else text
-
-
-def reachable_address(host: str) -> str:
-    """The address other machines reach a server bound to `host` at: for 0.0.0.0 (or ::), this
-    machine's address on its default route, found without sending anything (a UDP socket's
-    connect only picks the route)."""
-    import socket
-
-    if host not in ("0.0.0.0", "::", ""):
-        return host
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.connect(("10.255.255.255", 1))
-            return probe.getsockname()[0]
-    except OSError:
-        return host
-
-
-def address_qr(address: str) -> str:
-    """The address as a QR code drawn with block characters, for a phone's camera."""
-    import io
-
-    import segno
-
-    drawn = io.StringIO()
-    segno.make(address, error="m").terminal(out=drawn, compact=True)
-    return drawn.getvalue()
-
-
-class AccessGuard:
-    """ASGI middleware: 403 for a foreign Host when bound to loopback, 401 without the token."""
-
-    def __init__(self, app: ASGIApp, access: Access) -> None:
-        self.app, self.access = app, access
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope.get("headers") or [])
-        if self.access.loopback_only and _host_name(headers.get(b"host", b"")) not in LOOPBACK_HOSTS:
-            await _reply(send, 403, "this server answers requests for 127.0.0.1 and localhost only")
-            return
-        path = scope.get("path", "")
-        public = path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
-        if self.access.token is not None and not public:
-            given = ""
-            authorization = headers.get(b"authorization", b"").decode("latin-1")
-            if authorization.lower().startswith("bearer "):
-                given = authorization[7:].strip()
-            else:
-                query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-                given = (query.get("token") or [""])[0]
-            if not hmac.compare_digest(given.encode(), self.access.token.encode()):
-                await _reply(send, 401, "a token is needed: open the address imgclf serve printed",
-                             [(b"www-authenticate", b"Bearer")])  # fmt: skip
-                return
-        await self.app(scope, receive, send)
-
-
-async def _reply(send: Send, status: int, detail: str, headers: list | None = None) -> None:
-    body = json.dumps({"detail": detail}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                *(headers or []),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+        await reply(send, 413, f"request body over the limit of {self.limit:,} bytes")
 
 
 def _missing_field(name: str) -> RequestValidationError:
@@ -422,8 +318,11 @@ def _decode_base64(text: str, position: int) -> bytes:
         raise HTTPException(400, f"image {position}: not valid base64") from None
 
 
-def prepare_upload(blob: bytes, name: str, spec: PreprocessSpec, settings: ServeSettings) -> np.ndarray:
-    """One uploaded file → the model's prepared uint8 image; a bad file is a 400 that names it."""
+def prepare_upload(
+    blob: bytes, name: str, spec: PreprocessSpec, settings: ServeSettings, deadline: float | None = None
+) -> np.ndarray:
+    """One uploaded file → the model's prepared uint8 image; a bad file is a 400 that names it, one
+    whose decoding runs past `deadline` (time.monotonic()) a 413."""
     if not blob:
         raise HTTPException(400, f"{name}: empty file")
     try:
@@ -434,10 +333,16 @@ def prepare_upload(blob: bytes, name: str, spec: PreprocessSpec, settings: Serve
             name=name,
             formats=UPLOAD_FORMATS,
             max_bytes=int(settings.max_decode_mb * 2**20),
+            deadline=deadline,
         )
         return prepare_image(image, spec)
     except ImageFormatError as error:
         raise HTTPException(415, f"{name}: {error}") from None
+    except DecodeTimeout:
+        raise HTTPException(
+            413,
+            f"{name}: decoding the request's images took over {settings.decode_timeout_s:g} s (its budget)",
+        ) from None
     except ImageDecodeError as error:
         raise HTTPException(400, f"{name}: {error}") from None
     except Exception as error:  # Pillow plug-ins raise assorted errors on hostile files
@@ -468,8 +373,10 @@ def request_cost(blobs: list[bytes], spec: PreprocessSpec, settings: ServeSettin
 def prepare_uploads(
     blobs: list[bytes], names: list[str], spec: PreprocessSpec, settings: ServeSettings
 ) -> list[np.ndarray]:
-    """A request's images, prepared (`request_cost` has checked their budget)."""
-    return [prepare_upload(blob, name, spec, settings) for blob, name in zip(blobs, names)]
+    """A request's images, prepared (`request_cost` has checked their budget), all within one time
+    budget (`decode_timeout_s`) from now."""
+    deadline = time.monotonic() + settings.decode_timeout_s
+    return [prepare_upload(blob, name, spec, settings, deadline) for blob, name in zip(blobs, names)]
 
 
 class HeldBodies:
@@ -608,10 +515,16 @@ PREDICT_ROUTE: dict[str, Any] = {
             "model": ErrorBody,
             "description": "The server needs its token, and the request has not got it.",
         },
+        403: {
+            "model": ErrorBody,
+            "description": "Sent by a page of another web site (its Origin or Sec-Fetch-Site says so), or "
+            "naming another host than loopback's.",
+        },
         408: {"model": ErrorBody, "description": "The request body arrived too slowly."},
         413: {
             "model": ErrorBody,
-            "description": "Request body, image count, or the images' pixels together over their limits.",
+            "description": "Request body, image count, the images' pixels together, or the time their "
+            "decoding takes over their limits.",
         },
         415: {
             "model": ErrorBody,
@@ -760,8 +673,7 @@ def create_app(
         return await asyncio.get_running_loop().run_in_executor(pool, work)
 
     app.add_middleware(BodySizeLimit, limit=int(settings.max_body_mb * 1_000_000))
-    if access is not None and (access.token is not None or access.loopback_only):
-        app.add_middleware(AccessGuard, access=access)  # added last: it runs first
+    app.add_middleware(AccessGuard, access=access or Access())  # added last: it runs first
 
     @app.post("/predict", **PREDICT_ROUTE)
     async def predict(
@@ -827,7 +739,7 @@ def create_app(
         summary="Where the model looked: a Grad-CAM heatmap per image",
         responses={
             409: {"model": ErrorBody, "description": "An exported model is served: no gradients to follow."},
-            **{code: PREDICT_ROUTE["responses"][code] for code in (400, 401, 408, 413, 415, 503)},
+            **{code: PREDICT_ROUTE["responses"][code] for code in (400, 401, 403, 408, 413, 415, 503)},
         },
         openapi_extra=PREDICT_ROUTE["openapi_extra"],
     )
@@ -845,8 +757,9 @@ def create_app(
         def work(blobs: list[bytes], names: list[str]) -> list[ImageExplanation]:
             request_cost(blobs, spec, settings)
             found = []
+            deadline = time.monotonic() + settings.decode_timeout_s
             for blob, name in zip(blobs, names):
-                array = prepare_upload(blob, name, spec, settings)
+                array = prepare_upload(blob, name, spec, settings, deadline)
                 with explaining, pacing.turn():
                     result = explainer.explain_prepared(name, array, class_name)
                 picture = base64.b64encode(explanation_png(result)).decode("ascii")
@@ -917,10 +830,15 @@ def create_app(
 
 DOCS_TOKEN_HOOK = """
     requestInterceptor: (request) => {
-        const token = new URLSearchParams(window.location.search).get("token");
-        if (token) request.headers.Authorization = "Bearer " + token;
+        if (window.imgclfToken) request.headers.Authorization = "Bearer " + window.imgclfToken;
         return request;
     },"""
+# the token the address carried, read once and dropped from the address bar and history
+DOCS_TOKEN_READ = """<script>
+window.imgclfToken = new URLSearchParams(window.location.search).get("token");
+if (window.location.search) history.replaceState(null, "", window.location.pathname);
+</script>
+"""
 
 
 def _add_offline_docs(app: FastAPI) -> None:
@@ -949,4 +867,5 @@ def _add_offline_docs(app: FastAPI) -> None:
         html = page.body.decode("utf-8").replace(
             "SwaggerUIBundle({", "SwaggerUIBundle({" + DOCS_TOKEN_HOOK, 1
         )
+        html = html.replace("<script", DOCS_TOKEN_READ + "<script", 1)
         return HTMLResponse(html)
