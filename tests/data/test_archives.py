@@ -95,3 +95,39 @@ def test_the_archive_budget_flag_raises_the_budget_from_the_command_line(
     assert len(list((isolated_cache / "archives").iterdir())) == 1  # unpacked this time
     bad = CliRunner().invoke(app, ["--archive-budget-gb", "0", "check", str(bomb)])
     assert bad.exit_code == 2 and "must be above 0" in bad.output
+
+
+@pytest.mark.parametrize("compression", ["gz", "bz2", "xz"])
+def test_a_tar_whose_first_member_declares_gigabytes_is_refused_at_its_header(
+    tmp_path: Path, isolated_cache: Path, compression: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bz2
+    import gzip
+    import lzma
+    import tarfile
+
+    module, reader = {"gz": (gzip, "GzipFile"), "bz2": (bz2, "BZ2File"), "xz": (lzma, "LZMAFile")}[
+        compression
+    ]
+    compress = module.compress
+    member = tarfile.TarInfo("a/huge.png")
+    member.size = 8 * 2**30  # zeros that are really there, in streams of 64 MiB
+    bomb = tmp_path / f"huge.tar.{compression}"
+    zeros = compress(b"\0" * 2**26)
+    with bomb.open("wb") as handle:
+        handle.write(compress(member.tobuf(format=tarfile.GNU_FORMAT)))
+        handle.writelines(zeros for _ in range(member.size // 2**26))
+        handle.write(compress(b"\0" * 1024))
+    read = [0]  # bytes decompressed: the data behind the header must never be
+    original = getattr(module, reader).read
+
+    def counted(self, *args):
+        data = original(self, *args)
+        read[0] += len(data)
+        return data
+
+    monkeypatch.setattr(getattr(module, reader), "read", counted)
+    with pytest.raises(DataError, match=r"declares at least 8,192 MiB in its first member"):
+        scan_source(bomb)
+    assert read[0] < 2**20, read[0]
+    assert not any((isolated_cache / "archives").iterdir())

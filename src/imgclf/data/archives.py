@@ -51,39 +51,54 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def declared_contents(path: Path) -> tuple[int, int]:
-    """(members, bytes their headers declare) of an archive, read without unpacking anything."""
+def declared_contents(path: Path, budget: float = float("inf")) -> tuple[int, int, bool]:
+    """(members, bytes their headers declare, whether that is all of them) of an archive, read
+    without unpacking anything. A zip's central directory lists every member at once. A tar's
+    headers are read one at a time (never `getmembers()`), and the reading stops at the first
+    header that takes the declared bytes past `budget` or the members past ARCHIVE_MAX_MEMBERS: to
+    reach the header behind it, the reader would decompress the data it declares (8 GiB of zeros
+    fit in 10 KB of bz2). The reader is the one that unpacks (concatenated gzip, bz2 and xz streams
+    included), so what is counted is what would be written."""
     try:
         if path.name.lower().endswith(".zip"):
             with zipfile.ZipFile(path) as archive:
                 infos = archive.infolist()
-                return len(infos), sum(info.file_size for info in infos)
+                return len(infos), sum(info.file_size for info in infos), True
+        members = declared = 0
         with tarfile.open(path) as archive:
-            members = archive.getmembers()
-            return len(members), sum(member.size for member in members if member.isfile())
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as error:
+            for member in archive:  # each header as it is reached: nothing read ahead
+                members += 1
+                declared += member.size if member.isfile() else 0
+                if declared > budget or members > ARCHIVE_MAX_MEMBERS:
+                    return members, declared, False
+        return members, declared, True
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, ValueError) as error:
         raise DataError(f"cannot unpack {path}: {error}") from error
 
 
 def check_budget(path: Path, folder: Path) -> None:
     """A DataError with the numbers and the way out when the archive would unpack past its budget."""
-    members, declared = declared_contents(path)
-    if members > ARCHIVE_MAX_MEMBERS:
-        raise DataError(
-            f"{path.name} holds {members:,} members, over the limit of {ARCHIVE_MAX_MEMBERS:,}: "
-            "unpack it yourself and give the folder"
-        )
     free = shutil.disk_usage(folder).free
     given = os.environ.get(ARCHIVE_BUDGET_VARIABLE)
     budget = (
         float(given) * 2**30 if given else max(ARCHIVE_MIN_BUDGET, ARCHIVE_MAX_RATIO * path.stat().st_size)
     )
     budget = min(budget, ARCHIVE_DISK_SHARE * free)
+    members, declared, complete = declared_contents(path, budget)
+    counted = f"{members:,} member{'s' if members != 1 else ''}"
+    if not complete:
+        counted = f"its first {counted}" if members > 1 else "its first member"
+    if members > ARCHIVE_MAX_MEMBERS:
+        many = f"{members:,}" if complete else f"more than {ARCHIVE_MAX_MEMBERS:,}"
+        raise DataError(
+            f"{path.name} holds {many} members, over the limit of {ARCHIVE_MAX_MEMBERS:,}: "
+            "unpack it yourself and give the folder"
+        )
     if declared > budget:
         ratio = declared / max(1, path.stat().st_size)
         raise DataError(
-            f"{path.name} declares {declared / 2**20:,.0f} MiB in {members:,} "
-            f"member{'s' if members != 1 else ''} ({ratio:,.0f}× its size), over its budget of "
+            f"{path.name} declares {'at least ' * (not complete)}{declared / 2**20:,.0f} MiB in {counted} "
+            f"({ratio:,.0f}× its size), over its budget of "
             f"{budget / 2**20:,.0f} MiB ({ARCHIVE_MAX_RATIO}× the archive, at least "
             f"{ARCHIVE_MIN_BUDGET / 2**20:,.0f} MiB, at most half the free disk); "
             "imgclf --archive-budget-gb GB allows more, or unpack it yourself"
