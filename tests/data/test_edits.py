@@ -463,3 +463,21 @@ def test_the_command_line_refuses_a_crafted_log_and_says_what_revert_could_not_u
     assert reverted.exit_code == 0 and "put back 0 files" in reverted.output
     assert "not undone: cannot put back a/y.png: something else is there now" in reverted.output
     shutil.rmtree(data)
+
+
+def test_a_line_cut_short_by_a_kill_never_spoils_the_lines_written_after_it(tmp_path: Path) -> None:
+    from imgclf.data.decisions import DecisionLog, read_decisions
+
+    log = DecisionLog(tmp_path / "review.jsonl")
+    log.append(decision("a/x.png", "relabel", "b"))
+    with log.path.open("a") as handle:
+        handle.write('{"item": "label-issue:a/y.png", "act')  # the review was killed here
+    log.append(decision("a/y.png", "exclude"))  # the next review goes on
+    assert [d.action for d in read_decisions(log.path)] == ["relabel", "exclude"]
+    data = simple_world(tmp_path / "tree")
+    original = snapshot(data)
+    apply_to_folders(data, [decision("a/x.png", "relabel", "b")])
+    with (data / REVIEW_FOLDER / "moves.jsonl").open("a") as handle:
+        handle.write('{"id": 9, "op": "mo')
+    apply_to_folders(data, [decision("a/y.png", "relabel", "c")])  # appends after the cut line
+    assert revert_folders(data).undone == 2 and snapshot(data) == original

@@ -30,6 +30,7 @@ from imgclf.data.edits import (
     REVIEW_FOLDER,
     FolderEdits,
     RevertResult,
+    cut_short,
     file_digest,
     name_problem,
     relative_problem,
@@ -76,6 +77,8 @@ class DecisionLog:
             raise UsageError(f"unknown review action {decision.action!r}; one of {', '.join(ACTIONS)}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fresh = not self.path.exists()
+        if not fresh:
+            cut_short(self.path)  # a line a killed review was writing: never acknowledged to the page
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(decision.to_json() + "\n")
             handle.flush()
@@ -252,7 +255,7 @@ class _Planned:
     kind: str  # move | copy
     source: str  # relative to the root (move) or absolute (copy)
     target: str  # relative to the root
-    tag: str  # the free-name suffix: the image's content hash
+    digest: str = ""  # the file's content hash, when the plan has read it
 
 
 def _describe(decision: Decision) -> str:
@@ -329,7 +332,7 @@ def plan_folder_changes(
                 continue
             target = "/".join(p for p in (train_prefix, decision.new, source.name) if p)
             edits.check_inside(target, "copy to")
-            plan.append(_Planned("copy", path, target, decision.sha256[:8]))
+            plan.append(_Planned("copy", path, target))
             continue
         problem = relative_problem(path)
         if problem is not None:
@@ -341,7 +344,8 @@ def plan_folder_changes(
             skipped.append(f"{path}: not in the data now")
             continue
         edits.check_inside(path, _describe(decision))
-        if decision.sha256 and file_digest(edits.root / path) != decision.sha256:
+        digest = file_digest(edits.root / path) if decision.sha256 else ""
+        if digest != decision.sha256:
             skipped.append(f"{path}: another file than the one decided on")
             continue
         index = keys[path]
@@ -360,7 +364,7 @@ def plan_folder_changes(
                 raise refuse(decision, f"cannot tell the class folder of {path!r}")
             target = "/".join(p for p in (prefix, decision.new, inside) if p)
         edits.check_inside(target, "move to", own_folder=True)
-        plan.append(_Planned("move", path, target, (decision.sha256 or "")[:8]))
+        plan.append(_Planned("move", path, target, digest))
     return plan, skipped
 
 
@@ -387,12 +391,10 @@ def apply_to_folders(
         plan, skipped = plan_folder_changes(image_set, decisions, edits, splits, review)
         applied = Applied(edits.root, skipped=skipped, settled=edits.settled)
         for step in plan:
-            source = step.source if step.kind == "copy" else edits.root / step.source
-            tag = step.tag or file_digest(source)[:8]
             if step.kind == "move":
-                applied.moved.append((step.source, edits.move(step.source, step.target, tag)))
+                applied.moved.append((step.source, edits.move(step.source, step.target, step.digest)))
             else:
-                applied.copied.append((step.source, edits.copy_in(step.source, step.target, tag)))
+                applied.copied.append((step.source, edits.copy_in(step.source, step.target)))
     return applied
 
 

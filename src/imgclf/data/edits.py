@@ -222,6 +222,9 @@ class FolderEdits:
         self.changes: dict[int, Change] = {}
         self.settled: list[str] = []  # what the journal said was in flight, and how it ended
         self._lock: int | None = None
+        self._journal: Any = None  # the open journal, appended to
+        self._touched: set[Path] = set()  # folders whose entries changed: flushed to disk on closing
+        self._folders_inside: dict[Path, bool] = {}  # folder → whether it resolves inside the root
 
     # -- opening and closing ------------------------------------------------------------------------
     def __enter__(self) -> FolderEdits:
@@ -238,6 +241,11 @@ class FolderEdits:
 
     def __exit__(self, *exc: object) -> None:
         try:
+            for folder in self._touched:  # the renames, durable against a power loss too
+                fsync_path(folder)
+            if self._journal is not None:
+                self._journal.close()
+                self._journal = None
             if not self.live():
                 self._tidy()
         finally:
@@ -261,6 +269,7 @@ class FolderEdits:
     def _read(self) -> None:
         if not self.journal.is_file():
             return
+        cut_short(self.journal)
         lines = self.journal.read_text(encoding="utf-8").splitlines()
         for number, line in enumerate(lines, start=1):
             if not line.strip():
@@ -306,24 +315,30 @@ class FolderEdits:
         if problem is not None:
             raise DataError(f"{change.op} {change.source or change.target!r}: {problem}")
 
-    def _append(self, entry: dict[str, Any]) -> None:
-        with self.journal.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+    def _append(self, entry: dict[str, Any], durable: bool) -> None:
+        """One journal line, written through at once (a killed process loses nothing written);
+        `durable` also flushes it to disk before the change it announces is made (a power loss)."""
+        if self._journal is None:
+            fresh = not self.journal.exists()
+            self._journal = self.journal.open("a", encoding="utf-8")
+            if fresh:
+                fsync_path(self.folder)
+        self._journal.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        self._journal.flush()
+        if durable:
+            os.fsync(self._journal.fileno())
 
     def _record(self, change: Change) -> Change:
-        fresh = not self.journal.exists()
         entry = {k: v for k, v in change.__dict__.items() if v not in ("", []) and k != "state"}
-        self._append(entry)
-        if fresh:
-            fsync_path(self.folder)
+        self._append(entry, durable=True)
         self.changes[change.id] = change
         _step(f"recorded {change.op}")
         return change
 
     def _mark(self, change: Change, state: str, **extra: Any) -> None:
-        self._append({"id": change.id, "state": state, **extra})
+        """A change's new state; "undoing" announces an undo, so it is flushed to disk like a record
+        (the others say what is on disk already: the next run finds it out if they are lost)."""
+        self._append({"id": change.id, "state": state, **extra}, durable=state == "undoing")
         change.state = state
         for key, value in extra.items():
             setattr(change, key, value)
@@ -346,7 +361,17 @@ class FolderEdits:
         made since), or None."""
         names = [change.target]
         names += [change.source] if change.op == "move" else [change.temp] if change.op == "copy" else []
-        return next((name for name in names if not resolved_inside(self.root, self.root / name)), None)
+        return next((name for name in names if not self.inside(self.root / name)), None)
+
+    def inside(self, path: Path) -> bool:
+        """`resolved_inside(root, path)`, each folder resolved once per session (10,000 moves would
+        otherwise resolve every folder of every path 50,000 times); a file that is itself a
+        symbolic link is resolved each time."""
+        folder = path.parent
+        known = self._folders_inside.get(folder)
+        if known is None:
+            known = self._folders_inside[folder] = resolved_inside(self.root, folder)
+        return known and (not path.is_symlink() or resolved_inside(self.root, path))
 
     def _settle(self) -> None:
         for change in list(self.changes.values()):
@@ -366,7 +391,7 @@ class FolderEdits:
             source = self.root / change.source
             if target.exists() and source.exists() and _same_file(source, target):
                 os.unlink(source)  # a link made, its unlink not: finish it
-                fsync_path(source.parent)
+                self._touched.add(source.parent)
                 self._mark(change, "done", identity=_identity(target))
             elif os.path.lexists(target) and not os.path.lexists(source):
                 self._mark(change, "done", identity=_identity(target))
@@ -382,7 +407,7 @@ class FolderEdits:
                 else:
                     os.unlink(temp)  # a copy half written: only imgclf makes these names
                     self._mark(change, "abandoned")
-                fsync_path(temp.parent)
+                self._touched.add(temp.parent)
             elif os.path.lexists(target) and _digest_or_none(target) == change.sha256:
                 self._mark(change, "done", identity=_identity(target))
             else:
@@ -397,7 +422,7 @@ class FolderEdits:
             source = self.root / change.source
             if source.exists() and target.exists() and _same_file(source, target):
                 os.unlink(target)
-                fsync_path(target.parent)
+                self._touched.add(target.parent)
                 self._mark(change, "undone")
             elif os.path.lexists(source) and not os.path.lexists(target):
                 self._mark(change, "undone")
@@ -411,7 +436,7 @@ class FolderEdits:
         """root/relative, when `relative` keeps the path rules and resolves inside the root (and,
         unless `own_folder`, outside the review folder); else a DataError that starts with `what`."""
         problem = relative_problem(relative)
-        if problem is None and not resolved_inside(self.root, self.root / relative):
+        if problem is None and not self.inside(self.root / relative):
             problem = "it leads outside the data folder (through a symbolic link)"
         if problem is None and not own_folder and relative.split("/")[0] == REVIEW_FOLDER:
             problem = f"{REVIEW_FOLDER} is imgclf's own folder"
@@ -426,7 +451,7 @@ class FolderEdits:
             current = current / part
             path = self.root / current
             if path.is_dir():
-                if not resolved_inside(self.root, path):
+                if not self.inside(path):
                     raise DataError(f"{current} leads outside the data folder (through a symbolic link)")
                 continue
             change = self._record(Change(self._next_id(), "mkdir", current.as_posix()))
@@ -437,18 +462,20 @@ class FolderEdits:
                 if not path.is_dir():
                     raise DataError(f"{current} is a file, not a folder") from None
                 continue
-            fsync_path(path.parent)
+            self._touched.add(path.parent)
             self._mark(change, "done")
 
-    def move(self, source: str, target: str, tag: str = "") -> str:
-        """Move root/source to root/target, or to a free name beside it (`stem-<tag>`, then numbered),
-        never over anything; returns the target used (relative)."""
+    def move(self, source: str, target: str, digest: str = "") -> str:
+        """Move root/source to root/target, or to a free name beside it (`stem-<first 8 of its
+        digest>`, then numbered), never over anything; returns the target used (relative).
+        `digest`: the file's `file_digest` when the caller has it."""
         source_path = self.check_inside(source, "move")
         wanted = PurePosixPath(target)
         self.check_inside(target, "move to", own_folder=True)
         self.make_folders(wanted.parent)
         identity = _identity(source_path)
-        digest = file_digest(source_path)
+        digest = digest or file_digest(source_path)
+        tag = digest[:8]
         for attempt in range(10_000):
             chosen = _free_name(wanted, tag, attempt)
             if os.path.lexists(self.root / chosen):
@@ -466,19 +493,20 @@ class FolderEdits:
                     self._mark(change, "abandoned")
                 raise
             _step("renamed")
-            fsync_path((self.root / chosen).parent)
-            fsync_path(source_path.parent)
+            self._touched.add((self.root / chosen).parent)
+            self._touched.add(source_path.parent)
             self._mark(change, "done", identity=_identity(self.root / chosen))
             return chosen.as_posix()
         raise DataError(f"no free name for {target}")
 
-    def copy_in(self, source: str | Path, target: str, tag: str = "") -> str:
-        """Copy the file `source` (from anywhere) to root/target, or to a free name beside it, never
-        over anything; returns the target used (relative)."""
+    def copy_in(self, source: str | Path, target: str) -> str:
+        """Copy the file `source` (from anywhere) to root/target, or to a free name beside it (as
+        `move` names it), never over anything; returns the target used (relative)."""
         wanted = PurePosixPath(target)
         self.check_inside(target, "copy to")
         self.make_folders(wanted.parent)
         digest = file_digest(source)
+        tag = digest[:8]
         for attempt in range(10_000):
             chosen = _free_name(wanted, tag, attempt)
             if os.path.lexists(self.root / chosen):
@@ -502,7 +530,7 @@ class FolderEdits:
                 self._mark(change, "abandoned")
                 continue
             _step("renamed")
-            fsync_path(temp_path.parent)
+            self._touched.add(temp_path.parent)
             self._mark(change, "done", identity=_identity(self.root / chosen))
             return chosen.as_posix()
         raise DataError(f"no free name for {target}")
@@ -530,10 +558,7 @@ class FolderEdits:
                 return None
             if any(target.iterdir()):
                 return f"kept the folder {change.target}, which imgclf made: it is not empty"
-            self._mark(change, "undoing")
-            os.rmdir(target)
-            fsync_path(target.parent)
-            self._mark(change, "undone")
+            self._remove(change, target, os.rmdir)
             return None
         if change.op == "copy":
             if not os.path.lexists(target):
@@ -542,10 +567,7 @@ class FolderEdits:
             if not _unchanged(target, change):
                 self._mark(change, "kept")
                 return f"kept {change.target}: the copy has changed since it was added"
-            self._mark(change, "undoing")
-            os.unlink(target)
-            fsync_path(target.parent)
-            self._mark(change, "undone")
+            self._remove(change, target, os.unlink)
             return None
         source = self.root / change.source
         if not os.path.lexists(target):
@@ -562,10 +584,36 @@ class FolderEdits:
             self._mark(change, "done")
             return f"cannot put back {change.source}: something else is there now"
         _step("renamed back")
-        fsync_path(source.parent)
-        fsync_path(target.parent)
+        self._touched.add(source.parent)
+        self._touched.add(target.parent)
         self._mark(change, "undone")
         return None
+
+    def _remove(self, change: Change, path: Path, remove: Any) -> None:
+        """Undo a mkdir or a copy: `remove(path)` (rmdir, unlink) between "undoing" and "undone"."""
+        self._mark(change, "undoing")
+        remove(path)
+        self._touched.add(path.parent)
+        self._mark(change, "undone")
+
+
+def cut_short(path: Path) -> None:
+    """Drop a last line that a killed process left half written (no newline after it), so that the
+    next line appended starts a line of its own. Such a line announced nothing that was done: a
+    change is made only after its line is whole."""
+    with open(path, "rb+") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        handle.seek(max(0, size - 65_536))
+        tail = handle.read()
+        if tail.endswith(b"\n"):
+            return
+        end = tail.rfind(b"\n")
+        if end < 0 and size > len(tail):  # a line longer than 64 KiB: no journal line is
+            raise DataError(f"{path} ends in a line of over 64 KiB; it is not imgclf's")
+        handle.truncate(size - len(tail) + end + 1)
+        os.fsync(handle.fileno())
 
 
 def _digest_or_none(path: Path) -> str | None:
