@@ -481,3 +481,24 @@ def test_a_line_cut_short_by_a_kill_never_spoils_the_lines_written_after_it(tmp_
         handle.write('{"id": 9, "op": "mo')
     apply_to_folders(data, [decision("a/y.png", "relabel", "c")])  # appends after the cut line
     assert revert_folders(data).undone == 2 and snapshot(data) == original
+
+
+def test_links_planted_in_the_review_folder_write_nothing_outside(tmp_path: Path) -> None:
+    data = simple_world(tmp_path)
+    outside = tmp_path / "outside" / "keep.png"
+    before = outside.read_bytes()
+    (data / REVIEW_FOLDER).mkdir()
+    for planted in ("moves.jsonl", "lock"):
+        (data / REVIEW_FOLDER / planted).symlink_to(outside)
+        with pytest.raises(DataError, match="move it away first"):
+            apply_to_folders(data, [decision("a/x.png", "relabel", "b")])
+        for entry in (data / REVIEW_FOLDER).iterdir():  # the planted link, and the lock file if made
+            entry.unlink()
+    (data / REVIEW_FOLDER).rmdir()
+    (data / REVIEW_FOLDER).symlink_to(tmp_path / "outside", target_is_directory=True)
+    with pytest.raises(DataError, match="move it away first"):
+        apply_to_folders(data, [decision("a/x.png", "exclude")])
+    assert outside.read_bytes() == before and sorted(p.name for p in (tmp_path / "outside").iterdir()) == [
+        "deep",
+        "keep.png",
+    ]

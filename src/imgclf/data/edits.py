@@ -235,6 +235,8 @@ class FolderEdits:
             self._read()
             self._settle()
         except BaseException:
+            if not os.path.lexists(self.journal):
+                self._tidy()  # the lock file and the folder, when made just now
             self._release()
             raise
         return self
@@ -267,6 +269,8 @@ class FolderEdits:
 
     # -- the journal ----------------------------------------------------------------------------------
     def _read(self) -> None:
+        if self.journal.is_symlink() or (self.journal.exists() and not self.journal.is_file()):
+            raise DataError(f"{self.journal} is not a file imgclf wrote; move it away first")
         if not self.journal.is_file():
             return
         cut_short(self.journal)
@@ -320,7 +324,8 @@ class FolderEdits:
         `durable` also flushes it to disk before the change it announces is made (a power loss)."""
         if self._journal is None:
             fresh = not self.journal.exists()
-            self._journal = self.journal.open("a", encoding="utf-8")
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+            self._journal = open(os.open(self.journal, flags, 0o666), "a", encoding="utf-8")  # noqa: SIM115
             if fresh:
                 fsync_path(self.folder)
         self._journal.write(json.dumps(entry, ensure_ascii=False) + "\n")
@@ -687,9 +692,13 @@ def _acquire_lock(folder: Path, root: Path) -> int:
             folder.mkdir(exist_ok=True)
             fsync_path(root)
         try:
-            handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            handle = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
         except FileNotFoundError:  # the folder went with another process's tidying: again
             continue
+        except OSError as error:  # ELOOP: a symbolic link where the lock file belongs
+            raise DataError(
+                f"{path} is not a file imgclf made ({error.strerror}); move it away first"
+            ) from None
         try:
             _lock(handle)
         except BlockingIOError:
