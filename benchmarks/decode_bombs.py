@@ -4,11 +4,13 @@ files, each in a fresh process (so one's memory does not hide another's).
     python benchmarks/decode_bombs.py [--workdir DIR]
 
 Files (generated): a 6320×6320 RGBA PNG of 0.2 MB; 68 bytes of PNG claiming 9,000×9,000 pixels; a
-JPEG header claiming 60,000×60,000; a PNG header claiming as much; a 10,000-frame GIF; an EPS file.
+JPEG header claiming 60,000×60,000; a PNG header claiming as much; a 10,000-frame GIF; a TIFF of
+20,001 one-pixel pages; an EPS file.
 Each is read as training reads it (`load_prepared`) and as `serve` does (`decode_image` with its
 default limits and formats). Then archive bombs, read as any command reads data (`scan_source`, with
-a private cache folder): a zip of 20,000 members (16 KB images that deflate 100-fold) and a zip
-whose one member declares 1 GiB.
+a private cache folder): a zip of 20,000 members (16 KB images that deflate 100-fold), a zip
+whose one member declares 1 GiB, and a .tar.gz, .tar.bz2 and .tar.xz whose first member declares
+8 GiB (of zeros that are really there).
 """
 
 from __future__ import annotations
@@ -89,7 +91,47 @@ def make_archives(folder: Path) -> dict[str, Path]:
         for _ in range(64):  # 1 GiB of zeros, about 1 MB compressed
             member.write(block)
     files["zip member declaring 1 GiB"] = big
+    for suffix, name in ((".tar.gz", "gz"), (".tar.bz2", "bz2"), (".tar.xz", "xz")):
+        files[f"{suffix} whose first member declares 8 GiB"] = declared_tar(folder / f"huge{suffix}", name)
     return files
+
+
+def declared_tar(path: Path, compression: str) -> Path:
+    """A tar whose first member (`a/huge.png`) declares 8 GiB of zeros, compressed as one stream of
+    the header then 128 identical streams of 64 MiB of zeros (gzip, bz2 and xz readers read
+    concatenated streams): it unpacks to 8 GiB, and a reader that lists its members decompresses
+    all of it to find the next header."""
+    import bz2
+    import gzip
+    import lzma
+    import tarfile
+
+    compress = {"gz": gzip.compress, "bz2": bz2.compress, "xz": lzma.compress}[compression]
+    member = tarfile.TarInfo("a/huge.png")
+    member.size = 8 * 2**30
+    header = member.tobuf(format=tarfile.GNU_FORMAT)
+    zeros = compress(b"\0" * 2**26)
+    with path.open("wb") as handle:
+        handle.write(compress(header))
+        for _ in range(member.size // 2**26):
+            handle.write(zeros)
+        handle.write(compress(b"\0" * 1024))  # the end-of-archive blocks
+    return path
+
+
+def many_page_tiff(pages: int) -> bytes:
+    """A little-endian TIFF of `pages` one-pixel grey pages, all sharing one pixel byte (written
+    directly: Pillow's writer takes minutes for 100,000 pages)."""
+    entries = ((256, 3, 1), (257, 3, 1), (258, 3, 8), (259, 3, 1), (262, 3, 1), (273, 4, 8), (278, 3, 1),
+               (279, 4, 1))  # fmt: skip
+    size = 2 + 12 * len(entries) + 4
+    out = bytearray(b"II*\0" + struct.pack("<I", 16) + b"\x80" + b"\0" * 7)  # the pixel at byte 8
+    for page in range(pages):
+        out += struct.pack("<H", len(entries))
+        for tag, kind, value in entries:
+            out += struct.pack("<HHII" if kind == 4 else "<HHIHH", tag, kind, 1, value, *([0] * (kind == 3)))
+        out += struct.pack("<I", 16 + (page + 1) * size if page + 1 < pages else 0)
+    return bytes(out)
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
@@ -126,6 +168,8 @@ def make_files(folder: Path) -> dict[str, Path]:
         frames.append(frame)
     files["10,000-frame GIF"] = folder / "frames.gif"
     frames[0].save(files["10,000-frame GIF"], save_all=True, append_images=frames[1:], duration=10)
+    files["TIFF of 20,001 one-pixel pages"] = folder / "pages.tif"
+    files["TIFF of 20,001 one-pixel pages"].write_bytes(many_page_tiff(20_001))
     files["EPS"] = folder / "file.eps"
     files["EPS"].write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 100 100\nshowpage\n")
     return files

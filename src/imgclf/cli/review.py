@@ -75,7 +75,8 @@ def review(
     mistakes, and with --new the images whose label would teach the model most.
 
     Keys: Enter relabels to the suggestion, 1–9 to that class, k keeps, n marks not any class, x
-    excludes, u undoes, ←/→ move, h shows where the model looked. Every decision is appended to
+    excludes, c relabels to a new class you name, u undoes, ←/→ move, h shows where the model looked.
+    The page needs the token its printed address carries. Every decision is appended to
     review.jsonl at once; nothing on disk moves until --apply. Then
     [bold]imgclf update RUN --review review.jsonl[/bold] refits the model in seconds, or
     [bold]imgclf train DATA --review review.jsonl[/bold] trains with the decisions as an overlay.
