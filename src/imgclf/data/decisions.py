@@ -231,7 +231,7 @@ def read_overlay(image_set: ImageSet, review: str | Path) -> ImageSet:
 
 @dataclass
 class Applied:
-    """What `apply_to_folders` did: each change as (what, from, to), and the decisions it skipped."""
+    """What `apply_to_folders` did: each move and copy as (from, to), and the decisions it skipped."""
 
     root: Path
     moved: list[tuple[str, str]] = field(default_factory=list)  # (from, to), relative to root
@@ -304,6 +304,12 @@ def plan_folder_changes(
     def refuse(decision: Decision, problem: str) -> DataError:
         return DataError(f"{review}: {_describe(decision)}: {problem}; nothing was changed")
 
+    def check_inside(decision: Decision, relative: str, what: str, own_folder: bool = False) -> None:
+        try:
+            edits.check_inside(relative, what, own_folder)
+        except DataError as error:
+            raise refuse(decision, str(error)) from None
+
     for decision in image_verdicts(decisions).values():
         moves_file = decision.action in ("relabel", "label") and decision.new is not None
         if moves_file:
@@ -331,7 +337,7 @@ def plan_folder_changes(
                 skipped.append(f"{path}: copied before")
                 continue
             target = "/".join(p for p in (train_prefix, decision.new, source.name) if p)
-            edits.check_inside(target, "copy to")
+            check_inside(decision, target, "copy to")
             plan.append(_Planned("copy", path, target))
             continue
         problem = relative_problem(path)
@@ -343,7 +349,7 @@ def plan_folder_changes(
         if path not in keys:
             skipped.append(f"{path}: not in the data now")
             continue
-        edits.check_inside(path, _describe(decision))
+        check_inside(decision, path, "move")
         digest = file_digest(edits.root / path) if decision.sha256 else ""
         if digest != decision.sha256:
             skipped.append(f"{path}: another file than the one decided on")
@@ -363,7 +369,7 @@ def plan_folder_changes(
             if (prefix and not path.startswith(prefix + "/")) or head != current or not inside:
                 raise refuse(decision, f"cannot tell the class folder of {path!r}")
             target = "/".join(p for p in (prefix, decision.new, inside) if p)
-        edits.check_inside(target, "move to", own_folder=True)
+        check_inside(decision, target, "move to", own_folder=True)
         plan.append(_Planned("move", path, target, digest))
     return plan, skipped
 
