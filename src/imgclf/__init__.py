@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from imgclf.export.onnx import export_model
     from imgclf.export.onnx import export_model as export_onnx
     from imgclf.inference.predictor import Predictor
-    from imgclf.training.pipeline import Run
+    from imgclf.training.trainer import Run
 
 
 def __getattr__(name: str) -> Any:
@@ -53,7 +53,7 @@ def __getattr__(name: str) -> Any:
 
         return getattr(api, name)
     if name == "Run":
-        from imgclf.training.pipeline import Run
+        from imgclf.training.trainer import Run
 
         return Run
     if name in ("Config", "resolve_config"):

@@ -46,10 +46,13 @@ class Freezable:
         object.__setattr__(self, name, value)
 
     def freeze(self) -> None:
+        """Freeze this section and those it holds; lists become tuples, which cannot change in place."""
         for item in dataclasses.fields(self):  # type: ignore[arg-type]
             value = getattr(self, item.name)
             if isinstance(value, Freezable):
                 value.freeze()
+            elif isinstance(value, list):
+                object.__setattr__(self, item.name, tuple(value))
         object.__setattr__(self, "_frozen", True)
 
     @property
@@ -274,13 +277,10 @@ class TrainConfig(Freezable):
     the resolved values are what `config.yaml` records.
     """
 
-    recipe: Literal["auto", "transfer", "plain"] = setting(
+    recipe: str = setting(
         "auto",
-        "auto | transfer (a head fitted on cached features, then the last --unfreeze blocks fine-tuned "
-        "from it at a lower learning rate while validation says it pays, the best epoch kept by "
-        "validation accuracy) | plain "
-        "(train as configured). auto: transfer for a pretrained backbone unless --head-only or "
-        "--freeze-epochs, else plain.",
+        "auto (transfer for a pretrained backbone, else plain; says which and why) or one of the recipes "
+        "listed here.",
         TRAIN_PANEL,
     )
     epochs: int | None = setting(
@@ -372,13 +372,15 @@ class TrainConfig(Freezable):
     lr_base_batch: int = setting(64, "The batch size --lr is meant for.", TRAIN_PANEL)
     freeze_epochs: int = setting(
         0,
-        "Stage 1: train only the new head on the frozen backbone for this many epochs.",
+        "The staged recipe (--recipe staged): train only the new head on the frozen backbone for this many "
+        "epochs, then fine-tune.",
         MODEL_PANEL,
         shown="",
     )
     finetune_epochs: int = setting(
         0,
-        "Stage 2: then fine-tune for this many epochs (total = freeze + finetune).",
+        "The staged recipe's second stage: fine-tune for this many epochs (--epochs, when given, is the "
+        "whole run: freeze + finetune).",
         MODEL_PANEL,
         shown="",
     )
@@ -412,8 +414,16 @@ class TrainConfig(Freezable):
     )
     head_only: bool = setting(
         False,
-        "Train a linear head on bottleneck features computed once (seconds); saves the whole model.",
+        "The head-only recipe (--recipe head-only): a linear head on bottleneck features computed once "
+        "(seconds); saves the whole model.",
         MODEL_PANEL,
+        shown="",
+    )
+    log: list[str] | None = setting(
+        None,
+        "Also send each epoch's numbers to these loggers (comma-separated, listed here); metrics.csv and "
+        "curves.png are always written.",
+        OUTPUT_PANEL,
         shown="",
     )
 
@@ -627,7 +637,13 @@ def _section_from_dict(cls: type, values: dict[str, Any], where: str) -> Any:
     unknown = sorted(set(values) - names)
     if unknown:
         raise ConfigError(f"unknown key {where}.{unknown[0]}; known keys: {', '.join(sorted(names))}")
-    kwargs = {key: _check_type(value, hints[key], f"{where}.{key}") for key, value in values.items()}
+    parsers = {f.name: f.metadata.get("parse") for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        parse = parsers[key]
+        if parse is not None and isinstance(value, str):  # the flag's spelling, from YAML or Python too
+            value = parse(value)
+        kwargs[key] = _check_type(value, hints[key], f"{where}.{key}")
     return cls(**kwargs)
 
 
@@ -649,8 +665,12 @@ def config_from_dict(values: dict[str, Any]) -> Config:
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:
-    """Nested plain dicts (a copy), ready for YAML."""
-    return dataclasses.asdict(cfg)
+    """Nested plain dicts and lists (a copy), ready for YAML."""
+    return dataclasses.asdict(cfg, dict_factory=lambda items: {k: _as_list(v) for k, v in items})
+
+
+def _as_list(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
 
 
 def merge_dicts(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -713,13 +733,11 @@ def thaw_config(cfg: Config) -> Config:
 
 def complete_config(cfg: Config) -> Config:
     """Fill what follows from the settings given (the augmentation preset's values, one size for
-    both sides, the staged recipe's epochs), check everything, and freeze the config."""
+    both sides), check everything, and freeze the config (its lists become tuples)."""
     resolve_augment(cfg.augment)
-    data, train = cfg.data, cfg.train
+    data = cfg.data
     if data.image_size is not None and len(data.image_size) == 1:
         data.image_size = [data.image_size[0], data.image_size[0]]
-    if train.freeze_epochs is not None and train.freeze_epochs > 0:
-        train.epochs = train.freeze_epochs + train.finetune_epochs  # the stages make up the whole run
     validate_config(cfg)
     cfg.freeze()
     return cfg

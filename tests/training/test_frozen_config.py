@@ -82,7 +82,7 @@ def test_resume_reads_the_planned_epochs_from_the_run(tmp_path: Path) -> None:
     assert folder.read_plan() is None
     folder.write_plan(7)
     assert folder.read_plan() == 7
-    from imgclf.training.pipeline import planned_epochs
+    from imgclf.training.trainer import planned_epochs
 
     transfer = resolve_config(None, {"train.recipe": "transfer"})
     assert planned_epochs(transfer, folder, resume=tmp_path) == 7

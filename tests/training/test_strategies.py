@@ -19,13 +19,11 @@ from imgclf.data.augment import BatchAugment
 from imgclf.features.head import HeadFit
 from imgclf.runs import RunFolder
 from imgclf.training.events import KeepBest, TrainState
-from imgclf.training.strategies import (
-    HeadOnlyStrategy,
-    PlainStrategy,
-    StagedStrategy,
-    TransferStrategy,
-    create_strategy,
-)
+from imgclf.training.recipes.head_only import HeadOnlyStrategy
+from imgclf.training.recipes.plain import PlainStrategy
+from imgclf.training.recipes.staged import StagedStrategy
+from imgclf.training.recipes.transfer import TransferStrategy
+from imgclf.training.strategy import create_strategy
 from imgclf.training.transfer import (
     FINETUNE_PATIENCE,
     FINETUNE_SETTLE_SHARE,

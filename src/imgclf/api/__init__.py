@@ -1,7 +1,7 @@
 """What the CLI and notebooks call: one entry point per task, each resolving its arguments and
 handing over to the layer that does the work.
 
-- `train`, `update` (`imgclf.api.training`) → `imgclf.training.pipeline.run_training`,
+- `train`, `update` (`imgclf.api.training`) → `imgclf.training.trainer.run_training`,
   `imgclf.training.update.update_run`
 - `evaluate`, `calibrate`, `report` (`imgclf.api.evaluation`) → `imgclf.evaluation`
 - `open_review`, `serve_review`, `apply_review`, `revert_review` (`imgclf.api.review`) →
@@ -54,7 +54,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name == "Run":  # the outcome of `train`, defined with the pipeline that makes it
-        from imgclf.training.pipeline import Run
+        from imgclf.training.trainer import Run
 
         return Run
     raise AttributeError(f"module 'imgclf.api' has no attribute {name!r}")

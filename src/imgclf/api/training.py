@@ -12,7 +12,7 @@ from imgclf.errors import UsageError
 
 if TYPE_CHECKING:
     from imgclf.training.events import Callback
-    from imgclf.training.pipeline import Run
+    from imgclf.training.trainer import Run
 
 
 def train(
@@ -37,7 +37,7 @@ def train(
         callbacks: extra event handlers (see `imgclf.training.events.Callback`).
         verbose: print progress to the terminal, as the CLI does (useful in notebooks).
     """
-    from imgclf.training.pipeline import run_training
+    from imgclf.training.trainer import run_training
 
     run_dir = None
     if resume is not None:

@@ -42,9 +42,23 @@ def setting_option(item: Setting) -> Any:
     if item.short:
         names.append(item.short)
     default = f"\\[default: {item.default_text}]" if item.default_text else ""
-    help_text = " ".join(part for part in (item.help, default) if part)
+    help_text = " ".join(part for part in (item.help, registry_help(item.key), default) if part)
     option = typer.Option(*names, help=help_text, rich_help_panel=item.panel or None, show_default=False)
     return Annotated[kind | None, option]
+
+
+def registry_help(key: str) -> str:
+    """The entries of the registry a setting names (recipes, loggers), as --help lists them: read from
+    their files, without importing them."""
+    if key == "train.recipe":
+        from imgclf.training.recipes import RECIPES
+
+        return RECIPES.describe() + "."
+    if key == "train.log":
+        from imgclf.training.loggers import LOGGERS
+
+        return LOGGERS.describe() + "."
+    return ""
 
 
 PANELS = (DATA_PANEL, AUGMENT_PANEL, MODEL_PANEL, TRAIN_PANEL, OUTPUT_PANEL)

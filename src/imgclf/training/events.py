@@ -9,36 +9,19 @@ on_batch_end (per batch) and on_epoch_end; finally on_train_end and, from `imgcl
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-
-from imgclf.io import write_atomic, write_text_atomic
+if TYPE_CHECKING:  # torch is not imported by the command line's --help
+    import torch
+    from torch import nn
 
 logger = logging.getLogger(__name__)
-
-# seconds: this epoch's training and validation; elapsed: since this process started the run
-# (data preparation included), so "time to reach an accuracy" reads straight off the file.
-METRIC_COLUMNS = (
-    "epoch",
-    "train_loss",
-    "train_acc",
-    "val_loss",
-    "val_acc",
-    "lr",
-    "seconds",
-    "images_per_s",
-    "elapsed",
-)
 
 
 EVENTS = (
@@ -116,7 +99,7 @@ class Callback:
     def on_train_end(self, state: TrainState) -> None: ...
 
     def on_run_end(self, run: Any) -> None:
-        """The run is finished and evaluated (`run` is the `imgclf.training.pipeline.Run`)."""
+        """The run is finished and evaluated (`run` is the `imgclf.training.trainer.Run`)."""
 
 
 def emit(callbacks: Sequence[Callback], event: str, subject: Any) -> None:
@@ -208,47 +191,3 @@ class EarlyStopping(Callback):
                 f"early stop: {state.monitor} has not improved for {self.patience} epochs "
                 f"(best {state.best_value:.4f} at epoch {state.best_epoch})"
             )
-
-
-class MetricsLog(Callback):
-    """metrics.csv and curves.png in the run folder, rewritten atomically every epoch."""
-
-    def __init__(self, csv_path: Path, curves_path: Path | None) -> None:
-        self.csv_path = csv_path
-        self.curves_path = curves_path
-
-    def on_epoch_end(self, state: TrainState) -> None:
-        buffer = io.StringIO()
-        columns = list(METRIC_COLUMNS)
-        if any("val_map" in row for row in state.history):  # a multi-label run
-            columns.insert(columns.index("val_acc") + 1, "val_map")
-        writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        for row in state.history:
-            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-        write_text_atomic(self.csv_path, buffer.getvalue())
-        if self.curves_path is not None:
-            plot_curves(state.history, self.curves_path)
-
-
-def plot_curves(history: list[dict[str, float]], path: Path) -> None:
-    """Accuracy and loss per epoch, train vs val, as the tutorials plot them."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
-
-    epochs = [row["epoch"] for row in history]
-    figure = Figure(figsize=(10, 4), dpi=100)
-    for position, (metric, title) in enumerate((("acc", "Accuracy"), ("loss", "Loss")), start=1):
-        axes = figure.add_subplot(1, 2, position)
-        for split, style in (("train", "-o"), ("val", "-s")):
-            values = [row.get(f"{split}_{metric}", float("nan")) for row in history]
-            if any(math.isfinite(v) for v in values):
-                axes.plot(epochs, values, style, label=split, markersize=4)
-        axes.set_title(title)
-        axes.set_xlabel("epoch")
-        axes.grid(alpha=0.3)
-        axes.legend()
-    figure.tight_layout()
-    write_atomic(path, lambda tmp: figure.savefig(tmp, format="png"))

@@ -8,8 +8,10 @@ gives wins over it.
 - `--recipe auto`: a pretrained backbone gets the transfer recipe (a head fitted on cached features,
   then, where the head leaves mistakes to fix, the last blocks fine-tuned from it at a lower learning
   rate while validation says it pays, the best epoch kept by validation accuracy; see
-  `imgclf.training.strategies` and `imgclf.training.transfer`); anything else, and any run given
-  `--head-only` or `--freeze-epochs`, trains as configured (`plain`).
+  `imgclf.training.recipes.transfer` and `imgclf.training.transfer`); anything else trains as
+  configured (`plain`). `--head-only` and `--freeze-epochs N` are the head-only and staged recipes.
+  The recipe is resolved here alone (`choose_recipe`); each recipe is one module of
+  `imgclf.training.recipes`.
 - Settings left unset (None) take the recipe's values. `resolve_recipe` returns a new frozen config
   with every choice filled in; `config.yaml` records it, so that `--resume` and `--config` repeat
   the run exactly.
@@ -18,13 +20,15 @@ gives wins over it.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 
 from imgclf.config import Config, complete_config, thaw_config
 from imgclf.data.imageset import ImageSet
 from imgclf.errors import ConfigError
+from imgclf.training.recipes.plain import DEFAULTS as PLAIN
+from imgclf.training.strategy import RecipeDefaults, recipe_defaults, recipe_name, recipe_strategy
 
 logger = logging.getLogger(__name__)
 
@@ -32,61 +36,13 @@ PRETRAINED_BACKBONE = "efficientnet_lite0"
 # Many small images (digits, glyphs, thumbnails: median side up to SMALL_SIDE px, at least
 # SCRATCH_MIN_IMAGES of them) train a CNN from scratch: it learns them well in minutes, where an
 # ImageNet backbone would see each upscaled 4-8× at 30× the cost. Fewer images learn more from the
-# backbone's features, whatever their size (LFW's 200 faces of 25 px: 0.85 from scratch, 1.00 with a
-# head on Lite0's features).
+# backbone's features, whatever their size (the README's "Why these defaults" gives the measurements).
 SMALL_SIDE = 64
 SCRATCH_MIN_IMAGES = 10_000
 SCRATCH_MODEL = "cnn"
 # an unset time limit on the CPU (the transfer recipe): 3 minutes per 2,000 images, at least 3
 CPU_MINUTES_PER_IMAGE = 3 / 2000
 CPU_MIN_MINUTES = 3.0
-# the transfer recipe fine-tunes the classifier and the backbone's last blocks only; the frozen part
-# runs without gradients (Lite0 at 224 px on a 2-core AVX-512 CPU, whole epochs of flowers5 photos:
-# 49.2 images/s against 20.1 for every layer; benchmarks/finetune_speed.py --pipeline)
-TRANSFER_UNFREEZE = "3"
-# --finetune-size (a lower resolution for the fine-tuning epochs but the last) is off by default: on
-# flowers5 (250 per class, 6 epochs) the last 3 blocks at 160 px then 224 px reached 0.760 against
-# 0.792 at 224 px throughout (70.1 against 49.2 images/s); every layer at 160 px then 224 px reached
-# 0.792 too, at 37.1 images/s.
-# Small images (digits, icons) keep the backbone's own resolution: read at 3× their side instead, 2,000
-# MNIST digits (28 px) gave a head of 0.890 at 96 px against 0.940 at 224 px (0.888 at 64, 0.900 at
-# 128, 0.918 at 160) and 0.940 against 0.9725 after fine-tuning; the time limit binds either way.
-
-
-@dataclass(frozen=True)
-class RecipeDefaults:
-    """The settings a recipe gives those the user left unset."""
-
-    lr: float
-    label_smoothing: float
-    warmup_epochs: float
-    monitor: str
-    finetune_bn: str
-    preset: str
-    epochs: int | None  # None: planned from the data and the time limit (transfer)
-    batch_size: int
-
-
-TRANSFER = RecipeDefaults(
-    lr=1e-3,
-    label_smoothing=0.1,
-    warmup_epochs=0.3,
-    monitor="val_acc",
-    finetune_bn="frozen",
-    preset="strong",
-    epochs=None,
-    batch_size=32,
-)
-PLAIN = RecipeDefaults(
-    lr=2e-3,
-    label_smoothing=0.0,
-    warmup_epochs=1.0,
-    monitor="val_loss",
-    finetune_bn="train",
-    preset="none",
-    epochs=10,
-    batch_size=64,
-)
 # a builtin CNN chosen by --model auto for many small grey images: the plain recipe with augmentation
 # that suits digits (shifts, zoom, rotation; no mirror images)
 SCRATCH = replace(PLAIN, preset="digits")
@@ -128,7 +84,7 @@ def choose_model(cfg: Config, image_set: ImageSet) -> str | None:
     if cfg.model.name != "auto":
         return None
     grey, side = describe_images(image_set)
-    if cfg.model.pretrained or cfg.model.weights or cfg.train.head_only:
+    if cfg.model.pretrained or cfg.model.weights or recipe_name(cfg.train) in ("head-only", "staged"):
         cfg.model.name, cfg.model.pretrained = PRETRAINED_BACKBONE, not cfg.model.weights
         return (
             f"model {PRETRAINED_BACKBONE} (pretrained weights were asked for; "
@@ -154,31 +110,28 @@ def choose_model(cfg: Config, image_set: ImageSet) -> str | None:
 
 def choose_recipe(
     cfg: Config, model_line: str | None, distributed: bool = False, grey: float = 1.0
-) -> tuple[RecipeDefaults, str | None]:
-    """Resolve `--recipe auto` and the recipe's settings; returns them and a line when it was a guess.
-    `grey` is the share of grey images, which chooses the scratch CNN's augmentation."""
+) -> tuple[RecipeDefaults, list[str]]:
+    """Resolve the recipe, in this one place: `--recipe auto` (transfer for a pretrained backbone in
+    one process, else plain), the aliases --head-only (head-only) and --freeze-epochs N (staged), then
+    the recipe's own settings (`Strategy.resolve`). Returns the settings it gives those left unset,
+    and the lines that say what was guessed. `grey` is the share of grey images, which chooses the
+    scratch CNN's augmentation."""
     train = cfg.train
     pretrained = bool(cfg.model.pretrained or cfg.model.weights)
-    staged = train.head_only or train.freeze_epochs > 0
-    line = None
-    if train.recipe == "auto":
-        if pretrained and not staged and not distributed:
-            train.recipe = "transfer"
-            line = (
+    name = recipe_name(train)
+    lines = []
+    if name == "auto":
+        name = "transfer" if pretrained and not distributed else "plain"
+        if name == "transfer":
+            lines.append(
                 "recipe transfer: a head fitted on cached features, then the last blocks fine-tuned from "
                 "it while validation says it pays, the best epoch kept (--recipe plain trains as configured)"
             )
-        else:
-            train.recipe = "plain"
-    if train.recipe == "transfer":
-        if not pretrained:
-            raise ConfigError("--recipe transfer fine-tunes a pretrained backbone: add --pretrained")
-        if staged:
-            raise ConfigError("--recipe transfer has its own stages: drop --head-only and --freeze-epochs")
-        if distributed:
-            raise ConfigError("--recipe transfer runs in one process; use --recipe plain with --devices")
-        return TRANSFER, line
-    if model_line is not None and cfg.model.name == SCRATCH_MODEL:
+    train.recipe = name
+    strategy = recipe_strategy(name)
+    lines += strategy.resolve(cfg)
+    defaults = recipe_defaults(name)
+    if name == "plain" and model_line is not None and cfg.model.name == SCRATCH_MODEL:
         defaults = SCRATCH if grey >= 0.5 else SCRATCH_COLOUR
         if cfg.augment.preset == "auto":
             why = (
@@ -186,9 +139,10 @@ def choose_recipe(
                 if defaults is SCRATCH
                 else "small colour images: shifts, zoom, rotation and mirror images"
             )
-            line = f"recipe plain with the {defaults.preset} augmentation for {why} (--augment sets another)"
-        return defaults, line
-    return PLAIN, line
+            lines.append(
+                f"recipe plain with the {defaults.preset} augmentation for {why} (--augment sets another)"
+            )
+    return defaults, lines
 
 
 def choose_multi_label(cfg: Config, image_set: ImageSet) -> str:
@@ -220,9 +174,8 @@ def resolve_recipe(
     model_line = choose_model(cfg, image_set)
     if model_line:
         lines.append(model_line)
-    defaults, recipe_line = choose_recipe(cfg, model_line, distributed, describe_images(image_set)[0])
-    if recipe_line:
-        lines.append(recipe_line)
+    defaults, recipe_lines = choose_recipe(cfg, model_line, distributed, describe_images(image_set)[0])
+    lines += recipe_lines
     time_line = choose_time_limit(cfg, len(image_set), device_type)
     if time_line:
         lines.append(time_line)
@@ -242,8 +195,8 @@ def resolve_recipe(
     if train.finetune_bn is None:
         train.finetune_bn = defaults.finetune_bn if (cfg.model.pretrained or cfg.model.weights) else "train"
     if train.unfreeze is None:
-        train.unfreeze = TRANSFER_UNFREEZE if train.recipe == "transfer" else "all"
-    if train.finetune_size is None:  # off: see TRANSFER_UNFREEZE
+        train.unfreeze = defaults.unfreeze
+    if train.finetune_size is None:  # off by default: the README's "Why these defaults" says why
         train.finetune_size = 0
     if train.batch_size is None:
         train.batch_size = defaults.batch_size

@@ -1,0 +1,43 @@
+"""Training loggers: where a run's numbers go as it trains, one module each, found by file name.
+
+A logger module declares `create_logger(cfg, folder)`, which returns a callback on the event list
+(`imgclf.training.events`): it reads the `TrainState` at on_epoch_end (losses, accuracy, learning
+rate, images/s, seconds) and at on_train_end, and writes where it says. It raises an `ImgclfError`
+at start when it cannot work (a missing optional package), never at the end of training. Its
+docstring's first line is what `--log` lists. The `csv` logger (metrics.csv and curves.png in the
+run folder) always runs: the run's report and `Run.history` read it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from imgclf.registry import Registry
+
+if TYPE_CHECKING:
+    from imgclf.config import Config, TrainConfig
+    from imgclf.runs import RunFolder
+    from imgclf.training.events import Callback
+
+LOGGERS = Registry("imgclf.training.loggers", "logger", first=("csv",))
+ALWAYS = "csv"
+
+
+def logger_names(train: TrainConfig) -> list[str]:
+    """The loggers a run writes to: csv, then those `--log` names, each once."""
+    names = [ALWAYS, *(name.strip().replace("_", "-") for name in train.log or [])]
+    return list(dict.fromkeys(name for name in names if name))
+
+
+def check_loggers(train: TrainConfig) -> None:
+    """Before any work: a ConfigError for a logger there is none of; each logger's own `check()`
+    (where it has one) refuses what it cannot do, such as a missing optional package."""
+    for name in logger_names(train):
+        module = LOGGERS.load(name)
+        if hasattr(module, "check"):
+            module.check()
+
+
+def create_loggers(cfg: Config, folder: RunFolder) -> list[Callback]:
+    """The callbacks of the run's loggers."""
+    return [LOGGERS.load(name).create_logger(cfg, folder) for name in logger_names(cfg.train)]
