@@ -138,3 +138,49 @@ def test_a_new_recipe_is_one_file(shapes_dir: Path, tmp_path: Path, monkeypatch:
     saved = yaml.safe_load((run.run_dir / "config.yaml").read_text())
     assert saved["train"]["recipe"] == "counting" and saved["train"]["epochs"] == 1
     assert run.metrics["val_acc"] >= 0.0 and (run.artifact / "model.safetensors").is_file()
+
+
+NEW_LOGGER = '''
+    """Each epoch's validation accuracy in a text file of the run folder (a logger in one file)."""
+
+    from imgclf.training.events import Callback
+
+
+    class AccuracyFile(Callback):
+        def __init__(self, path):
+            self.path = path
+
+        def on_epoch_end(self, state):
+            with self.path.open("a") as handle:
+                handle.write(f"{state.epoch} {state.last.get('val_acc', float('nan')):.4f}\\n")
+
+
+    def create_logger(cfg, folder):
+        return AccuracyFile(folder.path / "accuracy.txt")
+'''
+
+
+def test_a_new_logger_is_one_file_and_an_unknown_one_stops_before_any_work(
+    shapes_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import imgclf.training.loggers as loggers_package
+    from imgclf.training.loggers import LOGGERS
+
+    folder = tmp_path / "plugins"
+    folder.mkdir()
+    (folder / "accuracy_file.py").write_text(textwrap.dedent(NEW_LOGGER))
+    monkeypatch.setattr(loggers_package, "__path__", [*loggers_package.__path__, str(folder)])
+    assert LOGGERS.names()[:1] == ["csv"] and "accuracy-file" in LOGGERS.names()
+    with pytest.raises(ConfigError, match="unknown logger 'nowhere': one of csv, accuracy-file"):
+        imgclf.train(tmp_path / "not-even-there", log=["nowhere"])
+    run = imgclf.train(
+        shapes_dir,
+        log="accuracy-file",
+        model="cnn-small",
+        epochs=2,
+        image_size=[24, 24],
+        project=str(tmp_path / "r"),
+    )
+    lines = (run.run_dir / "accuracy.txt").read_text().splitlines()
+    assert [line.split()[0] for line in lines] == ["1", "2"]
+    assert len(run.history) == 2  # metrics.csv is always written
