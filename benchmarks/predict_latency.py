@@ -68,7 +68,7 @@ def worker(kind: str, path: str, spec_file: str, seconds: float, batch: int) -> 
 
     base = peak_rss_mb()
     if kind == "tflite":
-        from imgclf.export.tflite import tflite_probabilities
+        from imgclf.export.formats.tflite import tflite_probabilities
 
         content = Path(path).read_bytes()
 
@@ -108,8 +108,8 @@ def export_all(artifact: Path, name: str, folder: Path, checked: bool) -> dict[s
     from imgclf.artifact import load_artifact
     from imgclf.errors import ModelError
     from imgclf.export.check_data import CheckImages
-    from imgclf.export.onnx import _with_metadata, export_model
-    from imgclf.export.ort_format import convert_to_ort
+    from imgclf.export.exporter import _with_metadata, export_model
+    from imgclf.export.formats.ort import convert_to_ort
     from imgclf.export.quantize import quantize_int8
 
     files: dict[str, Path | str] = {"torch": artifact}

@@ -31,7 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import BENCH_MODELS, bench_images, describe_machine, make_bench_artifact
 
-from imgclf.export.onnx import export_model
+from imgclf.export.exporter import export_model
 
 BOUNDARY = "imgclfbenchboundary"
 

@@ -40,8 +40,8 @@ if TYPE_CHECKING:
     from imgclf.data.audit import audit
     from imgclf.evaluation.report import write_report
     from imgclf.evaluation.show import show
-    from imgclf.export.onnx import export_model
-    from imgclf.export.onnx import export_model as export_onnx
+    from imgclf.export.exporter import export_model
+    from imgclf.export.exporter import export_model as export_onnx
     from imgclf.inference.predictor import Predictor
     from imgclf.training.trainer import Run
 
@@ -73,7 +73,7 @@ def __getattr__(name: str) -> Any:
 
         return write_report
     if name in ("export_model", "export_onnx"):  # export_onnx: its old name (it writes ORT and TFLite too)
-        from imgclf.export.onnx import export_model
+        from imgclf.export.exporter import export_model
 
         return export_model
     if name == "Predictor":

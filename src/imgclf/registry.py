@@ -14,23 +14,28 @@ file is enough).
 from __future__ import annotations
 
 import ast
+import contextlib
 import importlib
 import pkgutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from imgclf.errors import ConfigError
 
 
 @dataclass(frozen=True)
 class Entry:
-    """One entry: its name ("head-only"), its module ("imgclf.training.recipes.head_only"), and the
-    first line of the module's docstring (what --help says about it)."""
+    """One entry: its name ("head-only"), its module ("imgclf.training.recipes.head_only"), the first
+    line of the module's docstring (what --help says about it), and the module's top-level constants
+    whose names are in capitals and whose values are literals (`SUFFIX = ".ort"`), read from its
+    file: what a lower layer may know of an entry without importing it (a model file's suffix)."""
 
     name: str
     module: str
     summary: str
+    declared: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
 class Registry:
@@ -47,19 +52,24 @@ class Registry:
                 continue
             name = info.name.replace("_", "-")
             path = Path(getattr(info.module_finder, "path", "")) / f"{info.name}.py"
-            found.setdefault(name, Entry(name, f"{self.package}.{info.name}", _summary(path)))
+            summary, declared = _read(path)
+            found.setdefault(name, Entry(name, f"{self.package}.{info.name}", summary, declared))
         order = [name for name in self.first if name in found] + sorted(set(found) - set(self.first))
         return {name: found[name] for name in order}
 
     def names(self) -> list[str]:
         return list(self.entries())
 
+    def entry(self, name: str) -> Entry:
+        """The entry `name`; a ConfigError naming the entries there are if there is none."""
+        found = self.entries().get(str(name).replace("_", "-"))
+        if found is None:
+            raise ConfigError(f"unknown {self.kind} {name!r}: one of {', '.join(self.names())}")
+        return found
+
     def load(self, name: str) -> ModuleType:
         """The module of entry `name`; a ConfigError naming the entries there are if there is none."""
-        entry = self.entries().get(str(name).replace("_", "-"))
-        if entry is None:
-            raise ConfigError(f"unknown {self.kind} {name!r}: one of {', '.join(self.names())}")
-        return importlib.import_module(entry.module)
+        return importlib.import_module(self.entry(name).module)
 
     def describe(self) -> str:
         """The entries as --help lists them: "plain (…) | transfer (…)"."""
@@ -69,10 +79,21 @@ class Registry:
         )
 
 
-def _summary(path: Path) -> str:
-    """The first line of a module's docstring, read without importing it ("" if there is none)."""
+def _read(path: Path) -> tuple[str, dict[str, Any]]:
+    """The first paragraph of a module's docstring and its literal constants, read without importing
+    it (nothing for a file that cannot be read or parsed)."""
     try:
-        docstring = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+        tree = ast.parse(path.read_text(encoding="utf-8"))
     except (OSError, SyntaxError, UnicodeDecodeError):
-        return ""
-    return docstring.strip().split("\n\n")[0].replace("\n", " ").rstrip(".")
+        return "", {}
+    docstring = ast.get_docstring(tree) or ""
+    summary = docstring.strip().split("\n\n")[0].replace("\n", " ").rstrip(".")
+    declared: dict[str, Any] = {}
+    for node in tree.body:
+        target = node.target if isinstance(node, ast.AnnAssign) else None
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target = node.targets[0]
+        if isinstance(target, ast.Name) and target.id.isupper() and node.value is not None:
+            with contextlib.suppress(ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+                declared[target.id] = ast.literal_eval(node.value)
+    return summary, declared

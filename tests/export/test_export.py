@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from imgclf.artifact import ModelInfo, load_artifact, save_artifact
 from imgclf.cli import app
 from imgclf.data.preprocess import PreprocessSpec
 from imgclf.errors import UsageError
-from imgclf.export.onnx import export_model
+from imgclf.export.exporter import export_model
 from imgclf.inference.predictor import Predictor
 from imgclf.models import create_model
 
@@ -167,3 +168,59 @@ def test_export_cli_prints_the_check_and_refuses_bad_options(trained, tmp_path: 
     assert not_onnx.exit_code == 2
     missing = runner.invoke(app, ["export", str(tmp_path / "nothing")])
     assert missing.exit_code == 2 and "not found" in missing.output
+
+
+NEW_FORMAT = '''
+    """The ONNX graph with its metadata stripped to the classes (a format in one file)."""
+
+    from __future__ import annotations
+
+    SUFFIX = ".slim"
+    RUNTIME = "onnxruntime"
+
+
+    def check_options(quantize, dynamic_batch):
+        from imgclf.errors import UsageError
+
+        if quantize != "none":
+            raise UsageError("--format slim is float only")
+
+
+    def write(job, result):
+        import onnx
+
+        proto = onnx.load_from_string(job.payload)
+        kept = [entry for entry in proto.metadata_props if entry.key in ("imgclf.classes", "imgclf.model")]
+        del proto.metadata_props[:]
+        proto.metadata_props.extend(kept)
+        result.kind = "slim ONNX"
+        result.check_lines.append(f"slim: {len(kept)} metadata entries kept")
+        return proto.SerializeToString()
+'''
+
+
+def test_a_new_export_format_is_one_file(trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The format's file alone: export_model finds it by name, writes its suffix, and Predictor runs
+    its files with ONNX Runtime because the format says so."""
+    import imgclf.export.formats as formats_package
+    from imgclf.export.formats import FORMATS
+
+    artifact, data = trained
+    folder = tmp_path / "plugins"
+    folder.mkdir()
+    (folder / "slim.py").write_text(textwrap.dedent(NEW_FORMAT))
+    monkeypatch.setattr(formats_package, "__path__", [*formats_package.__path__, str(folder)])
+    assert FORMATS.names() == ["onnx", "ort", "tflite", "slim"]
+    with pytest.raises(UsageError, match="float only"):
+        export_model(artifact, tmp_path / "m.slim", format="slim", quantize="int8")
+    with pytest.raises(UsageError, match=r"--out must end in \.slim"):
+        export_model(artifact, tmp_path / "m.onnx", format="slim")
+    result = export_model(artifact, tmp_path / "m.slim", format="slim")
+    assert (result.kind, result.check_lines) == ("slim ONNX", ["slim: 2 metadata entries kept"])
+    files = sorted(str(p) for p in (data / "disc").iterdir())[:4]
+    slim = Predictor.from_path(tmp_path / "m.slim")
+    exact = Predictor.from_path(artifact, backend="torch")
+    assert slim.backend == "onnxruntime"
+    for a, b in zip(slim.predict(files, top_k=3), exact.predict(files, top_k=3)):
+        assert a.labels == b.labels
+        np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-4)

@@ -16,7 +16,7 @@ import imgclf
 from imgclf.cli import app
 from imgclf.errors import ModelError
 from imgclf.export import quantize
-from imgclf.export.onnx import export_model
+from imgclf.export.exporter import export_model
 from imgclf.inference.predictor import Predictor
 
 runner = CliRunner()
@@ -97,7 +97,7 @@ def test_export_cli_reports_sizes_agreement_and_accuracy(model_copy) -> None:
 
 @pytest.mark.skipif(importlib.util.find_spec("litert_torch") is None, reason="needs imgclf[tflite]")
 def test_tflite_is_checked_in_the_litert_interpreter_and_carries_the_metadata(model_copy) -> None:
-    from imgclf.export.tflite import read_tflite_metadata
+    from imgclf.export.formats.tflite import read_tflite_metadata
 
     artifact, _ = model_copy
     result = export_model(artifact, format="tflite")

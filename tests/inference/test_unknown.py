@@ -142,7 +142,7 @@ def test_evaluate_reports_the_coverage_and_precision_calibration_measured(
 def test_exports_answer_unknown_as_pytorch_does(unknown_model: tuple[Path, Path], tmp_path: Path) -> None:
     import onnx
 
-    from imgclf.export.onnx import export_model
+    from imgclf.export.exporter import export_model
 
     run_dir, _ = unknown_model
     model = tmp_path / "model"
@@ -170,7 +170,7 @@ def test_exports_answer_unknown_as_pytorch_does(unknown_model: tuple[Path, Path]
 def test_calibrate_refits_an_existing_model_and_stale_exports_are_not_used(
     unknown_model: tuple[Path, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from imgclf.export.onnx import export_model
+    from imgclf.export.exporter import export_model
 
     run_dir, _ = unknown_model
     run = tmp_path / "run"

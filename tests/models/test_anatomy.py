@@ -87,7 +87,7 @@ def test_a_registered_family_trains_explains_and_exports(tmp_path: Path, ringnet
     import onnxruntime
 
     import imgclf
-    from imgclf.export.onnx import export_model
+    from imgclf.export.exporter import export_model
     from imgclf.inference.explain import Explainer
     from imgclf.training.finetune import set_trainable
 

@@ -21,7 +21,7 @@ from PIL import Image
 
 from conftest import CHROMIUM, CHROMIUM_FLAGS, served_at
 from imgclf.data.preprocess import prepare_image
-from imgclf.export.onnx import export_model
+from imgclf.export.exporter import export_model
 from imgclf.inference.predictor import Predictor
 from imgclf.serve import ServeSettings, create_app
 from imgclf.serve.batching import MicroBatcher

@@ -13,7 +13,7 @@ from imgclf import runs
 from imgclf.api.data import select_data
 from imgclf.config import DataConfig
 from imgclf.errors import DataError, UsageError
-from imgclf.inference.predictor import EXPORT_SUFFIXES, Predictor
+from imgclf.inference.predictor import Predictor, export_suffixes
 
 if TYPE_CHECKING:
     from imgclf.evaluation.outputs import Evaluation
@@ -59,7 +59,7 @@ def evaluate(
             predictor = copy.copy(model)
             predictor.tta = True
     else:
-        onnx = Path(model).suffix.lower() in EXPORT_SUFFIXES
+        onnx = Path(model).suffix.lower() in export_suffixes()
         backend = "onnxruntime" if onnx else "torch"
         predictor = Predictor.from_path(model, device="cpu" if onnx else device, backend=backend, tta=tta)
     info = predictor.info

@@ -11,7 +11,7 @@ from imgclf.errors import UsageError
 from imgclf.inference.predictor import Predictor
 
 if TYPE_CHECKING:
-    from imgclf.export.onnx import ExportResult
+    from imgclf.export.exporter import ExportResult
     from imgclf.inference.jobs import ExplainJob, PredictionJob
     from imgclf.serve import ServeSettings
 
@@ -71,8 +71,8 @@ def explain(
 
 def export_model(model: str | Path, out: str | Path | None = None, **options: Any) -> ExportResult:
     """Export a model to ONNX, ORT format or TFLite, float or int8, each file checked before it is
-    written (see `imgclf.export.onnx.export_model` for the options)."""
-    from imgclf.export.onnx import export_model as export
+    written (see `imgclf.export.exporter.export_model` for the options)."""
+    from imgclf.export.exporter import export_model as export
 
     return export(model, out, **options)
 

@@ -13,12 +13,11 @@ import typer
 
 from imgclf.cli.app import command, handle_errors
 from imgclf.cli.options import ModelFolderArgument
+from imgclf.registry import Registry
 
-
-class ExportFormat(str, Enum):
-    onnx = "onnx"
-    ort = "ort"
-    tflite = "tflite"
+# the formats are the modules of imgclf.export.formats, listed from their files without importing them
+FORMATS = Registry("imgclf.export.formats", "export format", first=("onnx", "ort", "tflite"))
+ExportFormat = Enum("ExportFormat", {name: name for name in FORMATS.names()}, type=str)  # type: ignore[misc]
 
 
 class Quantize(str, Enum):
@@ -35,12 +34,9 @@ def export(
         typer.Option(
             "--format",
             "-f",
-            help="onnx | ort (ONNX Runtime's format for ORT Mobile on Android and iOS, loaded back and "
-            "compared with the ONNX graph before it is written) | tflite (TFLite / LiteRT at batch 1, "
-            "checked with the LiteRT interpreter; needs pip install 'imgclf[tflite]'). Core ML cannot be "
-            "checked on Linux and is not offered.",
+            help=FORMATS.describe() + ". Core ML cannot be checked on Linux and is not offered.",
         ),
-    ] = ExportFormat.onnx,
+    ] = ExportFormat("onnx"),
     quantize: Annotated[
         Quantize,
         typer.Option(
@@ -112,12 +108,8 @@ def export(
         calibration_images=calibration_images,
         calibration_count=calibration_count,
     )
-    batch = "dynamic" if result.dynamic_batch else f"fixed at {batch_size}"
-    kind = {"onnx": f"opset {result.opset}", "ort": f"ORT format, opset {result.opset}", "tflite": "TFLite"}
-    if result.format == "tflite":
-        batch = "1"
     console.print(
-        f"wrote {result.path} ({result.size_bytes / 1e6:.1f} MB, {kind[result.format]}, batch {batch})",
+        f"wrote {result.path} ({result.size_bytes / 1e6:.1f} MB, {result.kind}, batch {result.batch})",
         markup=False,
         soft_wrap=True,
     )
@@ -141,10 +133,4 @@ def export_check_lines(result: Any) -> list[str]:
             f"int8: {result.size_bytes / 1e6:.1f} MB vs float {result.float_size_bytes / 1e6:.1f} MB "
             f"({ratio:.1f}x smaller); calibrated on {check.calibration_images} images; {check.describe()}"
         )
-    if result.ort_max_abs_diff is not None:
-        lines.append(f"ORT format loaded back: max |Δp| = {result.ort_max_abs_diff:.2e} vs the ONNX graph")
-    if result.tflite_max_abs_diff is not None:
-        lines.append(
-            f"TFLite in the LiteRT interpreter: max |Δp| = {result.tflite_max_abs_diff:.2e} vs PyTorch"
-        )
-    return lines
+    return lines + list(result.check_lines)

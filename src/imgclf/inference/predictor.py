@@ -105,7 +105,17 @@ class Prediction:
 
 
 BACKENDS = ("auto", "torch", "onnxruntime")
-EXPORT_SUFFIXES = (".onnx", ".ort")  # exported models, run with ONNX Runtime (float, int8, ORT format)
+
+
+def export_suffixes() -> tuple[str, ...]:
+    """The suffixes of exported model files that ONNX Runtime runs (.onnx, .ort): those the export
+    formats declare with RUNTIME "onnxruntime", read from their files without importing them."""
+    from imgclf.registry import Registry
+
+    formats = Registry("imgclf.export.formats", "export format").entries().values()
+    return tuple(
+        entry.declared["SUFFIX"] for entry in formats if entry.declared.get("RUNTIME") == "onnxruntime"
+    )
 
 
 def warn_if_not_flip_trained(info: ModelInfo) -> None:
@@ -206,7 +216,7 @@ class Predictor:
         if backend not in BACKENDS:
             raise UsageError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         location = Path(path).expanduser()
-        if location.suffix.lower() in EXPORT_SUFFIXES:
+        if location.suffix.lower() in export_suffixes():
             if backend == "torch":
                 raise UsageError(
                     f"a {location.suffix} file runs with ONNX Runtime; for --backend torch give the model "

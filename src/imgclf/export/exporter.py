@@ -1,4 +1,9 @@
-"""ONNX export of a saved model, and the ONNX Runtime model that runs it.
+"""`export_model`: the steps every export format shares, then the format's own writer.
+
+A saved model becomes an ONNX graph (normalization and softmax inside, imgclf's metadata in it),
+checked in ONNX Runtime against PyTorch, quantized to int8 and checked against the float model when
+asked; then the format chosen (`imgclf.export.formats`, one module each) writes and checks its own
+bytes, and the file is written atomically, only once every check has passed.
 
 The exported graph has one input and one output (three for a model with an `unknown` answer):
 
@@ -25,7 +30,8 @@ import io
 import json
 import logging
 import warnings
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +43,7 @@ from imgclf.artifact import ModelInfo, load_artifact, resolve_artifact_path
 from imgclf.data.preprocess import PreprocessSpec
 from imgclf.errors import ModelError, UsageError
 from imgclf.export.check_data import CheckImages, given_images, training_split
-from imgclf.export.ort_format import check_ort, convert_to_ort
+from imgclf.export.formats import FORMATS
 from imgclf.export.quantize import (
     CALIBRATION_IMAGES,
     CHECK_IMAGES,
@@ -64,7 +70,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_OPSET = 18
 MIN_OPSET = 18  # the torch.export-based exporter emits opset 18 and later
 MAX_ABS_DIFF = 1e-4
-FORMATS = ("onnx", "ort", "tflite")
 QUANTIZATIONS = ("none", "int8")
 INPUT_CONTRACT = (
     "image: float32 N×C×H×W, resized to H×W by the preprocessing spec (resize policy and interpolation), "
@@ -138,10 +143,28 @@ class ExportResult:
     size_bytes: int
     format: str = "onnx"
     quantize: str = "none"
+    kind: str = ""  # what the format says the file is ("opset 18", "ORT format, opset 18", "TFLite")
+    batch: str = ""  # "dynamic", "fixed at N", or the format's own ("1")
+    check_lines: list[str] = field(default_factory=list)  # the format's own checks, a line each
     float_size_bytes: int = 0  # the float ONNX graph's size, for comparison
     quantization: QuantizationCheck | None = None  # int8: how it compares with the float model
     ort_max_abs_diff: float | None = None  # ORT format: largest difference from the ONNX graph
     tflite_max_abs_diff: float | None = None  # TFLite: largest difference from PyTorch
+
+
+@dataclass
+class ExportJob:
+    """What a format's writer starts from: the float (or int8) ONNX graph that passed its checks, the
+    network that made it, the check images, and the metadata every export carries."""
+
+    payload: bytes  # the checked ONNX graph (int8 when asked)
+    wrapper: ExportWrapper
+    example: torch.Tensor
+    images: np.ndarray  # the check batch (prepared float images)
+    fixed_batch: int | None
+    metadata: dict[str, str]
+    # int8: checks another file of the same graph against the float model (raises when it fails)
+    recheck_int8: Callable[[bytes], QuantizationCheck] | None = None
 
 
 def export_model(
@@ -182,20 +205,18 @@ def export_model(
         raise UsageError(f"--opset {opset} is too old; imgclf exports opset {MIN_OPSET} or later")
     if batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
-    if format not in FORMATS or quantize not in QUANTIZATIONS:
-        raise UsageError(
-            f"--format is one of {', '.join(FORMATS)} and --quantize one of {', '.join(QUANTIZATIONS)}"
-        )
-    if format == "tflite" and (quantize != "none" or not dynamic_batch):
-        raise UsageError(
-            "--format tflite exports the float model at batch 1: leave out --quantize and --fixed-batch"
-        )
+    if quantize not in QUANTIZATIONS:
+        raise UsageError(f"--quantize is one of {', '.join(QUANTIZATIONS)}")
+    suffix = FORMATS.entry(format).declared["SUFFIX"]
+    writer = FORMATS.load(format)
+    if hasattr(writer, "check_options"):
+        writer.check_options(quantize=quantize, dynamic_batch=dynamic_batch)
     artifact_dir = resolve_artifact_path(model_path)
     out_path = (
         Path(out).expanduser() if out is not None else artifact_dir / default_file_name(format, quantize)
     )
-    if out_path.suffix.lower() != f".{format}":
-        raise UsageError(f"--out must end in .{format} for --format {format}, got {out_path.name}")
+    if out_path.suffix.lower() != suffix:
+        raise UsageError(f"--out must end in {suffix} for --format {format}, got {out_path.name}")
     model, info = load_artifact(artifact_dir, device="cpu")
     spec = info.preprocessing
 
@@ -238,42 +259,29 @@ def export_model(
         float_size_bytes=len(payload),
     )
     fixed = None if dynamic_batch else batch_size
-    float_payload, check = payload, None
-    rule = UnknownRule.from_calibration(info.calibration)
-    thresholds = (info.thresholds or [0.5] * len(info.classes)) if info.multi_label else None
+    job = ExportJob(
+        payload, wrapper, example, images, fixed, export_metadata(info, weights_digest(artifact_dir))
+    )
+    result.batch = "dynamic" if dynamic_batch else f"fixed at {batch_size}"
     if quantize == "int8":
         calibration, check = _int8_images(
             info, artifact_dir, check_images, calibration_images, calibration_count
         )
+        rule = UnknownRule.from_calibration(info.calibration)
+        thresholds = (info.thresholds or [0.5] * len(info.classes)) if info.multi_label else None
         how = f"int8 static quantization (QDQ, per-channel weights), calibrated on {calibration.source}"
-        payload = quantize_int8(payload, calibration, fixed)
-        payload = _with_metadata(payload, info, weights_digest(artifact_dir), {"imgclf.quantization": how})
-        result.quantization = _passed(
-            check_int8(float_payload, payload, check, len(calibration), fixed, rule, thresholds)
-        )
-    if format == "tflite":
-        from imgclf.export.tflite import check_tflite, convert_to_tflite
+        int8 = quantize_int8(payload, calibration, fixed)
+        job.payload = _with_metadata(int8, info, weights_digest(artifact_dir), {"imgclf.quantization": how})
 
-        if wrapper.bank is not None:
-            raise ModelError(
-                "--format tflite cannot carry this model's unknown answer: its likeness test takes the "
-                "nearest training images (top-k), which the LiteRT interpreter does not run; export "
-                "--format onnx or ort, or `imgclf calibrate` without --min-precision first"
-            )
+        float_payload = payload
 
-        payload = convert_to_tflite(wrapper, example, export_metadata(info, weights_digest(artifact_dir)))
-        result.tflite_max_abs_diff = check_tflite(payload, wrapper, images)
-    if format == "ort":
-        ort_bytes = convert_to_ort(payload)
-        if check is None:
-            result.ort_max_abs_diff = check_ort(payload, ort_bytes, images, fixed)
-        else:  # the ORT format fuses int8 kernels, which round a little differently: it must answer as
-            # the float model does, as the int8 graph had to
-            result.ort_max_abs_diff = check_ort(payload, ort_bytes, images, fixed, limit=None)
-            result.quantization = _passed(
-                check_int8(float_payload, ort_bytes, check, len(calibration), fixed, rule, thresholds)
-            )
-        payload = ort_bytes
+        def recheck_int8(candidate: bytes) -> QuantizationCheck:
+            checked = check_int8(float_payload, candidate, check, len(calibration), fixed, rule, thresholds)
+            return _passed(checked)
+
+        job.recheck_int8 = recheck_int8
+        result.quantization = recheck_int8(job.payload)
+    payload = writer.write(job, result)
     result.size_bytes = len(payload)
     write_atomic(out_path, lambda tmp: tmp.write_bytes(payload))
     logger.debug("exported %s (max |Δp| %.2e on %d images)", out_path, max_abs_diff, len(images))
@@ -281,8 +289,9 @@ def export_model(
 
 
 def default_file_name(format: str, quantize: str) -> str:
-    """model.onnx (found by predict and serve), model.int8.onnx, model.ort, model.int8.ort."""
-    return f"model{'.int8' if quantize == 'int8' else ''}.{format}"
+    """model.onnx (found by predict and serve), model.int8.onnx, model.ort, model.int8.ort …: the
+    format's suffix."""
+    return f"model{'.int8' if quantize == 'int8' else ''}{FORMATS.entry(format).declared['SUFFIX']}"
 
 
 def _int8_images(

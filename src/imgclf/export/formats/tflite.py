@@ -1,4 +1,6 @@
-"""TFLite / LiteRT export through `litert-torch`, checked with the LiteRT interpreter before it is
+"""TFLite / LiteRT at batch 1, checked with the LiteRT interpreter; needs pip install 'imgclf[tflite]'.
+
+The export goes through `litert-torch` and is checked with the LiteRT interpreter before it is
 written (the optional extra `imgclf[tflite]`).
 
 The model has the ONNX export's contract: input float32 1×C×H×W (pixels / 255, batch fixed at 1),
@@ -11,15 +13,44 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from imgclf.errors import ModelError, UsageError
 
+if TYPE_CHECKING:
+    from imgclf.export.exporter import ExportJob, ExportResult
+
+SUFFIX = ".tflite"
+RUNTIME = None  # predict runs .onnx and .ort files; a .tflite file is for phones and LiteRT
 MAX_ABS_DIFF = 1e-4
 EXTRA = "pip install 'imgclf[tflite]' (litert-torch and ai-edge-litert)"
+
+
+def check_options(quantize: str, dynamic_batch: bool) -> None:
+    if quantize != "none" or not dynamic_batch:
+        raise UsageError(
+            "--format tflite exports the float model at batch 1: leave out --quantize and --fixed-batch"
+        )
+
+
+def write(job: ExportJob, result: ExportResult) -> bytes:
+    """The TFLite flatbuffer of the export wrapper, checked in the LiteRT interpreter against PyTorch."""
+    if job.wrapper.bank is not None:
+        raise ModelError(
+            "--format tflite cannot carry this model's unknown answer: its likeness test takes the "
+            "nearest training images (top-k), which the LiteRT interpreter does not run; export "
+            "--format onnx or ort, or `imgclf calibrate` without --min-precision first"
+        )
+    payload = convert_to_tflite(job.wrapper, job.example, job.metadata)
+    result.tflite_max_abs_diff = check_tflite(payload, job.wrapper, job.images)
+    result.kind, result.batch = "TFLite", "1"
+    result.check_lines.append(
+        f"TFLite in the LiteRT interpreter: max |Δp| = {result.tflite_max_abs_diff:.2e} vs PyTorch"
+    )
+    return payload
 
 
 def _modules() -> tuple[Any, Any, Any, Any]:
