@@ -1,13 +1,14 @@
 """imgclf: from a folder of labelled images to a trained, evaluated image classifier.
 
-Public API (no side effects on import):
-    train(data, **settings) → Run         evaluate(model, data) → metrics
-    calibrate(model, min_precision=P) → imgclf.json's calibration (temperature, `unknown` rule)
-    load_model(path) → Predictor           Predictor.from_path(path).predict(inputs)
-    audit(data) → AuditReport              show(data) → matplotlib Figure
-    write_report(run_dir) → report.html     export_model(model) → ExportResult (model.onnx, checked)
+The public API is `imgclf.api`, re-exported here (no side effects on import; torch loads only when
+a function that needs it is called):
+    train(data, **settings) → Run          update(run, review=…) → Run
+    evaluate(model, data) → metrics        calibrate(model, data, min_precision=P) → calibration
+    load_model(path) → Predictor           predict(model, inputs) → answers
+    check(data) → CheckResult              audit(data) → AuditReport       show(data) → Figure
+    features(model, data) → arrays         report(run) / write_report(run_dir) → report.html
+    export_model(model) → ExportResult     serve(model) / review: open_review, apply_review, …
     (export_onnx is the old name of export_model and stays an alias)
-    imgclf.serve.create_app(predictor) → FastAPI app
 """
 
 from __future__ import annotations
@@ -16,68 +17,76 @@ from typing import TYPE_CHECKING, Any
 
 from imgclf.version import __version__
 
+# what `imgclf.api` offers, by name; `__getattr__` hands each over on first use
 __all__ = [
+    "CheckResult",
     "Config",
     "Predictor",
     "Run",
     "__version__",
+    "apply_review",
     "audit",
+    "cache_entries",
     "calibrate",
+    "check",
+    "clear_cache",
     "evaluate",
+    "explain",
     "export_model",
     "export_onnx",
     "features",
+    "list_models",
     "load_model",
+    "open_review",
+    "predict",
+    "report",
     "resolve_config",
+    "revert_review",
+    "serve",
+    "serve_review",
     "show",
     "train",
+    "update",
     "write_report",
 ]
 
 if TYPE_CHECKING:
-    from imgclf.api import calibrate, evaluate, features, load_model, train
-    from imgclf.config import Config, resolve_config
-    from imgclf.data.audit import audit
-    from imgclf.evaluation.report import write_report
-    from imgclf.evaluation.show import show
-    from imgclf.export.exporter import export_model
-    from imgclf.export.exporter import export_model as export_onnx
-    from imgclf.inference.predictor import Predictor
-    from imgclf.training.trainer import Run
+    from imgclf.api import (
+        CheckResult,
+        Config,
+        Predictor,
+        Run,
+        apply_review,
+        audit,
+        cache_entries,
+        calibrate,
+        check,
+        clear_cache,
+        evaluate,
+        explain,
+        export_model,
+        export_onnx,
+        features,
+        list_models,
+        load_model,
+        open_review,
+        predict,
+        report,
+        resolve_config,
+        revert_review,
+        serve,
+        serve_review,
+        show,
+        train,
+        update,
+        write_report,
+    )
 
 
 def __getattr__(name: str) -> Any:
     # Imported on first use so that `import imgclf` stays cheap (torch loads only when needed).
-    if name in ("train", "evaluate", "calibrate", "features", "load_model"):
+    if name in __all__:
         from imgclf import api
 
         return getattr(api, name)
-    if name == "Run":
-        from imgclf.training.trainer import Run
-
-        return Run
-    if name in ("Config", "resolve_config"):
-        from imgclf import config
-
-        return getattr(config, name)
-    if name == "audit":
-        from imgclf.data.audit import audit
-
-        return audit
-    if name == "show":
-        from imgclf.evaluation.show import show
-
-        return show
-    if name == "write_report":
-        from imgclf.evaluation.report import write_report
-
-        return write_report
-    if name in ("export_model", "export_onnx"):  # export_onnx: its old name (it writes ORT and TFLite too)
-        from imgclf.export.exporter import export_model
-
-        return export_model
-    if name == "Predictor":
-        from imgclf.inference.predictor import Predictor
-
-        return Predictor
     raise AttributeError(f"module 'imgclf' has no attribute {name!r}")

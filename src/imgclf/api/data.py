@@ -134,34 +134,6 @@ def check(
     return result
 
 
-def show(
-    data: Any,
-    *,
-    per_class: int = 8,
-    out: str | Path | None = None,
-    seed: int = 0,
-    path_col: str | None = None,
-    label_col: str | None = None,
-    images: str | None = None,
-    multi_label: bool | None = None,
-    splits: str = "auto",
-) -> Any:
-    """A grid of sample images per class (a matplotlib Figure; written to `out` when given)."""
-    from imgclf.evaluation.show import show as show_samples
-
-    return show_samples(
-        data,
-        per_class=per_class,
-        out=out,
-        seed=seed,
-        path_col=path_col,
-        label_col=label_col,
-        images=images,
-        multi_label=multi_label,
-        splits=splits,
-    )
-
-
 def features(
     model_or_backbone: str | Path,
     data: Any,

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from imgclf.errors import UsageError
 from imgclf.inference.predictor import Predictor
 
 if TYPE_CHECKING:
-    from imgclf.export.exporter import ExportResult
     from imgclf.inference.jobs import ExplainJob, PredictionJob
     from imgclf.serve import ServeSettings
 
@@ -67,14 +66,6 @@ def explain(
 
     return ExplainJob(Explainer(Predictor.from_path(model, device=device, backend="torch")), inputs, out,
                       class_name)  # fmt: skip
-
-
-def export_model(model: str | Path, out: str | Path | None = None, **options: Any) -> ExportResult:
-    """Export a model to ONNX, ORT format or TFLite, float or int8, each file checked before it is
-    written (see `imgclf.export.exporter.export_model` for the options)."""
-    from imgclf.export.exporter import export_model as export
-
-    return export(model, out, **options)
 
 
 def serve(

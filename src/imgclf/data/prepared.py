@@ -25,7 +25,7 @@ from imgclf.data.decode import ImageDecodeError
 from imgclf.data.imageset import ImageSet, Problem, from_arrays
 from imgclf.data.loader import Shard, create_loader, decode_all
 from imgclf.data.preprocess import PreprocessSpec, prepare_image
-from imgclf.data.sources import scan_source
+from imgclf.data.sources import scan_source, sources_phrase
 from imgclf.data.split import apply_manifest
 from imgclf.data.tables import refuse_multi_label, scan_dataframe
 from imgclf.errors import DataError, UsageError
@@ -165,7 +165,7 @@ def _load_data(
     if hasattr(data, "columns"):  # a pandas DataFrame
         return scan_dataframe(data, root=cfg.source, **columns, **found)
     if data is None:
-        raise UsageError("no data given: pass a folder, CSV, archive or IDX file")
+        raise UsageError(f"no data given: pass {sources_phrase()}")
     return scan_source(data, splits=cfg.splits, **columns, **found)
 
 

@@ -32,6 +32,7 @@ from imgclf.data.decisions import (
 from imgclf.data.decode import decode_image
 from imgclf.data.edits import check_class_name, file_digest
 from imgclf.data.imageset import ImageSet
+from imgclf.data.sources import data_edits
 from imgclf.errors import UsageError
 from imgclf.review.findings import (
     Item,
@@ -75,7 +76,7 @@ class ReviewSession:
             "review": str(self.log.path),
             "model": bool(self.predictor is not None),
             "explain": self.explainer is not None,
-            "apply": "folders" if self.table is None else "table",
+            "apply": data_edits(self.source, self.cfg.splits),
             "items": [
                 {**item.to_dict(), "number": number, "decision": _decision_dict(decided.get(item.id))}
                 for number, item in enumerate(self.items)
@@ -194,11 +195,12 @@ def apply_decisions(data: str | Path, review: str | Path, cfg: DataConfig) -> li
     from imgclf.data.prepared import load_data
 
     decisions = read_decisions(review)
-    image_set = load_data(str(data), cfg)
-    if image_set.layout == "table":
+    edits = data_edits(data, cfg.splits)  # how this kind of data is changed: its source says
+    if edits == "table":
+        image_set = load_data(str(data), cfg)
         out = apply_to_table(image_set.source, *_table_columns(image_set), decisions, Path(review).name)
         return [f"wrote {out} (the old table is untouched)"]
-    if image_set.layout not in ("class-folders", "split-folders") or not Path(data).is_dir():
+    if edits != "folders":
         raise UsageError(
             "--apply changes class folders or writes a reviewed CSV beside a table; this data is "
             "neither (an archive: unpack it and review the folder)"
@@ -302,7 +304,7 @@ def open_review(
     if predictor is not None:
         classes += [c for c in predictor.classes if c not in classes]
     table = None
-    if image_set.layout == "table":
+    if data_edits(data, cfg.splits) == "table":  # its source says how it is changed
         table = (str(image_set.source), *_table_columns(image_set))
     return ReviewSession(
         str(data),
