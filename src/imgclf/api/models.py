@@ -44,11 +44,35 @@ def predict(
     N-th input from the I-th (split work across machines)."""
     from imgclf.inference.jobs import PredictionJob, check_prediction_options
 
+    check_model_first(model, inputs)
     check_prediction_options(top_k, output, resume)
     predictor = Predictor.from_path(
         model, device=device, label_map=label_map, backend=backend, threads=threads, tta=tta
     )
     return PredictionJob(predictor, inputs, top_k, batch_size, output, resume, shard)
+
+
+def check_model_first(model: str | Path, inputs: Sequence[str | Path]) -> None:
+    """The tutorials' `predict.py IMAGE MODEL` order: when the model given is an image and an input is
+    a model, say the command in imgclf's order instead of "not a model folder"."""
+    from imgclf.data.decode import IMAGE_EXTENSIONS
+    from imgclf.inference.predictor import export_suffixes
+
+    def is_model(path: Path) -> bool:
+        if path.is_file():
+            return path.suffix.lower() in export_suffixes() or path.name == "imgclf.json"
+        return (path / "imgclf.json").is_file() or (path / "model" / "imgclf.json").is_file()
+
+    given = Path(model).expanduser()
+    if not (given.is_file() and given.suffix.lower() in IMAGE_EXTENSIONS):
+        return
+    models = [str(item) for item in inputs if is_model(Path(item).expanduser())]
+    if models:
+        images = [str(given), *(str(item) for item in inputs if str(item) not in models)]
+        raise UsageError(
+            f"{given} is an image and {models[0]} a model: the model comes first, "
+            f"imgclf predict {models[0]} {' '.join(images)}"
+        )
 
 
 def explain(

@@ -50,6 +50,8 @@ def train(
             changed["train.recipe"] = "plain"
         if "epochs" in overrides or "train.epochs" in overrides:  # more epochs than first asked for
             changed["train.epochs"] = int(overrides.get("epochs", overrides.get("train.epochs")))
+            if saved.train.freeze_epochs:  # the staged recipe: the second stage takes the epochs added
+                changed["train.finetune_epochs"] = max(0, changed["train.epochs"] - saved.train.freeze_epochs)
         cfg = resolve_config(None, changed, base=saved) if changed else saved
     else:
         cfg = _config_from(config, data, overrides)

@@ -18,6 +18,7 @@ from imgclf.cli.options import (
     Split,
     shared,
     shared_values,
+    with_aliases,
     with_settings,
 )
 
@@ -158,8 +159,10 @@ def features(
 
 @command("augment-preview", rank=140)
 @handle_errors
+@with_aliases(rows="--images")  # its name before it was --rows
 @with_settings(
-    lambda item: item.key.startswith("augment.") and item.key not in ("augment.mixup", "augment.cutmix")
+    lambda item: (item.key.startswith("augment.") and item.key not in ("augment.mixup", "augment.cutmix"))
+    or item.key in ("data.image_size", "seed")
 )
 def augment_preview(
     data: DataArgument,
@@ -171,23 +174,16 @@ def augment_preview(
         int, typer.Option(help="Augmented versions per image (columns after the original).")
     ] = 7,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML settings file.")] = None,
-    image_size: Annotated[
-        str | None, typer.Option(help="Size to show the images at. \\[default: from the data]")
-    ] = None,
-    seed: Annotated[int, typer.Option(help="Which images and transforms are drawn.")] = 0,
     *,
     settings: dict[str, Any],
 ) -> None:
     """Write a PNG grid: each row one image, first the original, then augmented versions.
 
     The augmentation flags are `train`'s (MixUp and CutMix mix whole batches and are not shown)."""
-    from imgclf.config import parse_size, resolve_config
+    from imgclf.config import resolve_config
     from imgclf.preview import write_augment_preview
 
-    overrides = {**settings, "seed": seed}
-    if image_size is not None:
-        overrides["data.image_size"] = parse_size(image_size)
-    cfg = resolve_config(config, overrides)
+    cfg = resolve_config(config, settings)
     path = write_augment_preview(data, out, cfg, images=rows, variants=variants)
     from imgclf.console import console
 

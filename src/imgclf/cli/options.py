@@ -120,6 +120,43 @@ def with_settings(
     return decorate
 
 
+def with_aliases(**aliases: str) -> Callable[[Callable], Callable]:
+    """Hidden old or foreign spellings of a command's options, e.g. `with_aliases(top_k="--top_k")`:
+    each takes the same value as the option it names and is left out of --help. A renamed flag keeps
+    its old name this way, and the tutorials' spellings (`--top_k`, `--category_names`) work."""
+
+    def decorate(command: Callable) -> Callable:
+        signature = inspect.signature(command, eval_str=True)
+        params = dict(signature.parameters)
+        added = []
+        for number, (target, flag) in enumerate(aliases.items()):
+            kind = typing.get_args(params[target].annotation)[0]
+            option = typer.Option(flag, hidden=True, show_default=False)
+            added.append(
+                inspect.Parameter(
+                    f"alias_{number}", inspect.Parameter.KEYWORD_ONLY, default=None,
+                    annotation=Annotated[kind | None, option],
+                )
+            )  # fmt: skip
+
+        @functools.wraps(command)
+        def wrapper(**kwargs: Any) -> Any:
+            for number, target in enumerate(aliases):
+                value = kwargs.pop(f"alias_{number}", None)
+                if value is not None:
+                    kwargs[target] = value
+            return command(**kwargs)
+
+        keyword = inspect.Parameter.KEYWORD_ONLY
+        parameters = [p for p in params.values() if p.kind != keyword]
+        parameters += [p for p in params.values() if p.kind == keyword] + added
+        wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {param.name: param.annotation for param in parameters}
+        return wrapper
+
+    return decorate
+
+
 def with_default(item: Setting, default: Any) -> Setting:
     """The setting as another command than `train` offers it: with that command's default (as
     --help shows it), among the command's own options rather than in a training panel."""

@@ -18,11 +18,13 @@ from imgclf.cli.options import (
     TtaOption,
     shared,
     shared_values,
+    with_aliases,
 )
 
 
 @command("predict", rank=20)
 @handle_errors
+@with_aliases(top_k="--top_k", label_map="--category_names")  # the tutorials' predict.py spellings
 @shared(DEVICE, BATCH_SIZE, batch_size=64)
 def predict(
     model: ModelArgument,
