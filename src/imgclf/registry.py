@@ -97,3 +97,12 @@ def _read(path: Path) -> tuple[str, dict[str, Any]]:
             with contextlib.suppress(ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
                 declared[target.id] = ast.literal_eval(node.value)
     return summary, declared
+
+
+# Where imgclf grows: each registry is a package whose modules are its entries. Declared here, at
+# the bottom of the layers, so that any layer (the command line's --help, Predictor's suffixes) can
+# list them without importing them.
+RECIPES = Registry("imgclf.training.recipes", "recipe", first=("plain", "transfer", "head-only", "staged"))
+LOGGERS = Registry("imgclf.training.loggers", "logger", first=("csv",))
+EXPORT_FORMATS = Registry("imgclf.export.formats", "export format", first=("onnx", "ort", "tflite"))
+DATA_SOURCES = Registry("imgclf.data.sources", "data source")

@@ -161,8 +161,10 @@ def features(
 @handle_errors
 @with_aliases(rows="--images")  # its name before it was --rows
 @with_settings(
-    lambda item: (item.key.startswith("augment.") and item.key not in ("augment.mixup", "augment.cutmix"))
-    or item.key in ("data.image_size", "seed")
+    lambda item: (
+        (item.key.startswith("augment.") and item.key not in ("augment.mixup", "augment.cutmix"))
+        or item.key in ("data.image_size", "seed")
+    )
 )
 def augment_preview(
     data: DataArgument,

@@ -13,10 +13,10 @@ import typer
 
 from imgclf.cli.app import command, handle_errors
 from imgclf.cli.options import ModelFolderArgument
-from imgclf.registry import Registry
+from imgclf.registry import EXPORT_FORMATS
 
 # the formats are the modules of imgclf.export.formats, listed from their files without importing them
-FORMATS = Registry("imgclf.export.formats", "export format", first=("onnx", "ort", "tflite"))
+FORMATS = EXPORT_FORMATS
 ExportFormat = Enum("ExportFormat", {name: name for name in FORMATS.names()}, type=str)  # type: ignore[misc]
 
 

@@ -25,6 +25,7 @@ from imgclf.config import (
     Setting,
     settings,
 )
+from imgclf.registry import LOGGERS, RECIPES
 
 
 def _cli_type(annotation: Any) -> type:
@@ -51,12 +52,8 @@ def registry_help(key: str) -> str:
     """The entries of the registry a setting names (recipes, loggers), as --help lists them: read from
     their files, without importing them."""
     if key == "train.recipe":
-        from imgclf.training.recipes import RECIPES
-
         return RECIPES.describe() + "."
     if key == "train.log":
-        from imgclf.training.loggers import LOGGERS
-
         return LOGGERS.describe() + "."
     return ""
 

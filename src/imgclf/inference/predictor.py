@@ -110,9 +110,9 @@ BACKENDS = ("auto", "torch", "onnxruntime")
 def export_suffixes() -> tuple[str, ...]:
     """The suffixes of exported model files that ONNX Runtime runs (.onnx, .ort): those the export
     formats declare with RUNTIME "onnxruntime", read from their files without importing them."""
-    from imgclf.registry import Registry
+    from imgclf.registry import EXPORT_FORMATS
 
-    formats = Registry("imgclf.export.formats", "export format").entries().values()
+    formats = EXPORT_FORMATS.entries().values()
     return tuple(
         entry.declared["SUFFIX"] for entry in formats if entry.declared.get("RUNTIME") == "onnxruntime"
     )

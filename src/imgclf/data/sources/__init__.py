@@ -32,11 +32,11 @@ from imgclf.data.imageset import ImageSet
 from imgclf.data.layout import FolderLayout, find_layout, visible_entries
 from imgclf.data.tables import TABLE_SUFFIXES
 from imgclf.errors import DataError, UsageError
-from imgclf.registry import Entry, Registry
+from imgclf.registry import DATA_SOURCES, Entry
 
 logger = logging.getLogger(__name__)
 
-SOURCES = Registry("imgclf.data.sources", "data source")
+SOURCES = DATA_SOURCES
 
 
 @dataclass

@@ -13,6 +13,6 @@ honour, before any work; optional) and `write(job, result) -> bytes`, which turn
 docstring's first line is what `imgclf export --help` says about it.
 """
 
-from imgclf.registry import Registry
+from imgclf.registry import EXPORT_FORMATS as FORMATS
 
-FORMATS = Registry("imgclf.export.formats", "export format", first=("onnx", "ort", "tflite"))
+__all__ = ["FORMATS"]

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from imgclf.registry import Registry
+from imgclf.registry import LOGGERS
 
 if TYPE_CHECKING:
     from imgclf.config import Config, TrainConfig
     from imgclf.runs import RunFolder
     from imgclf.training.events import Callback
 
-LOGGERS = Registry("imgclf.training.loggers", "logger", first=("csv",))
 ALWAYS = "csv"
 
 

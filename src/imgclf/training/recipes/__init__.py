@@ -6,6 +6,6 @@ settings a user left unset. Its docstring's first line is what `imgclf train --h
 Adding a recipe is adding its file; `--recipe auto` is resolved in `imgclf.training.recipe`.
 """
 
-from imgclf.registry import Registry
+from imgclf.registry import RECIPES
 
-RECIPES = Registry("imgclf.training.recipes", "recipe", first=("plain", "transfer", "head-only", "staged"))
+__all__ = ["RECIPES"]
