@@ -71,6 +71,9 @@ def setting(
     parse: Callable[[str], Any] | None = None,
     cli: bool = True,
     negative: str | None = None,
+    minimum: float | None = None,
+    above: float | None = None,
+    default_factory: Callable[[], Any] | None = None,
 ) -> Any:
     """One setting, declared once: its default, and how the command line offers it.
 
@@ -78,8 +81,10 @@ def setting(
     name (default: --the-field-name), `short` an alias (-e), `shown` the default as --help shows it
     when a recipe sets it ("" shows none; None: the default itself, unless that is None), `parse`
     turns the flag's text into the value, `cli=False` keeps the setting off the command line,
-    `negative` names the flag that sets a bool False (default: --no-the-field-name).
-    `imgclf.cli` builds the options of `train` and `augment-preview` from these fields.
+    `negative` names the flag that sets a bool False (default: --no-the-field-name); `minimum` and
+    `above` bound a number (checked where the settings are, e.g. `ServeSettings.check`);
+    `default_factory` makes the default when one is needed (then `shown` says what it is).
+    `imgclf.cli` builds the options of `train`, `augment-preview` and `serve` from these fields.
     """
     metadata = {
         "help": help,
@@ -89,7 +94,10 @@ def setting(
         "shown": shown,
         "negative": negative,
     }
-    return field(default=default, metadata={**metadata, "parse": parse, "cli": cli})
+    metadata = {**metadata, "parse": parse, "cli": cli, "minimum": minimum, "above": above}
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 def parse_size(text: str) -> list[int]:
@@ -501,25 +509,33 @@ def settings(cli_only: bool = True) -> list[Setting]:
     hints = typing.get_type_hints(Config)
     found = []
     for section, cls in [*((name, hints[name]) for name in SECTIONS), ("", Config)]:
-        field_hints = typing.get_type_hints(cls)
-        for item in dataclasses.fields(cls):
-            meta = item.metadata
-            if "help" not in meta or (cli_only and not meta["cli"]):
-                continue
-            found.append(
-                Setting(
-                    key=f"{section}.{item.name}" if section else item.name,
-                    annotation=field_hints[item.name],
-                    default=item.default,
-                    help=meta["help"],
-                    panel=meta["panel"],
-                    flag=meta["flag"] or "--" + item.name.replace("_", "-"),
-                    short=meta["short"],
-                    shown=meta["shown"],
-                    parse=meta["parse"],
-                    negative=meta["negative"],
-                )
+        found += declared_settings(cls, section, cli_only)
+    return found
+
+
+def declared_settings(cls: type, section: str = "", cli_only: bool = True) -> list[Setting]:
+    """The settings a dataclass declares with `setting()` (keyed "section.field", or "field"), in
+    declaration order; with `cli_only` those the command line offers."""
+    field_hints = typing.get_type_hints(cls)
+    found = []
+    for item in dataclasses.fields(cls):
+        meta = item.metadata
+        if "help" not in meta or (cli_only and not meta["cli"]):
+            continue
+        found.append(
+            Setting(
+                key=f"{section}.{item.name}" if section else item.name,
+                annotation=field_hints[item.name],
+                default=None if item.default is dataclasses.MISSING else item.default,
+                help=meta["help"],
+                panel=meta["panel"],
+                flag=meta["flag"] or "--" + item.name.replace("_", "-"),
+                short=meta["short"],
+                shown=meta["shown"],
+                parse=meta["parse"],
+                negative=meta["negative"],
             )
+        )
     return found
 
 

@@ -124,25 +124,7 @@ def serve(
     from imgclf.serve.connections import deadline_protocol, raise_open_file_limit
 
     settings = settings or ServeSettings()
-    for name, value in (
-        ("--max-batch", settings.max_batch),
-        ("--max-images", settings.max_images),
-        ("--top-k", settings.default_top_k),
-        ("--max-active", settings.max_active),
-    ):
-        if value < 1:
-            raise UsageError(f"{name} must be at least 1")
-    for name, seconds in (
-        ("--timeout", settings.timeout_s),
-        ("--read-timeout", settings.read_timeout_s),
-        ("--decode-timeout", settings.decode_timeout_s),
-    ):
-        if not seconds > 0:
-            raise UsageError(f"{name} must be above 0 seconds")
-    if settings.max_held_mb < settings.max_body_mb:
-        raise UsageError(
-            "--max-held-mb must be at least --max-body-mb: one body of the largest size must fit"
-        )
+    settings.check()
     if not 0 < port < 65536:
         raise UsageError("--port must be between 1 and 65535")
     predictor = Predictor.from_path(

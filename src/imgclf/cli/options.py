@@ -75,20 +75,24 @@ def _panel_rank(param: inspect.Parameter) -> int:
 
 
 def with_settings(
-    chosen: Callable[[Setting], bool], defaults: dict[str, Any] | None = None
+    chosen: Callable[[Setting], bool],
+    defaults: dict[str, Any] | None = None,
+    *,
+    source: Callable[[], list[Setting]] = settings,
+    into: str = "settings",
 ) -> Callable[[Callable], Callable]:
-    """Give a command one option per configuration setting that `chosen` picks; the command receives
-    the ones given, by dotted key, in `settings` (each parsed as its declaration says). `defaults`:
-    the command's own default for a setting (shown in --help), passed in `settings` when the flag is
-    not given."""
+    """Give a command one option per setting that `chosen` picks among `source()` (the training
+    config's, or another dataclass's such as `ServeSettings`); the command receives the ones given,
+    by key, in its argument `into` (each parsed as its declaration says). `defaults`: the command's
+    own default for a setting (shown in --help), passed when the flag is not given."""
     defaults = defaults or {}
 
     def decorate(command: Callable) -> Callable:
         picked = [with_default(item, defaults[item.key]) if item.key in defaults else item
-                  for item in settings() if chosen(item)]  # fmt: skip
+                  for item in source() if chosen(item)]  # fmt: skip
         by_param = {item.param: item for item in picked}
         signature = inspect.signature(command, eval_str=True)
-        own = [param for param in signature.parameters.values() if param.name != "settings"]
+        own = [param for param in signature.parameters.values() if param.name != into]
         generated = [
             inspect.Parameter(
                 item.param, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=setting_option(item)
@@ -103,7 +107,7 @@ def with_settings(
                 value, item = kwargs.pop(name), by_param[name]
                 if value is not None:
                     given[item.key] = item.parse(value) if item.parse else value
-            return command(**kwargs, settings=given)
+            return command(**kwargs, **{into: given})
 
         arguments = [param for param in own if _panel(param) is None]
         keyword = inspect.Parameter.KEYWORD_ONLY

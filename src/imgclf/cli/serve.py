@@ -9,11 +9,13 @@ from typing import Annotated, Any
 import typer
 
 from imgclf.cli.app import command, handle_errors
-from imgclf.cli.options import DEVICE, Backend, ModelArgument, TtaOption, shared, shared_values
+from imgclf.cli.options import DEVICE, Backend, ModelArgument, TtaOption, shared, shared_values, with_settings
+from imgclf.serve.settings import ServeSettings, serve_settings
 
 
 @command("serve", rank=40)
 @handle_errors
+@with_settings(lambda item: True, source=serve_settings, into="limits")  # ServeSettings' fields
 @shared(DEVICE)
 def serve(
     model: ModelArgument,
@@ -21,68 +23,6 @@ def serve(
         str, typer.Option(help="Address to listen on; 0.0.0.0 opens the service to the network.")
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
-    max_batch: Annotated[
-        int, typer.Option(help="Most images in one forward pass; 1 turns micro-batching off.")
-    ] = 32,
-    batch_wait_ms: Annotated[
-        float, typer.Option(help="How long the first request of a batch waits for others (ms).")
-    ] = 2.0,
-    max_body_mb: Annotated[float, typer.Option(help="Largest request body (MB); larger gets 413.")] = 20.0,
-    max_pixels: Annotated[
-        int, typer.Option(help="Largest image (width × height); larger gets 400, before decoding.")
-    ] = 40_000_000,
-    max_decode_mb: Annotated[
-        float,
-        typer.Option(
-            help="Most memory one image may take decoded (MiB; a JPEG at its reduced size); larger gets "
-            "400, before decoding."
-        ),
-    ] = 100.0,
-    max_images: Annotated[int, typer.Option(help="Most images in one request.")] = 32,
-    max_request_pixels: Annotated[
-        int,
-        typer.Option(help="Most pixels of all the images of one request, from their headers; more get 413."),
-    ] = 200_000_000,
-    max_active: Annotated[
-        int | None,
-        typer.Option(
-            help="/predict requests in progress at once \\[default: 2 per core]; /explain has one.",
-            show_default=False,
-        ),
-    ] = None,
-    max_waiting: Annotated[
-        int | None,
-        typer.Option(
-            help="/predict requests waiting beyond those; more get 503 with Retry-After \\[default: what "
-            "the model answers in a quarter of --timeout, measured at start, 8 to 256].",
-            show_default=False,
-        ),
-    ] = None,
-    timeout: Annotated[
-        float, typer.Option(help="Seconds a request may wait and run before it gets 503.")
-    ] = 60.0,
-    max_held_mb: Annotated[
-        float,
-        typer.Option(
-            help="Most MB of request bodies read or waiting for their answer at once (each counted at "
-            "its Content-Length); more get 503 with Retry-After."
-        ),
-    ] = 256.0,
-    decode_timeout: Annotated[
-        float,
-        typer.Option(
-            help="Seconds the decoding of one request's images may take; past it the request gets 413 and "
-            "its thread is free at once."
-        ),
-    ] = 10.0,
-    read_timeout: Annotated[
-        float,
-        typer.Option(
-            help="Seconds a request may take to arrive: slower headers close the connection, a slower "
-            "body gets 408."
-        ),
-    ] = 20.0,
-    top_k: Annotated[int, typer.Option("--top-k", "-k", help="Classes per image unless a request asks.")] = 5,
     label_map: Annotated[
         Path | None, typer.Option(help="JSON of display names (class names or 1-based indices as keys).")
     ] = None,
@@ -114,6 +54,7 @@ def serve(
     ] = False,
     *,
     settings: dict[str, Any],
+    limits: dict[str, Any],
 ) -> None:
     """Serve a model over HTTP: POST /predict, POST /explain, GET /health, GET /model, docs at /docs,
     and a web page at / that works as a camera app on a phone.
@@ -122,29 +63,12 @@ def serve(
     needs the PyTorch model (--backend torch). Ctrl-C stops it.
     """
     from imgclf import api
-    from imgclf.serve import ServeSettings
 
-    limits = ServeSettings(
-        max_batch=max_batch,
-        batch_wait_ms=batch_wait_ms,
-        max_body_mb=max_body_mb,
-        max_pixels=max_pixels,
-        max_images=max_images,
-        max_request_pixels=max_request_pixels,
-        max_decode_mb=max_decode_mb,
-        max_waiting=max_waiting,
-        timeout_s=timeout,
-        read_timeout_s=read_timeout,
-        decode_timeout_s=decode_timeout,
-        max_held_mb=max_held_mb,
-        **({"max_active": max_active} if max_active is not None else {}),
-        default_top_k=top_k,
-    )
-
+    limits = ServeSettings(**limits)
     api.serve(
         model, host=host, port=port, settings=limits, backend=backend.value, threads=threads, tta=tta,
         label_map=label_map, access_log=access_log, token=token, require_token=False if no_token else None,
-        on_start=functools.partial(announce, host=host, port=port, tta=tta, max_batch=max_batch),
+        on_start=functools.partial(announce, host=host, port=port, tta=tta, max_batch=limits.max_batch),
         **shared_values(settings, DEVICE),
     )  # fmt: skip
 

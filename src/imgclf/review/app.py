@@ -20,7 +20,7 @@ from imgclf.data.decisions import ACTIONS
 from imgclf.data.decode import ImageDecodeError
 from imgclf.errors import ImgclfError
 from imgclf.review.session import ReviewSession
-from imgclf.serve.access import Access, AccessGuard
+from imgclf.serve import Access, AccessGuard
 
 
 class DecisionBody(BaseModel):

@@ -1,0 +1,115 @@
+"""What the service serves from the package: the camera page, its web app manifest and icons, and
+the API docs (Swagger UI from the fastapi-offline package: no CDN)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from importlib import resources
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, FastAPI, HTTPException, Request
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, Response
+
+from imgclf.inference.predictor import Predictor
+
+logger = logging.getLogger(__name__)
+router = APIRouter(include_in_schema=False)
+
+ICON_SIZES = (192, 512)
+
+
+def _static(name: str) -> bytes:
+    return resources.files("imgclf.serve").joinpath(name).read_bytes()
+
+
+def web_app_manifest(predictor: Predictor) -> dict[str, Any]:
+    """The page as an installable web app: name, icons, standalone display, relative start URL (so
+    it works behind a path prefix too)."""
+    classes = len(predictor.classes)
+    return {
+        "name": f"imgclf: {classes} classes",
+        "short_name": "imgclf",
+        "description": "Take or choose a photo; this server's model names what it shows.",
+        "start_url": "./",
+        "scope": "./",
+        "display": "standalone",
+        "orientation": "portrait",
+        "background_color": "#f6f8fa",
+        "theme_color": "#2f6fde",
+        "icons": [
+            {"src": "icon.svg", "sizes": "any", "type": "image/svg+xml"},
+            *(
+                {"src": f"icon-{size}.png", "sizes": f"{size}x{size}", "type": "image/png"}
+                for size in ICON_SIZES
+            ),
+        ],
+    }
+
+
+@router.get("/", response_class=HTMLResponse)
+async def page() -> HTMLResponse:
+    return HTMLResponse(resources.files("imgclf.serve").joinpath("page.html").read_text(encoding="utf-8"))
+
+
+@router.get("/manifest.webmanifest")
+async def manifest(request: Request) -> Response:
+    body = json.dumps(web_app_manifest(request.app.state.serving.predictor), ensure_ascii=False)
+    return Response(body, media_type="application/manifest+json")
+
+
+@router.get("/icon.svg")
+async def icon_svg() -> Response:
+    return Response(_static("icon.svg"), media_type="image/svg+xml")
+
+
+@router.get("/icon-{size}.png")
+async def icon_png(size: int) -> Response:
+    if size not in ICON_SIZES:
+        raise HTTPException(404, "Not Found")
+    return Response(_static(f"icon-{size}.png"), media_type="image/png")
+
+
+DOCS_TOKEN_HOOK = """
+    requestInterceptor: (request) => {
+        if (window.imgclfToken) request.headers.Authorization = "Bearer " + window.imgclfToken;
+        return request;
+    },"""
+# the token the address carried, read once and dropped from the address bar and history
+DOCS_TOKEN_READ = """<script>
+window.imgclfToken = new URLSearchParams(window.location.search).get("token");
+if (window.location.search) history.replaceState(null, "", window.location.pathname);
+</script>
+"""
+
+
+def add_offline_docs(app: FastAPI) -> None:
+    """Swagger UI at /docs from the fastapi-offline package's copy, so the docs work without internet."""
+    from fastapi.staticfiles import StaticFiles
+
+    try:
+        static = resources.files("fastapi_offline") / "static"
+    except ModuleNotFoundError:  # the API still works; only its browsable docs are missing
+        logger.warning("fastapi-offline is not installed; /docs is off (the schema is at /openapi.json)")
+        return
+    app.mount("/docs-static", StaticFiles(directory=str(static)), name="docs-static")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(token: str | None = None) -> HTMLResponse:
+        schema = app.openapi_url or "/openapi.json"
+        page = get_swagger_ui_html(
+            openapi_url=f"{schema}?{urlencode({'token': token})}" if token else schema,
+            title=f"{app.title} API",
+            swagger_js_url="/docs-static/swagger-ui-bundle.js",
+            swagger_css_url="/docs-static/swagger-ui.css",
+            swagger_favicon_url="/docs-static/favicon.png",
+            swagger_ui_parameters={"validatorUrl": None},  # no call to the public validator
+        )
+        # "Try it out" sends the token the page's address carried, as the camera page does
+        html = page.body.decode("utf-8").replace(
+            "SwaggerUIBundle({", "SwaggerUIBundle({" + DOCS_TOKEN_HOOK, 1
+        )
+        html = html.replace("<script", DOCS_TOKEN_READ + "<script", 1)
+        return HTMLResponse(html)
