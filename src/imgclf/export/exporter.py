@@ -201,50 +201,23 @@ def export_model(
     PyTorch, int8 under 99% top-1 agreement or over 1 point of accuracy lost, the ORT format more
     than 1e-4 from the ONNX graph. Nothing is written then.
     """
-    if opset < MIN_OPSET:
-        raise UsageError(f"--opset {opset} is too old; imgclf exports opset {MIN_OPSET} or later")
-    if batch_size < 1:
-        raise UsageError("--batch-size must be at least 1")
-    if quantize not in QUANTIZATIONS:
-        raise UsageError(f"--quantize is one of {', '.join(QUANTIZATIONS)}")
-    suffix = FORMATS.entry(format).declared["SUFFIX"]
-    writer = FORMATS.load(format)
-    if hasattr(writer, "check_options"):
-        writer.check_options(quantize=quantize, dynamic_batch=dynamic_batch)
+    writer = check_export_options(format, quantize, opset, batch_size, dynamic_batch)
     artifact_dir = resolve_artifact_path(model_path)
     out_path = (
         Path(out).expanduser() if out is not None else artifact_dir / default_file_name(format, quantize)
     )
+    suffix = FORMATS.entry(format).declared["SUFFIX"]
     if out_path.suffix.lower() != suffix:
         raise UsageError(f"--out must end in {suffix} for --format {format}, got {out_path.name}")
     model, info = load_artifact(artifact_dir, device="cpu")
-    spec = info.preprocessing
-
+    fixed = None if dynamic_batch else batch_size
     images, check_source = load_check_batch(info, check_images, check_count)
-    example_batch = 2 if dynamic_batch else batch_size
-    example = torch.from_numpy(images[:example_batch]) if len(images) >= example_batch else None
-    if example is None or example.shape[0] != example_batch:
-        example = torch.rand(example_batch, spec.channels, spec.height, spec.width)
-    wrapper = ExportWrapper(model, spec, FeatureBank.load(artifact_dir), example, info.multi_label).eval()
-    onnx_bytes = _export_graph(wrapper, example, opset, dynamic_batch)
-
-    payload = _with_metadata(onnx_bytes, info, weights_digest(artifact_dir))
-
-    # The check runs on the bytes about to be written, so a file on disk has always passed it.
-    session = create_session(payload)
-    expected = wrapper.answers(images)
-    got = run_outputs(session, images, None if dynamic_batch else batch_size, wrapper.output_names)
-    # probabilities and similarity are 0–1; a distance is compared relative to its size
-    max_abs_diff = max(
-        float(np.abs(g - e).max()) / (max(1.0, float(np.abs(e).max())) if name == DISTANCE_NAME else 1.0)
-        for name, g, e in zip(wrapper.output_names, got, expected)
+    wrapper, example = export_wrapper(model, info, artifact_dir, images, example_batch=fixed or 2)
+    # the checks run on the bytes about to be written, so a file on disk has always passed them
+    payload = _with_metadata(
+        _export_graph(wrapper, example, opset, dynamic_batch), info, weights_digest(artifact_dir)
     )
-    top1_agreement = float(np.mean(got[0].argmax(1) == expected[0].argmax(1)))
-    if not max_abs_diff < MAX_ABS_DIFF:
-        raise ModelError(
-            f"ONNX Runtime and PyTorch disagree: max |Δ| = {max_abs_diff:.2e} (limit {MAX_ABS_DIFF:.0e}); "
-            "nothing was written"
-        )
+    max_abs_diff, top1_agreement = check_graph(payload, wrapper, images, fixed)
     result = ExportResult(
         path=out_path,
         opset=opset,
@@ -257,35 +230,95 @@ def export_model(
         format=format,
         quantize=quantize,
         float_size_bytes=len(payload),
+        batch="dynamic" if dynamic_batch else f"fixed at {batch_size}",
     )
-    fixed = None if dynamic_batch else batch_size
     job = ExportJob(
         payload, wrapper, example, images, fixed, export_metadata(info, weights_digest(artifact_dir))
     )
-    result.batch = "dynamic" if dynamic_batch else f"fixed at {batch_size}"
     if quantize == "int8":
-        calibration, check = _int8_images(
-            info, artifact_dir, check_images, calibration_images, calibration_count
-        )
-        rule = UnknownRule.from_calibration(info.calibration)
-        thresholds = (info.thresholds or [0.5] * len(info.classes)) if info.multi_label else None
-        how = f"int8 static quantization (QDQ, per-channel weights), calibrated on {calibration.source}"
-        int8 = quantize_int8(payload, calibration, fixed)
-        job.payload = _with_metadata(int8, info, weights_digest(artifact_dir), {"imgclf.quantization": how})
-
-        float_payload = payload
-
-        def recheck_int8(candidate: bytes) -> QuantizationCheck:
-            checked = check_int8(float_payload, candidate, check, len(calibration), fixed, rule, thresholds)
-            return _passed(checked)
-
-        job.recheck_int8 = recheck_int8
-        result.quantization = recheck_int8(job.payload)
-    payload = writer.write(job, result)
+        quantize_job(job, result, info, artifact_dir, check_images, calibration_images, calibration_count)
+    payload = writer.write(job, result)  # the format's own bytes, checked
     result.size_bytes = len(payload)
     write_atomic(out_path, lambda tmp: tmp.write_bytes(payload))
     logger.debug("exported %s (max |Δp| %.2e on %d images)", out_path, max_abs_diff, len(images))
     return result
+
+
+def check_export_options(format: str, quantize: str, opset: int, batch_size: int, dynamic_batch: bool) -> Any:
+    """The format's module, once the options are checked (its own `check_options` too); a UsageError
+    before any work otherwise."""
+    if opset < MIN_OPSET:
+        raise UsageError(f"--opset {opset} is too old; imgclf exports opset {MIN_OPSET} or later")
+    if batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    if quantize not in QUANTIZATIONS:
+        raise UsageError(f"--quantize is one of {', '.join(QUANTIZATIONS)}")
+    writer = FORMATS.load(format)
+    if hasattr(writer, "check_options"):
+        writer.check_options(quantize=quantize, dynamic_batch=dynamic_batch)
+    return writer
+
+
+def export_wrapper(
+    model: nn.Module, info: ModelInfo, artifact_dir: Path, images: np.ndarray, example_batch: int
+) -> tuple[ExportWrapper, torch.Tensor]:
+    """The network between its normalization and softmax (with the feature bank's outputs when the
+    model has one), and the example batch it is exported with (check images where there are enough)."""
+    spec = info.preprocessing
+    example = torch.from_numpy(images[:example_batch]) if len(images) >= example_batch else None
+    if example is None or example.shape[0] != example_batch:
+        example = torch.rand(example_batch, spec.channels, spec.height, spec.width)
+    wrapper = ExportWrapper(model, spec, FeatureBank.load(artifact_dir), example, info.multi_label).eval()
+    return wrapper, example
+
+
+def check_graph(
+    payload: bytes, wrapper: ExportWrapper, images: np.ndarray, fixed: int | None
+) -> tuple[float, float]:
+    """ONNX Runtime against PyTorch on the check images: (largest difference, top-1 agreement); a
+    ModelError when the difference is over MAX_ABS_DIFF."""
+    session = create_session(payload)
+    expected = wrapper.answers(images)
+    got = run_outputs(session, images, fixed, wrapper.output_names)
+    # probabilities and similarity are 0–1; a distance is compared relative to its size
+    max_abs_diff = max(
+        float(np.abs(g - e).max()) / (max(1.0, float(np.abs(e).max())) if name == DISTANCE_NAME else 1.0)
+        for name, g, e in zip(wrapper.output_names, got, expected)
+    )
+    if not max_abs_diff < MAX_ABS_DIFF:
+        raise ModelError(
+            f"ONNX Runtime and PyTorch disagree: max |Δ| = {max_abs_diff:.2e} (limit {MAX_ABS_DIFF:.0e}); "
+            "nothing was written"
+        )
+    return max_abs_diff, float(np.mean(got[0].argmax(1) == expected[0].argmax(1)))
+
+
+def quantize_job(
+    job: ExportJob,
+    result: ExportResult,
+    info: ModelInfo,
+    artifact_dir: Path,
+    check_images: Any,
+    calibration_images: Any,
+    calibration_count: int,
+) -> None:
+    """Replace the job's float graph by its int8 quantization (calibrated on training images), checked
+    against the float model on validation images; the same check is left on the job for formats
+    that convert the int8 graph again (`recheck_int8`)."""
+    calibration, check = _int8_images(info, artifact_dir, check_images, calibration_images, calibration_count)
+    rule = UnknownRule.from_calibration(info.calibration)
+    thresholds = (info.thresholds or [0.5] * len(info.classes)) if info.multi_label else None
+    how = f"int8 static quantization (QDQ, per-channel weights), calibrated on {calibration.source}"
+    float_payload, fixed = job.payload, job.fixed_batch
+    int8 = quantize_int8(float_payload, calibration, fixed)
+    job.payload = _with_metadata(int8, info, weights_digest(artifact_dir), {"imgclf.quantization": how})
+
+    def recheck_int8(candidate: bytes) -> QuantizationCheck:
+        checked = check_int8(float_payload, candidate, check, len(calibration), fixed, rule, thresholds)
+        return _passed(checked)
+
+    job.recheck_int8 = recheck_int8
+    result.quantization = recheck_int8(job.payload)
 
 
 def default_file_name(format: str, quantize: str) -> str:
