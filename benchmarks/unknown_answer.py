@@ -30,9 +30,9 @@ from imgclf import runs
 from imgclf.api import select_data
 from imgclf.config import DataConfig
 from imgclf.data.prepared import prepare_data
-from imgclf.evaluation.calibrate import bank_images
 from imgclf.evaluation.calibration import calibrate_answers, ece, unknown_metrics
 from imgclf.evaluation.evaluate import predict_split
+from imgclf.evaluation.model_calibration import bank_images
 from imgclf.inference.predictor import with_temperature
 from imgclf.inference.unknown import FeatureBank, UnknownRule
 

@@ -61,12 +61,12 @@ RING_FAMILY = ModelFamily(
 
 @pytest.fixture
 def ringnet() -> Iterator[None]:
-    families, anatomies = dict(factory.FAMILIES), list(anatomy.FAMILIES)
+    families, anatomies = dict(factory.FAMILIES), list(anatomy.ANATOMIES)
     register_family(RING_FAMILY)
     yield
     factory.FAMILIES.clear()
     factory.FAMILIES.update(families)
-    anatomy.FAMILIES[:] = anatomies
+    anatomy.ANATOMIES[:] = anatomies
 
 
 def test_the_anatomy_of_a_registered_family(ringnet: None) -> None:

@@ -10,10 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from imgclf.config import DataConfig
-from imgclf.errors import DataError
+from imgclf.data.prepared import select_data
 
 if TYPE_CHECKING:
     from imgclf.data.audit import AuditReport
@@ -22,41 +20,6 @@ if TYPE_CHECKING:
     from imgclf.training.events import Callback
 
 logger = logging.getLogger(__name__)
-
-
-def select_data(
-    data: Any,
-    cfg: DataConfig,
-    split: str,
-    manifest: str | Path | None,
-    labels: Any = None,
-    classes: Sequence[str] | None = None,
-    multi_label: bool = False,
-) -> tuple[Any, np.ndarray]:
-    """The samples of one split of any source, with their headers read; says the layout it found.
-    `classes`: the model's, in its order; with `multi_label`, the labels of a multi-label model
-    (single-label data then gives each image its class as its one label)."""
-    from imgclf.data.headers import read_headers
-    from imgclf.data.label_sets import relabel_for_model
-    from imgclf.data.prepared import header_workers, load_data, select_split
-
-    image_set = load_data(data, cfg, labels=labels, multi_label_ok=multi_label)
-    if image_set.description:
-        logger.info("layout: %s", image_set.description)
-    if multi_label and classes is not None:
-        image_set = relabel_for_model(image_set, classes)
-    elif classes is not None:  # the model's classes, in its order
-        unknown = sorted(set(image_set.classes) - set(classes))
-        if unknown:
-            raise DataError(f"the data has class {unknown[0]!r}, which the model does not know")
-        remap = [list(classes).index(name) for name in image_set.classes]
-        image_set.labels = np.asarray(remap, dtype=np.int64)[image_set.labels]
-        image_set.classes = list(classes)
-    image_set, split_names = select_split(image_set, split, manifest)
-    image_set = read_headers(image_set, workers=header_workers(len(image_set), None))
-    if len(image_set) == 0:
-        raise DataError("no usable image found in the data")
-    return image_set, split_names
 
 
 @dataclass

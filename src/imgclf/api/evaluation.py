@@ -12,7 +12,6 @@ import numpy as np
 from imgclf import runs
 from imgclf.api.data import select_data
 from imgclf.config import DataConfig
-from imgclf.errors import DataError, UsageError
 from imgclf.inference.predictor import Predictor, export_suffixes
 
 if TYPE_CHECKING:
@@ -122,108 +121,15 @@ def calibrate(
     comes from the data's train split, or stays the model's own when it has one and the data has no
     train split. Exports made before carry the old calibration: export again.
     """
-    from imgclf.artifact import resolve_artifact_path, update_artifact_info
-    from imgclf.data.prepared import prepare_data
-    from imgclf.evaluation.calibrate import calibrate_model
-    from imgclf.inference.unknown import BANK_FILE
+    from imgclf.evaluation.model_calibration import recalibrate_model
 
-    if min_precision is not None and not 0.0 <= min_precision <= 1.0:
-        raise UsageError("--min-precision is a share of right answers, in [0, 1]: e.g. 0.95")
-    artifact_dir = resolve_artifact_path(model)
-    predictor = Predictor.from_path(artifact_dir, device=device, backend="torch")
-    own_bank = predictor.bank
-    predictor.temperature, predictor.unknown_rule, predictor.bank = 1.0, None, None  # raw answers
-    info = predictor.info
-    if data is None:
-        data = (info.dataset or {}).get("source")
-        if not data or not Path(data).exists():
-            raise DataError(
-                f"the data the model was trained on ({data or 'unknown'}) is not there: give DATA"
-            )
-        run_manifest = artifact_dir.parent / runs.MANIFEST_FILE
-        if manifest is None and run_manifest.is_file():
-            manifest = run_manifest
     cfg = DataConfig(
         path_col=path_col, label_col=label_col, images=images, multi_label=multi_label, splits=splits
     )
-    image_set, split_names = select_data(
-        data, cfg, "all", manifest, labels=labels, classes=info.classes, multi_label=info.multi_label
-    )
-    if split == "all":
-        split_names = np.where(split_names == "train", "train", "all").astype(object)
-    elif split not in set(split_names.tolist()):
-        raise UsageError(f"the data has no {split!r} split; use --split all (or give --manifest)")
-    prepared = prepare_data(image_set, split_names, info.preprocessing, "auto", None)
-    if info.multi_label:
-        return _choose_thresholds_again(predictor, prepared, split, batch_size, min_precision, artifact_dir)
-    bank = None  # built from the data's train split
-    if not len(prepared.indices("train")):
-        bank = own_bank
-        if min_precision is not None and bank is None:
-            bank = _training_bank(predictor, artifact_dir, batch_size)
-    report, _, bank = calibrate_model(
-        predictor, prepared, split, batch_size, min_precision, strict=True, bank=bank
-    )
-    if bank is not None:
-        bank.save(artifact_dir)
-    elif (artifact_dir / BANK_FILE).is_file():
-        (artifact_dir / BANK_FILE).unlink()  # no rule, no bank: the model answers as before
-    info.calibration = report
-    update_artifact_info(artifact_dir, info)
-    return report
-
-
-def _choose_thresholds_again(
-    predictor: Predictor,
-    prepared: Any,
-    split: str,
-    batch_size: int,
-    min_precision: float | None,
-    artifact_dir: Path,
-) -> dict[str, Any]:
-    """A multi-label model's calibration: each label's threshold chosen again on `split` (F1-best,
-    or the lowest that keeps precision ≥ `min_precision`), written into its imgclf.json."""
-    from imgclf.artifact import update_artifact_info
-    from imgclf.evaluation.multi_label import choose_thresholds, multi_label_metrics, predict_targets
-
-    probabilities, targets, _ = predict_targets(predictor, prepared, split, batch_size)
-    before = multi_label_metrics(
-        probabilities, targets, [float(t) for t in predictor.thresholds], predictor.classes
-    )
-    info = predictor.info
-    info.thresholds = choose_thresholds(probabilities, targets, min_precision)
-    after = multi_label_metrics(probabilities, targets, info.thresholds, predictor.classes)
-    update_artifact_info(artifact_dir, info)
-    return {
-        "task": "multi-label",
-        "fitted_on": f"{split} ({len(targets):,} images)",
-        "min_precision": min_precision,
-        "thresholds": dict(zip(predictor.classes, info.thresholds)),
-        "macro_f1_before": before["macro_f1"],
-        "macro_f1_after": after["macro_f1"],
-        "per_label": after["per_label"],
-    }
-
-
-def _training_bank(predictor: Predictor, artifact_dir: Path, batch_size: int) -> Any:
-    """The feature bank of the training split of the data the model was trained on (its run's
-    manifest.csv), for calibrating on data without a train split; a DataError when it is gone."""
-    from imgclf.data.prepared import prepare_data
-    from imgclf.evaluation.calibrate import bank_images
-    from imgclf.inference.unknown import FeatureBank
-
-    info = predictor.info
-    source = (info.dataset or {}).get("source")
-    manifest = artifact_dir.parent / runs.MANIFEST_FILE
-    if not source or not Path(source).exists() or not manifest.is_file():
-        raise DataError(
-            "--min-precision compares images with the training images, and neither DATA (no train "
-            "split) nor the model's run (its data and manifest.csv) has them: give the training data "
-            "with --manifest"
-        )
-    image_set, split_names = select_data(source, DataConfig(), "train", manifest, classes=info.classes)
-    training = prepare_data(image_set, split_names, info.preprocessing, "auto", None)
-    return FeatureBank.from_images(predictor.features, bank_images(training), batch_size)
+    return recalibrate_model(
+        model, data, cfg, min_precision=min_precision, split=split, manifest=manifest,
+        batch_size=batch_size, device=device, labels=labels,
+    )  # fmt: skip
 
 
 def report(run_dir: str | Path, out: str | Path | None = None) -> Path:

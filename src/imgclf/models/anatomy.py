@@ -77,16 +77,16 @@ BUILTIN = Anatomy(
     features=lambda model, inputs: model.head[:-1](model.features(inputs)),
     blocks=lambda model: [model.features, *model.head[:-1]],
 )
-FAMILIES: list[Anatomy] = [TIMM, BUILTIN]
+ANATOMIES: list[Anatomy] = [TIMM, BUILTIN]  # the kinds of network known, asked in order
 
 
 def register_anatomy(anatomy: Anatomy) -> None:
     """Teach imgclf a new family of networks (checked before the known ones)."""
-    FAMILIES.insert(0, anatomy)
+    ANATOMIES.insert(0, anatomy)
 
 
 def anatomy_of(model: nn.Module) -> Anatomy:
-    for anatomy in FAMILIES:
+    for anatomy in ANATOMIES:
         if anatomy.matches(model):
             return anatomy
     raise ModelError(f"imgclf does not know how {type(model).__name__} is made (register_family)")

@@ -47,7 +47,6 @@ from imgclf.review.findings import (
 logger = logging.getLogger(__name__)
 
 SHOWN_SIDE = 768  # the page shows images up to this size (re-encoded: nothing but pixels leaves)
-NOT_ANY_CLASS = "(not any class)"
 
 
 @dataclass

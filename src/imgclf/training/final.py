@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from imgclf.data.prepared import image_loader
-from imgclf.evaluation.calibrate import calibrate_model
 from imgclf.evaluation.evaluate import Predicted, evaluate_split, split_metrics
+from imgclf.evaluation.model_calibration import calibrate_model
 from imgclf.evaluation.multi_label import (
     choose_thresholds,
     multi_label_metrics,

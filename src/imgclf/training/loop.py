@@ -207,8 +207,8 @@ def _denormals_flush() -> bool:
 def denormals_flushed() -> Iterator[None]:
     """Denormal floats flushed to zero while training (as TensorFlow does), then as they were.
 
-    On x86, arithmetic on denormal values is slow, and early training makes some; flushed, MNIST's
-    first epoch took 11.2-12.1 s instead of 12.8-14.3 s on 2 cores, with the same accuracy.
+    On x86, arithmetic on denormal values is slow, and early training makes some (the README's "Why
+    these defaults" gives the time it saves).
     The mode belongs to the processor thread, so it is put back afterwards: other code (numpy,
     Hypothesis) expects IEEE-754 subnormals.
     """

@@ -35,31 +35,29 @@ from imgclf.training.speed import inference_speed, training_speed
 
 logger = logging.getLogger(__name__)
 
-# optimizer steps fine-tuning aims at, and the bounds on its epochs (flowers5, 108 steps per epoch at
-# batch 32: 0.826 after 8 epochs of a 10-epoch schedule, 0.830 after the 10th)
+# The measurements behind these values are in the README's "Why these defaults".
+# optimizer steps fine-tuning aims at, and the bounds on its epochs
 FINETUNE_STEPS = 1200
 FINETUNE_MIN_EPOCHS = 3
 FINETUNE_MAX_EPOCHS = 15
 # below this many training images per class, fine-tuning has too little to learn from
 FINETUNE_MIN_PER_CLASS = 10
 # the backbone's learning rate as a share of the head's (fastai's fine_tune spreads 1/100..1 over the
-# layers; on flowers5, 0.1 learnt too slowly: 0.785 after 6 epochs; 1.0 first undid the head: 0.58)
+# layers; a smaller share learns too slowly, the head's own rate first undoes the head)
 BACKBONE_LR_SHARE = 0.3
 # what an epoch costs beyond its measured forward and backward passes (augmentation, loading)
 EPOCH_OVERHEAD = 1.15
 # kept free at the end of the time limit for the final evaluation's plots and files (seconds)
 FINAL_RESERVE = 15.0
 # No fine-tuning when the head already answers all but this share of validation right: there are too
-# few mistakes left for an epoch to fix, and a validation set cannot tell such a gain from noise
-# (cats vs dogs, head 0.9925: 11 epochs, 1,100 s, none better; monkeys, head 0.9963: none better).
+# few mistakes left for an epoch to fix, and a validation set cannot tell such a gain from noise.
 FINETUNE_SKIP_ERROR = 0.01
 # Fine-tuning stops after this many epochs in a row that neither beat the best epoch (the head
 # included) nor improve on the epoch before: validation says it no longer pays. Epochs that climb back
 # towards the head after the first steps unsettle it still count as progress.
 FINETUNE_PATIENCE = 2
 # ... but not before the first FINETUNE_MIN_EPOCHS epochs, nor before this share of the planned ones:
-# the first steps unsettle the head, and validation accuracy dips before it climbs (flowers5, 50 per
-# class, 15 planned: 0.60 for the head, 0.56 and 0.54 after epochs 1 and 2, 0.72 after 15).
+# the first steps unsettle the head, and validation accuracy dips before it climbs.
 FINETUNE_SETTLE_SHARE = 0.3
 
 
