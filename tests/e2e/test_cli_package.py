@@ -85,3 +85,14 @@ def test_each_command_is_thin() -> None:
                     assert node.end_lineno - body[0].lineno < 45, f"{path.name}:{node.name}"
     assert max(len(p.read_text().splitlines()) for p in CLI_DIR.glob("*.py")) < 400
     assert Path(REPO_ROOT / "src" / "imgclf" / "cli.py").exists() is False
+
+
+def test_the_readme_tables_list_the_registries() -> None:
+    """The recipe and export-format tables of the README name exactly the registries' entries."""
+    from imgclf.registry import EXPORT_FORMATS, RECIPES
+
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    for header, registry in (("| recipe | what trains", RECIPES), ("| format | file |", EXPORT_FORMATS)):
+        table = readme[readme.index(header) :].split("\n\n", 1)[0]
+        named = re.findall(r"^\| `([a-z-]+)` \|", table, re.M)
+        assert named == registry.names(), header
