@@ -43,7 +43,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import describe_machine
 
-from imgclf.data import edits
+from imgclf.data import edits, safe_files
 from imgclf.data.decisions import Decision, apply_to_folders, file_digest, revert_folders
 
 CLASSES = ["cat", "dog", "bird fly", "élan", "fox", "owl"]
@@ -287,8 +287,8 @@ def main() -> None:
     args = parser.parse_args()
     print(describe_machine())
     if args.link_unlink:
-        edits._renameat2 = None
-    print(f"rename: {'link then unlink' if edits._renameat2 is None else 'renameat2(RENAME_NOREPLACE)'}")
+        safe_files._renameat2 = None
+    print(f"rename: {'link then unlink' if safe_files._renameat2 is None else 'renameat2(RENAME_NOREPLACE)'}")
     work_root = Path(tempfile.mkdtemp(prefix="imgclf-edit-faults-"))
     lost = touched = restored = points = 0
     started = time.perf_counter()

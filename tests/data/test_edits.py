@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from imgclf.data import edits
+from imgclf.data import edits, safe_files
 from imgclf.data.decisions import Decision, apply_to_folders, apply_to_table, file_digest, revert_folders
 from imgclf.data.edits import REVIEW_FOLDER, FolderEdits, write_new_file
 from imgclf.errors import DataError, ImgclfError, UsageError
@@ -187,7 +187,7 @@ def test_apply_never_loses_a_file_or_leaves_the_folder_and_revert_restores_it_ex
 ) -> None:
     tree, extras, steps, crafted = world
     if rename == "link-unlink":
-        monkeypatch.setattr(edits, "_renameat2", None)
+        monkeypatch.setattr(safe_files, "_renameat2", None)
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
         data, inbox = make_world(root, tree, extras)
@@ -271,7 +271,7 @@ def test_a_kill_at_any_step_of_apply_or_revert_then_the_same_command_leaves_ever
     tmp_path: Path, rename: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     if rename == "link-unlink":
-        monkeypatch.setattr(edits, "_renameat2", None)
+        monkeypatch.setattr(safe_files, "_renameat2", None)
     probe, decisions = fault_world(tmp_path / "probe")
     steps = count_steps(lambda: apply_to_folders(probe, decisions))
     revert_steps = count_steps(lambda: revert_folders(probe))

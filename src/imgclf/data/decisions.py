@@ -25,19 +25,9 @@ from typing import Any
 import numpy as np
 
 from imgclf.data.decode import is_image
-from imgclf.data.edits import (
-    JOURNAL_FILE,
-    REVIEW_FOLDER,
-    FolderEdits,
-    RevertResult,
-    cut_short,
-    file_digest,
-    name_problem,
-    relative_problem,
-    resolved_inside,
-    write_new_file,
-)
+from imgclf.data.edits import JOURNAL_FILE, REVIEW_FOLDER, FolderEdits, RevertResult, write_new_file
 from imgclf.data.imageset import ImageSet
+from imgclf.data.safe_files import cut_short, file_digest, name_problem, relative_problem, resolved_inside
 from imgclf.errors import DataError, UsageError
 from imgclf.io import fsync_path
 

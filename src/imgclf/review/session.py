@@ -30,8 +30,8 @@ from imgclf.data.decisions import (
     revert_folders,
 )
 from imgclf.data.decode import decode_image
-from imgclf.data.edits import check_class_name, file_digest
 from imgclf.data.imageset import ImageSet
+from imgclf.data.safe_files import check_class_name, file_digest
 from imgclf.data.sources import data_edits
 from imgclf.errors import UsageError
 from imgclf.review.findings import (
