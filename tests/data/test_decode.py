@@ -14,11 +14,10 @@ from PIL import Image
 from imgclf.data.decode import (
     ImageDecodeError,
     decode_image,
-    decode_plain_png,
-    plain_png_header,
     read_header,
     to_channels,
 )
+from imgclf.data.plain_png import decode_plain_png, plain_png_header
 from imgclf.data.preprocess import PreprocessSpec, load_prepared, prepare_image, resize_image
 
 

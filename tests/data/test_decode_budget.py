@@ -21,10 +21,10 @@ from imgclf.data.decode import (
     ImageDecodeError,
     ImageFormatError,
     decode_image,
-    decode_plain_png,
     read_header,
     training_formats,
 )
+from imgclf.data.plain_png import decode_plain_png
 from imgclf.data.preprocess import PreprocessSpec, load_prepared
 
 EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n0 0 moveto 10 10 lineto stroke\n"

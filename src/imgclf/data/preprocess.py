@@ -16,12 +16,12 @@ from PIL import Image
 
 from imgclf.data.decode import (
     decode_image,
-    decode_plain_png,
     pillow_warnings_logged,
     read_bytes,
     reduce_for,
     to_channels,
 )
+from imgclf.data.plain_png import decode_plain_png
 from imgclf.errors import ModelError
 
 INTERPOLATION = {
