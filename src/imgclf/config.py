@@ -32,6 +32,22 @@ TRAIN_PANEL = "Training"
 OUTPUT_PANEL = "Output"
 
 
+class FrozenList(tuple):
+    """A list setting of a frozen config: it reads, compares (`== [32, 32]`) and prints as the list
+    it was, and cannot change in place (no append, no item assignment)."""
+
+    __hash__ = tuple.__hash__
+
+    def __eq__(self, other: object) -> bool:
+        return list(self) == other if isinstance(other, list) else tuple.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __repr__(self) -> str:
+        return repr(list(self))
+
+
 class Freezable:
     """A config section that can be frozen once resolved: then any change is an error (a bug: what a
     run decides belongs in its state and records)."""
@@ -52,7 +68,7 @@ class Freezable:
             if isinstance(value, Freezable):
                 value.freeze()
             elif isinstance(value, list):
-                object.__setattr__(self, item.name, tuple(value))
+                object.__setattr__(self, item.name, FrozenList(value))
         object.__setattr__(self, "_frozen", True)
 
     @property
@@ -749,7 +765,7 @@ def thaw_config(cfg: Config) -> Config:
 
 def complete_config(cfg: Config) -> Config:
     """Fill what follows from the settings given (the augmentation preset's values, one size for
-    both sides), check everything, and freeze the config (its lists become tuples)."""
+    both sides), check everything, and freeze the config (its lists become `FrozenList`s)."""
     resolve_augment(cfg.augment)
     data = cfg.data
     if data.image_size is not None and len(data.image_size) == 1:
