@@ -16,8 +16,7 @@ from imgclf.cli.options import ModelFolderArgument
 from imgclf.registry import EXPORT_FORMATS
 
 # the formats are the modules of imgclf.export.formats, listed from their files without importing them
-FORMATS = EXPORT_FORMATS
-ExportFormat = Enum("ExportFormat", {name: name for name in FORMATS.names()}, type=str)  # type: ignore[misc]
+ExportFormat = Enum("ExportFormat", {name: name for name in EXPORT_FORMATS.names()}, type=str)  # type: ignore[misc]
 
 
 class Quantize(str, Enum):
@@ -25,63 +24,75 @@ class Quantize(str, Enum):
     int8 = "int8"
 
 
+# the command's own options, each declared once here
+FormatOption = Annotated[
+    ExportFormat,
+    typer.Option(
+        "--format",
+        "-f",
+        help=EXPORT_FORMATS.describe() + ". Core ML cannot be checked on Linux and is not offered.",
+    ),
+]
+QuantizeOption = Annotated[
+    Quantize,
+    typer.Option(
+        help="none | int8: static quantization (QDQ, per-channel weights) calibrated on training images; "
+        "written only if its top-1 answers agree with the float model's on at least 99% of the "
+        "validation images (or --check-images) and it loses at most 1 point of accuracy.",
+    ),
+]
+CalibrationImagesOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--calibration-images",
+        help="Images (files, folders, globs) to calibrate int8 on \\[default: the training split].",
+        show_default=False,
+    ),
+]
+CalibrationCountOption = Annotated[int, typer.Option(help="How many images int8 is calibrated on.")]
+OutOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--out",
+        "-o",
+        help="The file to write \\[default: in the model folder: model.onnx (where predict and serve "
+        "find it), model.int8.onnx, model.ort or model.int8.ort].",
+        show_default=False,
+    ),
+]
+OpsetOption = Annotated[int, typer.Option(help="ONNX opset version (18 or later).")]
+DynamicBatchOption = Annotated[
+    bool,
+    typer.Option(
+        "--dynamic-batch/--fixed-batch",
+        help="A free batch dimension, or one fixed at --batch-size.",
+    ),
+]
+BatchSizeOption = Annotated[int, typer.Option("--batch-size", "-b", help="The batch of --fixed-batch.")]
+CheckImagesOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--check-images",
+        help="Images (files, folders, globs) for the checks: ONNX Runtime vs PyTorch, and int8 vs float "
+        "\\[default: 16 images of the training data; int8: the validation split].",
+        show_default=False,
+    ),
+]
+
+
 @command("export", rank=30)
 @handle_errors
 def export(
     model: ModelFolderArgument,
-    format: Annotated[
-        ExportFormat,
-        typer.Option(
-            "--format",
-            "-f",
-            help=FORMATS.describe() + ". Core ML cannot be checked on Linux and is not offered.",
-        ),
-    ] = ExportFormat("onnx"),
-    quantize: Annotated[
-        Quantize,
-        typer.Option(
-            help="none | int8: static quantization (QDQ, per-channel weights) calibrated on training images; "
-            "written only if its top-1 answers agree with the float model's on at least 99% of the "
-            "validation images (or --check-images) and it loses at most 1 point of accuracy.",
-        ),
-    ] = Quantize.none,
-    calibration_images: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--calibration-images",
-            help="Images (files, folders, globs) to calibrate int8 on \\[default: the training split].",
-            show_default=False,
-        ),
-    ] = None,
-    calibration_count: Annotated[int, typer.Option(help="How many images int8 is calibrated on.")] = 256,
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            "--out",
-            "-o",
-            help="The file to write \\[default: in the model folder: model.onnx (where predict and serve "
-            "find it), model.int8.onnx, model.ort or model.int8.ort].",
-            show_default=False,
-        ),
-    ] = None,
-    opset: Annotated[int, typer.Option(help="ONNX opset version (18 or later).")] = 18,
-    dynamic_batch: Annotated[
-        bool,
-        typer.Option(
-            "--dynamic-batch/--fixed-batch",
-            help="A free batch dimension, or one fixed at --batch-size.",
-        ),
-    ] = True,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="The batch of --fixed-batch.")] = 1,
-    check_images: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--check-images",
-            help="Images (files, folders, globs) for the checks: ONNX Runtime vs PyTorch, and int8 vs float "
-            "\\[default: 16 images of the training data; int8: the validation split].",
-            show_default=False,
-        ),
-    ] = None,
+    format: FormatOption = ExportFormat("onnx"),
+    quantize: QuantizeOption = Quantize.none,
+    calibration_images: CalibrationImagesOption = None,
+    calibration_count: CalibrationCountOption = 256,
+    out: OutOption = None,
+    opset: OpsetOption = 18,
+    dynamic_batch: DynamicBatchOption = True,
+    batch_size: BatchSizeOption = 1,
+    check_images: CheckImagesOption = None,
 ) -> None:
     """Export a model to ONNX (or ORT format, float or int8), with normalization and softmax inside.
 

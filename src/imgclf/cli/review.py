@@ -10,63 +10,70 @@ import typer
 from imgclf.cli.app import command, handle_errors
 from imgclf.cli.options import DATA_SOURCE, DEVICE, DataArgument, shared, shared_values
 
+# the command's own options, each declared once here
+ModelOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="A run (or model) folder: its split, its features for the label check, its confident "
+        "mistakes on validation and Grad-CAM heatmaps.",
+        show_default=False,
+    ),
+]
+NewOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="A folder of unlabelled images: the ones the model answers unknown or least surely come "
+        "to be labelled (needs --model).",
+        show_default=False,
+    ),
+]
+OutOption = Annotated[Path, typer.Option("--out", "-o", help="The decisions file, appended to.")]
+HostOption = Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 opens the page to the network.")]
+PortOption = Annotated[int, typer.Option(help="TCP port.")]
+NoBrowserOption = Annotated[
+    bool, typer.Option("--no-browser", help="Only print the page's address; do not open a browser.")
+]
+TokenOption = Annotated[
+    str | None,
+    typer.Option(
+        help="The token the page needs; the printed address carries it \\[default: $IMGCLF_TOKEN, "
+        "else one made up now: the page can move your files, so it always has one].",
+        show_default=False,
+    ),
+]
+ApplyOption = Annotated[
+    bool,
+    typer.Option(
+        "--apply",
+        help="Carry out the decisions of --out instead of opening the page: moves between class "
+        "folders, new images copied in (undone by --revert), or a new <name>.reviewed.csv beside "
+        "a table. Every decision is checked first; nothing is ever overwritten.",
+    ),
+]
+RevertOption = Annotated[
+    bool,
+    typer.Option(
+        "--revert",
+        help="Put back what earlier --apply runs changed: moved files back, unchanged copies "
+        "removed, folders they made removed when empty; says what it could not undo, and why.",
+    ),
+]
+
 
 @command("review", rank=95)
 @handle_errors
 @shared(DATA_SOURCE, DEVICE)
 def review(
     data: DataArgument,
-    model: Annotated[
-        Path | None,
-        typer.Option(
-            help="A run (or model) folder: its split, its features for the label check, its confident "
-            "mistakes on validation and Grad-CAM heatmaps.",
-            show_default=False,
-        ),
-    ] = None,
-    new: Annotated[
-        Path | None,
-        typer.Option(
-            help="A folder of unlabelled images: the ones the model answers unknown or least surely come "
-            "to be labelled (needs --model).",
-            show_default=False,
-        ),
-    ] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="The decisions file, appended to.")] = Path(
-        "review.jsonl"
-    ),
-    host: Annotated[
-        str, typer.Option(help="Address to listen on; 0.0.0.0 opens the page to the network.")
-    ] = ("127.0.0.1"),
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8010,
-    no_browser: Annotated[
-        bool, typer.Option("--no-browser", help="Only print the page's address; do not open a browser.")
-    ] = False,
-    token: Annotated[
-        str | None,
-        typer.Option(
-            help="The token the page needs; the printed address carries it \\[default: $IMGCLF_TOKEN, "
-            "else one made up now: the page can move your files, so it always has one].",
-            show_default=False,
-        ),
-    ] = None,
-    apply: Annotated[
-        bool,
-        typer.Option(
-            "--apply",
-            help="Carry out the decisions of --out instead of opening the page: moves between class "
-            "folders, new images copied in (undone by --revert), or a new <name>.reviewed.csv beside "
-            "a table. Every decision is checked first; nothing is ever overwritten.",
-        ),
-    ] = False,
-    revert: Annotated[
-        bool,
-        typer.Option(
-            "--revert",
-            help="Put back what earlier --apply runs changed: moved files back, unchanged copies "
-            "removed, folders they made removed when empty; says what it could not undo, and why.",
-        ),
-    ] = False,
+    model: ModelOption = None,
+    new: NewOption = None,
+    out: OutOption = Path("review.jsonl"),
+    host: HostOption = ("127.0.0.1"),
+    port: PortOption = 8010,
+    no_browser: NoBrowserOption = False,
+    token: TokenOption = None,
+    apply: ApplyOption = False,
+    revert: RevertOption = False,
     *,
     settings: dict[str, Any],
 ) -> None:
