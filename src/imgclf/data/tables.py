@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -261,21 +261,27 @@ def scan_table(
     )
 
 
-def scan_dataframe(
-    frame: Any,
-    *,
-    root: str | Path | None = None,
-    path_col: str | None = None,
-    label_col: str | None = None,
-    classes: Sequence[str] | None = None,
-    source: str = "DataFrame",
-    images: str | Path | None = None,
-    multi_label: bool | None = None,
-) -> ImageSet:
-    """A pandas DataFrame with path and label columns; relative paths resolve against `root`, or
-    where `locate_images` finds them (in `images` when given)."""
-    root = Path(root) if root is not None else Path.cwd()
-    images = Path(images).expanduser() if images is not None else None
+@dataclass
+class TableColumns:
+    """The columns a table is read by: paths, labels (or 0/1 label columns: `sets`), and splits."""
+
+    path: str
+    label: str | None
+    split: str | None
+    sets: Any  # the multi-label columns found (`find_label_sets`), or None
+
+    def describe(self) -> str:
+        labels = f"label column {self.label!r}" if self.sets is None else self.sets.describe_columns()
+        split = f", split column {self.split!r}" if self.split else ""
+        return f"path column {self.path!r}, {labels}{split}"
+
+
+def find_columns(
+    frame: Any, path_col: str | None, label_col: str | None, multi_label: bool | None, source: str
+) -> TableColumns:
+    """The path, label and split columns, given or found by their names and values (NIH's "Image
+    Index", a path and one other column such as id,has_cactus, "Finding Labels"), and the label sets
+    of a multi-label table; a DataError that says which column is missing."""
     columns = [str(c) for c in frame.columns]
     known = {c.lower().strip() for c in columns}
     if path_col is None and not known & set(PATH_COLUMNS):
@@ -299,30 +305,30 @@ def scan_dataframe(
             f"--multi-label: {column} with a space, |, ; or a quoted comma, and {Path(source).name} has "
             "no 0/1 columns, one per label"
         )
-    if sets is not None and classes is not None:
-        raise UsageError("--classes orders the classes of single-label data; this table is multi-label")
     if sets is None and label_column is None:
         label_column = _pick_column(columns, None, LABEL_COLUMNS, "label", "--label-col")  # its error
     split_column = next((c for c in columns if c.lower() == "split"), None)
-    paths = frame[path_column].astype(str).tolist()
-    if sets is not None:  # each row's label set as one name; an image may have none
-        raw_labels = [label_set_name(row, sets.labels) for row in sets.targets]
-    else:
-        raw_labels = frame[label_column].astype(str).str.strip().tolist()
-    raw_splits = frame[split_column].astype(str).str.strip().str.lower().tolist() if split_column else None
-    name = Path(source).name
-    location = locate_images(paths, root, images)
-    if location is None:
-        raise DataError(missing_account(name, len(paths), root, images))
-    listings = _Listings()
-    problems: list[Problem] = []
-    keep: list[int] = []
-    keys: list[str] = []
-    missing = 0
+    return TableColumns(path_column, label_column, split_column, sets)
+
+
+@dataclass
+class FoundRows:
+    """The table's rows whose image was found: their row numbers and keys, and the problems of the rest."""
+
+    rows: list[int] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    missing: int = 0
+
+
+def find_rows(paths: list[str], raw_labels: list[str], location: ImageLocation, root: Path) -> FoundRows:
+    """Each row's image where `locate_images` found the table's images (keys relative to the table's
+    folder where they can be); empty, missing and non-image rows are problems."""
+    found, listings = FoundRows(), _Listings()
     for row, raw_path in enumerate(paths):
         raw_path = raw_path.strip()
         if not raw_path or not raw_labels[row]:
-            problems.append(Problem(f"row {row + 2}", "missing", "empty path or label"))
+            found.problems.append(Problem(f"row {row + 2}", "missing", "empty path or label"))
             continue
         candidate = Path(raw_path).expanduser()
         if not candidate.is_absolute() or location.tail:
@@ -333,54 +339,92 @@ def scan_dataframe(
                 candidate = candidate.relative_to(root)
         full = candidate if candidate.is_absolute() else root / candidate
         if not full.is_file():
-            problems.append(
+            found.problems.append(
                 Problem(raw_path, "missing", f"listed in the table but not found {location.describe(root)}")
             )
-            missing += 1
+            found.missing += 1
             continue
         if not is_image(full):
-            problems.append(Problem(raw_path, "non-image", "not an image file (skipped)"))
+            found.problems.append(Problem(raw_path, "non-image", "not an image file (skipped)"))
             continue
-        keep.append(row)
-        keys.append(candidate.as_posix() if not candidate.is_absolute() else str(candidate))
-    names = order_classes({raw_labels[i] for i in keep}, classes, source)
+        found.rows.append(row)
+        found.keys.append(candidate.as_posix() if not candidate.is_absolute() else str(candidate))
+    return found
+
+
+def row_splits(raw_splits: list[str] | None, rows: list[int]) -> list[str] | None:
+    """The split column's values of these rows as train, val or test (a DataError for another)."""
+    if raw_splits is None:
+        return None
+    splits = []
+    for row in rows:
+        value = raw_splits[row]
+        split = SPLIT_NAMES.get(value) or split_of_name(value)
+        if split is None:
+            raise DataError(f"split column value {value!r} is not train, val or test")
+        splits.append(split)
+    return splits
+
+
+def scan_dataframe(
+    frame: Any,
+    *,
+    root: str | Path | None = None,
+    path_col: str | None = None,
+    label_col: str | None = None,
+    classes: Sequence[str] | None = None,
+    source: str = "DataFrame",
+    images: str | Path | None = None,
+    multi_label: bool | None = None,
+) -> ImageSet:
+    """A pandas DataFrame with path and label columns; relative paths resolve against `root`, or
+    where `locate_images` finds them (in `images` when given)."""
+    root = Path(root) if root is not None else Path.cwd()
+    images = Path(images).expanduser() if images is not None else None
+    columns = find_columns(frame, path_col, label_col, multi_label, source)
+    sets = columns.sets
+    if sets is not None and classes is not None:
+        raise UsageError("--classes orders the classes of single-label data; this table is multi-label")
+    paths = frame[columns.path].astype(str).tolist()
+    if sets is not None:  # each row's label set as one name; an image may have none
+        raw_labels = [label_set_name(row, sets.labels) for row in sets.targets]
+    else:
+        raw_labels = frame[columns.label].astype(str).str.strip().tolist()
+    raw_splits = None
+    if columns.split:
+        raw_splits = frame[columns.split].astype(str).str.strip().str.lower().tolist()
+    name = Path(source).name
+    location = locate_images(paths, root, images)
+    if location is None:
+        raise DataError(missing_account(name, len(paths), root, images))
+    found = find_rows(paths, raw_labels, location, root)
+    names = order_classes({raw_labels[row] for row in found.rows}, classes, source)
     index_of = {name: i for i, name in enumerate(names)}
-    selected = [i for i in range(len(keep)) if raw_labels[keep[i]] in index_of]
-    labels = np.asarray([index_of[raw_labels[keep[i]]] for i in selected], dtype=np.int64)
-    splits = None
-    if raw_splits is not None:
-        splits = []
-        for i in selected:
-            value = raw_splits[keep[i]]
-            split = SPLIT_NAMES.get(value) or split_of_name(value)
-            if split is None:
-                raise DataError(f"split column value {value!r} is not train, val or test")
-            splits.append(split)
-    split_note = f", split column {split_column!r}" if split_column else ""
-    columns_note = f"label column {label_column!r}" if sets is None else sets.describe_columns()
+    selected = [i for i, row in enumerate(found.rows) if raw_labels[row] in index_of]
+    rows = [found.rows[i] for i in selected]
+    labels = np.asarray([index_of[raw_labels[row]] for row in rows], dtype=np.int64)
     where = location.describe(root)
-    if missing:
-        examples = ", ".join(p.path for p in problems if p.kind == "missing")[:200]
+    if found.missing:
+        examples = ", ".join(p.path for p in found.problems if p.kind == "missing")[:200]
         logger.warning(
             "%s: %d of its %d rows name no file %s (%s); --images DIR names the image folder",
-            name, missing, len(paths), where, examples,
+            name, found.missing, len(paths), where, examples,
         )  # fmt: skip
     if location.base != root or location.suffix or location.tail or location.more:
         logger.info("%s: images found %s", name, where)
     image_set = ImageSet(
-        [keys[i] for i in selected],
+        [found.keys[i] for i in selected],
         labels,
         names,
         FileReader(root),
         "table",
         source,
-        splits=splits,
-        problems=problems,
-        description=f"table {name}: path column {path_column!r}, {columns_note}{split_note}, "
-        f"images {where} ({len(selected):,} images)",
+        splits=row_splits(raw_splits, rows),
+        problems=found.problems,
+        description=f"table {name}: {columns.describe()}, images {where} ({len(selected):,} images)",
     )
     if sets is not None:
-        image_set.targets = sets.targets[[keep[i] for i in selected]]
+        image_set.targets = sets.targets[rows]
         image_set.label_names = list(sets.labels)
         image_set.label_summary = f"{name} is " + sets.with_targets(image_set.targets).summary()
     return image_set
