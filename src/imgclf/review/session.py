@@ -239,50 +239,20 @@ def open_review(
     from imgclf.data.audit import audit
     from imgclf.data.headers import read_headers
     from imgclf.data.prepared import header_workers, load_data
-    from imgclf.data.split import assign_splits
     from imgclf.features.label_issues import find_label_issues
-    from imgclf.inference.predictor import Predictor
 
     cfg = cfg or DataConfig()
     image_set = load_data(str(data), cfg)
     image_set = read_headers(image_set, workers=header_workers(len(image_set), None))
-    predictor = explainer = None
-    run_dir = None
-    if model is not None:
-        from imgclf.artifact import resolve_artifact_path
-
-        artifact = resolve_artifact_path(model)
-        run_dir = artifact.parent if (artifact.parent / runs.MANIFEST_FILE).is_file() else None
-        predictor = Predictor.from_path(artifact, device=device, backend="torch")
-        from imgclf.inference.explain import Explainer
-
-        try:
-            explainer = Explainer(predictor)
-        except UsageError:
-            explainer = None
-    elif new is not None:
+    if model is None and new is not None:
         raise UsageError("--new ranks new images by the model's answers: give the model with --model RUN")
-    if run_dir is not None:
-        from imgclf.training.update import run_splits
-
-        splits = run_splits(image_set, run_dir / runs.MANIFEST_FILE, 0)
-    elif image_set.splits is not None:
-        splits = np.asarray(image_set.splits, dtype=object)
-    else:
-        splits = assign_splits(image_set, 0.2, 0.0, 0)  # the split `train` makes with its defaults
+    predictor, explainer, run_dir = (
+        _reviewed_model(model, device) if model is not None else (None, None, None)
+    )
+    splits = _review_splits(image_set, run_dir)
     logger.info("checking %s: %d images", data, len(image_set))
     items: list[Item] = audit_items(image_set, audit(image_set))
-    features = None
-    label_features = None  # the label check's; None: the offline backbone's, computed by it
-    if predictor is not None:  # the run's own features, kept for `update` (fp32, as it refits)
-        from imgclf.features.store import stored_features
-        from imgclf.models.anatomy import backbone_digest
-
-        digest = backbone_digest(predictor.model)
-        vectors, readable, _ = stored_features(digest, predictor.spec, image_set, predictor.features)
-        features = np.where(readable[:, None], vectors, np.nan).astype(np.float32)
-        if digest == _pretrained_digest(predictor.info.architecture):
-            label_features = (vectors, readable)  # the backbone as it came: the label check's own
+    features, label_features = _run_features(predictor, image_set)
     if label_check and len(image_set.classes) >= 2:
         # Out-of-sample probabilities need features that never learnt the labels under review: the
         # offline pretrained backbone's, not those of a network trained on these very labels (a
@@ -318,6 +288,55 @@ def open_review(
         table,
         cfg,
     )
+
+
+def _reviewed_model(model: str | Path, device: str) -> tuple[Any, Any, Path | None]:
+    """The model given with --model (PyTorch, for its features and heatmaps), its Grad-CAM explainer
+    (None for a network without feature maps) and its run folder (None for a model folder alone)."""
+    from imgclf.artifact import resolve_artifact_path
+    from imgclf.inference.explain import Explainer
+    from imgclf.inference.predictor import Predictor
+
+    artifact = resolve_artifact_path(model)
+    run_dir = artifact.parent if (artifact.parent / runs.MANIFEST_FILE).is_file() else None
+    predictor = Predictor.from_path(artifact, device=device, backend="torch")
+    try:
+        explainer = Explainer(predictor)
+    except UsageError:
+        explainer = None
+    return predictor, explainer, run_dir
+
+
+def _review_splits(image_set: ImageSet, run_dir: Path | None) -> np.ndarray:
+    """The split of each image: the run's (its manifest), the layout's, or the one `train` makes with
+    its defaults."""
+    from imgclf.data.split import assign_splits
+
+    if run_dir is not None:
+        from imgclf.training.update import run_splits
+
+        return run_splits(image_set, run_dir / runs.MANIFEST_FILE, 0)
+    if image_set.splits is not None:
+        return np.asarray(image_set.splits, dtype=object)
+    return assign_splits(image_set, 0.2, 0.0, 0)
+
+
+def _run_features(predictor: Any, image_set: ImageSet) -> tuple[np.ndarray | None, Any]:
+    """The run's own features of every image (NaN rows: unreadable), kept for `update` (fp32, as it
+    refits), and the label check's features when the run's backbone is the pretrained one as it came
+    (None: the label check computes the offline backbone's)."""
+    if predictor is None:
+        return None, None
+    from imgclf.features.store import stored_features
+    from imgclf.models.anatomy import backbone_digest
+
+    digest = backbone_digest(predictor.model)
+    vectors, readable, _ = stored_features(digest, predictor.spec, image_set, predictor.features)
+    features = np.where(readable[:, None], vectors, np.nan).astype(np.float32)
+    label_features = (
+        (vectors, readable) if digest == _pretrained_digest(predictor.info.architecture) else None
+    )
+    return features, label_features
 
 
 def _pretrained_digest(architecture: dict[str, Any]) -> str | None:
