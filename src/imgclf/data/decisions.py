@@ -279,89 +279,116 @@ def plan_folder_changes(
     scanned set move, only into existing classes or ones the review created on purpose; a decision
     that breaks a rule is a DataError naming it, and nothing is changed. Returns the plan and the
     decisions skipped (applied before, or naming a file no longer there), one line each."""
-    prefixes = _split_prefixes(image_set, splits)
-    train_prefix = prefixes.get("train", prefixes.get("all", ""))
-    keys = {key: index for index, key in enumerate(image_set.keys)}
-    splits_of = image_set.splits
-    in_force = current_decisions(decisions).values()
-    created = {d.new for d in in_force if d.new_class and d.new is not None}
-    classes = set(image_set.classes) | created
-    moved = edits.moved_from()
-    copied = {c.source for c in edits.live() if c.op == "copy"}
-    plan: list[_Planned] = []
-    skipped: list[str] = []
-
-    def refuse(decision: Decision, problem: str) -> DataError:
-        return DataError(f"{review}: {_describe(decision)}: {problem}; nothing was changed")
-
-    def check_inside(decision: Decision, relative: str, what: str, own_folder: bool = False) -> None:
-        try:
-            edits.check_inside(relative, what, own_folder)
-        except DataError as error:
-            raise refuse(decision, str(error)) from None
-
+    planner = _FolderPlanner(image_set, decisions, edits, splits, review)
     for decision in image_verdicts(decisions).values():
-        moves_file = decision.action in ("relabel", "label") and decision.new is not None
-        if moves_file:
+        planner.add(decision)
+    return planner.plan, planner.skipped
+
+
+class _FolderPlanner:
+    """The plan of `plan_folder_changes`, one decision at a time: what it may change, and the
+    changes and skipped decisions so far."""
+
+    def __init__(
+        self, image_set: ImageSet, decisions: Sequence[Decision], edits: FolderEdits, splits: str | None,
+        review: str,
+    ) -> None:  # fmt: skip
+        self.image_set, self.edits, self.review = image_set, edits, review
+        self.prefixes = _split_prefixes(image_set, splits)
+        self.train_prefix = self.prefixes.get("train", self.prefixes.get("all", ""))
+        self.keys = {key: index for index, key in enumerate(image_set.keys)}
+        created = {d.new for d in current_decisions(decisions).values() if d.new_class and d.new is not None}
+        self.classes = set(image_set.classes) | created
+        self.moved = edits.moved_from()
+        self.copied = {c.source for c in edits.live() if c.op == "copy"}
+        self.plan: list[_Planned] = []
+        self.skipped: list[str] = []
+
+    def refuse(self, decision: Decision, problem: str) -> DataError:
+        return DataError(f"{self.review}: {_describe(decision)}: {problem}; nothing was changed")
+
+    def check_inside(self, decision: Decision, relative: str, what: str, own_folder: bool = False) -> None:
+        try:
+            self.edits.check_inside(relative, what, own_folder)
+        except DataError as error:
+            raise self.refuse(decision, str(error)) from None
+
+    def add(self, decision: Decision) -> None:
+        """Plan what `decision` asks (a move, a copy, or nothing), or refuse it."""
+        if decision.action in ("relabel", "label") and decision.new is not None:
             problem = name_problem(decision.new)
             if problem is not None:
-                raise refuse(decision, f"class {decision.new!r}: {problem}")
-            if decision.new not in classes:
-                raise refuse(
+                raise self.refuse(decision, f"class {decision.new!r}: {problem}")
+            if decision.new not in self.classes:
+                raise self.refuse(
                     decision, f"{decision.new!r} is not a class of the data, nor one the review created"
                 )
         elif decision.action not in ("none", "exclude"):
-            continue
+            return
         path = decision.path
         if isinstance(path, str) and os.path.isabs(path) and "\0" not in path:
-            if decision.action in ("none", "exclude"):
-                continue  # a new image left out or not any class: nothing to do on disk
-            if decision.action != "label" or decision.finding != "new":
-                raise refuse(decision, "an absolute path: only a new image (review --new) is named so")
-            source = Path(path)
-            if resolved_inside(edits.root, source):
-                raise refuse(decision, "a new image from inside the data folder is already in it")
-            if not source.is_file() or not is_image(source):
-                raise refuse(decision, "not an image file")
-            if path in copied:
-                skipped.append(f"{path}: copied before")
-                continue
-            target = "/".join(p for p in (train_prefix, decision.new, source.name) if p)
-            check_inside(decision, target, "copy to")
-            plan.append(_Planned("copy", path, target))
-            continue
+            self.add_copy(decision, path)
+        else:
+            self.add_move(decision, path)
+
+    def add_copy(self, decision: Decision, path: str) -> None:
+        """A new image (review --new), named by its absolute path, copied into its class's folder of
+        the training split."""
+        if decision.action in ("none", "exclude"):
+            return  # a new image left out or not any class: nothing to do on disk
+        if decision.action != "label" or decision.finding != "new":
+            raise self.refuse(decision, "an absolute path: only a new image (review --new) is named so")
+        source = Path(path)
+        if resolved_inside(self.edits.root, source):
+            raise self.refuse(decision, "a new image from inside the data folder is already in it")
+        if not source.is_file() or not is_image(source):
+            raise self.refuse(decision, "not an image file")
+        if path in self.copied:
+            self.skipped.append(f"{path}: copied before")
+            return
+        target = "/".join(p for p in (self.train_prefix, decision.new, source.name) if p)
+        self.check_inside(decision, target, "copy to")
+        self.plan.append(_Planned("copy", path, target))
+
+    def add_move(self, decision: Decision, path: Any) -> None:
+        """A file of the scanned set moved to its new class's folder, or into the review folder
+        (excluded, not any class); skipped when an earlier apply moved it or its bytes changed."""
         problem = relative_problem(path)
         if problem is not None:
-            raise refuse(decision, problem)
-        if path in moved:  # an earlier apply moved it; whatever is there now is another file
-            skipped.append(f"{path}: moved before")
-            continue
-        if path not in keys:
-            skipped.append(f"{path}: not in the data now")
-            continue
-        check_inside(decision, path, "move")
-        digest = file_digest(edits.root / path) if decision.sha256 else ""
+            raise self.refuse(decision, problem)
+        if path in self.moved:  # an earlier apply moved it; whatever is there now is another file
+            self.skipped.append(f"{path}: moved before")
+            return
+        if path not in self.keys:
+            self.skipped.append(f"{path}: not in the data now")
+            return
+        self.check_inside(decision, path, "move")
+        digest = file_digest(self.edits.root / path) if decision.sha256 else ""
         if digest != decision.sha256:
-            skipped.append(f"{path}: another file than the one decided on")
-            continue
-        index = keys[path]
-        current = image_set.classes[image_set.labels[index]]
+            self.skipped.append(f"{path}: another file than the one decided on")
+            return
+        index = self.keys[path]
+        current = self.image_set.classes[self.image_set.labels[index]]
         if decision.action in ("none", "exclude"):
             folder = "excluded" if decision.action == "exclude" else "none"
             target = f"{REVIEW_FOLDER}/{folder}/{path}"
+        elif decision.new == current:
+            return
         else:
-            if decision.new == current:
-                continue
-            split = splits_of[index] if splits_of is not None else "all"
-            prefix = prefixes.get(split, "")
-            rest = path[len(prefix) + 1 :] if prefix else path
-            head, _, inside = rest.partition("/")
-            if (prefix and not path.startswith(prefix + "/")) or head != current or not inside:
-                raise refuse(decision, f"cannot tell the class folder of {path!r}")
-            target = "/".join(p for p in (prefix, decision.new, inside) if p)
-        check_inside(decision, target, "move to", own_folder=True)
-        plan.append(_Planned("move", path, target, digest))
-    return plan, skipped
+            target = self.class_folder_target(decision, path, index, current)
+        self.check_inside(decision, target, "move to", own_folder=True)
+        self.plan.append(_Planned("move", path, target, digest))
+
+    def class_folder_target(self, decision: Decision, path: str, index: int, current: str) -> str:
+        """Where a relabelled file goes: the same place under its new class's folder, in its split."""
+        splits_of = self.image_set.splits
+        split = splits_of[index] if splits_of is not None else "all"
+        prefix = self.prefixes.get(split, "")
+        rest = path[len(prefix) + 1 :] if prefix else path
+        head, _, inside = rest.partition("/")
+        if (prefix and not path.startswith(prefix + "/")) or head != current or not inside:
+            raise self.refuse(decision, f"cannot tell the class folder of {path!r}")
+        return "/".join(p for p in (prefix, decision.new, inside) if p)
 
 
 def apply_to_folders(
