@@ -775,6 +775,23 @@ def complete_config(cfg: Config) -> Config:
     return cfg
 
 
+def resolve_data_config(given: DataConfig | None, options: dict[str, Any]) -> DataConfig:
+    """How an `api` call reads its data: `given` (a DataConfig), with keyword options named as its
+    fields (`path_col`, `label_col`, `images`, `multi_label`, `splits`, `workers` …) over it, each
+    checked and parsed as in YAML; an unknown keyword is a TypeError, as Python's own would be."""
+    names = {item.name for item in dataclasses.fields(DataConfig)}
+    unknown = sorted(set(options) - names)
+    if unknown:
+        known = ", ".join(sorted(names))
+        raise TypeError(f"unexpected keyword argument {unknown[0]!r} (not a data setting: {known})")
+    values = config_to_dict(Config(data=given))["data"] if given is not None else {}
+    values.update({key: value for key, value in options.items() if value is not None})
+    data = _section_from_dict(DataConfig, values, "data")
+    if data.image_size is not None and len(data.image_size) == 1:
+        data.image_size = [data.image_size[0], data.image_size[0]]
+    return data
+
+
 def setting_section(key: str) -> str:
     """The section a bare setting name belongs to ("lr" → "train"); ConfigError if none."""
     for section in (DataConfig, AugmentConfig, ModelConfig, TrainConfig, OutputConfig):

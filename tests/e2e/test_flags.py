@@ -121,3 +121,18 @@ def test_a_frozen_config_freezes_its_lists_and_saves_them_as_lists(tmp_path: Pat
 if __name__ == "__main__" and "--update" in sys.argv:
     SNAPSHOT.write_text(json.dumps(command_flags(), indent=1) + "\n")
     print(f"wrote {SNAPSHOT}")
+
+
+def test_api_calls_take_a_data_config_or_its_fields(shapes_dir: Path) -> None:
+    from imgclf.config import DataConfig, resolve_data_config
+
+    given = DataConfig(splits="none", image_size=[24, 24])
+    cfg = resolve_data_config(given, {"label_col": "kind", "workers": 2})
+    assert (cfg.splits, cfg.label_col, cfg.workers, cfg.image_size) == ("none", "kind", 2, [24, 24])
+    assert resolve_data_config(None, {"image_size": "32x48"}).image_size == [32, 48]
+    with pytest.raises(TypeError, match="unexpected keyword argument 'path_column'"):
+        resolve_data_config(None, {"path_column": "x"})
+    by_config = imgclf.check(shapes_dir, data_config=DataConfig(splits="none", workers=1))
+    by_fields = imgclf.check(shapes_dir, splits="none", workers=1)
+    timeless = [{k: v for k, v in r.report.to_dict().items() if k != "seconds"} for r in (by_config, by_fields)]
+    assert timeless[0] == timeless[1] and timeless[0]["layout"]

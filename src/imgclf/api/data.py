@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from imgclf.config import DataConfig
+from imgclf.config import DataConfig, resolve_data_config
 from imgclf.data.prepared import select_data
 
 if TYPE_CHECKING:
@@ -35,12 +35,6 @@ class CheckResult:
 def check(
     data: Any,
     *,
-    path_col: str | None = None,
-    label_col: str | None = None,
-    images: str | None = None,
-    multi_label: bool | None = None,
-    splits: str = "auto",
-    workers: int | None = None,
     imbalance: float = 10.0,
     min_class_size: int = 10,
     labels: bool = False,
@@ -50,18 +44,25 @@ def check(
     device: str = "auto",
     out: str | Path | None = None,
     callbacks: Sequence[Callback] = (),
+    data_config: DataConfig | None = None,
+    **data_options: Any,
 ) -> CheckResult:
     """Audit a data source before training (`imgclf.data.audit`); with `labels`, also find likely
     wrong labels (confident learning on out-of-sample probabilities of a head cross-fitted on a
     backbone's features), written as label_issues.csv and label_issues.png into `labels_out` and
-    added to the findings. `out`: write every finding to this JSON file."""
+    added to the findings. `out`: write every finding to this JSON file. `data_config` (or its
+    fields as keywords: `path_col`, `label_col`, `images`, `multi_label`, `splits`, `workers`) says
+    how the data is read."""
     from imgclf.data.audit import Finding, audit
     from imgclf.data.sources import as_image_set
     from imgclf.io import write_text_atomic
 
+    cfg = resolve_data_config(data_config, data_options)
+    workers = cfg.workers
     source = as_image_set(  # scanned once, for the audit and the label check
-        data, path_col=path_col, label_col=label_col, images=images, multi_label=multi_label, splits=splits
-    )
+        data, path_col=cfg.path_col, label_col=cfg.label_col, images=cfg.images,
+        multi_label=cfg.multi_label, splits=cfg.splits,
+    )  # fmt: skip
     report = audit(source, workers=workers, imbalance_threshold=imbalance, min_class_size=min_class_size)
     result = CheckResult(report)
     if labels:
@@ -107,25 +108,20 @@ def features(
     manifest: str | Path | None = None,
     batch_size: int = 64,
     device: str = "auto",
-    path_col: str | None = None,
-    label_col: str | None = None,
-    images: str | None = None,
-    multi_label: bool | None = None,
     callbacks: Sequence[Callback] = (),
-    splits: str = "auto",
+    data_config: DataConfig | None = None,
+    **data_options: Any,
 ) -> Path:
     """Bottleneck features of every image: a saved model's penultimate layer, or a pretrained backbone's.
 
     Writes `features.npy` (N×D float32), `labels.npy` (N int64), `samples.csv` (path, label, split)
-    and `classes.json` into `out`.
+    and `classes.json` into `out`. `data_config` (or its fields as keywords) says how the data is read.
     """
     from imgclf.data.prepared import prepare_data
     from imgclf.device import resolve_device
     from imgclf.features.bottleneck import feature_network, write_features
 
-    cfg = DataConfig(
-        path_col=path_col, label_col=label_col, images=images, multi_label=multi_label, splits=splits
-    )
+    cfg = resolve_data_config(data_config, data_options)
     image_set, split_names = select_data(data, cfg, split, manifest)
     resolved = resolve_device(device)
     model, spec = feature_network(model_or_backbone, weights, cfg, image_set, resolved)

@@ -11,7 +11,7 @@ import numpy as np
 
 from imgclf import runs
 from imgclf.api.data import select_data
-from imgclf.config import DataConfig
+from imgclf.config import DataConfig, resolve_data_config
 from imgclf.inference.predictor import Predictor, export_suffixes
 
 if TYPE_CHECKING:
@@ -28,13 +28,10 @@ def evaluate(
     batch_size: int = 128,
     device: str = "auto",
     top_k: int = 5,
-    path_col: str | None = None,
-    label_col: str | None = None,
-    images: str | None = None,
-    multi_label: bool | None = None,
     labels: Any = None,
     tta: bool = False,
-    splits: str = "auto",
+    data_config: DataConfig | None = None,
+    **data_options: Any,
 ) -> Evaluation:
     """Evaluate a saved model on any data source, with the model's own preprocessing.
 
@@ -45,7 +42,8 @@ def evaluate(
     metrics.json, the confusion matrices, most_confused.csv, predictions.csv, misclassified.png and
     reliability.png into `out` (default: a new folder runs/evaluate[-N]). `tta` averages each image's
     probabilities with its mirror image's (test-time augmentation; also on with a Predictor's `tta`).
-    `splits` says which folders are splits, as `train --splits` does. A multi-label model writes
+    `data_config` (or its fields as keywords: `path_col`, `label_col`, `images`, `multi_label`,
+    `splits` …) says how the data is read, as `train`'s data settings do. A multi-label model writes
     metrics.json, per_label.csv, predictions.csv, label_cooccurrence.png, missed_together.png and
     misclassified.png (see `imgclf.evaluation.multi_label`).
     """
@@ -62,9 +60,7 @@ def evaluate(
         backend = "onnxruntime" if onnx else "torch"
         predictor = Predictor.from_path(model, device="cpu" if onnx else device, backend=backend, tta=tta)
     info = predictor.info
-    cfg = DataConfig(
-        path_col=path_col, label_col=label_col, images=images, multi_label=multi_label, splits=splits
-    )
+    cfg = resolve_data_config(data_config, data_options)
     image_set, _ = select_data(
         data, cfg, split, manifest, labels=labels, classes=info.classes, multi_label=info.multi_label
     )
@@ -104,12 +100,9 @@ def calibrate(
     manifest: str | Path | None = None,
     batch_size: int = 128,
     device: str = "auto",
-    path_col: str | None = None,
-    label_col: str | None = None,
-    images: str | None = None,
-    multi_label: bool | None = None,
     labels: Any = None,
-    splits: str = "auto",
+    data_config: DataConfig | None = None,
+    **data_options: Any,
 ) -> dict[str, Any]:
     """Fit a saved model's temperature again and, with `min_precision`, its `unknown` answer, on
     labelled data; rewrites the model's imgclf.json (and novelty.safetensors) and returns its new
@@ -123,9 +116,7 @@ def calibrate(
     """
     from imgclf.evaluation.model_calibration import recalibrate_model
 
-    cfg = DataConfig(
-        path_col=path_col, label_col=label_col, images=images, multi_label=multi_label, splits=splits
-    )
+    cfg = resolve_data_config(data_config, data_options)
     return recalibrate_model(
         model, data, cfg, min_precision=min_precision, split=split, manifest=manifest,
         batch_size=batch_size, device=device, labels=labels,
