@@ -106,3 +106,4 @@ RECIPES = Registry("imgclf.training.recipes", "recipe", first=("plain", "transfe
 LOGGERS = Registry("imgclf.training.loggers", "logger", first=("csv",))
 EXPORT_FORMATS = Registry("imgclf.export.formats", "export format", first=("onnx", "ort", "tflite"))
 DATA_SOURCES = Registry("imgclf.data.sources", "data source")
+MODEL_FAMILIES = Registry("imgclf.models.families", "model family")

@@ -134,5 +134,6 @@ def test_api_calls_take_a_data_config_or_its_fields(shapes_dir: Path) -> None:
         resolve_data_config(None, {"path_column": "x"})
     by_config = imgclf.check(shapes_dir, data_config=DataConfig(splits="none", workers=1))
     by_fields = imgclf.check(shapes_dir, splits="none", workers=1)
-    timeless = [{k: v for k, v in r.report.to_dict().items() if k != "seconds"} for r in (by_config, by_fields)]
+    reports = [result.report.to_dict() for result in (by_config, by_fields)]
+    timeless = [{k: v for k, v in report.items() if k != "seconds"} for report in reports]
     assert timeless[0] == timeless[1] and timeless[0]["layout"]

@@ -19,6 +19,7 @@ from imgclf.errors import ConfigError, ModelError
 from imgclf.models.anatomy import Anatomy, register_anatomy
 from imgclf.models.builtin import MLP, BasicCNN, ConfigurableCNN, SmallCNN
 from imgclf.models.pretrained import OFFLINE_BACKBONES, architecture_name
+from imgclf.registry import MODEL_FAMILIES
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,20 @@ class ModelFamily:
 FAMILIES: dict[str, ModelFamily] = {}
 
 
+_FAMILY_MODULES_LOADED = False
+
+
+def families() -> dict[str, ModelFamily]:
+    """Every family known by model name: those registered, and those of `imgclf.models.families`
+    (one module each, imported the first time a name is looked up)."""
+    global _FAMILY_MODULES_LOADED
+    if not _FAMILY_MODULES_LOADED:
+        _FAMILY_MODULES_LOADED = True
+        for name in MODEL_FAMILIES.names():
+            register_family(MODEL_FAMILIES.load(name).FAMILY)
+    return FAMILIES
+
+
 def register_family(family: ModelFamily) -> None:
     """Make a family's names valid for `--model` (train, models, artifacts) and its anatomy known."""
     for name in family.models:
@@ -80,7 +95,7 @@ def model_args(cfg: ModelConfig, num_classes: int, in_channels: int, image_size:
         "image_size": list(image_size),
     }
     builtin = BUILTIN_MODELS.get(cfg.name)
-    if cfg.name in FAMILIES:
+    if cfg.name in families():
         if cfg.dropout is not None:
             args["dropout"] = cfg.dropout
     elif builtin is not None:
@@ -102,9 +117,9 @@ def model_args(cfg: ModelConfig, num_classes: int, in_channels: int, image_size:
 
 def check_model_name(name: str) -> None:
     """Raise a ConfigError with close matches when `name` is neither a builtin nor a timm model."""
-    if name in BUILTIN_MODELS or name in FAMILIES or _timm().is_model(name):
+    if name in BUILTIN_MODELS or name in families() or _timm().is_model(name):
         return
-    names = list(BUILTIN_MODELS) + list(FAMILIES) + _timm().list_models()
+    names = list(BUILTIN_MODELS) + list(families()) + _timm().list_models()
     close = difflib.get_close_matches(name, names, n=4, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else "; `imgclf models` lists them"
     raise ConfigError(f"unknown model {name!r}{hint}")  # a bad --model value: a usage error
@@ -112,8 +127,8 @@ def check_model_name(name: str) -> None:
 
 def create_model(args: dict[str, Any]) -> nn.Module:
     """Build a freshly initialised network from `model_args` output (or an artifact's architecture)."""
-    if args["name"] in FAMILIES:
-        return FAMILIES[args["name"]].build(dict(args))
+    if args["name"] in families():
+        return families()[args["name"]].build(dict(args))
     args = dict(args)
     name = args.pop("name")
     num_classes = args.pop("num_classes")
@@ -142,7 +157,7 @@ def create_model(args: dict[str, Any]) -> nn.Module:
 
 def _pretrained_cfg(name: str):
     """timm's pretrained config of an architecture (None for imgclf's builtins and unknown names)."""
-    if name in BUILTIN_MODELS or name in FAMILIES:
+    if name in BUILTIN_MODELS or name in families():
         return None
     import timm
 
@@ -166,7 +181,7 @@ def model_interpolation(name: str) -> str | None:
 def list_models(pattern: str | None = None) -> list[tuple[str, str]]:
     """(name, description) of the builtins, then timm architectures matching `pattern` (fnmatch)."""
     rows = [(name, model.description) for name, model in BUILTIN_MODELS.items()]
-    rows += [(name, family.models[name]) for name, family in FAMILIES.items()]
+    rows += [(name, family.models[name]) for name, family in families().items()]
     rows += [
         (name, f"timm {b.timm_name}; --pretrained loads ImageNet weights offline from {b.package}")
         for name, b in OFFLINE_BACKBONES.items()
