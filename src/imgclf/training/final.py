@@ -37,13 +37,7 @@ def evaluate_run(trainer: Trainer, predictor: Predictor) -> dict[str, float]:
 def evaluate_single_label_run(trainer: Trainer, predictor: Predictor) -> dict[str, float]:
     """Calibrate on validation (temperature, --min-precision's unknown rule, the feature bank), write
     its full evaluation into the run folder, and measure the test split: the run's final metrics."""
-    cfg, folder, prepared, data, info = (
-        trainer.cfg,
-        trainer.folder,
-        trainer.prepared,
-        trainer.data,
-        trainer.info,
-    )
+    cfg, prepared, data, info = trainer.cfg, trainer.prepared, trainer.data, trainer.info
     has_val, batch_size = trainer.validation_split is not None, cfg.train.batch_size * 2
     final: dict[str, float] = {}
     predictions: dict[str, Predicted] = {}
@@ -58,13 +52,13 @@ def evaluate_single_label_run(trainer: Trainer, predictor: Predictor) -> dict[st
             predictor, prepared, data.val_name, batch_size, cfg.train.min_precision
         )
         if bank is not None:
-            bank.save(folder.model)
+            bank.save(trainer.folder.model)
         # the full evaluation of the validation split goes into the run folder
         evaluation = evaluate_split(
             predictor,
             prepared,
             data.val_name,
-            folder.evaluation,
+            trainer.folder.evaluation,
             batch_size,
             predicted=predictions[data.val_name],
         )
@@ -86,13 +80,7 @@ def evaluate_multi_label_run(trainer: Trainer, predictor: Predictor) -> dict[str
     validation split's multi-label evaluation into the run folder, and measure the test split at the
     same thresholds: the run's final metrics (mAP, macro F1, subset accuracy; val_acc is subset
     accuracy too)."""
-    cfg, folder, prepared, data, info = (
-        trainer.cfg,
-        trainer.folder,
-        trainer.prepared,
-        trainer.data,
-        trainer.info,
-    )
+    cfg, prepared, data, info = trainer.cfg, trainer.prepared, trainer.data, trainer.info
     has_val, batch_size = trainer.validation_split is not None, cfg.train.batch_size * 2
     names = prepared.image_set.output_names
     final: dict[str, float] = {}
@@ -107,7 +95,7 @@ def evaluate_multi_label_run(trainer: Trainer, predictor: Predictor) -> dict[str
             )  # fmt: skip
         predictor.thresholds = np.asarray(info.thresholds, dtype=np.float32)
         evaluation = write_multi_label_evaluation(
-            folder.evaluation,
+            trainer.folder.evaluation,
             probabilities,
             targets,
             info.thresholds,
