@@ -66,6 +66,7 @@ def test_the_sources_are_tried_in_their_order_and_speak_with_one_phrase(tmp_path
     assert [entry.name for entry in source_entries()] == [
         "archive",
         "split-folders",
+        "split-tables",
         "idx",
         "table",
         "class-folders",

@@ -232,6 +232,17 @@ def _pick_column(
     raise DataError(f"no {what} column found among {', '.join(columns)}; name it with {flag}")
 
 
+def read_table(path: Path) -> Any:
+    """A CSV/TSV file as a DataFrame of text (a DataError naming the file when it cannot be read)."""
+    import pandas as pd
+
+    sep = "\t" if path.name.lower().endswith(".tsv") else ","
+    try:
+        return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise DataError(f"cannot read {path}: {str(error).splitlines()[0]}") from error
+
+
 def scan_table(
     path: Path,
     *,
@@ -242,15 +253,8 @@ def scan_table(
     multi_label: bool | None = None,
 ) -> ImageSet:
     """A CSV/TSV file with a path column and a label column (an optional `split` column is used)."""
-    import pandas as pd
-
-    sep = "\t" if path.name.lower().endswith(".tsv") else ","
-    try:
-        frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise DataError(f"cannot read {path}: {str(error).splitlines()[0]}") from error
     return scan_dataframe(
-        frame,
+        read_table(path),
         root=path.parent,
         path_col=path_col,
         label_col=label_col,
