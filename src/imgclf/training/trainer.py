@@ -175,6 +175,7 @@ class Trainer:
         self.labels, self.class_names, self.resume_from = labels, class_names, resume
         self.user_callbacks = list(callbacks)
         self.loop_callbacks: list[Callback] = []  # filled by `build_callbacks`; the stages add to it
+        self.loggers: list[Callback] = []  # the run's loggers (rank 0): they also hear on_run_end
         self.started = time.perf_counter()
 
     @property
@@ -229,7 +230,7 @@ class Trainer:
             )
         run = self.finish_run()
         shutdown(self.hardware.dist)
-        emit(self.callbacks, "on_run_end", run)
+        emit([*self.loggers, *self.callbacks], "on_run_end", run)
         return run
 
     @property
@@ -432,8 +433,8 @@ class Trainer:
         if self.cfg.train.time_limit:
             chosen.append(TimeLimit(self.cfg.train.time_limit * 60, self.started))
         if is_main:
-            chosen += [*create_loggers(self.cfg, self.folder), SaveCheckpoint(self.folder.checkpoint)]
-            chosen += self.callbacks
+            self.loggers = create_loggers(self.cfg, self.folder)
+            chosen += [*self.loggers, SaveCheckpoint(self.folder.checkpoint), *self.callbacks]
         return chosen
 
     def resume_state(self) -> None:

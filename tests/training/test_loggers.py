@@ -1,0 +1,48 @@
+"""The run's numbers in the dashboards users already have: TensorBoard per epoch and at the end; a
+missing extra is one line at start, before any work."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import pytest
+
+import imgclf
+from imgclf.errors import UsageError
+
+FAST = {"model": "cnn-small", "epochs": 2, "image_size": [24, 24]}
+
+
+def test_a_missing_extra_stops_the_run_before_any_work(
+    shapes_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # as if not installed
+    with pytest.raises(
+        UsageError,
+        match=r"--log tensorboard needs the optional packages: pip install 'imgclf\[tensorboard\]'",
+    ):
+        imgclf.train(shapes_dir, log="tensorboard", project=str(tmp_path / "runs"), **FAST)
+    assert not (tmp_path / "runs").exists()  # nothing was written
+
+
+def test_tensorboard_receives_every_epoch_and_the_runs_end(shapes_dir: Path, tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard", reason="needs imgclf[tensorboard]")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = imgclf.train(shapes_dir, log=["tensorboard"], project=str(tmp_path / "runs"), **FAST)
+    events = EventAccumulator(str(run.run_dir / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    tags = events.Tags()
+    with (run.run_dir / "metrics.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    logged = events.Scalars("accuracy/val")
+    assert [e.step for e in logged] == [int(r["epoch"]) for r in rows] == [1, 2]
+    assert [e.value for e in logged] == pytest.approx([float(r["val_acc"]) for r in rows], abs=1e-5)
+    for tag in ("loss/train", "loss/val", "accuracy/train", "learning_rate", "speed/images_per_s"):
+        assert len(events.Scalars(tag)) == len(rows), tag
+    assert events.Scalars("final/val_acc")[0].value == pytest.approx(run.metrics["val_acc"], abs=1e-6)
+    assert {"curves", "confusion_matrix"} <= set(tags["images"])
+    assert events.Images("confusion_matrix")[0].width > 100
+    assert "config/text_summary" in tags["tensors"]
