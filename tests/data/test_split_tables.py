@@ -78,10 +78,14 @@ def test_the_path_and_label_flags_still_win_and_splits_none_reads_one_table(tmp_
         path.write_text(
             "\n".join([f"kind,where,{rows[0]}"] + [f"{r.split(',')[1]},x,{r}" for r in rows[1:]]) + "\n"
         )
-    named = scan_source(tables, splits="train=train_list.csv,val=val_list.csv", path_col="filename", label_col="kind")
+    named = scan_source(
+        tables, splits="train=train_list.csv,val=val_list.csv", path_col="filename", label_col="kind"
+    )
     assert {named.splits.count("train"), named.splits.count("val")} == {90, 30}
     alone = scan_source(tables, splits="none", path_col="filename", label_col="kind")
-    assert alone.layout == "table" and alone.splits is None and len(alone) == 90  # the training table alone: split later
+    assert (
+        alone.layout == "table" and alone.splits is None and len(alone) == 90
+    )  # the training table alone: split later
 
 
 def test_tables_whose_columns_disagree_are_one_clear_error_and_unlabelled_ones_are_left_out(
