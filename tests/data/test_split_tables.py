@@ -105,7 +105,11 @@ def test_tables_whose_columns_disagree_are_one_clear_error_and_unlabelled_ones_a
         and "test.csv (only the path column 'filename': no labels)" in caplog.text
     )
     val = tables / "val.csv"
-    val.write_text(val.read_text().replace("filename,label", "filename,species", 1))
+    val.write_text(
+        val.read_text().replace("filename,label", "FileName, Label ", 1)
+    )  # case and spaces: the same
+    assert scan_source(tables).splits.count("val") == 30
+    val.write_text(val.read_text().replace("FileName, Label ", "filename,species", 1))
     with pytest.raises(DataError, match=r"val.csv lacks 'label', which train.csv has"):
         scan_source(tables)
 

@@ -73,20 +73,22 @@ def scan(query) -> ImageSet:
     train = find_columns(
         frames["train"], query.path_col, query.label_col, query.multi_label, str(tables["train"])
     )
-    wanted = [train.path] + ([train.label] if train.label else list(train.sets.labels))
+    labels = [train.label] if train.label else list(train.sets.labels)
     kept, left_out = {}, []
     for split, frame in frames.items():
+        frame = _named_as(frame, [train.path, *labels])  # "Label" is the training table's "label"
         columns = [str(c) for c in frame.columns]
-        missing = [name for name in wanted if name not in columns]
+        missing = [name for name in [train.path, *labels] if name not in columns]
         if not missing:
             kept[split] = frame
-        elif train.path in columns and len(columns) == 1:
+        elif columns == [train.path]:
             left_out.append(f"{tables[split].name} (only the path column {train.path!r}: no labels)")
         else:
             raise DataError(
                 f"{tables[split].name} lacks {', '.join(repr(m) for m in missing)}, which "
                 f"{tables['train'].name} has: split tables must share their path and label columns "
-                f"(its columns: {', '.join(columns)}; --path-col and --label-col name them)"
+                f"(its columns: {', '.join(columns)}; --path-col and --label-col name them, and "
+                "--splits none reads the training table alone)"
             )
     others = [p.name for p in query.tables if p not in tables.values()]
     if left_out or others:
@@ -95,6 +97,13 @@ def scan(query) -> ImageSet:
             "; ".join(left_out + [f"{name} (not a split's table)" for name in others]),
         )  # fmt: skip
     return _scan_together(query, tables, kept, train)
+
+
+def _named_as(frame, names: list[str]):
+    """The frame with its columns renamed to `names` where they differ only in case or spaces."""
+    wanted = {name.lower().strip(): name for name in names}
+    renames = {c: wanted[str(c).lower().strip()] for c in frame.columns if str(c).lower().strip() in wanted}
+    return frame.rename(columns={old: new for old, new in renames.items() if old != new})
 
 
 def _scan_together(query, tables, frames, train) -> ImageSet:
