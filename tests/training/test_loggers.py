@@ -46,3 +46,42 @@ def test_tensorboard_receives_every_epoch_and_the_runs_end(shapes_dir: Path, tmp
     assert {"curves", "confusion_matrix"} <= set(tags["images"])
     assert events.Images("confusion_matrix")[0].width > 100
     assert "config/text_summary" in tags["tensors"]
+
+
+def test_mlflow_receives_the_config_every_epoch_and_the_artifacts(
+    shapes_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("mlflow", reason="needs imgclf[mlflow]")
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    project = tmp_path / "runs"
+    run = imgclf.train(shapes_dir, log="mlflow", project=str(project), **FAST)
+    client = MlflowClient(tracking_uri=f"sqlite:///{project.resolve() / 'mlflow.db'}")
+    (found,) = client.search_runs([client.get_experiment_by_name("imgclf").experiment_id])
+    assert found.info.run_name == run.run_dir.name and found.info.status == "FINISHED"
+    assert found.data.params["train.recipe"] == "plain" and found.data.params["model.name"] == "cnn-small"
+    history = client.get_metric_history(found.info.run_id, "val_acc")
+    with (run.run_dir / "metrics.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [m.step for m in sorted(history, key=lambda m: m.step)] == [1, 2]
+    assert sorted(m.value for m in history) == pytest.approx(
+        sorted(float(r["val_acc"]) for r in rows), abs=1e-5
+    )
+    assert found.data.metrics["final_val_acc"] == pytest.approx(run.metrics["val_acc"], abs=1e-6)
+    artifacts = {a.path for a in client.list_artifacts(found.info.run_id)}
+    assert {"curves.png", "evaluation", "model", "config.yaml"} <= artifacts
+    model = {a.path for a in client.list_artifacts(found.info.run_id, "model")}
+    assert "model/imgclf.json" in model and "model/model.safetensors" in model
+    assert (project / "mlartifacts").is_dir() and not (Path.cwd() / "mlruns").exists()  # nothing outside
+
+
+def test_a_missing_mlflow_stops_the_run_before_any_work(
+    shapes_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "mlflow", None)
+    with pytest.raises(
+        UsageError, match=r"--log mlflow needs the optional packages: pip install 'imgclf\[mlflow\]'"
+    ):
+        imgclf.train(shapes_dir, log="csv,mlflow", project=str(tmp_path / "runs"), **FAST)
+    assert not (tmp_path / "runs").exists()
