@@ -74,6 +74,11 @@ def test_mlflow_receives_the_config_every_epoch_and_the_artifacts(
     model = {a.path for a in client.list_artifacts(found.info.run_id, "model")}
     assert "model/imgclf.json" in model and "model/model.safetensors" in model
     assert (project / "mlartifacts").is_dir() and not (Path.cwd() / "mlruns").exists()  # nothing outside
+    again = imgclf.train(resume=run.run_dir, epochs=3)  # --resume goes on in the same MLflow run
+    (resumed,) = client.search_runs([client.get_experiment_by_name("imgclf").experiment_id])
+    assert resumed.info.run_id == found.info.run_id and resumed.info.status == "FINISHED"
+    steps = sorted(m.step for m in client.get_metric_history(found.info.run_id, "val_acc"))
+    assert steps == [1, 2, 3] and again.run_dir == run.run_dir
 
 
 def test_a_missing_mlflow_stops_the_run_before_any_work(

@@ -17,6 +17,7 @@ from typing import Any
 
 from imgclf.config import Config, config_to_dict
 from imgclf.errors import UsageError
+from imgclf.io import write_text_atomic
 from imgclf.runs import RunFolder
 from imgclf.training.events import Callback, TrainState
 
@@ -36,6 +37,7 @@ METRICS = (
     "elapsed",
 )
 MAX_PARAM_CHARS = 500  # MLflow's limit on a parameter's value
+RUN_ID_FILE = "mlflow_run.txt"  # in the run folder: --resume goes on in the same MLflow run
 
 
 def check() -> None:
@@ -70,16 +72,40 @@ class MlflowLog(Callback):
         self.cfg, self.folder = cfg, folder
         uri, artifacts, how = tracking_uri(folder.path.parent)
         self.client = MlflowClient(tracking_uri=uri)
-        found = self.client.get_experiment_by_name(EXPERIMENT)
-        experiment = found.experiment_id if found else self.client.create_experiment(EXPERIMENT, artifacts)
-        self.run_id = self.client.create_run(experiment, run_name=folder.path.name).info.run_id
+        self.run_id, resumed = self._resumed_run(), True
+        if self.run_id is None:  # a new run; a resumed imgclf run goes on in the MLflow run it began
+            found = self.client.get_experiment_by_name(EXPERIMENT)
+            experiment = (
+                found.experiment_id if found else self.client.create_experiment(EXPERIMENT, artifacts)
+            )
+            self.run_id, resumed = (
+                self.client.create_run(experiment, run_name=folder.path.name).info.run_id,
+                False,
+            )
+            write_text_atomic(folder.path / RUN_ID_FILE, self.run_id + "\n")
         logger.info(
-            "MLflow run %s (experiment %s): %s, then open http://localhost:5000", self.run_id, EXPERIMENT, how
-        )
+            "MLflow run %s%s (experiment %s): %s, then open http://localhost:5000",
+            self.run_id, " (resumed)" if resumed else "", EXPERIMENT, how,
+        )  # fmt: skip
+
+    def _resumed_run(self) -> str | None:
+        """The MLflow run this run folder began, when it is still in the store (a resumed run)."""
+        recorded = self.folder.path / RUN_ID_FILE
+        if not recorded.is_file():
+            return None
+        run_id = recorded.read_text(encoding="utf-8").strip()
+        try:
+            self.client.get_run(run_id)
+        except Exception:  # another store, or the run was deleted: a new one
+            return None
+        self.client.update_run(run_id, status="RUNNING")
+        return run_id
 
     def on_train_start(self, state: TrainState) -> None:
         from mlflow.entities import Param
 
+        if self.client.get_run(self.run_id).data.params:  # resumed: its parameters are logged
+            return
         flat = _flatten(config_to_dict(self.cfg))
         params = [Param(key, str(value)[:MAX_PARAM_CHARS]) for key, value in flat.items()]
         self.client.log_batch(self.run_id, params=params)
