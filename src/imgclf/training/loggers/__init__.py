@@ -10,8 +10,11 @@ run folder) always runs: the run's report and `Run.history` read it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import importlib
+import math
+from typing import TYPE_CHECKING, Any
 
+from imgclf.errors import UsageError
 from imgclf.registry import LOGGERS
 
 if TYPE_CHECKING:
@@ -40,3 +43,34 @@ def check_loggers(train: TrainConfig) -> None:
 def create_loggers(cfg: Config, folder: RunFolder) -> list[Callback]:
     """The callbacks of the run's loggers."""
     return [LOGGERS.load(name).create_logger(cfg, folder) for name in logger_names(cfg.train)]
+
+
+# what the logger modules share
+def require_extra(flag: str, extra: str, *modules: str) -> None:
+    """A logger's `check()`: a one-line UsageError naming `extra` when one of `modules` is missing."""
+    try:
+        for module in modules:
+            importlib.import_module(module)
+    except ImportError:
+        raise UsageError(f"{flag} needs the optional packages: pip install 'imgclf[{extra}]'") from None
+
+
+def finite_number(value: Any) -> bool:
+    """Whether a metric's value is a finite number a dashboard can plot (not a bool, NaN or text)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def flat_config(cfg: Config) -> dict[str, Any]:
+    """The resolved config as dotted keys ("train.lr": 0.001), as dashboards take parameters."""
+    from imgclf.config import config_to_dict
+
+    flat: dict[str, Any] = {}
+    pending = [("", config_to_dict(cfg))]
+    while pending:
+        prefix, values = pending.pop(0)
+        for key, value in values.items():
+            if isinstance(value, dict):
+                pending.append((f"{prefix}{key}.", value))
+            else:
+                flat[f"{prefix}{key}"] = value
+    return flat

@@ -15,15 +15,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from imgclf.config import Config, config_to_dict
-from imgclf.errors import UsageError
+from imgclf.config import Config
 from imgclf.io import write_text_atomic
 from imgclf.runs import RunFolder
 from imgclf.training.events import Callback, TrainState
+from imgclf.training.loggers import finite_number, flat_config, require_extra
 
 logger = logging.getLogger(__name__)
 
-EXTRA = "pip install 'imgclf[mlflow]'"
 EXPERIMENT = "imgclf"
 METRICS = (
     "train_loss",
@@ -42,10 +41,7 @@ RUN_ID_FILE = "mlflow_run.txt"  # in the run folder: --resume goes on in the sam
 
 def check() -> None:
     """At start: a one-line error when MLflow is not installed."""
-    try:
-        import mlflow  # noqa: F401
-    except ImportError:
-        raise UsageError(f"--log mlflow needs the optional packages: {EXTRA}") from None
+    require_extra("--log mlflow", "mlflow", "mlflow")
 
 
 def create_logger(cfg: Config, folder: RunFolder) -> Callback:
@@ -106,7 +102,7 @@ class MlflowLog(Callback):
 
         if self.client.get_run(self.run_id).data.params:  # resumed: its parameters are logged
             return
-        flat = _flatten(config_to_dict(self.cfg))
+        flat = flat_config(self.cfg)
         params = [Param(key, str(value)[:MAX_PARAM_CHARS]) for key, value in flat.items()]
         self.client.log_batch(self.run_id, params=params)
         self.client.set_tag(self.run_id, "imgclf.run_folder", str(self.folder.path))
@@ -133,22 +129,6 @@ class MlflowLog(Callback):
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        chosen = [Metric(key, float(v), now, step) for key, v in values.items() if _number(v)]
+        chosen = [Metric(key, float(v), now, step) for key, v in values.items() if finite_number(v)]
         if chosen:
             self.client.log_batch(self.run_id, metrics=chosen)
-
-
-def _number(value: Any) -> bool:
-    import math
-
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat

@@ -14,14 +14,13 @@ from typing import Any
 import numpy as np
 
 from imgclf.config import Config, config_to_dict
-from imgclf.errors import UsageError
 from imgclf.runs import RunFolder
 from imgclf.training.events import Callback, TrainState
+from imgclf.training.loggers import finite_number, flat_config, require_extra
 
 logger = logging.getLogger(__name__)
 
 FOLDER = "tensorboard"
-EXTRA = "pip install 'imgclf[tensorboard]'"
 # metrics.csv's columns as TensorBoard tags: grouped so that train and val share a chart
 TAGS = {
     "train_loss": "loss/train",
@@ -45,11 +44,7 @@ IMAGES = {
 
 def check() -> None:
     """At start: a one-line error when the TensorBoard writer is not installed."""
-    try:
-        import tensorboard  # noqa: F401
-        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
-    except ImportError:
-        raise UsageError(f"--log tensorboard needs the optional packages: {EXTRA}") from None
+    require_extra("--log tensorboard", "tensorboard", "tensorboard", "torch.utils.tensorboard")
 
 
 def create_logger(cfg: Config, folder: RunFolder) -> Callback:
@@ -81,12 +76,12 @@ class TensorBoardLog(Callback):
         epoch = int(row.get("epoch", state.epoch))
         for key, tag in TAGS.items():
             value = row.get(key)
-            if isinstance(value, (int, float)) and np.isfinite(value):
+            if finite_number(value):
                 self.writer.add_scalar(tag, float(value), epoch)
         self.writer.flush()
 
     def on_run_end(self, run: Any) -> None:
-        metrics = {f"final/{key}": float(value) for key, value in run.metrics.items() if _number(value)}
+        metrics = {f"final/{key}": float(value) for key, value in run.metrics.items() if finite_number(value)}
         for tag, value in metrics.items():
             self.writer.add_scalar(tag, value, run.best_epoch or 0)
         for tag, relative in IMAGES.items():
@@ -101,13 +96,9 @@ class TensorBoardLog(Callback):
             + (f"; report `{report}`" if report.is_file() else ""),
             0,
         )
-        hparams = {key: _hparam(value) for key, value in _flatten(config_to_dict(self.cfg)).items()}
+        hparams = {key: _hparam(value) for key, value in flat_config(self.cfg).items()}
         self.writer.add_hparams(hparams, metrics or {"final/none": 0.0}, run_name=".")
         self.writer.close()
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
 
 
 def _hparam(value: Any) -> Any:
@@ -115,16 +106,6 @@ def _hparam(value: Any) -> Any:
     if isinstance(value, (bool, int, float, str)):
         return value
     return "" if value is None else str(value)
-
-
-def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def _png(path: Path) -> np.ndarray:
