@@ -319,3 +319,43 @@ def write_flower_mosaics(
     table = folder / "labels.csv"
     frame.to_csv(table, index=False)
     return table, targets, classes
+
+
+def write_parquet_shard(
+    path: Path,
+    images: list[Image.Image],
+    labels: list,
+    *,
+    names: list[str] | None = None,
+    binary: bool = False,
+    row_group_size: int | None = None,
+    label_column: str = "label",
+) -> Path:
+    """One Parquet shard as the `datasets` library writes an image set: the image as a struct of PNG
+    `bytes` and `path` (or plain binary), the label column as given, and with `names` the
+    ClassLabel's class names in the schema's `huggingface` metadata."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    encoded = []
+    for image in images:
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        encoded.append(buffer.getvalue())
+    if binary:
+        column = pa.array(encoded, type=pa.binary())
+    else:
+        column = pa.array(
+            [{"bytes": data, "path": f"image_{n}.png"} for n, data in enumerate(encoded)],
+            type=pa.struct([("bytes", pa.binary()), ("path", pa.string())]),
+        )
+    table = pa.table({"image": column, label_column: labels})
+    if names is not None:
+        label = {"names": names, "_type": "ClassLabel"}
+        if isinstance(labels[0], list):
+            label = {"feature": label, "_type": "Sequence"}
+        features = {"image": {"_type": "Image"}, label_column: label}
+        table = table.replace_schema_metadata({"huggingface": json.dumps({"info": {"features": features}})})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path, row_group_size=row_group_size)
+    return path

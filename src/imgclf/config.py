@@ -130,17 +130,20 @@ class DataConfig(Freezable):
     """Where the images are and how they are read, split and preprocessed."""
 
     source: str | None = setting(
-        None, "Folder, CSV/TSV, archive or IDX files (the DATA argument).", DATA_PANEL, cli=False
+        None, "Folder, CSV/TSV, archive, Parquet set or IDX files (the DATA argument).", DATA_PANEL, cli=False
     )
     splits: str = setting(
         "auto",
-        "Which folders are splits: auto (folders holding the same class folders, named by their words: "
-        "training_set, seg_test, Validation …) | none (the sub-folders are classes) | "
-        "train=FOLDER,val=FOLDER,test=FOLDER.",
+        "Which folders (or tables, or Parquet splits) are splits: auto (folders holding the same class "
+        "folders, named by their words: training_set, seg_test, Validation …) | none (the sub-folders "
+        "are classes) | train=FOLDER,val=FOLDER,test=FOLDER (train=A.csv,… for tables; "
+        "train=NAME,… for a Parquet set's split names).",
         DATA_PANEL,
     )
-    path_col: str | None = setting(None, "CSV column with image paths.", DATA_PANEL, shown="auto")
-    label_col: str | None = setting(None, "CSV column with labels.", DATA_PANEL, shown="auto")
+    path_col: str | None = setting(
+        None, "CSV column with image paths (a Parquet set's image column).", DATA_PANEL, shown="auto"
+    )
+    label_col: str | None = setting(None, "CSV (or Parquet) column with labels.", DATA_PANEL, shown="auto")
     multi_label: bool | None = setting(
         None,
         "A table whose images carry several labels each (a label column joining them with a space, "

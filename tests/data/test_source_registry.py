@@ -65,6 +65,7 @@ def _named_files(folder: Path, per_class: int = 40) -> Path:
 def test_the_sources_are_tried_in_their_order_and_speak_with_one_phrase(tmp_path: Path) -> None:
     assert [entry.name for entry in source_entries()] == [
         "archive",
+        "parquet",
         "split-folders",
         "split-tables",
         "idx",
@@ -73,6 +74,7 @@ def test_the_sources_are_tried_in_their_order_and_speak_with_one_phrase(tmp_path
     ]
     phrase = sources_phrase()
     assert "a folder of class folders" in phrase and "a CSV/TSV table" in phrase and "IDX files" in phrase
+    assert "a Hugging Face Parquet image set (data/train-*.parquet)" in phrase
     with pytest.raises(UsageError, match=r"data not found: .* \(give an archive"):
         scan_source(tmp_path / "missing")
     (tmp_path / "notes.txt").write_text("hello")

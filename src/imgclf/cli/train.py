@@ -49,7 +49,8 @@ def train(
     *,
     settings: dict[str, Any],
 ) -> None:
-    """Train a classifier on a folder, CSV, archive or IDX files; writes a run folder with the model.
+    """Train a classifier on a folder, CSV, archive, Parquet set or IDX files; writes a run folder
+    with the model.
 
     Every setting below is also a key of the YAML file given with --config (data.val_split,
     train.lr …); flags win over the file.

@@ -26,6 +26,7 @@ from imgclf.data.decode import (
     ImageDecodeError,
     decode_image,
     pillow_warnings_logged,
+    read_bytes,
     read_header,
     to_channels,
 )
@@ -128,7 +129,7 @@ def _inspect_image(image: Image.Image, facts: _FileFacts) -> None:
 def _inspect_file(path: str) -> _FileFacts:
     facts = _FileFacts()
     try:
-        data = Path(path).read_bytes()
+        data = read_bytes(path)  # a file's, or a Parquet row's
     except OSError as error:
         facts.error = f"cannot read: {error}"
         return facts

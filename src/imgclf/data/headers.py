@@ -15,6 +15,7 @@ from imgclf.data.decode import (
     ImageHeader,
 )
 from imgclf.data.imageset import ArrayReader, FileReader, ImageSet, Problem
+from imgclf.data.parquet import shard_of
 from imgclf.paths import cache_dir
 
 logger = logging.getLogger(__name__)
@@ -50,8 +51,9 @@ def file_list_digest(image_set: ImageSet) -> str | None:
 
 
 def _file_stat(path: str) -> str:
+    """A file's size and modification time; a Parquet row's are its shard's."""
     try:
-        stat = os.stat(path)
+        stat = os.stat(shard_of(path) if "#" in path else path)
     except OSError:
         return "missing"
     return f"{stat.st_size}\0{stat.st_mtime_ns}"

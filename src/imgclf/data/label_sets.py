@@ -26,7 +26,7 @@ INDICATOR_VALUES = frozenset({"0", "1", "0.0", "1.0", "", "-1", "-1.0"})  # -1: 
 class LabelSets:
     """How a table gives several labels per image, and what they are."""
 
-    form: str  # "joined" (one column, a separator) or "indicator" (one 0/1 column per label)
+    form: str  # "joined" (one column, a separator), "indicator" (one 0/1 column per label), "list"
     columns: tuple[str, ...]
     separator: str | None
     labels: tuple[str, ...]
@@ -38,6 +38,8 @@ class LabelSets:
         return LabelSets(self.form, self.columns, self.separator, self.labels, targets, self.uncertain)
 
     def describe_columns(self) -> str:
+        if self.form == "list":
+            return f"label column {self.columns[0]!r} holding a list of labels per image"
         if self.form == "joined":
             shown = {" ": "spaces", "|": "'|'", ";": "';'", ",": "','"}[self.separator or " "]
             return f"label column {self.columns[0]!r} joining labels with {shown}"

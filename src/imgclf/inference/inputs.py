@@ -8,11 +8,13 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from imgclf.data.decode import is_image
+from imgclf.data.parquet import PARQUET_SUFFIX, shard_rows
 from imgclf.errors import UsageError
 
 
 def iter_inputs(inputs: Sequence[str | Path]) -> Iterator[str]:
-    """Files as given; folders → their image files (recursively, sorted); globs → their matches.
+    """Files as given; folders → their image files (recursively, sorted); globs → their matches; a
+    Parquet shard (given, or in a folder) → its rows, each named `<shard>#<row>`.
 
     A generator, so that a folder of millions of images is never listed in memory at once. A path
     that matches nothing is kept, so it gets an error row instead of vanishing.
@@ -25,8 +27,12 @@ def iter_inputs(inputs: Sequence[str | Path]) -> Iterator[str]:
                 subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
                 for name in sorted(files):
                     full = os.path.join(directory, name)
-                    if is_image(full):
+                    if name.lower().endswith(PARQUET_SUFFIX) and not name.startswith("."):
+                        yield from shard_rows(full)
+                    elif is_image(full):
                         yield full
+        elif path.is_file() and text.lower().endswith(PARQUET_SUFFIX):
+            yield from shard_rows(str(path))
         elif path.exists():
             yield str(path)
         elif glob.has_magic(text):

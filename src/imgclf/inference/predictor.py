@@ -23,6 +23,7 @@ from imgclf.artifact import ModelInfo, load_artifact, resolve_artifact_path
 from imgclf.data.decode import UPLOAD_FORMATS, ImageDecodeError
 from imgclf.data.imageset import array_to_image
 from imgclf.data.label_map import load_label_map
+from imgclf.data.parquet import is_row_location
 from imgclf.data.preprocess import PreprocessSpec, load_prepared, normalize_batch, prepare_image
 from imgclf.device import resolve_device
 from imgclf.errors import UsageError
@@ -308,7 +309,7 @@ class Predictor:
             return "<array>", prepare_image(array_to_image(item), self.spec), None
         source = str(item)
         try:
-            if not Path(source).is_file():
+            if not Path(source).is_file() and not is_row_location(source):  # a Parquet row reads as a file
                 return source, None, "file not found"
             return source, load_prepared(source, self.spec, UPLOAD_FORMATS), None  # anyone's files
         except ImageDecodeError as error:

@@ -32,7 +32,7 @@ from imgclf.data.decisions import (
 from imgclf.data.decode import decode_image
 from imgclf.data.imageset import ImageSet
 from imgclf.data.safe_files import check_class_name, file_digest
-from imgclf.data.sources import data_edits
+from imgclf.data.sources import data_edits, recognise_source, source_query
 from imgclf.errors import UsageError
 from imgclf.review.findings import (
     Item,
@@ -200,9 +200,12 @@ def apply_decisions(data: str | Path, review: str | Path, cfg: DataConfig) -> li
         out = apply_to_table(image_set.source, *_table_columns(image_set), decisions, Path(review).name)
         return [f"wrote {out} (the old table is untouched)"]
     if edits != "folders":
+        entry = recognise_source(source_query(data, None, None, None, None, None, cfg.splits))
+        noun = entry.declared.get("NOUN", "this data") if entry is not None else "this data"
         raise UsageError(
-            "--apply changes class folders or writes a reviewed CSV beside a table; this data is "
-            "neither (an archive: unpack it and review the folder)"
+            "--apply changes class folders or writes a reviewed CSV beside a table; "
+            f"{noun} is neither: the decisions stay in {Path(review).name} (an archive: unpack it and "
+            "review the folder)"
         )
     read = functools.partial(load_data, cfg=cfg)  # again, once the folder is locked
     applied = apply_to_folders(data, decisions, cfg.splits, Path(review).name, read)
