@@ -293,3 +293,31 @@ def test_a_broken_shard_is_one_error_and_one_error_row(tmp_path: Path) -> None:
     assert rows == [f"{broken}#0"]
     with pytest.raises(OSError, match="cannot read"):
         read_bytes(rows[0])
+
+
+def test_the_image_column_flag_and_rows_that_name_a_file_instead_of_holding_bytes(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    images, labels = _rows(9, 0)
+    files = []
+    for number, image in enumerate(images):
+        files.append(tmp_path / f"photo_{number}.png")
+        image.save(files[-1])
+    struct = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    blank = read_bytes(str(files[0]))
+    table = pa.table(
+        {
+            "mask": pa.array([{"bytes": blank, "path": None}] * 9, type=struct),  # the first image column
+            "image": pa.array([{"bytes": None, "path": str(f)} for f in files], type=struct),
+            "label": labels,
+        }
+    )
+    shard = tmp_path / "set" / "data" / "train-00000-of-00001.parquet"
+    shard.parent.mkdir(parents=True)
+    pq.write_table(table, shard)
+    by_default = scan_source(shard.parent.parent)
+    assert read_bytes(by_default.location(4)) == blank  # the first image column
+    chosen = scan_source(shard.parent.parent, path_col="image")
+    assert read_bytes(chosen.location(4)) == files[4].read_bytes()  # its row names a file: that file
+    assert "image column 'image'" in chosen.description

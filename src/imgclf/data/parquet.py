@@ -71,19 +71,24 @@ def shard_of(location: str) -> str:
 
 
 class _Shard:
-    """One shard's image bytes, one row group at a time (the latest ROW_GROUPS_KEPT kept)."""
+    """One shard's image bytes, one row group at a time (the latest ROW_GROUPS_KEPT kept). A row
+    whose struct has no bytes but a `path` to a file (a set made from local files) reads that file."""
 
     def __init__(self, path: str) -> None:
         pq = require_pyarrow()
         self.path = path
         self.stat = _stat(path)
         self.file = pq.ParquetFile(path)
-        self.column = _image_column_path(self.file.schema_arrow)
+        self.column = _image_column_path(self.file.schema_arrow, _chosen_columns.get(path))
+        self.columns = [self.column]
+        if self.column.endswith(".bytes"):
+            struct = self.file.schema_arrow.field(self.column.rsplit(".", 1)[0]).type
+            if struct.get_field_index("path") >= 0:
+                self.columns.append(self.column[: -len("bytes")] + "path")
         metadata = self.file.metadata
-        self.starts = np.cumsum(
-            [0] + [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
-        )
-        self.groups: OrderedDict[int, Any] = OrderedDict()
+        sizes = [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
+        self.starts = np.cumsum([0, *sizes])
+        self.groups: OrderedDict[int, tuple[Any, Any]] = OrderedDict()
 
     def row(self, row: int) -> bytes:
         if not 0 <= row < self.starts[-1]:
@@ -97,18 +102,33 @@ class _Shard:
                     f"row group {group} of {self.path} holds {size / 2**20:,.0f} MiB, over the limit of "
                     f"{ROW_GROUP_MAX_BYTES / 2**20:,.0f} MiB read at once"
                 )
-            table = self.file.read_row_group(group, columns=[self.column])
-            values = _leaf(table.column(0).combine_chunks(), self.column)
+            column = self.file.read_row_group(group, columns=self.columns).column(0).combine_chunks()
+            if self.column.endswith(".bytes"):
+                paths = column.field("path") if len(self.columns) > 1 else None
+                values = (column.field("bytes"), paths)
+            else:
+                values = (column, None)
             self.groups[group] = values
             while len(self.groups) > ROW_GROUPS_KEPT:
                 self.groups.popitem(last=False)
         self.groups.move_to_end(group)
-        data = values[row - int(self.starts[group])].as_py()
+        index = row - int(self.starts[group])
+        data = values[0][index].as_py()
         if data is None:
-            raise RowReadError("no image bytes in this row")
+            return self._from_path(values[1][index].as_py() if values[1] is not None else None)
         return data
 
+    def _from_path(self, path: str | None) -> bytes:
+        """The file a row without bytes names: as written, or beside the shard."""
+        if not path:
+            raise RowReadError("no image bytes in this row")
+        for candidate in (Path(path).expanduser(), Path(self.path).parent / path):
+            if candidate.is_file():
+                return candidate.read_bytes()
+        raise RowReadError(f"no image bytes in this row, and its path {path} is no file here")
 
+
+_chosen_columns: dict[str, str] = {}  # shard → the image column --path-col chose (the first one else)
 _shards: OrderedDict[str, _Shard] = OrderedDict()
 _lock = threading.Lock()  # prediction reads rows from several threads
 
@@ -202,10 +222,6 @@ def _image_column_path(schema: Any, wanted: str | None = None) -> str:
     if name is None or name not in names:
         raise DataError("no image column (a struct of bytes and path, or binary) in the shard")
     return f"{name}.bytes" if pa.types.is_struct(schema.field(name).type) else name
-
-
-def _leaf(array: Any, column: str) -> Any:
-    return array.field("bytes") if column.endswith(".bytes") and hasattr(array, "field") else array
 
 
 def _label_names(feature: Any) -> list[str] | None:
@@ -450,6 +466,15 @@ def scan_parquet(
         raise DataError(f"cannot read {ordered[0][1]}: {error}") from error
     card = card_label_names(root, config)
     columns = find_parquet_columns(schema, card, image_col, label_col)
+    for _, shard in ordered:  # the rows of this process read the image column chosen
+        location = str(root / shard.relative_to(root))
+        if _chosen_columns.get(location) != (image_col and columns.image):
+            with _lock:
+                _shards.pop(location, None)
+        if image_col is not None:
+            _chosen_columns[location] = columns.image
+        else:
+            _chosen_columns.pop(location, None)
     for _, shard in ordered[1:]:  # every shard's footer: the same image and label columns
         try:
             names = pq.read_schema(shard).names
