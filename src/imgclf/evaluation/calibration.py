@@ -49,6 +49,65 @@ def ece(probabilities: np.ndarray, labels: np.ndarray) -> float:
     return float(expected_calibration_error(probabilities, labels)["ece"])
 
 
+def _fitted(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """`fit_temperature`, or 1.0 where the likelihood has no optimum inside BOUNDS: a split answered
+    all right drives T toward 0 (every answer certain), which nothing else supports."""
+    temperature = fit_temperature(probabilities, labels)
+    return temperature if BOUNDS[0] * 1.01 < temperature < BOUNDS[1] / 1.01 else 1.0
+
+
+def held_out_ece(probabilities: np.ndarray, labels: np.ndarray, seed: int = 0) -> tuple[float, float]:
+    """The ECE of the raw answers and of answers scaled by a temperature fitted elsewhere: the images
+    are halved (seeded), each half scaled by the temperature fitted on the other, and the two halves'
+    answers measured together. What temperature scaling would do to images it was not fitted on."""
+    order = np.random.default_rng(seed).permutation(len(labels))
+    halves = (order[: len(order) // 2], order[len(order) // 2 :])
+    scaled = np.empty_like(probabilities, dtype=np.float64)
+    for this, other in (halves, halves[::-1]):
+        scaled[this] = with_temperature(
+            probabilities[this].astype(np.float64), _fitted(probabilities[other], labels[other])
+        )
+    return ece(probabilities, labels), ece(scaled, labels)
+
+
+def choose_temperature(
+    probabilities: np.ndarray, labels: np.ndarray, split: str
+) -> tuple[float, dict[str, Any]]:
+    """The temperature applied to a split's raw answers, and imgclf.json's record of it: the one
+    fitted on the split, unless it would not lower the held-out ECE (`held_out_ece`), then 1 (none),
+    and the line that says which and why."""
+    temperature = _fitted(probabilities, labels)
+    held_out = held_out_ece(probabilities, labels)
+    fitted = temperature
+    if temperature != 1.0 and held_out[1] >= held_out[0]:
+        temperature = 1.0  # a temperature that does not make calibration better is not applied
+    calibrated = with_temperature(probabilities, temperature)
+    report: dict[str, Any] = {
+        "temperature": round(temperature, 6),
+        "fitted_on": f"{len(labels)} {split} images",
+        f"{split}_ece_before": ece(probabilities, labels),
+        f"{split}_ece_after": ece(calibrated, labels),
+        "held_out_ece_before": held_out[0],
+        "held_out_ece_after": held_out[1],
+    }
+    if fitted == 1.0:
+        report["note"] = f"the {split} split is answered too cleanly to fit a temperature"
+        logger.info("no temperature scaling: %s", report["note"])
+    elif temperature == 1.0:
+        report["note"] = (
+            f"T = {fitted:.3f} fitted on the {split} split would not lower its held-out ECE "
+            f"({held_out[0]:.4f} → {held_out[1]:.4f}, each half fitted on the other)"
+        )
+        logger.info("no temperature scaling: %s; the model's own probabilities are kept", report["note"])
+    else:
+        logger.info(
+            "temperature scaling: T = %.3f, fitted on the %s split; its held-out ECE %.4f → %.4f (each "
+            "half fitted on the other)",
+            temperature, split, held_out[0], held_out[1],
+        )  # fmt: skip
+    return temperature, report
+
+
 def calibrate_answers(
     probabilities: np.ndarray,
     labels: np.ndarray,
@@ -68,26 +127,8 @@ def calibrate_answers(
             )
         logger.info("no temperature scaling: %d validation images are too few to fit it", len(labels))
         return {}, probabilities
-    temperature = fit_temperature(probabilities, labels)
-    if not BOUNDS[0] * 1.01 < temperature < BOUNDS[1] / 1.01:
-        # the likelihood has no optimum inside the bounds: a validation split answered all right
-        # drives T toward 0 (every answer certain), which nothing else supports
-        temperature = 1.0
+    temperature, report = choose_temperature(probabilities, labels, split)
     calibrated = with_temperature(probabilities, temperature)
-    report: dict[str, Any] = {
-        "temperature": round(temperature, 6),
-        "fitted_on": f"{len(labels)} {split} images",
-        f"{split}_ece_before": ece(probabilities, labels),
-        f"{split}_ece_after": ece(calibrated, labels),
-    }
-    if temperature == 1.0:
-        report["note"] = f"the {split} split is answered too cleanly to fit a temperature"
-        logger.info("no temperature scaling: %s", report["note"])
-    else:
-        logger.info(
-            "temperature scaling: T = %.3f, fitted on the %s split; its ECE %.4f → %.4f",
-            temperature, split, report[f"{split}_ece_before"], report[f"{split}_ece_after"],
-        )  # fmt: skip
     if min_precision is None:
         return report, calibrated
     try:

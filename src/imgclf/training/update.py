@@ -29,7 +29,7 @@ from imgclf.data.imageset import ImageSet
 from imgclf.data.prepared import check_classes, load_data
 from imgclf.data.split import read_manifest
 from imgclf.errors import DataError, UsageError
-from imgclf.evaluation.calibration import ece, fit_temperature
+from imgclf.evaluation.calibration import choose_temperature
 from imgclf.features.head import fit_head, load_head
 from imgclf.features.store import stored_features
 from imgclf.inference.predictor import Predictor
@@ -293,18 +293,11 @@ def _split_metrics(
     probabilities = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
     val = np.flatnonzero(splits == val_name)
     temperature = 1.0
-    if len(val) >= MIN_CALIBRATION_IMAGES:
-        temperature = fit_temperature(probabilities[val], labels[val])
-        info.calibration = {
-            "temperature": temperature,
-            "fitted_on": f"{val_name} ({len(val)} images)",
-            f"{val_name}_ece_before": ece(probabilities[val], labels[val]),
-        }
+    if len(val) >= MIN_CALIBRATION_IMAGES:  # as at the end of training: applied where it pays
+        temperature, info.calibration = choose_temperature(probabilities[val], labels[val], val_name)
     from imgclf.inference.predictor import with_temperature
 
     scaled = with_temperature(probabilities.astype(np.float32), temperature)
-    if info.calibration:
-        info.calibration[f"{val_name}_ece_after"] = ece(scaled[val], labels[val])
     for split, prefix in ((val_name, "val"), ("test", "test")):
         rows = np.flatnonzero(splits == split)
         if not len(rows) or (prefix == "test" and val_name == "test"):
