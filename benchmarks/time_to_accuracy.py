@@ -18,7 +18,8 @@ Sides, each from an empty cache folder, on the same images:
   split is left out of both). Its time counts from building its data loaders.
 
 Prints the machine and one row per (data, side): validation accuracy (and test accuracy where the
-data has a test split), wall seconds, and against fastai the accuracy difference and the time ratio.
+data has a test split), wall seconds, and against fastai the accuracy difference and the time ratio;
+under each imgclf run, its phase table (the run folder's phases.csv) in one line.
 """
 
 from __future__ import annotations
@@ -95,7 +96,18 @@ def run_imgclf(data: Path, side: str, workdir: Path, before: Path | None) -> dic
         "best": summary.get("best epoch", "-").split(" ")[0],
         "seconds": seconds,
         "run_dir": run_dir,
+        "phases": phases_of(run_dir),
     }
+
+
+def phases_of(run_dir: Path) -> str:
+    """The run's phase table (phases.csv) in one line: "start-up 2.2 s, scan 2.1 s, … epoch 3 11.5 s"."""
+    path = run_dir / "phases.csv"
+    if not path.is_file():
+        return ""
+    with path.open(newline="") as handle:
+        rows = [(row["phase"].split(" (")[0], float(row["seconds"])) for row in csv.DictReader(handle)]
+    return ", ".join(f"{name} {seconds:.1f} s" for name, seconds in rows)
 
 
 def split_lists(run_dir: Path, data: Path, workdir: Path) -> tuple[Path, Path]:
@@ -159,6 +171,8 @@ def main() -> None:
                 f"{row['seconds']:>8.1f}"
             )
             print(f"  {data.name:<20} {side:<7} {shown}", flush=True)
+            if row.get("phases"):
+                print(f"    phases: {row['phases']}", flush=True)
         rows.append((data, results))
     print()
     print(header)

@@ -43,6 +43,11 @@ def test_tensorboard_receives_every_epoch_and_the_runs_end(shapes_dir: Path, tmp
     for tag in ("loss/train", "loss/val", "accuracy/train", "learning_rate", "speed/images_per_s"):
         assert len(events.Scalars(tag)) == len(rows), tag
     assert events.Scalars("final/val_acc")[0].value == pytest.approx(run.metrics["val_acc"], abs=1e-6)
+    phases = dict(run.phases)  # the phase table, as in phases.csv
+    assert events.Scalars("phase_seconds/epoch_2")[0].value == pytest.approx(phases["epoch 2"], abs=1e-4)
+    assert events.Scalars("phase_seconds/decode_and_cache")[0].value == pytest.approx(
+        phases["decode and cache"], abs=1e-4
+    )
     assert {"curves", "confusion_matrix"} <= set(tags["images"])
     assert events.Images("confusion_matrix")[0].width > 100
     assert "config/text_summary" in tags["tensors"]

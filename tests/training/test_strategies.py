@@ -136,3 +136,12 @@ def test_a_head_that_is_already_right_is_the_model_without_fine_tuning(tmp_path:
     assert [row["epoch"] for row in _rows(runs / "train")] == ["0"]
     assert yaml.safe_load((runs / "train" / "config.yaml").read_text())["train"]["epochs"] is None
     assert RunFolder(runs / "train").read_plan() == 0
+    with (runs / "train" / "phases.csv").open(newline="") as handle:  # where the time went
+        phases = {row["phase"]: float(row["seconds"]) for row in csv.DictReader(handle)}
+    named = [name.split(" (")[0] for name in phases]
+    for phase in ("start-up", "scan, headers and split", "decode and cache", "features", "head",
+                  "calibration", "final evaluation", "writing", "other", "total"):  # fmt: skip
+        assert phase in named, named
+    assert not any(name.startswith("epoch") for name in phases)  # the head is the model
+    total = phases.pop("total")
+    assert sum(phases.values()) == pytest.approx(total, rel=1e-3)

@@ -30,7 +30,8 @@ logger = logging.getLogger(__name__)
 def evaluate_run(trainer: Trainer, predictor: Predictor) -> dict[str, float]:
     """The run's final metrics (val_*, test_*), its calibration or thresholds set on `trainer.info`."""
     if trainer.prepared.image_set.multi_label:
-        return evaluate_multi_label_run(trainer, predictor)
+        with trainer.phases.time("final evaluation"):
+            return evaluate_multi_label_run(trainer, predictor)
     return evaluate_single_label_run(trainer, predictor)
 
 
@@ -48,11 +49,24 @@ def evaluate_single_label_run(trainer: Trainer, predictor: Predictor) -> dict[st
             "labelled images it was not trained on)"
         )
     if has_val:
-        info.calibration, predictions, bank = calibrate_model(
-            predictor, prepared, data.val_name, batch_size, cfg.train.min_precision
-        )
+        with trainer.phases.time("calibration (predicts validation and test)"):
+            info.calibration, predictions, bank = calibrate_model(
+                predictor, prepared, data.val_name, batch_size, cfg.train.min_precision
+            )
         if bank is not None:
             bank.save(trainer.folder.model)
+    with trainer.phases.time("final evaluation"):
+        _evaluate_splits(trainer, predictor, predictions, final)
+    return final
+
+
+def _evaluate_splits(
+    trainer: Trainer, predictor: Predictor, predictions: dict[str, Predicted], final: dict[str, float]
+) -> None:
+    """The validation split's full evaluation (into the run folder) and the test split's metrics."""
+    cfg, prepared, data = trainer.cfg, trainer.prepared, trainer.data
+    has_val, batch_size = trainer.validation_split is not None, cfg.train.batch_size * 2
+    if has_val:
         # the full evaluation of the validation split goes into the run folder
         evaluation = evaluate_split(
             predictor,
@@ -72,7 +86,6 @@ def evaluate_single_label_run(trainer: Trainer, predictor: Predictor) -> dict[st
         final.update(split_metrics(predictor, prepared, "test", batch_size, prefix="test", predicted=test))
     elif data.val_name == "test" and has_val:
         final.update({k.replace("val_", "test_"): v for k, v in final.items()})
-    return final
 
 
 def evaluate_multi_label_run(trainer: Trainer, predictor: Predictor) -> dict[str, float]:
@@ -117,4 +130,3 @@ def evaluate_multi_label_run(trainer: Trainer, predictor: Predictor) -> dict[str
         final.update(run_metrics(metrics, "test"))
     elif data.val_name == "test" and has_val:
         final.update({k.replace("val_", "test_"): v for k, v in final.items()})
-    return final

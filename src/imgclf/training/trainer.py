@@ -59,6 +59,7 @@ from imgclf.training.final import evaluate_run
 from imgclf.training.loggers import create_loggers
 from imgclf.training.loop import StepContext, compile_for_training, fit, wrap_for_ranks
 from imgclf.training.optim import class_weights, create_loss, positive_weights, scale_lr
+from imgclf.training.phases import Phases
 from imgclf.training.recipe import resolve_recipe
 from imgclf.training.strategy import check_recipe, create_strategy
 
@@ -75,6 +76,7 @@ class Run:
     metrics: dict[str, float]
     problems: list[Problem] = field(default_factory=list)
     stop_reason: str = ""
+    phases: list[tuple[str, float]] = field(default_factory=list)  # where the time went (phases.csv)
 
     @property
     def history(self):
@@ -189,29 +191,37 @@ class Trainer:
         return self.data.val_name if self.loaders.val is not None else None
 
     def run(self) -> Run:
-        """Train: the named steps, in order."""
+        """Train: the named steps, in order, each timed (`self.phases`, the run folder's phases.csv)."""
+        phases = self.phases = Phases()
         torch.manual_seed(self.cfg.seed)
         check_recipe(self.cfg.train)  # an unknown recipe or logger is an error before any work
-        self.hardware = set_up_hardware(self.cfg)
-        self.image_set, self.splits = self.find_samples()
-        self.cfg = self.resolve_choices()  # frozen from here on
-        self.data = describe_training_data(self.cfg, self.image_set, self.splits)
-        self.strategy = create_strategy(self.cfg)  # the recipe: which layers learn, how, in what stages
-        self.strategy.check(self)
-        self.folder = self.create_run_folder()
-        self.prepared = self.decode_images()
-        self.loaders = self.build_loaders()
-        self.network = self.build_network()
-        self.loaders = self.strategy.loaders(self)
-        self.optimisation = self.build_optimisation(planned_epochs(self.cfg, self.folder, self.resume_from))
-        self.state = self.optimisation.state
-        self.state.info = self.run_info()
-        self.info = model_info(self.cfg, self.data, self.prepared, self.network, self.state)
-        self.loop_callbacks += self.build_callbacks()
-        if self.resume_from is not None:
-            self.resume_state()
+        with phases.time("scan, headers and split"):
+            self.hardware = set_up_hardware(self.cfg)
+            self.image_set, self.splits = self.find_samples()
+            self.cfg = self.resolve_choices()  # frozen from here on
+            self.data = describe_training_data(self.cfg, self.image_set, self.splits)
+            self.strategy = create_strategy(self.cfg)  # the recipe: which layers learn, how, in what stages
+            self.strategy.check(self)
+            self.folder = self.create_run_folder()
+        with phases.time("decode and cache"):
+            self.prepared = self.decode_images()
+        with phases.time("network, loaders, optimizer"):
+            self.loaders = self.build_loaders()
+            self.network = self.build_network()
+            self.loaders = self.strategy.loaders(self)
+            self.optimisation = self.build_optimisation(
+                planned_epochs(self.cfg, self.folder, self.resume_from)
+            )
+            self.state = self.optimisation.state
+            self.state.info = self.run_info()
+            self.info = model_info(self.cfg, self.data, self.prepared, self.network, self.state)
+            self.loop_callbacks += self.build_callbacks()
+            if self.resume_from is not None:
+                self.resume_state()
         first_stage = self.strategy.first_stage(self) if self.resume_from is None else None
         ctx, loss_fn = self.optimisation.ctx, self.optimisation.loss_fn
+        before = sum(phases.rows.values())
+        fit_started = time.perf_counter()
         fit(
             self.state,
             self.loaders.train,
@@ -220,6 +230,9 @@ class Trainer:
             loss_fn,
             self.loop_callbacks,
             first_stage=first_stage,
+        )
+        phases.add_epochs(
+            self.state.history, time.perf_counter() - fit_started, sum(phases.rows.values()) - before
         )
         barrier(self.hardware.dist)
         if not self.hardware.dist.is_main:  # rank 0 evaluates the best model and writes the rest
@@ -230,6 +243,7 @@ class Trainer:
             )
         run = self.finish_run()
         shutdown(self.hardware.dist)
+        run.phases = phases.write(self.folder.path)  # the loggers record it too
         emit([*self.loggers, *self.callbacks], "on_run_end", run)
         return run
 
@@ -454,10 +468,15 @@ class Trainer:
     def finish_run(self) -> Run:
         """Restore the best weights, evaluate them on validation and test through the same `Predictor`
         that `predict` uses (float32, whole images, every sample), and write the run's summaries."""
-        folder, prepared, state, info = self.folder, self.prepared, self.state, self.info
+        folder, info = self.folder, self.info
         best_model, _ = load_artifact(folder.model, device=self.hardware.device)
         predictor = Predictor(best_model, info, self.hardware.device)
-        final = evaluate_run(self, predictor)
+        final = evaluate_run(self, predictor)  # times its calibration and evaluation itself
+        with self.phases.time("writing (dataset, samples, model info, summary)"):
+            return self._write_results(final)
+
+    def _write_results(self, final: dict[str, float]) -> Run:
+        folder, prepared, state, info = self.folder, self.prepared, self.state, self.info
         folder.write_dataset(prepared)
         write_samples(folder.samples, prepared)
         info.metrics = {**info.metrics, **final}

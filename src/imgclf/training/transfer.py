@@ -17,7 +17,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -31,6 +31,7 @@ from imgclf.models.anatomy import backbone_digest, classifier_of
 from imgclf.training.events import Callback, TrainState, emit
 from imgclf.training.loop import StepContext
 from imgclf.training.optim import Schedule, positive_weights
+from imgclf.training.phases import Phases
 from imgclf.training.speed import inference_speed, training_speed
 
 logger = logging.getLogger(__name__)
@@ -227,17 +228,21 @@ class HeadStage:
     steps_per_epoch: int
     lr: float
     train_size: tuple[int, int] | None = None  # the fine-tuning epochs' input size, when lower
+    phases: Phases = field(default_factory=Phases)  # the run's: features, head and timing probe timed
 
     def __call__(self, state: TrainState) -> None:
         started = time.perf_counter()
         self.model.eval()
         backbone = backbone_digest(self.model)
-        features = [
-            cached_features(self.model, backbone, self.prepared, split, self.ctx, self.cfg, self.callbacks)
-            if split is not None
-            else (None, None, None)
-            for split in ("train", self.val_name)
-        ]
+        model, prepared, ctx, cfg = self.model, self.prepared, self.ctx, self.cfg
+        with self.phases.time("features (the backbone on every image, or the cache)"):
+            features = [
+                cached_features(model, backbone, prepared, split, ctx, cfg, self.callbacks)
+                if split is not None
+                else (None, None, None)
+                for split in ("train", self.val_name)
+            ]
+        head_started = time.perf_counter()
         (train_x, train_y, train_speed), (val_x, val_y, val_speed) = features
         image_set = self.prepared.image_set
         if image_set.multi_label:  # one logistic regression per label, on the label-set rows
@@ -255,6 +260,7 @@ class HeadStage:
                 label_smoothing=self.cfg.train.label_smoothing or 0.0,
             )
         load_head(self.model, fit)
+        self.phases.add("head (fitted on the features)", time.perf_counter() - head_started)
         seconds = time.perf_counter() - started
         logger.info(
             "head on cached features: L2 %.3g chosen by %s, %.1f s",
@@ -296,9 +302,10 @@ class HeadStage:
     def _plan(
         self, state: TrainState, train_count: int, val_count: int, speed: float | None, evidence: str
     ) -> None:
-        if speed is None:  # features read from the cache: time the backbone on one batch
-            speed = inference_speed(self.model, self.ctx, self.cfg.train.batch_size)
-        train_speed = training_speed(self.model, self.ctx, self.cfg.train.batch_size, self.train_size)
+        with self.phases.time("fine-tuning plan (timing probe)"):
+            if speed is None:  # features read from the cache: time the backbone on one batch
+                speed = inference_speed(self.model, self.ctx, self.cfg.train.batch_size)
+            train_speed = training_speed(self.model, self.ctx, self.cfg.train.batch_size, self.train_size)
         limit = self.cfg.train.time_limit
         elapsed = time.perf_counter() - state.info.started
         plan = plan_finetune(

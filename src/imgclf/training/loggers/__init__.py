@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import re
 from typing import TYPE_CHECKING, Any
 
 from imgclf.errors import UsageError
@@ -74,3 +75,11 @@ def flat_config(cfg: Config) -> dict[str, Any]:
             else:
                 flat[f"{prefix}{key}"] = value
     return flat
+
+
+def phase_names(run: Any) -> list[tuple[str, float]]:
+    """The run's phase table (`Run.phases`) as metric names: "decode_and_cache", "epoch_1" …"""
+    return [
+        (re.sub(r"[^a-z0-9]+", "_", name.split(" (")[0].lower()).strip("_"), float(seconds))
+        for name, seconds in getattr(run, "phases", [])
+    ]

@@ -19,7 +19,7 @@ from imgclf.config import Config
 from imgclf.io import write_text_atomic
 from imgclf.runs import RunFolder
 from imgclf.training.events import Callback, TrainState
-from imgclf.training.loggers import finite_number, flat_config, require_extra
+from imgclf.training.loggers import finite_number, flat_config, phase_names, require_extra
 
 logger = logging.getLogger(__name__)
 
@@ -114,10 +114,11 @@ class MlflowLog(Callback):
 
     def on_run_end(self, run: Any) -> None:
         self._metrics({f"final_{key}": value for key, value in run.metrics.items()}, run.best_epoch or 0)
+        self._metrics({f"phase_seconds/{name}": seconds for name, seconds in phase_names(run)}, 0)
         self.client.set_tag(self.run_id, "best_epoch", str(run.best_epoch))
         self.client.set_tag(self.run_id, "stop_reason", run.stop_reason or "as planned")
         path = self.folder.path
-        for name in ("curves.png", "report.html", "summary.txt", "config.yaml"):
+        for name in ("curves.png", "report.html", "summary.txt", "config.yaml", "phases.csv"):
             if (path / name).is_file():
                 self.client.log_artifact(self.run_id, str(path / name))
         for name in ("evaluation", "model"):

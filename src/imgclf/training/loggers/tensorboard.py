@@ -16,7 +16,7 @@ import numpy as np
 from imgclf.config import Config, config_to_dict
 from imgclf.runs import RunFolder
 from imgclf.training.events import Callback, TrainState
-from imgclf.training.loggers import finite_number, flat_config, require_extra
+from imgclf.training.loggers import finite_number, flat_config, phase_names, require_extra
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +84,8 @@ class TensorBoardLog(Callback):
         metrics = {f"final/{key}": float(value) for key, value in run.metrics.items() if finite_number(value)}
         for tag, value in metrics.items():
             self.writer.add_scalar(tag, value, run.best_epoch or 0)
+        for name, seconds in phase_names(run):
+            self.writer.add_scalar(f"phase_seconds/{name}", seconds, 0)
         for tag, relative in IMAGES.items():
             picture = self.folder.path / relative
             if picture.is_file():

@@ -107,6 +107,7 @@ class TransferStrategy(Strategy):
             steps_per_epoch=trainer.loaders.steps_per_epoch,
             lr=trainer.optimisation.lr,
             train_size=ctx.augment.size if ctx.augment is not None else None,
+            phases=trainer.phases,
         )
 
 
