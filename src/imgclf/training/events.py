@@ -76,6 +76,10 @@ class TrainState:
     batches: int = 0
     running: dict[str, float] = field(default_factory=dict)
     info: RunInfo = field(default_factory=RunInfo)
+    # the last epoch's validation answers, one per image in the validation loader's order: right or
+    # not, and the labels (None for multi-label and distributed runs); the stop rules pair epochs by them
+    val_right: Any = None
+    val_labels: Any = None
 
     @property
     def last(self) -> dict[str, float]:

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -167,12 +168,22 @@ def predict_logits(model: nn.Module, loader: Loader, ctx: StepContext) -> tuple[
     return torch.cat(all_logits), torch.cat(all_labels)
 
 
-def evaluate(model: nn.Module, loader: Loader, ctx: StepContext, prefix: str = "val") -> dict[str, float]:
+def evaluate(
+    model: nn.Module,
+    loader: Loader,
+    ctx: StepContext,
+    prefix: str = "val",
+    answers: dict[str, np.ndarray] | None = None,
+) -> dict[str, float]:
     """Mean cross-entropy (unweighted, unsmoothed) and accuracy over the loader (summed over ranks,
     each sample counted once); for a multi-label set, mean binary cross-entropy per label, subset
     accuracy at 0.5 and `{prefix}_map`, the mean average precision (of this rank's share when
-    distributed)."""
+    distributed). `answers`, when given, receives a single-label run's answers in one process:
+    `right` (per image) and `labels`, in the loader's order."""
     logits, labels = predict_logits(model, loader, ctx)
+    if answers is not None and len(labels) and ctx.set_targets is None and not ctx.dist.enabled:
+        answers["right"] = (logits.argmax(1) == labels).numpy()
+        answers["labels"] = labels.numpy()
     sums = torch.zeros(3, dtype=torch.float64)
     extra: dict[str, float] = {}
     if len(labels) and ctx.set_targets is not None:
@@ -249,7 +260,9 @@ def fit(
         # the largest rate: the head's when the backbone learns at a share of it (recipe transfer)
         lr = max(group["lr"] for group in state.optimizer.param_groups)
         train_stats = train_one_epoch(state, train_loader, ctx, loss_fn, callbacks)
-        val_stats = evaluate(state.model, val_loader, ctx) if val_loader is not None else {}
+        answers: dict[str, np.ndarray] = {}
+        val_stats = evaluate(state.model, val_loader, ctx, answers=answers) if val_loader is not None else {}
+        state.val_right, state.val_labels = answers.get("right"), answers.get("labels")
         state.epoch += 1
         row = {
             "epoch": state.epoch,

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -53,13 +54,14 @@ FINAL_RESERVE = 15.0
 # No fine-tuning when the head already answers all but this share of validation right: there are too
 # few mistakes left for an epoch to fix, and a validation set cannot tell such a gain from noise.
 FINETUNE_SKIP_ERROR = 0.01
-# Fine-tuning stops after this many epochs in a row that neither beat the best epoch (the head
-# included) nor improve on the epoch before: validation says it no longer pays. Epochs that climb back
-# towards the head after the first steps unsettle it still count as progress.
+# Fine-tuning stops once this many epochs have passed since the best epoch (the head included) and
+# the latest is not climbing: validation says it no longer pays. See `FineTuneStop`.
 FINETUNE_PATIENCE = 2
-# ... but not before the first FINETUNE_MIN_EPOCHS epochs, nor before this share of the planned ones:
-# the first steps unsettle the head, and validation accuracy dips before it climbs.
-FINETUNE_SETTLE_SHARE = 0.3
+# An epoch climbs when it gets right significantly more validation images than the epoch before
+# (McNemar's exact test on the images the two answer differently, one-sided p below this), or when
+# its validation loss is the lowest of the run by CLIMB_LOSS (relative).
+CLIMB_P = 0.1
+CLIMB_LOSS = 0.02
 
 
 @dataclass
@@ -260,6 +262,11 @@ class HeadStage:
                 label_smoothing=self.cfg.train.label_smoothing or 0.0,
             )
         load_head(self.model, fit)
+        if val_x is not None and not image_set.multi_label:  # the head's answers, for the stop rule
+            features = torch.as_tensor(np.asarray(val_x), dtype=torch.float32)
+            logits = features @ fit.weight.float().T + fit.bias.float()
+            state.val_labels = np.asarray(val_y)
+            state.val_right = logits.argmax(1).numpy() == state.val_labels
         self.phases.add("head (fitted on the features)", time.perf_counter() - head_started)
         seconds = time.perf_counter() - started
         logger.info(
@@ -343,33 +350,79 @@ class HeadStage:
             self.record_plan(epochs)
 
 
+def mcnemar(before: np.ndarray, after: np.ndarray) -> tuple[int, int, float]:
+    """McNemar's exact test on two sets of answers (right or not) to the same images: the images only
+    `after` gets right, those only `before` gets right, and the one-sided p-value of seeing at least
+    that many gains were neither better (each differing image a fair coin)."""
+    gained = int((after & ~before).sum())
+    lost = int((before & ~after).sum())
+    count = gained + lost
+    if count == 0:
+        return 0, 0, 1.0
+
+    def log_term(k: int) -> float:
+        return math.lgamma(count + 1) - math.lgamma(k + 1) - math.lgamma(count - k + 1) - count * math.log(2)
+
+    return gained, lost, min(1.0, sum(math.exp(log_term(k)) for k in range(gained, count + 1)))
+
+
 class FineTuneStop(Callback):
-    """Stop fine-tuning when validation says it no longer pays: FINETUNE_PATIENCE epochs in a row
-    that neither beat the best epoch (the head, epoch 0, included) nor improve on the epoch before,
-    once the first epochs have settled (FINETUNE_MIN_EPOCHS, FINETUNE_SETTLE_SHARE of the plan).
-    Runs after KeepBest. Without validation it never stops a run early."""
+    """Stop fine-tuning as soon as validation gives evidence that it does not pay: FINETUNE_PATIENCE
+    epochs after the best epoch (the head, epoch 0, included), unless the latest is climbing, which
+    is left to climb. An epoch climbs when it is right on significantly more validation images than
+    the epoch before (McNemar, `mcnemar`, p < CLIMB_P: noise of a few images is no trend), or when
+    its validation loss is the lowest of the run by CLIMB_LOSS. Without the answers of both epochs (multi-label,
+    several processes) a rise of the metric is a climb. Never stops on the last planned epoch, nor
+    without validation. Runs after KeepBest; says why in one line."""
 
     def __init__(self, patience: int = FINETUNE_PATIENCE) -> None:
         self.patience = patience
-        self.stalled = 0
+        self.answers: tuple[np.ndarray, np.ndarray] | None = None  # the epoch before's (right, labels)
 
     def on_epoch_end(self, state: TrainState) -> None:
-        if state.epoch == 0 or len(state.history) < 2:
+        before, self.answers = self.answers, None
+        if state.val_right is not None and state.val_labels is not None:
+            self.answers = (np.asarray(state.val_right, bool), np.asarray(state.val_labels))
+        if state.epoch == 0 or len(state.history) < 2 or state.best_epoch is None:
             return
         metric = "val_map" if "val_map" in state.last else "val_acc"  # multi-label: by mAP
-        value, before = state.last.get(metric), state.history[-2].get(metric)
-        if value is None or before is None or not (math.isfinite(value) and math.isfinite(before)):
+        value = state.last.get(metric)
+        if value is None or not math.isfinite(value) or state.epoch >= state.epochs:
             return
-        self.stalled = 0 if state.improved or value > before else self.stalled + 1
-        settled = state.epoch >= max(FINETUNE_MIN_EPOCHS, math.ceil(FINETUNE_SETTLE_SHARE * state.epochs))
-        if settled and self.stalled >= self.patience and state.epoch < state.epochs:
-            state.stop = True
-            best = state.best_value if state.best_value is not None else float("nan")
-            state.stop_reason = (
-                f"early stop: fine-tuning no longer pays: {metric} neither beat the best ({best:.4f}, "
-                f"epoch {state.best_epoch}{' — the head' if state.best_epoch == 0 else ''}) nor rose for "
-                f"{self.patience} epochs; the best epoch is kept"
+        since = state.epoch - state.best_epoch
+        if since < self.patience:
+            return
+        climbing, how = self._climbing(state, metric, before)
+        if climbing:
+            return
+        best = state.best_value if state.best_value is not None else float("nan")
+        state.stop = True
+        state.stop_reason = (
+            f"early stop: fine-tuning no longer pays: {since} epochs since the best ({metric} {best:.4f}, "
+            f"epoch {state.best_epoch}{' — the head' if state.best_epoch == 0 else ''}), and epoch "
+            f"{state.epoch} is not climbing ({how}); the best epoch is kept"
+        )
+
+    def _climbing(
+        self, state: TrainState, metric: str, before: tuple[np.ndarray, np.ndarray] | None
+    ) -> tuple[bool, str]:
+        """Whether the latest epoch climbs, and the evidence in words."""
+        losses = [row.get("val_loss", float("nan")) for row in state.history]
+        loss, low = losses[-1], min((x for x in losses[:-1] if math.isfinite(x)), default=float("inf"))
+        if math.isfinite(loss) and loss < low * (1 - CLIMB_LOSS):
+            return True, f"val_loss {loss:.4f}, the lowest yet"
+        words = f"val_loss {loss:.4f} against the lowest {low:.4f}"
+        now = self.answers
+        if before is not None and now is not None and np.array_equal(before[1], now[1]):
+            gained, lost, p = mcnemar(before[0], now[0])
+            words = (
+                f"{gained} validation images right that epoch {state.epoch - 1} missed and {lost} the "
+                f"other way, p = {p:.2f}; {words}"
             )
+            return p < CLIMB_P, words
+        value, previous = state.last.get(metric), state.history[-2].get(metric)
+        rose = value is not None and previous is not None and value > previous
+        return rose, f"{metric} {value:.4f} after {previous:.4f}; {words}"
 
 
 class ProgressiveResize(Callback):
