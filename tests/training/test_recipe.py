@@ -4,6 +4,7 @@ line, every flag the user gives winning; the transfer recipe's head, plan and op
 from __future__ import annotations
 
 import csv
+import itertools
 import math
 import time
 from pathlib import Path
@@ -199,12 +200,18 @@ def test_finetuning_is_planned_from_the_data_and_the_time_left() -> None:
     )
     three = plan(1_600, 400, 2, 170)  # three epochs fit: they run, and Replan may stretch them
     assert three.epochs == FINETUNE_MIN_EPOCHS == 3 and three.wanted == FINETUNE_MAX_EPOCHS
-    two = plan(1_600, 400, 2, 120)  # two would only win back what they unsettle in the head
-    assert two.epochs == 0 and "only 2 epochs of about 50 s fit" in two.reason
+    two = plan(1_600, 400, 2, 120)  # two fit: two run (no cliff from three to none)
+    assert two.epochs == 2 and "2.0 min of the time limit left" in two.reason
     # and it says what the planned epochs would cost on top of the limit
     more = math.ceil((FINETUNE_MAX_EPOCHS * two.seconds_per_epoch + 400 / 120 + FINAL_RESERVE - 120) / 60)
     assert f"{FINETUNE_MAX_EPOCHS} epochs would need about {more} min more (--time-limit MIN)" in two.reason
-    assert plan(1_600, 400, 2, 50).epochs == 0  # not one epoch fits
+    assert plan(1_600, 400, 2, 80).epochs == 1
+    none = plan(1_600, 400, 2, 50)
+    assert none.epochs == 0 and "not one epoch of about 50 s fits" in none.reason
+    # the epochs grow with the time given, one at a time: never a drop as the time grows
+    epochs = [plan(1_600, 400, 2, seconds).epochs for seconds in range(0, 1_000, 5)]
+    steps = [later - earlier for earlier, later in itertools.pairwise(epochs)]
+    assert set(steps) <= {0, 1} and epochs[-1] == FINETUNE_MAX_EPOCHS
     assert plan(15, 5, 2, None).epochs == 0  # under 10 images per class
 
 

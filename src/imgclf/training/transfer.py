@@ -54,14 +54,16 @@ FINAL_RESERVE = 15.0
 # No fine-tuning when the head already answers all but this share of validation right: there are too
 # few mistakes left for an epoch to fix, and a validation set cannot tell such a gain from noise.
 FINETUNE_SKIP_ERROR = 0.01
-# Fine-tuning stops once this many epochs have passed since the best epoch (the head included) and
-# the latest is not climbing: validation says it no longer pays. See `FineTuneStop`.
+# Fine-tuning stops once FINETUNE_PATIENCE epochs have passed since the best epoch (the head
+# included) when the latest is not climbing and is significantly behind the best; after
+# FINETUNE_MAX_PATIENCE epochs since the best, when it is not climbing. See `FineTuneStop`.
 FINETUNE_PATIENCE = 2
-# An epoch climbs when it gets right significantly more validation images than the epoch before
-# (McNemar's exact test on the images the two answer differently, one-sided p below this), or when
-# its validation loss is the lowest of the run by CLIMB_LOSS (relative).
+FINETUNE_MAX_PATIENCE = 5
+# The paired tests (McNemar's exact test on the validation images two epochs answer differently,
+# one-sided): an epoch climbs when it is right on significantly more images than the epoch before,
+# and is behind when the best epoch is right on significantly more images than it.
 CLIMB_P = 0.1
-CLIMB_LOSS = 0.02
+BEHIND_P = 0.1
 
 
 @dataclass
@@ -116,11 +118,11 @@ def plan_finetune(
 ) -> FineTunePlan:
     """How many fine-tuning epochs: about FINETUNE_STEPS optimizer steps (within FINETUNE_MIN_EPOCHS
     and FINETUNE_MAX_EPOCHS), no more than fit in the time left (with the final evaluation), and none
-    when the data is too small to profit or fewer than FINETUNE_MIN_EPOCHS fit: the first epochs
-    unsettle the head and spend the time winning it back (flowers5, 250 per class: 0.620 and 0.716
-    after epochs 1 and 2 against the head's 0.732). Fewer epochs than wanted, but at least that many,
-    still run: `Replan` stretches them after the first when the timing probe was pessimistic (a busy
-    machine), and the best epoch is kept, the head included, when they do not help.
+    when the data is too small to profit or not one epoch fits. Fewer epochs than wanted still run,
+    however few: the result grows with the time given, never falls off a cliff when a probe measures
+    a little slow (the best epoch is kept, the head included, so epochs that do not pay cost time
+    within the limit and nothing else; the stop rule ends them early). `Replan` stretches them after
+    the first when the timing probe was pessimistic (a busy machine).
 
     `train_speed` and `inference_speed` are images per second measured on this hardware.
     """
@@ -138,18 +140,13 @@ def plan_finetune(
         return plan(wanted, f"{steps} steps per epoch")
     left = f"{max(seconds_left, 0) / 60:.1f} min of the time limit left"
     fits = int(max(seconds_left - validation - FINAL_RESERVE, 0) // per_epoch)
-    if fits < FINETUNE_MIN_EPOCHS:  # the first epochs only win back what they unsettle in the head
-        what = "not one epoch" if fits < 1 else f"only {fits} epoch{'s' if fits > 1 else ''}"
-        # what the planned epochs would need on top of the limit, so the user can buy them
-        more = math.ceil(max(wanted * per_epoch + validation + FINAL_RESERVE - seconds_left, 0) / 60)
-        return plan(
-            0,
-            f"{what} of about {per_epoch:.0f} s fit{'s' if fits == 1 else ''} ({left}), fewer than the "
-            f"{FINETUNE_MIN_EPOCHS} fine-tuning needs to pass the head; {wanted} epochs would need about "
-            f"{more} min more (--time-limit MIN)",
-        )
+    # what the planned epochs would need on top of the limit, so the user can buy them
+    more = math.ceil(max(wanted * per_epoch + validation + FINAL_RESERVE - seconds_left, 0) / 60)
+    buy = f"{wanted} epochs would need about {more} min more (--time-limit MIN)"
+    if fits < 1:
+        return plan(0, f"not one epoch of about {per_epoch:.0f} s fits ({left}); {buy}")
     if fits < wanted:
-        return plan(fits, left)
+        return plan(fits, f"{left}; {buy}")
     return plan(wanted, f"{steps} steps per epoch")
 
 
@@ -367,22 +364,29 @@ def mcnemar(before: np.ndarray, after: np.ndarray) -> tuple[int, int, float]:
 
 
 class FineTuneStop(Callback):
-    """Stop fine-tuning as soon as validation gives evidence that it does not pay: FINETUNE_PATIENCE
-    epochs after the best epoch (the head, epoch 0, included), unless the latest is climbing, which
-    is left to climb. An epoch climbs when it is right on significantly more validation images than
-    the epoch before (McNemar, `mcnemar`, p < CLIMB_P: noise of a few images is no trend), or when
-    its validation loss is the lowest of the run by CLIMB_LOSS. Without the answers of both epochs (multi-label,
-    several processes) a rise of the metric is a climb. Never stops on the last planned epoch, nor
-    without validation. Runs after KeepBest; says why in one line."""
+    """Stop fine-tuning when validation gives evidence that it no longer pays, and not before.
 
-    def __init__(self, patience: int = FINETUNE_PATIENCE) -> None:
-        self.patience = patience
-        self.answers: tuple[np.ndarray, np.ndarray] | None = None  # the epoch before's (right, labels)
+    The latest epoch climbs when it is right on significantly more validation images than the epoch
+    before (`mcnemar`, p < CLIMB_P: one or two images more on a small validation split are noise, not
+    a trend), or when its validation loss is the run's lowest after falling two epochs in a row; a
+    climbing fine-tune is left to climb. Otherwise it stops FINETUNE_PATIENCE epochs after the best
+    epoch (the head, epoch 0, included) when the best is right on significantly more images than the
+    latest (p < BEHIND_P), and FINETUNE_MAX_PATIENCE epochs after it in any case. Without the answers
+    (multi-label, several processes) a rise of the metric is a climb, and the metric's drop below the
+    best is taken as behind. Never stops on the last planned epoch, nor without validation. Runs
+    after KeepBest; says why in one line."""
+
+    def __init__(self, patience: int = FINETUNE_PATIENCE, most: int = FINETUNE_MAX_PATIENCE) -> None:
+        self.patience, self.most = patience, most
+        self.answers: tuple[np.ndarray, np.ndarray] | None = None  # the latest epoch's (right, labels)
+        self.best: tuple[np.ndarray, np.ndarray] | None = None  # the best epoch's
 
     def on_epoch_end(self, state: TrainState) -> None:
         before, self.answers = self.answers, None
         if state.val_right is not None and state.val_labels is not None:
             self.answers = (np.asarray(state.val_right, bool), np.asarray(state.val_labels))
+        if state.improved or self.best is None:
+            self.best = self.answers
         if state.epoch == 0 or len(state.history) < 2 or state.best_epoch is None:
             return
         metric = "val_map" if "val_map" in state.last else "val_acc"  # multi-label: by mAP
@@ -395,13 +399,23 @@ class FineTuneStop(Callback):
         climbing, how = self._climbing(state, metric, before)
         if climbing:
             return
+        behind, against_best = self._behind(state, metric)
+        if not behind and since < self.most:
+            return
         best = state.best_value if state.best_value is not None else float("nan")
         state.stop = True
         state.stop_reason = (
             f"early stop: fine-tuning no longer pays: {since} epochs since the best ({metric} {best:.4f}, "
-            f"epoch {state.best_epoch}{' — the head' if state.best_epoch == 0 else ''}), and epoch "
-            f"{state.epoch} is not climbing ({how}); the best epoch is kept"
+            f"epoch {state.best_epoch}{' — the head' if state.best_epoch == 0 else ''}); epoch "
+            f"{state.epoch} is {against_best} and not climbing ({how}); the best epoch is kept"
         )
+
+    def _paired(self, first: tuple[np.ndarray, np.ndarray] | None) -> tuple[int, int, float] | None:
+        """McNemar of the latest epoch's answers against `first`'s: (gained, lost, p that no gain)."""
+        now = self.answers
+        if first is None or now is None or not np.array_equal(first[1], now[1]):
+            return None
+        return mcnemar(first[0], now[0])
 
     def _climbing(
         self, state: TrainState, metric: str, before: tuple[np.ndarray, np.ndarray] | None
@@ -409,20 +423,36 @@ class FineTuneStop(Callback):
         """Whether the latest epoch climbs, and the evidence in words."""
         losses = [row.get("val_loss", float("nan")) for row in state.history]
         loss, low = losses[-1], min((x for x in losses[:-1] if math.isfinite(x)), default=float("inf"))
-        if math.isfinite(loss) and loss < low * (1 - CLIMB_LOSS):
-            return True, f"val_loss {loss:.4f}, the lowest yet"
+        falling = len(losses) >= 3 and losses[-1] < losses[-2] < losses[-3]
+        if math.isfinite(loss) and loss < low and falling:
+            return True, f"val_loss {loss:.4f}, the lowest yet, falling"
         words = f"val_loss {loss:.4f} against the lowest {low:.4f}"
-        now = self.answers
-        if before is not None and now is not None and np.array_equal(before[1], now[1]):
-            gained, lost, p = mcnemar(before[0], now[0])
+        paired = self._paired(before)
+        if paired is not None:
+            gained, lost, p = paired
             words = (
-                f"{gained} validation images right that epoch {state.epoch - 1} missed and {lost} the "
-                f"other way, p = {p:.2f}; {words}"
+                f"{gained} images right that epoch {state.epoch - 1} missed, {lost} the other way, "
+                f"p = {p:.2f}; {words}"
             )
             return p < CLIMB_P, words
         value, previous = state.last.get(metric), state.history[-2].get(metric)
         rose = value is not None and previous is not None and value > previous
         return rose, f"{metric} {value:.4f} after {previous:.4f}; {words}"
+
+    def _behind(self, state: TrainState, metric: str) -> tuple[bool, str]:
+        """Whether the best epoch answers significantly better than the latest, in words."""
+        paired = self._paired(self.best)
+        if paired is not None and self.answers is not None and self.best is not None:
+            gained, lost, _ = paired
+            p = mcnemar(self.answers[0], self.best[0])[2]  # the best epoch's gain over the latest
+            behind = p < BEHIND_P
+            return behind, (
+                f"{'behind' if behind else 'not clearly behind'} it ({lost} images it gets right "
+                f"and epoch {state.epoch} misses, {gained} the other way, p = {p:.2f})"
+            )
+        value, best = state.last.get(metric, float("nan")), state.best_value
+        behind = best is not None and value < best
+        return behind, f"{'behind' if behind else 'level with'} it ({metric} {value:.4f})"
 
 
 class ProgressiveResize(Callback):
