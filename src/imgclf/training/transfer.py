@@ -260,8 +260,8 @@ class HeadStage:
             )
         load_head(self.model, fit)
         if val_x is not None and not image_set.multi_label:  # the head's answers, for the stop rule
-            features = torch.as_tensor(np.asarray(val_x), dtype=torch.float32)
-            logits = features @ fit.weight.float().T + fit.bias.float()
+            val_features = torch.as_tensor(np.asarray(val_x), dtype=torch.float32)
+            logits = val_features @ fit.weight.float().T + fit.bias.float()
             state.val_labels = np.asarray(val_y)
             state.val_right = logits.argmax(1).numpy() == state.val_labels
         self.phases.add("head (fitted on the features)", time.perf_counter() - head_started)
