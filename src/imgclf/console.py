@@ -21,6 +21,7 @@ from rich.progress import (
 from rich.table import Table
 
 from imgclf.training.events import Callback, TrainState
+from imgclf.training.phases import count_start_up
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -303,3 +304,9 @@ def print_audit(report: Any, out: Console | None = None) -> None:
     out.print(
         f"{report.files_read:,} files checked in {report.seconds:.1f} s: {errors} errors, {warnings} warnings"
     )
+
+
+def started_from_command_line() -> None:
+    """The command line's process exists for its one command: a run's phase table counts the
+    process's start-up (the interpreter, imports, option parsing) as its first phase."""
+    count_start_up()

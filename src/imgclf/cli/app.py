@@ -70,9 +70,9 @@ def main_options(
 ) -> None:
     """imgclf: train, evaluate and use image classifiers."""
     _options["debug"] = debug
-    from imgclf.training.phases import count_start_up
+    from imgclf.console import started_from_command_line
 
-    count_start_up()  # a run's phase table counts this process's start-up
+    started_from_command_line()  # a run's phase table counts this process's start-up
     if archive_budget_gb is not None:
         if archive_budget_gb <= 0:
             raise typer.BadParameter("must be above 0", param_hint="--archive-budget-gb")

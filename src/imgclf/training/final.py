@@ -130,3 +130,4 @@ def evaluate_multi_label_run(trainer: Trainer, predictor: Predictor) -> dict[str
         final.update(run_metrics(metrics, "test"))
     elif data.val_name == "test" and has_val:
         final.update({k.replace("val_", "test_"): v for k, v in final.items()})
+    return final
