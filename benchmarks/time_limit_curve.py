@@ -13,42 +13,36 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import describe_machine
+from time_to_accuracy import run_imgclf
 from zero_flag import cpu_flags, subset
 
 
 def run(data: Path, minutes: float, workdir: Path) -> dict:
-    name = f"limit-{minutes:g}"
-    env = {**os.environ, "IMGCLF_CACHE_DIR": str(workdir / f"cache-{name}"), "COLUMNS": "200"}
-    command = [sys.executable, "-m", "imgclf", "train", str(data), "--time-limit", f"{minutes:g}"]
-    command += ["--project", str(workdir / "runs"), "--name", name]
-    started = time.perf_counter()
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
-    seconds = time.perf_counter() - started
-    run_dir = workdir / "runs" / name
-    if done.returncode != 0 or not (run_dir / "summary.txt").is_file():
-        return {"error": (done.stderr.strip().splitlines() or ["?"])[-1], "seconds": seconds}
-    lines = (run_dir / "summary.txt").read_text().splitlines()
-    summary = dict(line.split(": ", 1) for line in lines if ": " in line)
+    """One zero-flag run with `--time-limit minutes` (`run_imgclf`), with the fine-tuning epochs it
+    ran, the plan line's epochs and why fine-tuning ended."""
+    row = run_imgclf(data, f"limit-{minutes:g}", workdir, None, ("--time-limit", f"{minutes:g}"))
+    if "error" in row:
+        return {"error": row["error"][0], "seconds": row["seconds"]}
+    run_dir = row["run_dir"]
     with (run_dir / "metrics.csv").open(newline="") as handle:
-        epochs = sum(1 for row in csv.DictReader(handle) if row["epoch"] != "0")
-    output = " ".join((done.stderr + done.stdout).split())
+        epochs = sum(1 for line in csv.DictReader(handle) if line["epoch"] != "0")
+    output = " ".join((run_dir / "console.log").read_text(encoding="utf-8").split())
     plan = "no fine-tuning" if "no fine-tuning" in output else ""
     if "fine-tuning up to" in output:
         plan = "up to " + output.split("fine-tuning up to ", 1)[1].split(" epochs", 1)[0]
+    lines = (run_dir / "summary.txt").read_text().splitlines()
     ended = next((line for line in lines if "stop" in line.lower()), "as planned")
+    test = row["test_acc"] if row["test_acc"] is not None else float("nan")
     return {
-        "val_acc": float(summary.get("val_acc", "nan")),
-        "test_acc": float(summary.get("test_acc", "nan")),
-        "seconds": seconds,
+        "val_acc": row["val_acc"],
+        "test_acc": test,
+        "seconds": row["seconds"],
         "epochs": epochs,
         "plan": plan,
         "ended": ended.split(":", 2)[1].strip() if ended.count(":") >= 2 else ended,

@@ -75,12 +75,16 @@ def summary_of(run_dir: Path) -> dict[str, str]:
     return dict(line.split(": ", 1) for line in lines if ": " in line)
 
 
-def run_imgclf(data: Path, side: str, workdir: Path, before: Path | None) -> dict:
+def run_imgclf(
+    data: Path, side: str, workdir: Path, before: Path | None, extra: tuple[str, ...] = ()
+) -> dict:
+    """`imgclf train DATA` (plus `extra` flags) as a process from an empty cache folder: its metrics,
+    wall seconds, run folder and phase table (an error line instead when it fails)."""
     name = f"{data.name}-{side}"
     env = {**os.environ, "IMGCLF_CACHE_DIR": str(workdir / f"cache-{name}"), "COLUMNS": "120"}
     if side == "before":
         env["PYTHONPATH"] = str(before)
-    command = [sys.executable, "-m", "imgclf", "train", str(data)]
+    command = [sys.executable, "-m", "imgclf", "train", str(data), *extra]
     command += ["--project", str(workdir / "runs"), "--name", name]
     started = time.perf_counter()
     result = subprocess.run(command, env=env, capture_output=True, text=True)
