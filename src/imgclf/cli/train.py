@@ -21,8 +21,8 @@ def train(
     data: Annotated[
         str | None,
         typer.Argument(
-            help="Folder of class folders, folder with train/ val/ test/, CSV/TSV, .zip/.tar(.gz), or IDX "
-            "files.",
+            help="Folder of class folders, folder with train/ val/ test/, CSV/TSV (one, or one per split), "
+            ".zip/.tar(.gz), a Hugging Face Parquet set (data/train-*.parquet), or IDX files.",
             show_default=False,
         ),
     ] = None,
