@@ -441,10 +441,9 @@ class FineTuneStop(Callback):
 
     def _behind(self, state: TrainState, metric: str) -> tuple[bool, str]:
         """Whether the best epoch answers significantly better than the latest, in words."""
-        paired = self._paired(self.best)
-        if paired is not None and self.answers is not None and self.best is not None:
-            gained, lost, _ = paired
-            p = mcnemar(self.answers[0], self.best[0])[2]  # the best epoch's gain over the latest
+        now, best = self.answers, self.best
+        if now is not None and best is not None and np.array_equal(now[1], best[1]):
+            lost, gained, p = mcnemar(now[0], best[0])  # the best epoch's gain over the latest
             behind = p < BEHIND_P
             return behind, (
                 f"{'behind' if behind else 'not clearly behind'} it ({lost} images it gets right "
