@@ -321,3 +321,29 @@ def test_the_image_column_flag_and_rows_that_name_a_file_instead_of_holding_byte
     chosen = scan_source(shard.parent.parent, path_col="image")
     assert read_bytes(chosen.location(4)) == files[4].read_bytes()  # its row names a file: that file
     assert "image column 'image'" in chosen.description
+
+
+def test_a_crafted_path_only_row_never_reads_above_the_shards_folder(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "secret.png").write_bytes(read_bytes(str(write_png(tmp_path / "x.png"))))
+    folder = tmp_path / "set"
+    write_png(folder / "inside.png")
+    struct = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    paths = ["../secret.png", "inside.png", "sub/../../secret.png"]
+    table = pa.table(
+        {"image": pa.array([{"bytes": None, "path": p} for p in paths], type=struct), "label": [0, 1, 0]}
+    )
+    pq.write_table(table, folder / "train.parquet")
+    rows = [f"{folder / 'train.parquet'}#{row}" for row in range(3)]
+    assert read_bytes(rows[1]) == (folder / "inside.png").read_bytes()
+    for row in (rows[0], rows[2]):
+        with pytest.raises(OSError, match="leaves the shard's folder"):
+            read_bytes(row)
+
+
+def write_png(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shape_image(0, 12).save(path)
+    return path

@@ -119,13 +119,17 @@ class _Shard:
         return data
 
     def _from_path(self, path: str | None) -> bytes:
-        """The file a row without bytes names: as written, or beside the shard."""
+        """The file a row without bytes names: an absolute path as `datasets` writes it, or a relative
+        one below the shard's folder (never above it: `..` does not leave it)."""
         if not path:
             raise RowReadError("no image bytes in this row")
-        for candidate in (Path(path).expanduser(), Path(self.path).parent / path):
-            if candidate.is_file():
-                return candidate.read_bytes()
-        raise RowReadError(f"no image bytes in this row, and its path {path} is no file here")
+        folder = Path(self.path).parent.resolve()
+        candidate = Path(path) if Path(path).is_absolute() else (folder / path).resolve()
+        if not Path(path).is_absolute() and not candidate.is_relative_to(folder):
+            raise RowReadError(f"no image bytes in this row, and its path {path} leaves the shard's folder")
+        if not candidate.is_file():
+            raise RowReadError(f"no image bytes in this row, and its path {path} is no file here")
+        return candidate.read_bytes()
 
 
 _chosen_columns: dict[str, str] = {}  # shard → the image column --path-col chose (the first one else)
