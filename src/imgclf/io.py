@@ -79,10 +79,12 @@ def replace_dir_atomic(target: str | Path, fill: Callable[[Path], None]) -> None
         fill(tmp)
         mask = _umask()  # mkdtemp creates 0700, and some writers (safetensors) create 0600 files
         os.chmod(tmp, 0o777 & ~mask)
-        for item in tmp.iterdir():
+        for item in tmp.rglob("*"):
             if item.is_file():
                 os.chmod(item, 0o666 & ~mask)
                 fsync_path(item)
+            elif item.is_dir():
+                os.chmod(item, 0o777 & ~mask)
         fsync_path(tmp)
         if target.exists():
             old = _old_dir(target)

@@ -210,7 +210,7 @@ def test_a_new_export_format_is_one_file(trained, tmp_path: Path, monkeypatch: p
     folder.mkdir()
     (folder / "slim.py").write_text(textwrap.dedent(NEW_FORMAT))
     monkeypatch.setattr(formats_package, "__path__", [*formats_package.__path__, str(folder)])
-    assert FORMATS.names() == ["onnx", "ort", "tflite", "slim"]
+    assert FORMATS.names() == ["onnx", "ort", "tflite", "slim", "web"]
     with pytest.raises(UsageError, match="float only"):
         export_model(artifact, tmp_path / "m.slim", format="slim", quantize="int8")
     with pytest.raises(UsageError, match=r"--out must end in \.slim"):

@@ -523,7 +523,7 @@ def test_serve_requires_a_token_off_loopback(
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: None)
     seen = []
     api.serve(artifact, host=host, token=given, require_token=require, backend="torch",
-              on_start=lambda predictor, token, admission: seen.append(token))  # fmt: skip
+              on_start=lambda predictor, token, admission, app: seen.append(token))  # fmt: skip
     if expected == "made up":
         assert seen[0] is not None and len(seen[0]) >= 24
     else:

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from imgclf.errors import UsageError
+from imgclf.errors import ModelError, UsageError
 from imgclf.inference.predictor import Predictor
 
 if TYPE_CHECKING:
@@ -106,16 +106,23 @@ def serve(
     access_log: bool = False,
     token: str | None = None,
     require_token: bool | None = None,
-    on_start: Callable[[Predictor, str | None, str], None] | None = None,
+    on_start: Callable[[Predictor, str | None, str, str | None], None] | None = None,
+    ssl_certfile: str | Path | None = None,
+    ssl_keyfile: str | Path | None = None,
 ) -> None:
     """Serve a model over HTTP until interrupted (see `imgclf.serve`).
 
     Bound to anything but loopback, every request needs a token (`token`, else $IMGCLF_TOKEN, else
-    one made up now), unless `require_token` is False; bound to loopback, none unless one is given,
+    one made up now), unless `require_token` is False; with `ssl_certfile` and `ssl_keyfile` (PEM)
+    it speaks HTTPS; bound to loopback, none unless one is given,
     and requests naming another host are refused. Unless `settings.max_waiting` is given, the queue
     is sized from the model's speed, measured now on blank images (which also warms it up).
-    `on_start(predictor, token, admission)` runs once the model is loaded, before the server
-    listens; `admission` is the line that says how many requests run and wait.
+    `on_start(predictor, token, admission, app)` runs once the model is loaded, before the server
+    listens; `admission` is the line that says how many requests run and wait, `app` the line that
+    says where the phone app at /app/ comes from (None without one).
+
+    The phone app (`imgclf export MODEL --format web`) is served at /app/: the exported folder,
+    else one built now around the model's current model.onnx.
     """
     import uvicorn
 
@@ -127,15 +134,26 @@ def serve(
     settings.check()
     if not 0 < port < 65536:
         raise UsageError("--port must be between 1 and 65535")
+    if (ssl_certfile is None) != (ssl_keyfile is None):
+        raise UsageError("--ssl-certfile and --ssl-keyfile go together")
+    for given in (ssl_certfile, ssl_keyfile):
+        if given is not None and not Path(given).is_file():
+            raise UsageError(f"no such file: {given}")
     predictor = Predictor.from_path(
         model, device=device, label_map=label_map, backend=backend, threads=threads, tta=tta
     )
     settings, admission = settings.sized(measured_speed(predictor, settings.max_batch))
     token = resolve_token(host, token, require_token)
     access = Access(token=token, loopback_only=host in LOOPBACK_HOSTS, log_requests=access_log)
-    application = create_app(predictor, settings, access)
+    from imgclf.export.formats.web import served_app
+
+    try:
+        web_app, app_line = served_app(model)
+    except (ModelError, OSError, ValueError) as error:  # the API still serves; say why the app does not
+        web_app, app_line = None, f"no phone app at /app/: {error}"
+    application = create_app(predictor, settings, access, web_app, app_line)
     if on_start is not None:
-        on_start(predictor, token, admission)
+        on_start(predictor, token, admission, app_line if web_app is not None else None)
     raise_open_file_limit()
     uvicorn.run(
         application,
@@ -144,6 +162,8 @@ def serve(
         http=deadline_protocol(settings.read_timeout_s),
         log_level="warning",
         access_log=False,  # imgclf's own (`Access.log_requests`): with any token removed
+        ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
+        ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None,
     )
 
 

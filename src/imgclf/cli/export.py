@@ -1,4 +1,4 @@
-"""`imgclf export`: a model to ONNX, ORT format or TFLite, float or int8, each file checked.
+"""`imgclf export`: a model to ONNX, ORT format, TFLite or a phone app, float or int8, each file checked.
 
 Its `--batch-size` is the fixed batch of `--fixed-batch`, not the batch of a forward pass over many
 images as elsewhere, so it is this command's own option."""
@@ -22,6 +22,7 @@ ExportFormat = Enum("ExportFormat", {name: name for name in EXPORT_FORMATS.names
 class Quantize(str, Enum):
     none = "none"
     int8 = "int8"
+    auto = "auto"
 
 
 # the command's own options, each declared once here
@@ -34,11 +35,13 @@ FormatOption = Annotated[
     ),
 ]
 QuantizeOption = Annotated[
-    Quantize,
+    Quantize | None,
     typer.Option(
         help="none | int8: static quantization (QDQ, per-channel weights) calibrated on training images; "
         "written only if its top-1 answers agree with the float model's on at least 99% of the "
-        "validation images (or --check-images) and it loses at most 1 point of accuracy.",
+        "validation images (or --check-images) and it loses at most 1 point of accuracy | auto: int8 "
+        "where that check passes, else the float model \\[default: auto for web, none for the others].",
+        show_default=False,
     ),
 ]
 CalibrationImagesOption = Annotated[
@@ -55,8 +58,9 @@ OutOption = Annotated[
     typer.Option(
         "--out",
         "-o",
-        help="The file to write \\[default: in the model folder: model.onnx (where predict and serve "
-        "find it), model.int8.onnx, model.ort or model.int8.ort].",
+        help="The file to write, or for --format web the app's folder \\[default: in the model folder: "
+        "model.onnx (where predict and serve find it), model.int8.onnx, model.ort, model.int8.ort, "
+        "web/]. An existing folder is replaced only if it is empty or an app imgclf exported.",
         show_default=False,
     ),
 ]
@@ -85,7 +89,7 @@ CheckImagesOption = Annotated[
 def export(
     model: ModelFolderArgument,
     format: FormatOption = ExportFormat("onnx"),
-    quantize: QuantizeOption = Quantize.none,
+    quantize: QuantizeOption = None,
     calibration_images: CalibrationImagesOption = None,
     calibration_count: CalibrationCountOption = 256,
     out: OutOption = None,
@@ -94,7 +98,8 @@ def export(
     batch_size: BatchSizeOption = 1,
     check_images: CheckImagesOption = None,
 ) -> None:
-    """Export a model to ONNX (or ORT format, float or int8), with normalization and softmax inside.
+    """Export a model to ONNX (or ORT format, float or int8), with normalization and softmax inside;
+    or, with --format web, a phone app: a folder any HTTPS host serves, that classifies offline.
 
     Input `image`: float32 N×C×H×W, RGB (or grey) pixels / 255, resized as the model's spec says.
 
@@ -115,7 +120,7 @@ def export(
         batch_size=batch_size,
         check_images=check_images,
         format=format.value,
-        quantize=quantize.value,
+        quantize=quantize.value if quantize is not None else None,
         calibration_images=calibration_images,
         calibration_count=calibration_count,
     )
@@ -139,9 +144,10 @@ def export_check_lines(result: Any) -> list[str]:
     lines = []
     if result.quantization is not None:
         check = result.quantization
-        ratio = result.float_size_bytes / max(result.size_bytes, 1)
+        size = result.model_size_bytes or result.size_bytes
+        ratio = result.float_size_bytes / max(size, 1)
         lines.append(
-            f"int8: {result.size_bytes / 1e6:.1f} MB vs float {result.float_size_bytes / 1e6:.1f} MB "
+            f"int8: {size / 1e6:.1f} MB vs float {result.float_size_bytes / 1e6:.1f} MB "
             f"({ratio:.1f}x smaller); calibrated on {check.calibration_images} images; {check.describe()}"
         )
     return lines + list(result.check_lines)

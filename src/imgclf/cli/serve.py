@@ -52,12 +52,24 @@ def serve(
         bool,
         typer.Option("--no-token", help="Serve without a token: anyone who reaches the port may use it."),
     ] = False,
+    ssl_certfile: Annotated[
+        Path | None,
+        typer.Option(
+            help="Serve HTTPS with this certificate (PEM; with --ssl-keyfile). Phones install the app at "
+            "/app/ for offline use, and open the live camera, only from HTTPS addresses.",
+            show_default=False,
+        ),
+    ] = None,
+    ssl_keyfile: Annotated[
+        Path | None, typer.Option(help="The certificate's private key (PEM).", show_default=False)
+    ] = None,
     *,
     settings: dict[str, Any],
     limits: dict[str, Any],
 ) -> None:
     """Serve a model over HTTP: POST /predict, POST /explain, GET /health, GET /model, docs at /docs,
-    and a web page at / that works as a camera app on a phone.
+    a web page at / that works as a camera app on a phone, and at /app/ the phone app that runs the
+    model on the phone itself (imgclf export MODEL --format web; else built around model.onnx).
 
     Concurrent requests are micro-batched (see --max-batch, --batch-wait-ms). POST /explain (Grad-CAM)
     needs the PyTorch model (--backend torch). Ctrl-C stops it.
@@ -65,25 +77,38 @@ def serve(
     from imgclf import api
 
     limits = ServeSettings(**limits)
+    scheme = "https" if ssl_certfile else "http"
     api.serve(
         model, host=host, port=port, settings=limits, backend=backend.value, threads=threads, tta=tta,
         label_map=label_map, access_log=access_log, token=token, require_token=False if no_token else None,
-        on_start=functools.partial(announce, host=host, port=port, tta=tta, max_batch=limits.max_batch),
+        ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
+        on_start=functools.partial(
+            announce, host=host, port=port, tta=tta, max_batch=limits.max_batch, scheme=scheme
+        ),
         **shared_values(settings, DEVICE),
     )  # fmt: skip
 
 
 def announce(
-    predictor: Any, token: str | None, admission: str, *, host: str, port: int, tta: bool, max_batch: int
+    predictor: Any,
+    token: str | None,
+    admission: str,
+    app: str | None = None,
+    *,
+    host: str,
+    port: int,
+    tta: bool,
+    max_batch: int,
+    scheme: str = "http",
 ) -> None:
     """The lines `serve` prints once the model is loaded: where it listens (with the token), how
-    many requests it admits, what that exposes, and off loopback the address for a phone, drawn as
-    a QR code."""
+    many requests it admits, the phone app at /app/, what that exposes, and off loopback the
+    address for a phone, drawn as a QR code."""
     from imgclf.console import err_console
     from imgclf.serve.access import address_qr, reachable_address
 
     shown = f"[{host}]" if ":" in host else host
-    address = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
+    address = f"{scheme}://{shown}:{port}/" + (f"?token={token}" if token else "")
     err_console.print(
         f"serving {len(predictor.classes)} classes with {predictor.backend}"
         f"{', test-time augmentation (mirror images)' if tta else ''} at {address} "
@@ -92,6 +117,18 @@ def announce(
         soft_wrap=True,
     )
     err_console.print(admission, markup=False, soft_wrap=True)
+    query = f"?token={token}" if token else ""
+    if app is not None:
+        offline = (
+            ""
+            if scheme == "https" or host in ("127.0.0.1", "localhost", "::1")
+            else ("; phones keep it for offline use only from HTTPS (--ssl-certfile) or a static HTTPS host")
+        )
+        err_console.print(
+            f"phone app (the model runs on the phone): /app/{query} ({app}{offline})",
+            markup=False,
+            soft_wrap=True,
+        )
     if host not in ("127.0.0.1", "localhost", "::1"):
         err_console.print(f"note: listening on {host}, reachable from other machines", style="yellow")
         if token is None:
@@ -105,6 +142,6 @@ def announce(
         reachable = reachable_address(host)
         if reachable != host or token:
             shown_here = f"[{reachable}]" if ":" in reachable else reachable
-            link = f"http://{shown_here}:{port}/" + (f"?token={token}" if token else "")
+            link = f"{scheme}://{shown_here}:{port}/" + query
             err_console.print(f"on a phone: {link}", markup=False, soft_wrap=True)
             err_console.file.write(address_qr(link))

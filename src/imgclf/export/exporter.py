@@ -41,7 +41,7 @@ from torch import nn
 
 from imgclf.artifact import ModelInfo, load_artifact, resolve_artifact_path
 from imgclf.data.preprocess import PreprocessSpec
-from imgclf.errors import ModelError, UsageError
+from imgclf.errors import ImgclfError, ModelError, UsageError
 from imgclf.export.check_data import CheckImages, given_images, training_split
 from imgclf.export.formats import FORMATS
 from imgclf.export.quantize import (
@@ -63,14 +63,14 @@ from imgclf.inference.onnx_runtime import (
     weights_digest,
 )
 from imgclf.inference.unknown import UNKNOWN, FeatureBank, UnknownRule, with_features
-from imgclf.io import write_atomic
+from imgclf.io import replace_dir_atomic, write_atomic
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 18
 MIN_OPSET = 18  # the torch.export-based exporter emits opset 18 and later
 MAX_ABS_DIFF = 1e-4
-QUANTIZATIONS = ("none", "int8")
+QUANTIZATIONS = ("none", "int8", "auto")
 INPUT_CONTRACT = (
     "image: float32 N×C×H×W, resized to H×W by the preprocessing spec (resize policy and interpolation), "
     "channels RGB (C=3) or grey (C=1), values = uint8 pixel / 255 (0.0–1.0); mean/std normalization "
@@ -147,6 +147,7 @@ class ExportResult:
     batch: str = ""  # "dynamic", "fixed at N", or the format's own ("1")
     check_lines: list[str] = field(default_factory=list)  # the format's own checks, a line each
     float_size_bytes: int = 0  # the float ONNX graph's size, for comparison
+    model_size_bytes: int = 0  # a folder format: the model file's size in it (size_bytes: the folder's)
     quantization: QuantizationCheck | None = None  # int8: how it compares with the float model
     ort_max_abs_diff: float | None = None  # ORT format: largest difference from the ONNX graph
     tflite_max_abs_diff: float | None = None  # TFLite: largest difference from PyTorch
@@ -177,7 +178,7 @@ def export_model(
     check_images: Any = None,
     check_count: int = 16,
     format: str = "onnx",
-    quantize: str = "none",
+    quantize: str | None = None,
     calibration_images: Any = None,
     calibration_count: int = CALIBRATION_IMAGES,
 ) -> ExportResult:
@@ -192,22 +193,30 @@ def export_model(
         check_images: files, folders or globs for the check batch; default: images of the data the
             model was trained on, when they are still there.
         check_count: how many images the check uses.
-        format: "onnx", or "ort" (ONNX Runtime's format for ORT Mobile, loaded back and compared).
-        quantize: "none", or "int8" (static quantization calibrated on `calibration_count` training
+        format: "onnx", "ort" (ONNX Runtime's format for ORT Mobile, loaded back and compared),
+            "tflite", or "web" (a folder: the phone app, `imgclf.export.formats.web`).
+        quantize: "none", "int8" (static quantization calibrated on `calibration_count` training
             images or on `calibration_images`, then checked against the float model on the
-            validation images or on `check_images`; see `imgclf.export.quantize`).
+            validation images or on `check_images`; see `imgclf.export.quantize`), or "auto" (int8
+            where that check passes, else the float model, and a line says why); default: the
+            format's own ("auto" for web, "none" for the others).
 
     Raises ModelError when export fails or a check fails: the float graph more than 1e-4 from
     PyTorch, int8 under 99% top-1 agreement or over 1 point of accuracy lost, the ORT format more
     than 1e-4 from the ONNX graph. Nothing is written then.
     """
+    declared = FORMATS.entry(format).declared
+    quantize = quantize or declared.get("QUANTIZE", "none")
     writer = check_export_options(format, quantize, opset, batch_size, dynamic_batch)
     artifact_dir = resolve_artifact_path(model_path)
     out_path = (
         Path(out).expanduser() if out is not None else artifact_dir / default_file_name(format, quantize)
     )
-    suffix = FORMATS.entry(format).declared["SUFFIX"]
-    if out_path.suffix.lower() != suffix:
+    folder = bool(declared.get("FOLDER"))
+    suffix = declared["SUFFIX"]
+    if folder:
+        check_out_folder(out_path, writer)
+    elif out_path.suffix.lower() != suffix:
         raise UsageError(f"--out must end in {suffix} for --format {format}, got {out_path.name}")
     model, info = load_artifact(artifact_dir, device="cpu")
     fixed = None if dynamic_batch else batch_size
@@ -237,11 +246,45 @@ def export_model(
     )
     if quantize == "int8":
         quantize_job(job, result, info, artifact_dir, check_images, calibration_images, calibration_count)
-    payload = writer.write(job, result)  # the format's own bytes, checked
+    elif quantize == "auto":
+        try:
+            quantize_job(job, result, info, artifact_dir, check_images, calibration_images, calibration_count)
+            result.quantize = "int8"
+        except ImgclfError as error:  # the check failed, or its images are not there: say so
+            result.quantize = "none"
+            result.check_lines.append(f"int8 not used, the float model is: {error}")
+    payload = writer.write(job, result)  # the format's own bytes (a folder's files), checked
+    if folder:
+        result.size_bytes = sum(len(content) for content in payload.values())
+        replace_dir_atomic(out_path, lambda tmp: _write_files(tmp, payload))
+        logger.debug("exported %s (max |Δp| %.2e on %d images)", out_path, max_abs_diff, len(images))
+        return result
     result.size_bytes = len(payload)
     write_atomic(out_path, lambda tmp: tmp.write_bytes(payload))
     logger.debug("exported %s (max |Δp| %.2e on %d images)", out_path, max_abs_diff, len(images))
     return result
+
+
+def check_out_folder(path: Path, writer: Any) -> None:
+    """A folder format's --out: a new folder, an empty one, or one an earlier export of the same
+    format wrote (the format's `owns(folder)` says so), which is replaced whole; anything else is
+    refused, so that a mistyped --out never deletes a user's folder."""
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise UsageError(f"--out {path} is a file; give a folder for the app")
+    if any(path.iterdir()) and not writer.owns(path):
+        raise UsageError(
+            f"--out {path} is a folder with other files in it; give a new or empty folder (an app "
+            "imgclf exported there before is replaced)"
+        )
+
+
+def _write_files(folder: Path, files: dict[str, bytes]) -> None:
+    for name, content in files.items():
+        target = folder / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(content)
 
 
 def check_export_options(format: str, quantize: str, opset: int, batch_size: int, dynamic_batch: bool) -> Any:
@@ -323,7 +366,10 @@ def quantize_job(
 
 def default_file_name(format: str, quantize: str) -> str:
     """model.onnx (found by predict and serve), model.int8.onnx, model.ort, model.int8.ort …: the
-    format's suffix."""
+    format's suffix; a folder format's own folder name (web)."""
+    folder = FORMATS.entry(format).declared.get("FOLDER")
+    if folder:
+        return str(folder)
     return f"model{'.int8' if quantize == 'int8' else ''}{FORMATS.entry(format).declared['SUFFIX']}"
 
 

@@ -39,6 +39,11 @@ access_logger = logging.getLogger("imgclf.serve.access")
 # when it has none (an app installed on the home screen opens "./", and finds the token in its storage).
 PUBLIC_PATHS = ("/", "/manifest.webmanifest", "/icon.svg", "/icon-192.png", "/icon-512.png", "/health")
 PUBLIC_PREFIXES = ("/docs-static/",)  # the API page's script and style
+# The phone app at /app/: its page, runtime and icons are the same for every model; its model and
+# model.json are this server's (the app's service worker fetches them with the token; the list is
+# imgclf.export.formats.web.PRIVATE_FILES)
+APP_PREFIX = "/app"
+PRIVATE_APP_PATHS = frozenset({"/app/model.onnx", "/app/model.json"})
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 SECURITY_HEADERS = (
@@ -157,6 +162,7 @@ class AccessGuard:
             return 403, f"a request from another web site is refused ({foreign})", []
         path = scope.get("path", "")
         public = path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+        public |= (path == APP_PREFIX or path.startswith(APP_PREFIX + "/")) and path not in PRIVATE_APP_PATHS
         if self.access.token is None or public:
             return None
         given = ""

@@ -28,9 +28,15 @@ from imgclf.serve.settings import ServeSettings
 
 
 def create_app(
-    predictor: Predictor, settings: ServeSettings | None = None, access: Access | None = None
+    predictor: Predictor,
+    settings: ServeSettings | None = None,
+    access: Access | None = None,
+    web_app: dict[str, bytes] | None = None,
+    web_app_line: str = "no phone app at /app/: make one with `imgclf export MODEL --format web`",
 ) -> FastAPI:
-    """The FastAPI application serving `predictor`; `access`: who may use it (everyone by default)."""
+    """The FastAPI application serving `predictor`; `access`: who may use it (everyone by default);
+    `web_app`: the phone app's files (path → bytes, `imgclf.export.formats.web`), served at /app/,
+    or None (then /app/ answers 404 with `web_app_line`)."""
     from imgclf.version import __version__
 
     settings = settings or ServeSettings()
@@ -55,6 +61,7 @@ def create_app(
         redoc_url=None,
     )
     app.state.serving = state
+    app.state.web_app, app.state.web_app_line = web_app, web_app_line
     app.state.batcher, app.state.settings = state.batcher, settings
     app.state.gates, app.state.held = state.gates, state.held
     app.add_middleware(BodySizeLimit, limit=int(settings.max_body_mb * 1_000_000))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 from importlib import resources
+from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import urlencode
 
@@ -70,6 +71,46 @@ async def icon_png(size: int) -> Response:
     if size not in ICON_SIZES:
         raise HTTPException(404, "Not Found")
     return Response(_static(f"icon-{size}.png"), media_type="image/png")
+
+
+APP_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".mjs": "text/javascript; charset=utf-8",
+    ".wasm": "application/wasm",
+    ".json": "application/json",
+    ".webmanifest": "application/manifest+json",
+    ".onnx": "application/octet-stream",
+    ".png": "image/png",
+    ".svg": "image/svg+xml",
+}
+# the app's pages are cross-origin isolated (WebAssembly threads need it), and every file is checked
+# with the server on each visit while it is reachable (the service worker serves them offline)
+APP_HEADERS = {
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Embedder-Policy": "require-corp",
+    "Cross-Origin-Resource-Policy": "same-origin",
+    "Cache-Control": "no-cache",
+}
+
+
+@router.get("/app")
+async def app_root() -> Response:
+    return Response(status_code=308, headers={"Location": "/app/"})
+
+
+@router.get("/app/{path:path}")
+async def app_file(path: str, request: Request) -> Response:
+    """The phone app's files (`imgclf export --format web`), from memory: /app/ is its page."""
+    files = request.app.state.web_app
+    if files is None:
+        raise HTTPException(404, request.app.state.web_app_line)
+    name = path or "index.html"
+    content = files.get(name)
+    if content is None:
+        raise HTTPException(404, "Not Found")
+    media_type = APP_TYPES.get(PurePosixPath(name).suffix, "text/plain; charset=utf-8")
+    return Response(content, media_type=media_type, headers=APP_HEADERS)
 
 
 DOCS_TOKEN_HOOK = """
