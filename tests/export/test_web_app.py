@@ -397,3 +397,39 @@ def png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, "PNG")
     return buffer.getvalue()
+
+
+def test_serve_prints_the_apps_address_and_speaks_https_with_a_certificate(
+    web_app, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from imgclf.cli import app
+    from imgclf.serve.access import reachable_address
+
+    _, artifact, _ = web_app
+    monkeypatch.delenv("IMGCLF_TOKEN", raising=False)
+    calls: list[dict] = []
+    monkeypatch.setattr(uvicorn, "run", lambda application, **kwargs: calls.append(kwargs))
+    runner = CliRunner()
+    result = runner.invoke(app, ["serve", str(artifact), "--host", "0.0.0.0", "--token", "t0k"])
+    assert result.exit_code == 0, result.output
+    here = reachable_address("0.0.0.0")
+    assert f"the phone app on a phone: http://{here}:8000/app/?token=t0k" in result.output
+    assert "offline use only from HTTPS" in result.output
+    assert calls[-1]["ssl_certfile"] is None
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    half = runner.invoke(app, ["serve", str(artifact), "--ssl-certfile", str(cert)])
+    assert half.exit_code == 2 and "--ssl-certfile and --ssl-keyfile go together" in half.output
+    missing = runner.invoke(
+        app, ["serve", str(artifact), "--ssl-certfile", str(cert), "--ssl-keyfile", str(key)]
+    )
+    assert missing.exit_code == 2 and "no such file" in missing.output
+    cert.write_text("certificate"), key.write_text("key")  # uvicorn reads them; here it is stubbed
+    secure = runner.invoke(
+        app, ["serve", str(artifact), "--ssl-certfile", str(cert), "--ssl-keyfile", str(key)]
+    )
+    assert secure.exit_code == 0, secure.output
+    assert "https://127.0.0.1:8000/app/ (the phone app in" in secure.output
+    assert (calls[-1]["ssl_certfile"], calls[-1]["ssl_keyfile"]) == (str(cert), str(key))

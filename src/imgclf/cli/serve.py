@@ -125,7 +125,8 @@ def announce(
             else ("; phones keep it for offline use only from HTTPS (--ssl-certfile) or a static HTTPS host")
         )
         err_console.print(
-            f"phone app (the model runs on the phone): /app/{query} ({app}{offline})",
+            f"phone app (the model runs on the phone): {scheme}://{shown}:{port}/app/{query} "
+            f"({app}{offline})",
             markup=False,
             soft_wrap=True,
         )
@@ -144,4 +145,10 @@ def announce(
             shown_here = f"[{reachable}]" if ":" in reachable else reachable
             link = f"{scheme}://{shown_here}:{port}/" + query
             err_console.print(f"on a phone: {link}", markup=False, soft_wrap=True)
+            if app is not None:
+                err_console.print(
+                    f"the phone app on a phone: {scheme}://{shown_here}:{port}/app/{query}",
+                    markup=False,
+                    soft_wrap=True,
+                )
             err_console.file.write(address_qr(link))

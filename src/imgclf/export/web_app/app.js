@@ -137,18 +137,24 @@ async function input(blob) {
 
 async function predict(blob) {
   await ready;
+  const started = performance.now();
   const image = await decode(blob);
+  const decoded = performance.now();
   const spec = config.preprocessing;
   const { input, notes } = prepare(image.rgba, image.width, image.height, image.stored, spec);
+  const prepared = performance.now();
   const tensor = new ort.Tensor("float32", input, [1, spec.channels, spec.height, spec.width]);
   const outputs = await session.run({ image: tensor });
+  const ran = performance.now();
   const probabilities = Array.from(outputs.probabilities.data);
   const [similarity, distance] = config.likeness_outputs;
   const likeness = similarity && outputs[similarity]
     ? { similarity: outputs[similarity].data[0], distance: outputs[distance].data[0] }
     : null;
   const top = answer(probabilities, likeness);
-  window.imgclf.last = { top, notes, size: [image.width, image.height] };
+  // what the last photo took, in milliseconds: decoding, preprocessing, the model
+  const ms = { decode: decoded - started, prepare: prepared - decoded, model: ran - prepared };
+  window.imgclf.last = { top, notes, size: [image.width, image.height], ms };
   return top;
 }
 

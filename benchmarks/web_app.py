@@ -1,0 +1,220 @@
+"""The phone app (`imgclf export --format web`) measured in headless Chromium on this machine, beside
+`imgclf predict` (ONNX Runtime in Python) on the same model file, for each run given:
+
+    python benchmarks/web_app.py RUN [RUN ...] [--images 100]
+
+For each run, float and int8 (where int8 passes its check):
+- the app folder's size and its model file's;
+- time to the first prediction after a cold load (a new browser profile, the app from a local static
+  server) and after an offline reload (the service worker's cache, the network cut);
+- milliseconds per image in the browser with one and two WebAssembly threads (decode + preprocess
+  + model, and the model alone), beside ONNX Runtime in Python on the same file with one and two
+  threads (the model alone, batch 1);
+- on the run's validation images: top-1 agreement and the largest probability difference against
+  `imgclf predict` on the same file, and the largest difference between the browser's input tensor
+  and Python's (in 0–255 levels), with the number of images where it is not zero and why.
+
+The static server sends COOP/COEP headers so that the page may use threads from its first load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import http.server
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(REPO / "tests"))
+
+from common import describe_machine  # noqa: E402
+
+PREDICT = """async (bytes) => {
+  const top = await window.imgclf.predict(new Blob([new Uint8Array(bytes)]));
+  return {top, ms: window.imgclf.last.ms, notes: window.imgclf.last.notes};
+}"""
+INPUT = "async (bytes) => await window.imgclf.input(new Blob([new Uint8Array(bytes)]))"
+
+
+class Isolated(http.server.SimpleHTTPRequestHandler):
+    """python -m http.server, plus the headers that make the page cross-origin isolated."""
+
+    def end_headers(self) -> None:
+        self.send_header("Cross-Origin-Opener-Policy", "same-origin")
+        self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
+        super().end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def static_server(folder: Path) -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Isolated, directory=str(folder))
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+
+
+def validation_images(run: Path, count: int) -> list[Path]:
+    from imgclf.artifact import load_model_info
+    from imgclf.data.sources import scan_source
+    from imgclf.data.split import apply_manifest
+
+    info = load_model_info(run / "model")
+    image_set, splits = apply_manifest(scan_source(info.dataset["source"]), run / "manifest.csv")
+    chosen = np.flatnonzero(splits == "val")[:count]
+    return [Path(image_set.location(int(i))) for i in chosen]
+
+
+def folder_size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def python_ms(model: Path, inputs: np.ndarray, threads: int) -> float:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    for image in inputs[:3]:
+        session.run(None, {name: image[None]})
+    times = []
+    for image in inputs:
+        started = time.perf_counter()
+        session.run(None, {name: image[None]})
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
+def browser_side(app: Path, images: list[Path], chromium: str, flags: list[str]) -> dict:
+    from playwright.sync_api import sync_playwright
+
+    found: dict = {}
+    contents = [list(p.read_bytes()) for p in images]
+    with static_server(app) as address, sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=chromium, headless=True, args=flags)
+        try:
+            for threads in (1, 2):
+                context = browser.new_context()  # a new profile: nothing cached
+                page = context.new_page()
+                started = time.perf_counter()
+                page.goto(f"{address}?threads={threads}")
+                page.wait_for_function("window.imgclf !== undefined")
+                page.evaluate("window.imgclf.ready")
+                page.evaluate(PREDICT, contents[0])
+                cold = time.perf_counter() - started
+                page.evaluate("window.imgclf.offline")
+                context.set_offline(True)
+                started = time.perf_counter()
+                page.reload()
+                page.wait_for_function("window.imgclf !== undefined")
+                page.evaluate("window.imgclf.ready")
+                page.evaluate(PREDICT, contents[0])
+                offline = time.perf_counter() - started
+                assert page.evaluate("window.imgclf.info.threads") == threads
+                answers = [page.evaluate(PREDICT, content) for content in contents]
+                found[threads] = {
+                    "cold_s": cold,
+                    "offline_s": offline,
+                    "total_ms": statistics.median(sum(a["ms"].values()) for a in answers),
+                    "model_ms": statistics.median(a["ms"]["model"] for a in answers),
+                    "answers": answers,
+                }
+                if threads == 1:
+                    found["inputs"] = [page.evaluate(INPUT, content) for content in contents]
+                context.close()
+        finally:
+            browser.close()
+    return found
+
+
+def measure(run: Path, quantize: str, count: int, chromium: str, flags: list[str], work: Path) -> None:
+    from imgclf.data.preprocess import load_prepared
+    from imgclf.errors import ImgclfError
+    from imgclf.export.exporter import export_model
+    from imgclf.inference.predictor import Predictor
+
+    app = work / f"{run.name}-{quantize}"
+    try:
+        result = export_model(run, app, format="web", quantize=quantize)
+    except ImgclfError as error:
+        print(f"{run.name} {quantize}: not exported: {error}")
+        return
+    model = app / "model.onnx"
+    images = validation_images(run, count)
+    predictor = Predictor.from_path(model)  # what `imgclf predict` runs on this file
+    expected = predictor.predict([str(p) for p in images], top_k=3)
+    spec = predictor.spec
+    prepared = np.stack([load_prepared(p, spec) for p in images]).transpose(0, 3, 1, 2)
+    prepared = np.ascontiguousarray(prepared.astype(np.float32) / 255.0)
+    browser = browser_side(app, images, chromium, flags)
+    agree, worst = 0, 0.0
+    for want, got in zip(expected, browser[1]["answers"]):
+        agree += got["top"][0]["class"] == want.labels[0]
+        mine = {e["class"]: e["probability"] for e in got["top"]}
+        worst = max(worst, *(abs(mine.get(c, 0.0) - p) for c, p in zip(want.labels, want.probabilities)))
+    differences = [
+        float(np.abs(np.array(got["data"], np.float32).reshape(got["shape"]) - want).max()) * 255
+        for got, want in zip(browser["inputs"], prepared)
+    ]
+    notes = sorted({note for got in browser["inputs"] for note in got["notes"]})
+    print(
+        f"\n{run.name}, {quantize} ({'int8' if result.quantize == 'int8' else 'float'} model): "
+        f"app {folder_size(app) / 1e6:.1f} MB, model {model.stat().st_size / 1e6:.2f} MB"
+    )
+    print(
+        f"  first prediction: cold load {browser[1]['cold_s']:.2f} s, offline reload "
+        f"{browser[1]['offline_s']:.2f} s (1 thread); {browser[2]['cold_s']:.2f} s / "
+        f"{browser[2]['offline_s']:.2f} s (2 threads)"
+    )
+    for threads in (1, 2):
+        print(
+            f"  {threads} thread{'s' if threads > 1 else ' '}: "
+            f"browser {browser[threads]['total_ms']:.1f} ms/image "
+            f"(model {browser[threads]['model_ms']:.1f} ms); ONNX Runtime in Python (model) "
+            f"{python_ms(model, prepared, threads):.1f} ms"
+        )
+    print(
+        f"  vs imgclf predict on {len(images)} val images: top-1 agreement {agree}/{len(images)}, "
+        f"largest |Δp| {worst:.2e}; input tensor: largest difference {max(differences):.0f} levels, "
+        f"{sum(d > 0 for d in differences)} images differ{' (' + '; '.join(notes) + ')' if notes else ''}"
+    )
+
+
+def main() -> None:
+    from conftest import CHROMIUM, CHROMIUM_FLAGS
+
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("runs", nargs="+", type=Path, help="run folders (holding model/ and manifest.csv)")
+    parser.add_argument("--images", type=int, default=100, help="validation images per run")
+    args = parser.parse_args()
+    if CHROMIUM is None:
+        sys.exit("needs Chromium (apt-get install chromium)")
+    print(describe_machine())
+    with tempfile.TemporaryDirectory(prefix="imgclf-web-bench-") as work:
+        for run in args.runs:
+            for quantize in ("none", "int8"):
+                measure(run.resolve(), quantize, args.images, CHROMIUM, CHROMIUM_FLAGS, Path(work))
+
+
+if __name__ == "__main__":
+    main()
