@@ -40,6 +40,41 @@ def contract_input(path: Path, spec: PreprocessSpec) -> np.ndarray:
     return (np.asarray(image, dtype=np.float32) / 255.0).transpose(2, 0, 1)[None]
 
 
+def test_the_graph_answers_the_calibrated_probabilities_predict_answers(trained, tmp_path: Path) -> None:
+    """A model with a fitted temperature: the graph's `probabilities` are softmax(logits / T), what
+    `imgclf predict` answers (the unknown rule's confidence is set on them), and predict on the export
+    applies T once, not again; an export from before (no imgclf.temperature) still gets T from
+    Predictor."""
+    artifact, data = trained
+    copy = tmp_path / "model"
+    shutil.copytree(artifact, copy)
+    meta = json.loads((copy / "imgclf.json").read_text())
+    meta["calibration"] = {**(meta.get("calibration") or {}), "temperature": 2.5}
+    (copy / "imgclf.json").write_text(json.dumps(meta))
+    files = sorted(str(p) for p in data.rglob("*.png"))[::9]
+    torch_answers = Predictor.from_path(copy, backend="torch").predict(files, top_k=3)
+    out = tmp_path / "calibrated.onnx"
+    export_model(copy, out)
+    proto = onnx.load(str(out))
+    metadata = {entry.key: entry.value for entry in proto.metadata_props}
+    assert float(metadata["imgclf.temperature"]) == 2.5
+    onnx_answers = Predictor.from_path(out).predict(files, top_k=3)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    spec = Predictor.from_path(out).spec
+    for path, a, b in zip(files, torch_answers, onnx_answers):
+        assert a.labels == b.labels and np.allclose(a.probabilities, b.probabilities, atol=1e-4)
+        raw = session.run(None, {"image": contract_input(Path(path), spec)})[0][0]
+        assert np.allclose(sorted(raw, reverse=True)[:3], a.probabilities, atol=1e-4)  # the graph's own
+    del proto.metadata_props[:]  # an older export's graph: uncalibrated, and no imgclf.temperature
+    for key, value in metadata.items():
+        if key != "imgclf.temperature":
+            proto.metadata_props.add(key=key, value=value)
+    older = tmp_path / "older.onnx"
+    onnx.save(proto, str(older))
+    assert Predictor.from_path(older).temperature == 2.5
+    assert Predictor.from_path(out).temperature == 1.0
+
+
 def test_export_writes_a_model_that_follows_the_documented_contract(trained, tmp_path: Path) -> None:
     artifact, data = trained
     out = tmp_path / "classifier.onnx"

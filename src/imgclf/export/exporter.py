@@ -9,7 +9,9 @@ The exported graph has one input and one output (three for a model with an `unkn
 
 - input `image`: float32, N×C×H×W, the image resized to the model's size by its preprocessing spec
   (see `prepare_image`), channels RGB (or one grey channel), pixel values divided by 255 (0.0–1.0);
-- output `probabilities`: float32, N×K, softmax over the classes in the order of `imgclf.classes`;
+- output `probabilities`: float32, N×K, softmax over the classes in the order of `imgclf.classes`,
+  of the logits divided by the model's calibrated temperature (`imgclf.temperature`): the
+  probabilities `imgclf predict` answers, the ones the `unknown` rule's confidence is set on;
   for a multi-label model (`imgclf.task` "multi-label") one sigmoid per label, each label answered
   when its probability reaches its threshold in `imgclf.thresholds` (JSON: label → threshold);
 - outputs `similarity` and `distance` (models trained or calibrated with --min-precision): float32,
@@ -58,6 +60,7 @@ from imgclf.inference.onnx_runtime import (
     INPUT_NAME,
     OUTPUT_NAME,
     SIMILARITY_NAME,
+    TEMPERATURE_KEY,
     create_session,
     run_outputs,
     weights_digest,
@@ -74,7 +77,8 @@ QUANTIZATIONS = ("none", "int8", "auto")
 INPUT_CONTRACT = (
     "image: float32 N×C×H×W, resized to H×W by the preprocessing spec (resize policy and interpolation), "
     "channels RGB (C=3) or grey (C=1), values = uint8 pixel / 255 (0.0–1.0); mean/std normalization "
-    "happens inside the graph. Output probabilities: float32 N×K, softmax, classes in imgclf.classes order."
+    "happens inside the graph. Output probabilities: float32 N×K, softmax (of the logits / "
+    "imgclf.temperature, the calibrated probabilities), classes in imgclf.classes order."
 )
 
 
@@ -91,9 +95,12 @@ class ExportWrapper(nn.Module):
         bank: FeatureBank | None = None,
         example: torch.Tensor | None = None,
         multi_label: bool = False,
+        temperature: float = 1.0,
     ) -> None:
         super().__init__()
         self.multi_label = multi_label  # one sigmoid per label instead of the softmax
+        # the model's calibration: its probabilities are softmax(logits / T), as Predictor answers
+        self.temperature = 1.0 if multi_label else float(temperature)
         self.register_buffer("mean", torch.tensor(spec.mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(spec.std, dtype=torch.float32).view(1, -1, 1, 1))
         self.classes = None
@@ -120,6 +127,8 @@ class ExportWrapper(nn.Module):
     def activate(self, logits: torch.Tensor) -> torch.Tensor:
         if self.multi_label:
             return torch.sigmoid(logits.float())
+        if self.temperature != 1.0:
+            return torch.softmax(logits.float() / self.temperature, dim=1)
         return torch.softmax(logits.float(), dim=1)
 
     def answers(self, images: np.ndarray) -> list[np.ndarray]:
@@ -311,7 +320,9 @@ def export_wrapper(
     example = torch.from_numpy(images[:example_batch]) if len(images) >= example_batch else None
     if example is None or example.shape[0] != example_batch:
         example = torch.rand(example_batch, spec.channels, spec.height, spec.width)
-    wrapper = ExportWrapper(model, spec, FeatureBank.load(artifact_dir), example, info.multi_label).eval()
+    wrapper = ExportWrapper(
+        model, spec, FeatureBank.load(artifact_dir), example, info.multi_label, graph_temperature(info)
+    ).eval()
     return wrapper, example
 
 
@@ -399,6 +410,13 @@ def _passed(checked: QuantizationCheck) -> QuantizationCheck:
     return checked
 
 
+def graph_temperature(info: ModelInfo) -> float:
+    """The temperature the graph's softmax applies: the model's calibration (single-label models)."""
+    if info.multi_label:
+        return 1.0
+    return float((info.calibration or {}).get("temperature", 1.0))
+
+
 def export_metadata(
     info: ModelInfo, weights_sha256: str, extra: dict[str, str] | None = None
 ) -> dict[str, str]:
@@ -419,6 +437,8 @@ def export_metadata(
         "imgclf.input": INPUT_CONTRACT,
         "imgclf.model": json.dumps(without_local_paths(info.to_dict()), ensure_ascii=False),
         "imgclf.weights_sha256": weights_sha256,
+        # the calibrated probabilities are the graph's own: applications use them as they come
+        TEMPERATURE_KEY: repr(graph_temperature(info)),
         **({"imgclf.unknown": json.dumps(unknown_contract(info))} if unknown_contract(info) else {}),
         **(extra or {}),
     }

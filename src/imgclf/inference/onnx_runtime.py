@@ -20,6 +20,8 @@ INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
 SIMILARITY_NAME = "similarity"  # outputs of models with a feature bank (see inference.unknown)
 DISTANCE_NAME = "distance"
+# metadata key: the temperature the graph's softmax already applies (Predictor then applies none)
+TEMPERATURE_KEY = "imgclf.temperature"
 
 
 def weights_digest(artifact_dir: Path) -> str:
@@ -100,6 +102,8 @@ class OnnxClassifier:
             raise ModelError(f"{self.path} was not exported by imgclf (no imgclf metadata)")
         self.info = ModelInfo.from_dict(json.loads(metadata["imgclf.model"]))
         self.weights_sha256 = metadata.get("imgclf.weights_sha256", "")
+        # exports since the graph applies the model's temperature say so; older ones leave it to Predictor
+        self.temperature_in_graph = TEMPERATURE_KEY in metadata
         batch = self.session.get_inputs()[0].shape[0]
         self.fixed_batch = batch if isinstance(batch, int) else None
 

@@ -173,8 +173,11 @@ class Predictor:
         # several labels per image: sigmoid outputs, each label answered at its own threshold
         self.multi_label = info.multi_label
         self.thresholds = np.asarray(info.thresholds or [0.5] * len(info.classes), dtype=np.float32)
-        # fitted on the validation split at the end of training (1.0: none)
+        # fitted on the validation split at the end of training (1.0: none); an export's graph applies
+        # it itself
         self.temperature = float((info.calibration or {}).get("temperature", 1.0))
+        if onnx is not None and onnx.temperature_in_graph:
+            self.temperature = 1.0
         # `unknown` below a confidence (and a likeness to the training images), when chosen
         self.unknown_rule = UnknownRule.from_calibration(info.calibration)
         if label_map is not None:
