@@ -17,7 +17,9 @@ Probes (each on a fresh generated tree, with a sentinel tree beside the data fol
   `/api/decide` is given a label `../../victim` (with the token, as the page would send it);
 - serve: a cross-site form post to `/predict`, the 20,001-page TIFF (2.3 MB), a 20 MB one and a
   progressive JPEG of 20,000 scans (0.7 MB), each timed to its answer, with a normal request timed
-  beside it; `--access-log` read for the token.
+  beside it; `--access-log` read for the token;
+- phone-app: `export --format web --out` a folder of the user's; the app at /app/ of a served model
+  with a token: its model without the token, paths that climb out, its isolation headers.
 
 Each probe prints what happened: files lost, files changed outside the data folder, exit codes,
 HTTP statuses and seconds.
@@ -365,12 +367,63 @@ def probe_serve(work: Path) -> list[str]:
     return rows
 
 
+def probe_phone_app(work: Path) -> list[str]:
+    """`export --format web --out` at a user's folder, then the app at /app/ of a served model with
+    a token: its model without the token, paths that climb out, its isolation headers."""
+    root = work / "phone-app"
+    root.mkdir(parents=True, exist_ok=True)
+    artifact = make_bench_artifact("cnn-basic", root)
+    user = root / "photos"
+    user.mkdir()
+    (user / "holiday.jpg").write_bytes(png(1))
+    before = snapshot(user)
+    refused = imgclf("export", artifact, "--format", "web", "--out", user, "--quantize", "none")
+    after = snapshot(user)
+    changed = sum(before.get(k) != v for k, v in after.items()) + len(set(before) ^ set(after))
+    rows = [
+        f"| phone app: export --out a folder of the user's | exit {refused.returncode} | files changed "
+        f"{changed} | | {last_line(refused)} |"
+    ]
+    made = imgclf("export", artifact, "--format", "web", "--quantize", "none")
+    rows.append(f"| phone app: export to the model folder | exit {made.returncode} | | | {last_line(made)} |")
+    token = "probe-token-0123456789"
+    port = free_port()
+    server, _ = start(
+        ["serve", str(artifact), "--port", str(port), "--token", token], port, root / "server.log"
+    )
+    try:
+        for path in (
+            "/app/model.onnx",
+            f"/app/model.onnx?token={token}",
+            "/app/model.json",
+            "/app/app.js",
+            "/app/../model/model.safetensors",
+            "/app/%2e%2e/%2e%2e/health",
+            "/app/vendor/../../model.onnx",
+        ):
+            status, headers_back, answer, _ = request(
+                port, "GET", path, headers={"Origin": "http://evil.example"}
+            )
+            lower = {k.lower(): v for k, v in headers_back.items()}
+            rows.append(
+                f"| phone app: GET {path.replace(token, '…')} from another origin | HTTP {status} | "
+                f"{len(answer):,} bytes | COEP {lower.get('cross-origin-embedder-policy', '(none)')}, CORP "
+                f"{lower.get('cross-origin-resource-policy', '(none)')} | "
+                f"{answer[:80].decode(errors='replace')} |"
+            )
+    finally:
+        server.terminate()
+        server.wait(30)
+    return rows
+
+
 PROBES = {
     "crafted": probe_crafted,
     "collision": probe_collision,
     "revert-folders": probe_revert_folders,
     "review-page": probe_review_page,
     "serve": probe_serve,
+    "phone-app": probe_phone_app,
 }
 
 

@@ -12,7 +12,10 @@ For each run, float and int8 (where int8 passes its check):
   threads (the model alone, batch 1);
 - on the run's validation images: top-1 agreement and the largest probability difference against
   `imgclf predict` on the same file, and the largest difference between the browser's input tensor
-  and Python's (in 0–255 levels), with the number of images where it is not zero and why.
+  and Python's (in 0–255 levels), with the number of images where it is not zero and why;
+- the same on phone-sized JPEGs made from validation photos (5× larger, every other one stored on
+  its side with an EXIF orientation tag), where Pillow decodes in libjpeg's DCT domain at a fraction
+  of the size and the browser decodes whole and box-averages (`--large-jpegs N`).
 
 The static server sends COOP/COEP headers so that the page may use threads from its first load.
 """
@@ -145,7 +148,46 @@ def browser_side(app: Path, images: list[Path], chromium: str, flags: list[str])
     return found
 
 
-def measure(run: Path, quantize: str, count: int, chromium: str, flags: list[str], work: Path) -> None:
+def large_jpegs(images: list[Path], count: int, scale: int = 5) -> list[bytes]:
+    """Phone-sized JPEGs made from the first photos (scaled up `scale` times), every other one stored
+    on its side with an EXIF tag that turns it upright, as phones write them."""
+    import io
+
+    from PIL import Image
+
+    made = []
+    for index, path in enumerate(images[:count]):
+        image = Image.open(path).convert("RGB")
+        image = image.resize((image.width * scale, image.height * scale), Image.Resampling.LANCZOS)
+        buffer = io.BytesIO()
+        if index % 2:
+            exif = Image.Exif()
+            exif[0x0112] = 6  # stored turned left: shown turned 90° clockwise
+            image.transpose(Image.Transpose.ROTATE_90).save(buffer, "JPEG", quality=92, exif=exif.tobytes())
+        else:
+            image.save(buffer, "JPEG", quality=92)
+        made.append(buffer.getvalue())
+    return made
+
+
+def large_side(app: Path, contents: list[bytes], chromium: str, flags: list[str]) -> list[tuple[dict, dict]]:
+    from playwright.sync_api import sync_playwright
+
+    with static_server(app) as address, sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=chromium, headless=True, args=flags)
+        try:
+            page = browser.new_page()
+            page.goto(address)
+            page.wait_for_function("window.imgclf !== undefined")
+            page.evaluate("window.imgclf.ready")
+            return [(page.evaluate(PREDICT, list(c)), page.evaluate(INPUT, list(c))) for c in contents]
+        finally:
+            browser.close()
+
+
+def measure(
+    run: Path, quantize: str, count: int, large: int, chromium: str, flags: list[str], work: Path
+) -> None:
     from imgclf.data.preprocess import load_prepared
     from imgclf.errors import ImgclfError
     from imgclf.export.exporter import export_model
@@ -196,6 +238,30 @@ def measure(run: Path, quantize: str, count: int, chromium: str, flags: list[str
         f"largest |Δp| {worst:.2e}; input tensor: largest difference {max(differences):.0f} levels, "
         f"{sum(d > 0 for d in differences)} images differ{' (' + '; '.join(notes) + ')' if notes else ''}"
     )
+    if large:
+        contents = large_jpegs(images, large)
+        answers = large_side(app, contents, chromium, flags)
+        want = predictor.predict([np.asarray(load_prepared(c, spec)) for c in contents], top_k=3)
+        agree = sum(a["top"][0]["class"] == w.labels[0] for (a, _), w in zip(answers, want))
+        gaps = [
+            np.abs(
+                np.array(i["data"], np.float32).reshape(i["shape"]) * 255
+                - load_prepared(c, spec).transpose(2, 0, 1)
+            )
+            for (_, i), c in zip(answers, contents)
+        ]
+        worst = max(
+            abs({e["class"]: e["probability"] for e in a["top"]}.get(label, 0.0) - p)
+            for (a, _), w in zip(answers, want)
+            for label, p in zip(w.labels, w.probabilities)
+        )
+        notes = sorted({note for a, _ in answers for note in a["notes"]})
+        print(
+            f"  {len(contents)} phone-sized JPEGs ({len(contents) // 2} turned by EXIF): top-1 agreement "
+            f"{agree}/{len(contents)}, largest |Δp| {worst:.3f}; input: largest difference "
+            f"{max(g.max() for g in gaps):.0f} levels, mean {np.mean([g.mean() for g in gaps]):.2f} "
+            f"({'; '.join(notes)})"
+        )
 
 
 def main() -> None:
@@ -206,6 +272,9 @@ def main() -> None:
     )
     parser.add_argument("runs", nargs="+", type=Path, help="run folders (holding model/ and manifest.csv)")
     parser.add_argument("--images", type=int, default=100, help="validation images per run")
+    parser.add_argument(
+        "--large-jpegs", type=int, default=20, help="phone-sized JPEGs made from validation photos"
+    )
     args = parser.parse_args()
     if CHROMIUM is None:
         sys.exit("needs Chromium (apt-get install chromium)")
@@ -213,7 +282,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="imgclf-web-bench-") as work:
         for run in args.runs:
             for quantize in ("none", "int8"):
-                measure(run.resolve(), quantize, args.images, CHROMIUM, CHROMIUM_FLAGS, Path(work))
+                measure(
+                    run.resolve(),
+                    quantize,
+                    args.images,
+                    args.large_jpegs,
+                    CHROMIUM,
+                    CHROMIUM_FLAGS,
+                    Path(work),
+                )
 
 
 if __name__ == "__main__":

@@ -285,6 +285,15 @@ def test_the_app_answers_as_imgclf_predict_offline_in_chromium(web_app, tmp_path
                 " catch (error) { return error.message; } }"
             )
             assert "cannot decode" in message
+            # a PNG whose header claims 20000×20000 pixels is refused before a pixel is decoded
+            bomb = bytearray(png_bytes(Image.new("RGB", (8, 8))))
+            bomb[16:24] = (20000).to_bytes(4, "big") * 2
+            message = page.evaluate(
+                "async (b) => { try { await window.imgclf.predict(new Blob([new Uint8Array(b)])); }"
+                " catch (error) { return error.message; } }",
+                list(bomb),
+            )
+            assert message.startswith("image too large: 20000×20000 pixels")
             assert errors == []
         finally:
             browser.close()

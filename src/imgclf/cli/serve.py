@@ -119,36 +119,31 @@ def announce(
     err_console.print(admission, markup=False, soft_wrap=True)
     query = f"?token={token}" if token else ""
     if app is not None:
-        offline = (
-            ""
-            if scheme == "https" or host in ("127.0.0.1", "localhost", "::1")
-            else ("; phones keep it for offline use only from HTTPS (--ssl-certfile) or a static HTTPS host")
-        )
-        err_console.print(
-            f"phone app (the model runs on the phone): {scheme}://{shown}:{port}/app/{query} "
-            f"({app}{offline})",
-            markup=False,
-            soft_wrap=True,
-        )
+        line = app_line(app, f"{scheme}://{shown}:{port}/app/{query}", scheme, host)
+        err_console.print(line, markup=False, soft_wrap=True)
     if host not in ("127.0.0.1", "localhost", "::1"):
         err_console.print(f"note: listening on {host}, reachable from other machines", style="yellow")
         if token is None:
             err_console.print("warning: --no-token: anyone on the network can use this server", style="red")
         else:
-            err_console.print(
-                "every request needs the token (the address above carries it); there is no TLS: "
-                "anyone who can watch the network can read it",
-                style="yellow",
-            )
+            plain = "; there is no TLS: anyone who can watch the network can read it"
+            needs = "every request needs the token (the address above carries it)"
+            err_console.print(needs + ("" if scheme == "https" else plain), style="yellow")
         reachable = reachable_address(host)
         if reachable != host or token:
             shown_here = f"[{reachable}]" if ":" in reachable else reachable
             link = f"{scheme}://{shown_here}:{port}/" + query
             err_console.print(f"on a phone: {link}", markup=False, soft_wrap=True)
             if app is not None:
-                err_console.print(
-                    f"the phone app on a phone: {scheme}://{shown_here}:{port}/app/{query}",
-                    markup=False,
-                    soft_wrap=True,
-                )
+                phone_app = f"{scheme}://{shown_here}:{port}/app/{query}"
+                err_console.print(f"the phone app on a phone: {phone_app}", markup=False, soft_wrap=True)
             err_console.file.write(address_qr(link))
+
+
+def app_line(app: str, address: str, scheme: str, host: str) -> str:
+    """Where the phone app is, where it comes from, and (over HTTP off loopback) why a phone will not
+    keep it for offline use."""
+    offline = ""
+    if scheme != "https" and host not in ("127.0.0.1", "localhost", "::1"):
+        offline = "; phones keep it for offline use only from HTTPS (--ssl-certfile) or a static HTTPS host"
+    return f"phone app (the model runs on the phone): {address} ({app}{offline})"

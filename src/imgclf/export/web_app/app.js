@@ -11,7 +11,7 @@
 //                                          that cannot match Python to the last level, see preprocess.js)
 //   window.imgclf.info                   → what runs: threads, cross-origin isolation, the model file
 import * as ort from "./vendor/onnxruntime-web/ort.wasm.min.mjs";
-import { jpegSize, prepare } from "./preprocess.js";
+import { jpegSize, pngSize, prepare } from "./preprocess.js";
 
 const MAX_PIXELS = 100_000_000; // a photo larger than this is refused, not decoded
 const $ = (id) => document.getElementById(id);
@@ -77,8 +77,15 @@ async function load() {
   return config;
 }
 
+function tooLarge(width, height) {
+  return new Error(`image too large: ${width}×${height} pixels (at most ${MAX_PIXELS / 1e6} million)`);
+}
+
 async function decode(blob) {
   const head = new Uint8Array(await blob.slice(0, 65536).arrayBuffer());
+  // a size its header gives is checked before anything is decoded (decompression bombs)
+  const declared = jpegSize(head) ?? pngSize(head);
+  if (declared && declared.width * declared.height > MAX_PIXELS) throw tooLarge(declared.width, declared.height);
   let bitmap;
   try {
     bitmap = await createImageBitmap(blob, {
@@ -92,7 +99,7 @@ async function decode(blob) {
   const { width, height } = bitmap;
   if (width * height > MAX_PIXELS) {
     bitmap.close();
-    throw new Error(`image too large: ${width}×${height} pixels (at most ${MAX_PIXELS / 1e6} million)`);
+    throw tooLarge(width, height);
   }
   const canvas = new OffscreenCanvas(width, height);
   const context = canvas.getContext("2d", { willReadFrequently: true, colorSpace: "srgb" });

@@ -349,6 +349,14 @@ export function jpegSize(bytes) {
   return null;
 }
 
+/** A PNG's size from its header (IHDR), or null. */
+export function pngSize(bytes) {
+  const signature = [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a];
+  if (bytes.length < 24 || signature.some((value, i) => bytes[i] !== value)) return null;
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  return { width: view.getUint32(16), height: view.getUint32(20) };
+}
+
 /**
  * The model's input for one decoded image: Float32Array C×H×W of pixel / 255.
  *
