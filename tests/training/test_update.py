@@ -146,3 +146,10 @@ def test_update_refits_the_head_on_corrected_labels(noisy_run, tmp_path: Path, m
     assert second.computed == 0  # the features came from the store
     assert second.run_dir != first.run_dir
     assert second.metrics["val_acc"] == pytest.approx(first.metrics["val_acc"])
+    # the same photos in another folder, one of them moved and renamed (a corrected copy): known by
+    # their content, none goes through the network again
+    copy = tmp_path / "corrected"
+    shutil.copytree(data, copy)
+    (copy / "disc" / "square_000.png").rename(copy / "square" / "renamed.png")
+    third = update_run(run_dir, data=copy)
+    assert third.computed == 0

@@ -2,12 +2,17 @@
 `update` refits the head of a run again and again on the same images, and only images it has not
 seen (new ones, or files changed since) are decoded and go through the network.
 
-One file per network and preprocessing (`features/images-<digest>.npz`), holding each image's key
-(its location, size and modification time) and its feature vector.
+Images are known by their content (the sha256 of their bytes), not by where they are: the
+corrected copy `review --apply` writes, or the same photos in another folder, find the features
+their originals left. One file per network and preprocessing (`features/images-<digest>.npz`)
+holds each image's content digest and its feature vector; `features/contents.npz` remembers the
+digest of each file by its location, size and modification time, so that a file is read for its
+digest once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -16,20 +21,56 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from imgclf.data.decode import ImageDecodeError
+from imgclf.data.decode import ImageDecodeError, read_bytes
 from imgclf.data.imageset import ImageSet
 from imgclf.data.preprocess import PreprocessSpec, prepare_image
 from imgclf.io import save_arrays, write_atomic
 from imgclf.paths import cache_dir
 
+CONTENTS_FILE = "contents.npz"
 
-def image_key(location: str) -> str:
-    """An image's identity in the store: where it is, its size and when it last changed."""
+
+def file_key(location: str) -> str | None:
+    """A file's place in time: where it is, its size and when it last changed (None: no such file,
+    as for a Parquet row, whose digest is then taken each time)."""
     try:
         stat = os.stat(location)
     except OSError:
-        return location
+        return None
     return f"{location}\0{stat.st_size}\0{stat.st_mtime_ns}"
+
+
+def content_keys(locations: list[str], workers: int = 4) -> list[str | None]:
+    """Each image's identity in the store: the sha256 of its bytes (None: unreadable), read once per
+    file version (`features/contents.npz`)."""
+    path = cache_dir() / "features" / CONTENTS_FILE
+    known: dict[str, str] = {}
+    if path.is_file():
+        with contextlib.suppress(OSError, ValueError, KeyError), np.load(path, allow_pickle=False) as stored:
+            known = dict(zip(stored["files"].tolist(), stored["digests"].tolist()))
+    files = [file_key(location) for location in locations]
+
+    def digest(index: int) -> str | None:
+        if files[index] is not None and files[index] in known:
+            return known[files[index]]
+        try:
+            return "sha256:" + hashlib.sha256(read_bytes(locations[index])).hexdigest()
+        except OSError:
+            return None
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # hashlib and reads release the GIL
+        digests = list(pool.map(digest, range(len(locations))))
+    fresh = {f: d for f, d in zip(files, digests) if f is not None and d is not None and f not in known}
+    if fresh:
+        known.update(fresh)
+        names = sorted(known)
+        write_atomic(
+            path,
+            lambda tmp: save_arrays(
+                tmp, files=np.asarray(names), digests=np.asarray([known[n] for n in names])
+            ),
+        )
+    return digests
 
 
 def stored_features(
@@ -47,9 +88,15 @@ def stored_features(
     known: dict[str, np.ndarray] = {}
     if path.is_file():
         with np.load(path, allow_pickle=False) as stored:
-            known = dict(zip(stored["keys"].tolist(), stored["features"]))
-    keys = [image_key(image_set.location(i)) for i in range(len(image_set))]
-    missing = [i for i, key in enumerate(keys) if key not in known]
+            # by content; a store from before (keyed by file) is left behind
+            pairs = zip(stored["keys"].tolist(), stored["features"])
+            known = {key: vector for key, vector in pairs if key.startswith("sha256:")}
+    keys = content_keys([image_set.location(i) for i in range(len(image_set))], workers)
+    first: dict[str, int] = {}  # the same photo twice is computed once
+    for i, key in enumerate(keys):
+        if key is not None and key not in known:
+            first.setdefault(key, i)
+    missing = list(first.values())
 
     def read(index: int) -> np.ndarray | None:
         try:
