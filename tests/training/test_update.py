@@ -153,3 +153,24 @@ def test_update_refits_the_head_on_corrected_labels(noisy_run, tmp_path: Path, m
     (copy / "disc" / "square_000.png").rename(copy / "square" / "renamed.png")
     third = update_run(run_dir, data=copy)
     assert third.computed == 0
+
+
+def test_update_after_a_head_only_run_reuses_the_features_training_computed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A head-only run computes the backbone's features of every image in float32 at the model's
+    size; the store keeps them by content, so `update` on a corrected copy computes none."""
+    monkeypatch.setenv("IMGCLF_CACHE_DIR", str(tmp_path / "cache"))
+    data = write_class_folders(tmp_path / "data", ["square", "disc", "cross"], 20, size=28, mode="RGB")
+    run = imgclf.train(
+        data, model="efficientnet_lite0", pretrained=True, head_only=True, epochs=2, batch_size=16,
+        image_size=[64, 64], seed=1,
+        project=str(tmp_path / "runs"), name="head",
+    )  # fmt: skip
+    copy = tmp_path / "corrected"
+    shutil.copytree(data, copy)
+    (copy / "disc" / "disc_000.png").rename(copy / "square" / "was_disc.png")
+    updated = update_run(run.run_dir, data=copy)
+    assert updated.computed == 0
+    shutil.rmtree(tmp_path / "cache" / "features")  # without the store: every image again
+    assert update_run(run.run_dir, data=copy).computed == 60

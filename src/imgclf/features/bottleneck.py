@@ -23,6 +23,7 @@ from imgclf.data.imageset import ImageSet
 from imgclf.data.loader import MemoryLoader
 from imgclf.data.prepared import PreparedData, ProgressListener, report_progress
 from imgclf.data.preprocess import PreprocessSpec, normalize_batch
+from imgclf.features.store import remember_features
 from imgclf.inference.predictor import Predictor
 from imgclf.io import save_arrays, write_atomic, write_text_atomic
 from imgclf.models.anatomy import penultimate_features
@@ -135,12 +136,17 @@ def cached_features(
     path = cache_dir() / "features" / f"{key}.npz"
     if path.is_file():
         stored = np.load(path)
-        return stored["features"], stored["labels"], None
-    started = time.perf_counter()
-    features, labels = compute_features(model, prepared, split, ctx, cfg.train.batch_size, callbacks)
-    speed = len(labels) / max(time.perf_counter() - started, 1e-9)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, lambda tmp: save_arrays(tmp, features=features, labels=labels))
+        features, labels, speed = stored["features"], stored["labels"], None
+    else:
+        started = time.perf_counter()
+        features, labels = compute_features(model, prepared, split, ctx, cfg.train.batch_size, callbacks)
+        speed = len(labels) / max(time.perf_counter() - started, 1e-9)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, lambda tmp: save_arrays(tmp, features=features, labels=labels))
+    if ctx.autocast_dtype is None and prepared.view(split)[0] == prepared.spec:
+        # the run's backbone on each image, in float32 at the model's size: what `update` refits on
+        locations = [prepared.image_set.location(int(i)) for i in prepared.indices(split)]
+        remember_features(backbone, prepared.spec, locations, features)
     return features, labels, speed
 
 

@@ -18,6 +18,7 @@ import json
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 
@@ -73,6 +74,46 @@ def content_keys(locations: list[str], workers: int = 4) -> list[str | None]:
     return digests
 
 
+def store_path(network_digest: str, spec: PreprocessSpec) -> Path:
+    name = hashlib.sha256(json.dumps([network_digest, spec.to_dict()]).encode()).hexdigest()[:24]
+    return cache_dir() / "features" / f"images-{name}.npz"
+
+
+def load_store(path: Path) -> dict[str, np.ndarray]:
+    """A store's features by content digest (a store from before, keyed by file, is left behind)."""
+    if not path.is_file():
+        return {}
+    with np.load(path, allow_pickle=False) as stored:
+        pairs = zip(stored["keys"].tolist(), stored["features"])
+        return {key: vector for key, vector in pairs if key.startswith("sha256:")}
+
+
+def save_store(path: Path, known: dict[str, np.ndarray]) -> None:
+    ordered = sorted(known)
+    vectors = np.stack([known[k] for k in ordered]).astype(np.float32)
+    write_atomic(path, lambda tmp: save_arrays(tmp, keys=np.asarray(ordered), features=vectors))
+
+
+def remember_features(
+    network_digest: str, spec: PreprocessSpec, locations: list[str], features: np.ndarray, workers: int = 4
+) -> int:
+    """Keep features a step computed anyway (a head-only run's, the transfer head's, in float32 at the
+    model's size) for the `update` after it; returns how many were new to the store."""
+    if len(locations) != len(features) or not len(features):
+        return 0
+    path = store_path(network_digest, spec)
+    known = load_store(path)
+    fresh = {
+        key: vector.astype(np.float32)
+        for key, vector in zip(content_keys(locations, workers), features)
+        if key is not None and key not in known
+    }
+    if fresh:
+        known.update(fresh)
+        save_store(path, known)
+    return len(fresh)
+
+
 def stored_features(
     network_digest: str,
     spec: PreprocessSpec,
@@ -83,14 +124,8 @@ def stored_features(
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """(features N×D of every sample of `image_set`, which samples were readable, how many were
     computed now). `features_of` maps prepared uint8 images (N×H×W×C) to features."""
-    name = hashlib.sha256(json.dumps([network_digest, spec.to_dict()]).encode()).hexdigest()[:24]
-    path = cache_dir() / "features" / f"images-{name}.npz"
-    known: dict[str, np.ndarray] = {}
-    if path.is_file():
-        with np.load(path, allow_pickle=False) as stored:
-            # by content; a store from before (keyed by file) is left behind
-            pairs = zip(stored["keys"].tolist(), stored["features"])
-            known = {key: vector for key, vector in pairs if key.startswith("sha256:")}
+    path = store_path(network_digest, spec)
+    known = load_store(path)
     keys = content_keys([image_set.location(i) for i in range(len(image_set))], workers)
     first: dict[str, int] = {}  # the same photo twice is computed once
     for i, key in enumerate(keys):
@@ -113,9 +148,7 @@ def stored_features(
                 for (i, _), vector in zip(good, vectors):
                     known[keys[i]] = vector.astype(np.float32)
     if missing and known:
-        ordered = sorted(known)
-        vectors = np.stack([known[k] for k in ordered])
-        write_atomic(path, lambda tmp: save_arrays(tmp, keys=np.asarray(ordered), features=vectors))
+        save_store(path, known)
     readable = np.asarray([key in known for key in keys], dtype=bool)
     width = len(next(iter(known.values()))) if known else 0
     features = np.zeros((len(keys), width), np.float32)
