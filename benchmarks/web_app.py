@@ -23,15 +23,10 @@ The static server sends COOP/COEP headers so that the page may use threads from 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import functools
-import http.server
 import statistics
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +37,8 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from common import describe_machine  # noqa: E402
 
+from conftest import app_in_chromium, open_app, static_folder  # noqa: E402
+
 PREDICT = """async (bytes) => {
   const top = await window.imgclf.predict(new Blob([new Uint8Array(bytes)]));
   return {top, ms: window.imgclf.last.ms, notes: window.imgclf.last.notes};
@@ -49,29 +46,7 @@ PREDICT = """async (bytes) => {
 INPUT = "async (bytes) => await window.imgclf.input(new Blob([new Uint8Array(bytes)]))"
 
 
-class Isolated(http.server.SimpleHTTPRequestHandler):
-    """python -m http.server, plus the headers that make the page cross-origin isolated."""
-
-    def end_headers(self) -> None:
-        self.send_header("Cross-Origin-Opener-Policy", "same-origin")
-        self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
-        super().end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@contextlib.contextmanager
-def static_server(folder: Path) -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(Isolated, directory=str(folder))
-    )
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
+ISOLATION = {"Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Embedder-Policy": "require-corp"}
 
 
 def validation_images(run: Path, count: int) -> list[Path]:
@@ -111,24 +86,20 @@ def browser_side(app: Path, images: list[Path], chromium: str, flags: list[str])
 
     found: dict = {}
     contents = [list(p.read_bytes()) for p in images]
-    with static_server(app) as address, sync_playwright() as driver:
+    with static_folder(app, ISOLATION) as address, sync_playwright() as driver:
         browser = driver.chromium.launch(executable_path=chromium, headless=True, args=flags)
         try:
             for threads in (1, 2):
                 context = browser.new_context()  # a new profile: nothing cached
                 page = context.new_page()
                 started = time.perf_counter()
-                page.goto(f"{address}?threads={threads}")
-                page.wait_for_function("window.imgclf !== undefined")
-                page.evaluate("window.imgclf.ready")
+                open_app(page, f"{address}?threads={threads}")
                 page.evaluate(PREDICT, contents[0])
                 cold = time.perf_counter() - started
                 page.evaluate("window.imgclf.offline")
                 context.set_offline(True)
                 started = time.perf_counter()
-                page.reload()
-                page.wait_for_function("window.imgclf !== undefined")
-                page.evaluate("window.imgclf.ready")
+                open_app(page, f"{address}?threads={threads}")
                 page.evaluate(PREDICT, contents[0])
                 offline = time.perf_counter() - started
                 assert page.evaluate("window.imgclf.info.threads") == threads
@@ -170,19 +141,9 @@ def large_jpegs(images: list[Path], count: int, scale: int = 5) -> list[bytes]:
     return made
 
 
-def large_side(app: Path, contents: list[bytes], chromium: str, flags: list[str]) -> list[tuple[dict, dict]]:
-    from playwright.sync_api import sync_playwright
-
-    with static_server(app) as address, sync_playwright() as driver:
-        browser = driver.chromium.launch(executable_path=chromium, headless=True, args=flags)
-        try:
-            page = browser.new_page()
-            page.goto(address)
-            page.wait_for_function("window.imgclf !== undefined")
-            page.evaluate("window.imgclf.ready")
-            return [(page.evaluate(PREDICT, list(c)), page.evaluate(INPUT, list(c))) for c in contents]
-        finally:
-            browser.close()
+def large_side(app: Path, contents: list[bytes], flags: list[str]) -> list[tuple[dict, dict]]:
+    with app_in_chromium(app, flags) as page:
+        return [(page.evaluate(PREDICT, list(c)), page.evaluate(INPUT, list(c))) for c in contents]
 
 
 def measure(
@@ -240,7 +201,7 @@ def measure(
     )
     if large:
         contents = large_jpegs(images, large)
-        answers = large_side(app, contents, chromium, flags)
+        answers = large_side(app, contents, flags)
         want = predictor.predict([np.asarray(load_prepared(c, spec)) for c in contents], top_k=3)
         agree = sum(a["top"][0]["class"] == w.labels[0] for (a, _), w in zip(answers, want))
         gaps = [

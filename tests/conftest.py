@@ -246,6 +246,58 @@ def write_unusual_images(folder: Path, classes: tuple[str, ...] = ("a", "b")) ->
     return written
 
 
+@contextlib.contextmanager
+def static_folder(folder: Path, headers: dict[str, str] | None = None) -> Iterator[str]:
+    """`python -m http.server` on `folder` at a free loopback port (sending `headers` with every
+    answer): its address, the server stopped afterwards."""
+    import functools
+    import http.server
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def end_headers(self) -> None:
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
+            super().end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Handler, directory=str(folder))
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+
+
+def open_app(page, address: str) -> None:
+    """Load the phone app (`imgclf export --format web`) at `address` and wait for its model."""
+    page.goto(address)
+    page.wait_for_function("window.imgclf !== undefined")
+    page.evaluate("window.imgclf.ready")
+
+
+@contextlib.contextmanager
+def app_in_chromium(folder: Path, flags: list[str] | None = None) -> Iterator:
+    """The app folder served statically and open in headless Chromium, its model loaded: the page."""
+    from playwright.sync_api import sync_playwright
+
+    with static_folder(folder) as address, sync_playwright() as driver:
+        browser = driver.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=flags or CHROMIUM_FLAGS
+        )
+        try:
+            page = browser.new_page()
+            open_app(page, address)
+            yield page
+        finally:
+            browser.close()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -4,15 +4,10 @@ server, then offline, answering as `imgclf predict` on the same model file."""
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import http.server
 import io
 import json
 import shutil
 import subprocess
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +15,15 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from conftest import CHROMIUM, CHROMIUM_FLAGS, served_at, shape_image
+from conftest import (
+    CHROMIUM,
+    CHROMIUM_FLAGS,
+    app_in_chromium,
+    open_app,
+    served_at,
+    shape_image,
+    static_folder,
+)
 from imgclf.data.decode import reduce_for
 from imgclf.data.preprocess import PreprocessSpec, load_prepared, prepare_image
 from imgclf.errors import UsageError
@@ -194,25 +197,6 @@ def test_preprocess_js_gives_exactly_pillows_pixels(tmp_path: Path) -> None:
 # --- the app in Chromium ---------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def static_server(folder: Path) -> Iterator[str]:
-    """`python -m http.server` on the folder, on a free loopback port: the address."""
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
-
-    handler = functools.partial(Quiet, directory=str(folder))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        thread.join(timeout=10)
-
-
 def sample_images(data: Path) -> list[Path]:
     return sorted(p for p in data.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))[::4]
 
@@ -239,7 +223,7 @@ def test_the_app_answers_as_imgclf_predict_offline_in_chromium(web_app, tmp_path
     predictor = Predictor.from_path(folder / "model.onnx")  # what `imgclf predict` runs on this file
     expected = predictor.predict([str(p) for p in images], top_k=3)
     foreign: list[str] = []
-    with static_server(folder) as address, sync_playwright() as driver:
+    with static_folder(folder) as address, sync_playwright() as driver:
         browser = driver.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
         try:
             context = browser.new_context()
@@ -247,14 +231,10 @@ def test_the_app_answers_as_imgclf_predict_offline_in_chromium(web_app, tmp_path
             page = context.new_page()
             errors: list[str] = []
             page.on("pageerror", lambda error: errors.append(str(error)))
-            page.goto(address)
-            page.wait_for_function("window.imgclf !== undefined")
-            page.evaluate("window.imgclf.ready")
+            open_app(page, address)
             assert page.evaluate("window.imgclf.offline") is True  # every file is in the cache
             context.set_offline(True)
-            page.reload()
-            page.wait_for_function("window.imgclf !== undefined")
-            page.evaluate("window.imgclf.ready")
+            open_app(page, address)
             info = page.evaluate("window.imgclf.info")
             assert info["crossOriginIsolated"] is True  # the service worker's headers: threads
             for path, want in zip(images, expected):
@@ -315,16 +295,12 @@ def test_serves_app_installs_with_its_token_and_then_runs_offline_in_chromium(we
         try:
             context = browser.new_context()
             page = context.new_page()
-            page.goto(f"http://127.0.0.1:{port}/app/?token=s3cret")
-            page.wait_for_function("window.imgclf !== undefined")
-            page.evaluate("window.imgclf.ready")
+            open_app(page, f"http://127.0.0.1:{port}/app/?token=s3cret")
             assert "token" not in page.url  # dropped from the address bar, kept by the page
             assert page.evaluate("window.imgclf.offline") is True
             online = page.evaluate(PREDICT, list(image))["top"]
             context.set_offline(True)
-            page.goto(f"http://127.0.0.1:{port}/app/")
-            page.wait_for_function("window.imgclf !== undefined")
-            page.evaluate("window.imgclf.ready")
+            open_app(page, f"http://127.0.0.1:{port}/app/")
             assert page.evaluate(PREDICT, list(image))["top"] == online
         finally:
             browser.close()
@@ -333,7 +309,6 @@ def test_serves_app_installs_with_its_token_and_then_runs_offline_in_chromium(we
 @needs_chromium
 def test_the_apps_camera_classifies_a_frame_in_chromium(web_app, tmp_path: Path) -> None:
     """Chromium's fake camera plays a still picture: Live camera, then Classify frame, shows an answer."""
-    from playwright.sync_api import sync_playwright
 
     folder, _, _ = web_app
     frame = np.asarray(shape_image(0, size=64, mode="RGB").convert("YCbCr"))
@@ -346,29 +321,20 @@ def test_the_apps_camera_classifies_a_frame_in_chromium(web_app, tmp_path: Path)
         "--use-fake-ui-for-media-stream",
         f"--use-file-for-fake-video-capture={y4m}",
     ]
-    with static_server(folder) as address, sync_playwright() as driver:
-        browser = driver.chromium.launch(executable_path=CHROMIUM, headless=True, args=flags)
-        try:
-            page = browser.new_page()
-            page.goto(address)
-            page.wait_for_function("window.imgclf !== undefined")
-            page.evaluate("window.imgclf.ready")
-            page.click("#camera")
-            page.wait_for_function("!document.getElementById('capture').disabled")
-            page.click("#capture")
-            page.wait_for_function("document.querySelectorAll('#results li').length > 0", timeout=30_000)
-            assert page.evaluate("window.imgclf.last.size") == [64, 64]
-            shown = page.inner_text("#results")
-            assert any(name in shown for name in ("Cross", "Disc", "Square"))
-        finally:
-            browser.close()
+    with app_in_chromium(folder, flags) as page:
+        page.click("#camera")
+        page.wait_for_function("!document.getElementById('capture').disabled")
+        page.click("#capture")
+        page.wait_for_function("document.querySelectorAll('#results li').length > 0", timeout=30_000)
+        assert page.evaluate("window.imgclf.last.size") == [64, 64]
+        shown = page.inner_text("#results")
+        assert any(name in shown for name in ("Cross", "Disc", "Square"))
 
 
 @needs_chromium
 def test_the_app_answers_unknown_as_imgclf_predict_does_in_chromium(unknown_model, tmp_path: Path) -> None:
     """A model trained with --min-precision: the app applies its unknown rule (confidence, and the
     likeness to the training images from the graph's extra outputs) as predict does."""
-    from playwright.sync_api import sync_playwright
 
     run, data = unknown_model
     copy = tmp_path / "run"
@@ -387,19 +353,11 @@ def test_the_app_answers_unknown_as_imgclf_predict_does_in_chromium(unknown_mode
         for name, content in inputs.items()
     }
     assert any(p.unknown for p in expected.values()) and not all(p.unknown for p in expected.values())
-    with static_server(folder) as address, sync_playwright() as driver:
-        browser = driver.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
-        try:
-            page = browser.new_page()
-            page.goto(address)
-            page.wait_for_function("window.imgclf !== undefined")
-            page.evaluate("window.imgclf.ready")
-            for name, content in inputs.items():
-                top = page.evaluate(PREDICT, list(content))["top"]
-                assert top[0]["class"] == expected[name].labels[0], name
-                assert bool(top[0].get("unknown")) == bool(expected[name].unknown), (name, top[0])
-        finally:
-            browser.close()
+    with app_in_chromium(folder) as page:
+        for name, content in inputs.items():
+            top = page.evaluate(PREDICT, list(content))["top"]
+            assert top[0]["class"] == expected[name].labels[0], name
+            assert bool(top[0].get("unknown")) == bool(expected[name].unknown), (name, top[0])
 
 
 def png_bytes(image: Image.Image) -> bytes:
