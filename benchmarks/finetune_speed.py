@@ -11,7 +11,9 @@ network's share of an epoch), with BatchNorm statistics frozen as the transfer r
   the CPU has AVX-512 BF16 or AMX);
 - `lastN@S`: only the last N blocks (and the head) train at S px; the frozen part runs without
   autograd;
-- `... b64`: batch 64 instead of 32; `... compiled`: through torch.compile (its compile time printed).
+- `... b64`: batch 64 instead of 32; `... compiled`: through torch.compile (its compile time printed);
+- bf16 variants run the depthwise convolutions' training passes in float32, as the trainer does
+  (`imgclf.models.anatomy.depthwise_gradients_in_float32`); `... dw16` keeps them in bf16 (before).
 
 Ratios are to `all@224 bf16` (or `all@224` where bf16 is not native), measured in the same run.
 
@@ -36,6 +38,7 @@ from common import describe_machine
 from imgclf.config import ModelConfig
 from imgclf.device import cpu_has_bf16
 from imgclf.models import create_model
+from imgclf.models.anatomy import depthwise_gradients_in_float32
 from imgclf.models.factory import model_args
 from imgclf.models.pretrained import load_pretrained
 from imgclf.training.finetune import set_trainable
@@ -43,8 +46,10 @@ from imgclf.training.loop import denormals_flushed
 
 DEFAULT_VARIANTS = (
     "all@224",
+    "all@224 bf16 dw16",
     "all@224 bf16",
     "all@224 bf16 b64",
+    "last3@224 bf16 dw16",
     "last3@224 bf16",
     "last2@224 bf16",
     "all@160 bf16",
@@ -54,19 +59,21 @@ DEFAULT_VARIANTS = (
 )
 
 
-def parse(variant: str) -> tuple[str, int, bool, int, bool]:
+def parse(variant: str) -> tuple[str, int, bool, int, bool, bool]:
     words = variant.split()
     unfreeze, size = words[0].split("@")
     unfreeze = "all" if unfreeze == "all" else unfreeze.removeprefix("last")
     batch = next((int(w[1:]) for w in words if w.startswith("b") and w[1:].isdigit()), 32)
-    return unfreeze, int(size), "bf16" in words, batch, "compiled" in words
+    return unfreeze, int(size), "bf16" in words, batch, "compiled" in words, "dw16" in words
 
 
 def rate(name: str, variant: str, seconds: float) -> tuple[float, float]:
     """(images/s, compile seconds) of training steps for one variant."""
-    unfreeze, size, bf16, batch, compiled = parse(variant)
+    unfreeze, size, bf16, batch, compiled, depthwise_bf16 = parse(variant)
     model = create_model(model_args(ModelConfig(name=name, pretrained=True), 5, 3, [size, size]))
     load_pretrained(model, name)
+    if bf16 and not depthwise_bf16:  # as the trainer does (see depthwise_gradients_in_float32)
+        depthwise_gradients_in_float32(model)
     frozen = set_trainable(model, unfreeze, frozen_bn=True)
     model = model.to(memory_format=torch.channels_last).train()
     for module in frozen:
@@ -103,7 +110,7 @@ def pipeline_rate(data: Path, variant: str, folder: Path) -> float:
     """The first fine-tuning epoch's images/s of a real `imgclf.train` run."""
     import imgclf
 
-    unfreeze, size, _, _, _ = parse(variant)
+    unfreeze, size, *_ = parse(variant)
     run = imgclf.train(
         data, project=str(folder / "runs"), name=variant.replace("@", "-"), seed=0, epochs=2,
         unfreeze=unfreeze, finetune_size=0 if size == 224 else size,

@@ -119,3 +119,31 @@ def run_image(data: Path):
     from PIL import Image
 
     return Image.open(next((data / "disc").iterdir())).convert("L")
+
+
+def test_depthwise_convolutions_train_in_float32_under_bf16_autocast() -> None:
+    """The class swap keeps the parameters and the state_dict; with gradients under bf16 autocast a
+    depthwise convolution computes in float32 (its weight gradient too), without them in bf16, and
+    outside autocast exactly as nn.Conv2d."""
+    import torch
+    from torch import nn
+
+    from imgclf.models.anatomy import GradFloat32DepthwiseConv2d, depthwise_gradients_in_float32
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 5, padding=2, groups=8), nn.Conv2d(8, 4, 1))
+    plain = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(2, 3, 12, 12)
+    expected = model(x)
+    assert depthwise_gradients_in_float32(model) == 1
+    assert type(model[1]) is GradFloat32DepthwiseConv2d and type(model[0]) is nn.Conv2d
+    assert model.state_dict().keys() == plain.keys()
+    assert torch.equal(model(x), expected)
+    seen = []
+    model[1].register_forward_hook(lambda module, args, output: seen.append(output.dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(x).float().sum().backward()
+        with torch.no_grad():
+            model(x)
+    assert seen == [torch.float32, torch.bfloat16]
+    assert model[1].weight.grad is not None and model[1].weight.grad.dtype == torch.float32

@@ -158,3 +158,31 @@ def feature_map_layer(model: nn.Module, channels: int, height: int, width: int) 
     if not found:
         raise UsageError("this model has no spatial feature maps to explain (an MLP?)")
     return found[-1]
+
+
+class GradFloat32DepthwiseConv2d(nn.Conv2d):
+    """A depthwise convolution that, while gradients are taken, runs in float32 inside bf16
+    autocast. On CPUs with AVX-512 BF16 and AMX, oneDNN 3.12 computes a bf16 depthwise convolution's
+    weight gradient with its generic grouped kernel (`jit_bf16`), which took over half of an
+    EfficientNet-Lite0 training step; in float32 it takes the depthwise kernel. Forward passes
+    without gradients (validation, features) keep bf16, where the depthwise kernel is fast. Same
+    parameters and state_dict as nn.Conv2d."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (
+            torch.is_grad_enabled() and self.weight.requires_grad and torch.is_autocast_enabled(x.device.type)
+        ):
+            return super().forward(x)
+        with torch.autocast(x.device.type, enabled=False):
+            return super().forward(x.float())
+
+
+def depthwise_gradients_in_float32(model: nn.Module) -> int:
+    """Turn every plain depthwise nn.Conv2d of `model` into a `GradFloat32DepthwiseConv2d` (in place,
+    the parameters untouched); returns how many. For bf16 training on the CPU."""
+    changed = 0
+    for module in model.modules():
+        if type(module) is nn.Conv2d and module.groups > 1 and module.groups == module.in_channels:
+            module.__class__ = GradFloat32DepthwiseConv2d
+            changed += 1
+    return changed

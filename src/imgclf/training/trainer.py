@@ -40,6 +40,7 @@ from imgclf.device import configure_backends, resolve_device, resolve_precision
 from imgclf.errors import UsageError
 from imgclf.evaluation.evaluate import write_samples
 from imgclf.inference.predictor import Predictor
+from imgclf.models.anatomy import depthwise_gradients_in_float32
 from imgclf.models.factory import create_model, model_args
 from imgclf.models.pretrained import load_pretrained
 from imgclf.models.spec import resolve_spec
@@ -407,12 +408,17 @@ class Trainer:
         if cfg.augment.mixup or cfg.augment.cutmix:
             mix = BatchMix(cfg.augment.mixup, cfg.augment.cutmix, cfg.seed)
         features = strategy.feature_batches
+        autocast_dtype = resolve_precision(cfg.train.precision, self.hardware.device)
+        if autocast_dtype == torch.bfloat16 and self.hardware.device.type == "cpu":
+            # oneDNN's bf16 depthwise weight gradient is its slow generic kernel: those convolutions
+            # train in float32 (1.4× the images/s of Lite0's last 3 blocks, benchmarks/finetune_speed.py)
+            depthwise_gradients_in_float32(self.network.model)
         return StepContext(
             device=self.hardware.device,
             spec=prepared.spec,
             augment=augment,
             mix=mix,
-            autocast_dtype=resolve_precision(cfg.train.precision, self.hardware.device),
+            autocast_dtype=autocast_dtype,
             channels_last=self.network.channels_last and not features,
             seed=cfg.seed,
             normalize=not features,
