@@ -400,3 +400,23 @@ def test_serve_prints_the_apps_address_and_speaks_https_with_a_certificate(
     assert secure.exit_code == 0, secure.output
     assert "https://127.0.0.1:8000/app/ (the phone app in" in secure.output
     assert (calls[-1]["ssl_certfile"], calls[-1]["ssl_keyfile"]) == (str(cert), str(key))
+
+
+def test_auto_quantization_falls_back_to_the_float_model_when_int8_fails_its_check(
+    unknown_model, tmp_path: Path
+) -> None:
+    """--quantize auto: this run's int8 graph is made (the run has its manifest) and fails its check
+    (97.2% agreement, unknown answers included, where 99% is needed): the app carries the float
+    graph, and says why."""
+    import onnx
+
+    run, _ = unknown_model
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    result = export_model(copy, tmp_path / "app", format="web")
+    assert result.quantize == "none" and result.quantization is None
+    reason = next(line for line in result.check_lines if line.startswith("int8 not used, the float model"))
+    assert "does not answer as the float model does" in reason  # the check ran and refused it
+    graph = onnx.load(str(tmp_path / "app" / "model.onnx"))
+    assert not [node for node in graph.graph.node if node.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert json.loads((tmp_path / "app" / "model.json").read_text())["quantization"] == "none (float32)"

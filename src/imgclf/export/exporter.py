@@ -256,10 +256,12 @@ def export_model(
     if quantize == "int8":
         quantize_job(job, result, info, artifact_dir, check_images, calibration_images, calibration_count)
     elif quantize == "auto":
+        float_payload = job.payload
         try:
             quantize_job(job, result, info, artifact_dir, check_images, calibration_images, calibration_count)
             result.quantize = "int8"
-        except ImgclfError as error:  # the check failed, or its images are not there: say so
+        except ImgclfError as error:  # the check failed, or its images are not there: the float model
+            job.payload, job.recheck_int8, result.quantization = float_payload, None, None
             result.quantize = "none"
             result.check_lines.append(f"int8 not used, the float model is: {error}")
     payload = writer.write(job, result)  # the format's own bytes (a folder's files), checked
