@@ -268,10 +268,9 @@ def export_model(
     if folder:
         result.size_bytes = sum(len(content) for content in payload.values())
         replace_dir_atomic(out_path, lambda tmp: _write_files(tmp, payload))
-        logger.debug("exported %s (max |Δp| %.2e on %d images)", out_path, max_abs_diff, len(images))
-        return result
-    result.size_bytes = len(payload)
-    write_atomic(out_path, lambda tmp: tmp.write_bytes(payload))
+    else:
+        result.size_bytes = len(payload)
+        write_atomic(out_path, lambda tmp: tmp.write_bytes(payload))
     logger.debug("exported %s (max |Δp| %.2e on %d images)", out_path, max_abs_diff, len(images))
     return result
 

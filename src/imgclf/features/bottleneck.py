@@ -23,7 +23,7 @@ from imgclf.data.imageset import ImageSet
 from imgclf.data.loader import MemoryLoader
 from imgclf.data.prepared import PreparedData, ProgressListener, report_progress
 from imgclf.data.preprocess import PreprocessSpec, normalize_batch
-from imgclf.features.store import remember_features
+from imgclf.features.store import remember_features, store_path
 from imgclf.inference.predictor import Predictor
 from imgclf.io import save_arrays, write_atomic, write_text_atomic
 from imgclf.models.anatomy import penultimate_features
@@ -134,7 +134,8 @@ def cached_features(
         ).encode()
     ).hexdigest()[:24]
     path = cache_dir() / "features" / f"{key}.npz"
-    if path.is_file():
+    computed = not path.is_file()
+    if not computed:
         stored = np.load(path)
         features, labels, speed = stored["features"], stored["labels"], None
     else:
@@ -143,8 +144,10 @@ def cached_features(
         speed = len(labels) / max(time.perf_counter() - started, 1e-9)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, lambda tmp: save_arrays(tmp, features=features, labels=labels))
-    if ctx.autocast_dtype is None and prepared.view(split)[0] == prepared.spec:
-        # the run's backbone on each image, in float32 at the model's size: what `update` refits on
+    # the run's backbone on each image, in float32 at the model's size: what `update` refits on,
+    # kept when computed now (or when the per-image store is gone), not on every run that reads them
+    exact = ctx.autocast_dtype is None and prepared.view(split)[0] == prepared.spec
+    if exact and (computed or not store_path(backbone, prepared.spec).is_file()):
         locations = [prepared.image_set.location(int(i)) for i in prepared.indices(split)]
         remember_features(backbone, prepared.spec, locations, features)
     return features, labels, speed

@@ -134,21 +134,25 @@ function answer(probabilities, likeness) {
   return top;
 }
 
-async function input(blob) {
-  await ready;
-  const image = await decode(blob);
-  const spec = config.preprocessing;
-  const { input: data, notes } = prepare(image.rgba, image.width, image.height, image.stored, spec);
-  return { data: Array.from(data), shape: [spec.channels, spec.height, spec.width], notes };
-}
-
-async function predict(blob) {
+/** The model's input for a photo, as imgclf predict makes it, and what each step took. */
+async function modelInput(blob) {
   await ready;
   const started = performance.now();
   const image = await decode(blob);
   const decoded = performance.now();
   const spec = config.preprocessing;
   const { input, notes } = prepare(image.rgba, image.width, image.height, image.stored, spec);
+  const ms = { decode: decoded - started, prepare: performance.now() - decoded };
+  return { image, spec, input, notes, ms };
+}
+
+async function input(blob) {
+  const { spec, input: data, notes } = await modelInput(blob);
+  return { data: Array.from(data), shape: [spec.channels, spec.height, spec.width], notes };
+}
+
+async function predict(blob) {
+  const { image, spec, input, notes, ms } = await modelInput(blob);
   const prepared = performance.now();
   const tensor = new ort.Tensor("float32", input, [1, spec.channels, spec.height, spec.width]);
   const outputs = await session.run({ image: tensor });
@@ -160,7 +164,7 @@ async function predict(blob) {
     : null;
   const top = answer(probabilities, likeness);
   // what the last photo took, in milliseconds: decoding, preprocessing, the model
-  const ms = { decode: decoded - started, prepare: prepared - decoded, model: ran - prepared };
+  ms.model = ran - prepared;
   window.imgclf.last = { top, notes, size: [image.width, image.height], ms };
   return top;
 }
