@@ -54,16 +54,18 @@ FINAL_RESERVE = 15.0
 # No fine-tuning when the head already answers all but this share of validation right: there are too
 # few mistakes left for an epoch to fix, and a validation set cannot tell such a gain from noise.
 FINETUNE_SKIP_ERROR = 0.01
-# Fine-tuning stops once FINETUNE_PATIENCE epochs have passed since the best epoch (the head
-# included) when the latest is not climbing and is significantly behind the best; after
-# FINETUNE_MAX_PATIENCE epochs since the best, when it is not climbing. See `FineTuneStop`.
+# Fine-tuning stops FINETUNE_PATIENCE epochs after the best epoch (the head included) unless the latest
+# is climbing; a climb buys at most FINETUNE_MAX_PATIENCE epochs since the best. See `FineTuneStop`.
 FINETUNE_PATIENCE = 2
-FINETUNE_MAX_PATIENCE = 5
+FINETUNE_MAX_PATIENCE = 4
 # The paired tests (McNemar's exact test on the validation images two epochs answer differently,
-# one-sided): an epoch climbs when it is right on significantly more images than the epoch before,
-# and is behind when the best epoch is right on significantly more images than it.
+# one-sided): an epoch climbs when it is right on significantly more images than the epoch before;
+# how far the best epoch is ahead of the latest is given in the stop line.
 CLIMB_P = 0.1
 BEHIND_P = 0.1
+# An epoch also climbs when its validation loss is the run's lowest by this share, or the lowest
+# after falling two epochs in a row (a loss a hair under the lowest after a rise is noise).
+CLIMB_LOSS = 0.02
 
 
 @dataclass
@@ -366,15 +368,14 @@ def mcnemar(before: np.ndarray, after: np.ndarray) -> tuple[int, int, float]:
 class FineTuneStop(Callback):
     """Stop fine-tuning when validation gives evidence that it no longer pays, and not before.
 
-    The latest epoch climbs when it is right on significantly more validation images than the epoch
-    before (`mcnemar`, p < CLIMB_P: one or two images more on a small validation split are noise, not
-    a trend), or when its validation loss is the run's lowest after falling two epochs in a row; a
-    climbing fine-tune is left to climb. Otherwise it stops FINETUNE_PATIENCE epochs after the best
-    epoch (the head, epoch 0, included) when the best is right on significantly more images than the
-    latest (p < BEHIND_P), and FINETUNE_MAX_PATIENCE epochs after it in any case. Without the answers
-    (multi-label, several processes) a rise of the metric is a climb, and the metric's drop below the
-    best is taken as behind. Never stops on the last planned epoch, nor without validation. Runs
-    after KeepBest; says why in one line."""
+    It stops FINETUNE_PATIENCE epochs after the best epoch (the head, epoch 0, included), so at most that
+    many epochs run after the one that is kept, unless the latest epoch climbs: it is right on
+    significantly more validation images than the epoch before (`mcnemar`, p < CLIMB_P: one or two images
+    more on a small validation split are noise, not a trend), or its validation loss is the run's lowest
+    by CLIMB_LOSS, or the lowest after falling two epochs in a row. A climbing fine-tune is left to climb,
+    up to FINETUNE_MAX_PATIENCE epochs after the best. Without the answers (multi-label, several
+    processes) a rise of the metric is a climb. Never stops on the last planned epoch, nor without
+    validation. Runs after KeepBest; says why in one line, with how far the best epoch is ahead."""
 
     def __init__(self, patience: int = FINETUNE_PATIENCE, most: int = FINETUNE_MAX_PATIENCE) -> None:
         self.patience, self.most = patience, most
@@ -397,17 +398,16 @@ class FineTuneStop(Callback):
         if since < self.patience:
             return
         climbing, how = self._climbing(state, metric, before)
-        if climbing:
+        if climbing and since < self.most:
             return
-        behind, against_best = self._behind(state, metric)
-        if not behind and since < self.most:
-            return
+        against_best = self._behind(state, metric)
         best = state.best_value if state.best_value is not None else float("nan")
         state.stop = True
         state.stop_reason = (
             f"early stop: fine-tuning no longer pays: {since} epochs since the best ({metric} {best:.4f}, "
             f"epoch {state.best_epoch}{' — the head' if state.best_epoch == 0 else ''}); epoch "
-            f"{state.epoch} is {against_best} and not climbing ({how}); the best epoch is kept"
+            f"{state.epoch} is {against_best} and {'still' if climbing else 'not'} climbing ({how})"
+            f"{', the most a climb is given' if climbing else ''}; the best epoch is kept"
         )
 
     def _paired(self, first: tuple[np.ndarray, np.ndarray] | None) -> tuple[int, int, float] | None:
@@ -424,8 +424,8 @@ class FineTuneStop(Callback):
         losses = [row.get("val_loss", float("nan")) for row in state.history]
         loss, low = losses[-1], min((x for x in losses[:-1] if math.isfinite(x)), default=float("inf"))
         falling = len(losses) >= 3 and losses[-1] < losses[-2] < losses[-3]
-        if math.isfinite(loss) and loss < low and falling:
-            return True, f"val_loss {loss:.4f}, the lowest yet, falling"
+        if math.isfinite(loss) and (loss < low * (1 - CLIMB_LOSS) or (loss < low and falling)):
+            return True, f"val_loss {loss:.4f}, the lowest yet ({low:.4f} before)"
         words = f"val_loss {loss:.4f} against the lowest {low:.4f}"
         paired = self._paired(before)
         if paired is not None:
@@ -439,19 +439,18 @@ class FineTuneStop(Callback):
         rose = value is not None and previous is not None and value > previous
         return rose, f"{metric} {value:.4f} after {previous:.4f}; {words}"
 
-    def _behind(self, state: TrainState, metric: str) -> tuple[bool, str]:
-        """Whether the best epoch answers significantly better than the latest, in words."""
+    def _behind(self, state: TrainState, metric: str) -> str:
+        """How far the best epoch is ahead of the latest, in words (McNemar where the answers are)."""
         now, best = self.answers, self.best
         if now is not None and best is not None and np.array_equal(now[1], best[1]):
             lost, gained, p = mcnemar(now[0], best[0])  # the best epoch's gain over the latest
-            behind = p < BEHIND_P
-            return behind, (
-                f"{'behind' if behind else 'not clearly behind'} it ({lost} images it gets right "
-                f"and epoch {state.epoch} misses, {gained} the other way, p = {p:.2f})"
+            return (
+                f"{'behind' if p < BEHIND_P else 'not clearly behind'} it ({lost} images it gets "
+                f"right and epoch {state.epoch} misses, {gained} the other way, p = {p:.2f})"
             )
         value, best = state.last.get(metric, float("nan")), state.best_value
         behind = best is not None and value < best
-        return behind, f"{'behind' if behind else 'level with'} it ({metric} {value:.4f})"
+        return f"{'behind' if behind else 'level with'} it ({metric} {value:.4f})"
 
 
 class ProgressiveResize(Callback):
