@@ -12,6 +12,9 @@ network's share of an epoch), with BatchNorm statistics frozen as the transfer r
 - `lastN@S`: only the last N blocks (and the head) train at S px; the frozen part runs without
   autograd;
 - `... b64`: batch 64 instead of 32; `... compiled`: through torch.compile (its compile time printed);
+- `... prefix`: only the forward pass of the frozen part (up to the first block that trains), without
+  autograd: the share of a step that features of the frozen part, computed once per augmented view
+  and reused, would save;
 - bf16 variants run the depthwise convolutions' training passes in float32, as the trainer does
   (`imgclf.models.anatomy.depthwise_gradients_in_float32`); `... dw16` keeps them in bf16 (before).
 
@@ -26,6 +29,7 @@ first epoch's images/s (decoding, augmentation and batching included, validation
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -59,6 +63,41 @@ DEFAULT_VARIANTS = (
 )
 
 
+class _Cut(Exception):
+    """Raised at the first block that trains, to time the frozen part's forward pass alone."""
+
+
+def prefix_rate(
+    model: torch.nn.Module, unfreeze: str, images: torch.Tensor, bf16: bool, seconds: float
+) -> float:
+    """Images/s of the frozen part's forward pass: the model run until its first trainable block."""
+    from imgclf.models.anatomy import model_blocks
+
+    def cut(module: torch.nn.Module, inputs: object) -> None:
+        raise _Cut
+
+    hook = model_blocks(model)[-int(unfreeze)].register_forward_pre_hook(cut)
+    model.eval()
+
+    def forward() -> None:
+        with (
+            torch.no_grad(),
+            torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16),
+            contextlib.suppress(_Cut),
+        ):
+            model(images)
+
+    with denormals_flushed():
+        forward()
+        steps, started = 0, time.perf_counter()
+        while steps < 3 or time.perf_counter() - started < seconds:
+            forward()
+            steps += 1
+        speed = steps * len(images) / (time.perf_counter() - started)
+    hook.remove()
+    return speed
+
+
 def parse(variant: str) -> tuple[str, int, bool, int, bool, bool]:
     words = variant.split()
     unfreeze, size = words[0].split("@")
@@ -82,6 +121,8 @@ def rate(name: str, variant: str, seconds: float) -> tuple[float, float]:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     images = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
     labels = torch.randint(0, 5, (batch,))
+    if "prefix" in variant.split():
+        return prefix_rate(model, unfreeze, images, bf16, seconds), 0.0
 
     def step() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):

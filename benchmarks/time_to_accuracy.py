@@ -1,7 +1,7 @@
 """Time to accuracy: imgclf's zero-flag run against fastai's `fine_tune`, side by side in one run.
 
     python benchmarks/time_to_accuracy.py DATA [DATA ...] [--sides imgclf,fastai] [--before SRC]
-        [--fastai-epochs 4] [--workdir DIR]
+        [--fastai-epochs 4] [--repeat N] [--workdir DIR]
 
 DATA: a folder, a zip, or `archive.zip:N` (N images per class, seeded), e.g.
 `../shared/datasets/flowers5.zip:100` or `../shared/datasets/mnist_png.zip:200` (class folders of
@@ -17,9 +17,11 @@ Sides, each from an empty cache folder, on the same images:
   environment (fastai_env.py), on the train/validation split imgclf wrote to manifest.csv (a test
   split is left out of both). Its time counts from building its data loaders.
 
-Prints the machine and one row per (data, side): validation accuracy (and test accuracy where the
-data has a test split), wall seconds, and against fastai the accuracy difference and the time ratio;
-under each imgclf run, its phase table (the run folder's phases.csv) in one line.
+`--repeat N` runs the imgclf side N times (each from an empty cache folder) and prints the spread of
+its accuracy and wall time. Prints the machine and one row per (data, side): validation accuracy
+(and test accuracy where the data has a test split), wall seconds, and against fastai the accuracy
+difference and the time ratio; under each imgclf run, its phase table (the run folder's phases.csv)
+in one line.
 """
 
 from __future__ import annotations
@@ -135,9 +137,12 @@ def main() -> None:
     parser.add_argument("--sides", default="imgclf,fastai", help="imgclf, before, fastai (in this order)")
     parser.add_argument("--before", type=Path, help="the src/ folder of the imgclf to compare with")
     parser.add_argument("--fastai-epochs", type=int, default=4)
+    parser.add_argument("--repeat", type=int, default=1, help="run the imgclf side this many times")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
-    sides = args.sides.split(",")
+    sides = []
+    for side in args.sides.split(","):  # repeats of imgclf: imgclf, imgclf-2, …, each from empty caches
+        sides += [side] + ([f"{side}-{n}" for n in range(2, args.repeat + 1)] if side == "imgclf" else [])
     if "before" in sides and args.before is None:
         parser.error("--sides before needs --before SRC")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="imgclf-time-to-accuracy-"))
@@ -197,6 +202,15 @@ def main() -> None:
             print(
                 f"{data.name:<22} {side:<7} {row['val_acc']:>8.4f} {test:>8} {row['seconds']:>8.1f} "
                 f"{versus:>22}"
+            )
+        repeats = [row for side, row in results.items() if side.startswith("imgclf") and "error" not in row]
+        if len(repeats) > 1:
+            accuracy = [row["val_acc"] for row in repeats]
+            seconds = [row["seconds"] for row in repeats]
+            print(
+                f"{data.name:<22} imgclf × {len(repeats)}: val_acc {min(accuracy):.4f}–{max(accuracy):.4f} "
+                f"(spread {(max(accuracy) - min(accuracy)) * 100:.1f} pts), wall {min(seconds):.1f}–"
+                f"{max(seconds):.1f} s"
             )
 
 
