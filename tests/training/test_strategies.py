@@ -19,12 +19,14 @@ from imgclf.data.augment import BatchAugment
 from imgclf.features.head import HeadFit
 from imgclf.runs import RunFolder
 from imgclf.training.events import KeepBest, TrainState
+from imgclf.training.optim import Schedule
 from imgclf.training.recipes.head_only import HeadOnlyStrategy
 from imgclf.training.recipes.plain import PlainStrategy
 from imgclf.training.recipes.staged import StagedStrategy
 from imgclf.training.recipes.transfer import TransferStrategy
 from imgclf.training.strategy import create_strategy
 from imgclf.training.transfer import (
+    ANNEAL_ABOVE,
     FINETUNE_MAX_PATIENCE,
     FINETUNE_PATIENCE,
     FineTuneStop,
@@ -129,6 +131,47 @@ def test_fine_tuning_stops_when_it_no_longer_pays_and_says_why() -> None:
     assert FINETUNE_PATIENCE == 2
     # never on the last planned epoch (nothing is left to save)
     assert not _run_epochs([0.9, 0.8, 0.7], epochs=2).stop
+
+
+def test_a_fine_tune_that_trails_at_a_high_learning_rate_is_annealed_before_it_is_judged() -> None:
+    """flowers5 at 250 per class with 5 and 8 minutes: a 10- or 15-epoch cosine schedule trails the
+    head for its first epochs at nearly the peak rate (0.732, then 0.62, 0.728, 0.70), where a
+    5-epoch one passes it as the rate falls (0.772). Instead of stopping there, the schedule is
+    shortened to end one epoch later, decaying from where the shortened cosine stands; then the run
+    ends and the best epoch is kept."""
+    cfg = resolve_config(None, {"train.schedule": "cosine", "train.warmup_epochs": 0.3})
+    values, losses = [0.732, 0.62, 0.728, 0.70, 0.75, 0.76], [0.81, 0.91, 0.83, 0.84, 0.70, 0.69]
+    state = _state(values)
+    state.epochs = 15
+    state.schedule = Schedule(state.optimizer, cfg.train, steps_per_epoch=10, epochs=15, lr=0.1)
+    keep, stop = KeepBest(lambda state: None), FineTuneStop()
+    rates = []
+    for epoch, value in enumerate(values):
+        if epoch > state.epochs:
+            break
+        state.epoch = epoch
+        for _ in range(10 if epoch else 0):  # the epoch's steps
+            state.optimizer.step()
+            state.schedule.step_batch()
+            rates.append(state.schedule.share_of_peak())
+        state.history.append({"epoch": epoch, "val_acc": value, "val_loss": losses[epoch]})
+        state.val_right = np.arange(250) < round(value * 250)
+        state.val_labels = np.zeros(250, dtype=np.int64)
+        keep.on_epoch_end(state)
+        stop.on_epoch_end(state)
+        assert not state.stop
+    # epoch 2 climbed (27 images more than epoch 1); epoch 3 did not: annealed, ended after epoch 4
+    assert state.epochs == 4 and state.epoch == 4 and state.best_epoch == 4
+    assert rates[29] > 0.85 and rates[30] < 0.2 and rates[-1] <= 0.011  # 0.92 → its floor
+    # a schedule near its end is judged as it is: a 3-epoch cosine is at 0.15 of its peak after epoch 2
+    state = _state([])
+    state.epochs = 3
+    state.schedule = Schedule(state.optimizer, cfg.train, steps_per_epoch=10, epochs=3, lr=0.1)
+    for _ in range(20):
+        state.optimizer.step()
+        state.schedule.step_batch()
+    assert state.schedule.share_of_peak() < ANNEAL_ABOVE
+    assert not FineTuneStop()._anneal(state) and state.epochs == 3
 
 
 def test_mcnemar_counts_the_images_two_epochs_answer_differently() -> None:

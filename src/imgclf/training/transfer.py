@@ -58,6 +58,12 @@ FINETUNE_SKIP_ERROR = 0.01
 # is climbing; a climb buys at most FINETUNE_MAX_PATIENCE epochs since the best. See `FineTuneStop`.
 FINETUNE_PATIENCE = 2
 FINETUNE_MAX_PATIENCE = 4
+# A fine-tune that would stop while its learning rate is above ANNEAL_ABOVE of its peak has not been
+# judged fairly (a long cosine schedule's first epochs trail the head at a high rate, then pass it as
+# the rate falls): its schedule is shortened to end ANNEAL_EPOCHS later instead, the rate decaying
+# from where the shortened cosine stands, and the best epoch (the head included) is kept at the end.
+ANNEAL_ABOVE = 0.5
+ANNEAL_EPOCHS = 1
 # The paired tests (McNemar's exact test on the validation images two epochs answer differently,
 # one-sided): an epoch climbs when it is right on significantly more images than the epoch before;
 # how far the best epoch is ahead of the latest is given in the stop line.
@@ -381,6 +387,7 @@ class FineTuneStop(Callback):
         self.patience, self.most = patience, most
         self.answers: tuple[np.ndarray, np.ndarray] | None = None  # the latest epoch's (right, labels)
         self.best: tuple[np.ndarray, np.ndarray] | None = None  # the best epoch's
+        self.annealing = False  # the schedule was shortened to judge the fine-tune at a low rate
 
     def on_epoch_end(self, state: TrainState) -> None:
         before, self.answers = self.answers, None
@@ -388,7 +395,7 @@ class FineTuneStop(Callback):
             self.answers = (np.asarray(state.val_right, bool), np.asarray(state.val_labels))
         if state.improved or self.best is None:
             self.best = self.answers
-        if state.epoch == 0 or len(state.history) < 2 or state.best_epoch is None:
+        if state.epoch == 0 or len(state.history) < 2 or state.best_epoch is None or self.annealing:
             return
         metric = "val_map" if "val_map" in state.last else "val_acc"  # multi-label: by mAP
         value = state.last.get(metric)
@@ -402,6 +409,15 @@ class FineTuneStop(Callback):
             return
         against_best = self._behind(state, metric)
         best = state.best_value if state.best_value is not None else float("nan")
+        if self._anneal(state):
+            logger.info(
+                "fine-tuning has not passed the best epoch (%s %.4f, epoch %d) in %d epochs at a high "
+                "learning rate; epoch %d is %s: the rate now decays to 0 over %d more epoch%s, and the "
+                "best epoch is kept",
+                metric, best, state.best_epoch, since, state.epoch, against_best, ANNEAL_EPOCHS,
+                "" if ANNEAL_EPOCHS == 1 else "s",
+            )  # fmt: skip
+            return
         state.stop = True
         state.stop_reason = (
             f"early stop: fine-tuning no longer pays: {since} epochs since the best ({metric} {best:.4f}, "
@@ -409,6 +425,17 @@ class FineTuneStop(Callback):
             f"{state.epoch} is {against_best} and {'still' if climbing else 'not'} climbing ({how})"
             f"{', the most a climb is given' if climbing else ''}; the best epoch is kept"
         )
+
+    def _anneal(self, state: TrainState) -> bool:
+        """Shorten the schedule to end ANNEAL_EPOCHS from now when the rate is still above ANNEAL_ABOVE
+        of its peak and more epochs than that are planned; whether it did."""
+        share = state.schedule.share_of_peak() if state.schedule is not None else None
+        end = state.epoch + ANNEAL_EPOCHS
+        if share is None or share <= ANNEAL_ABOVE or end >= state.epochs or not state.schedule.replan(end):
+            return False
+        state.epochs = end
+        self.annealing = True
+        return True
 
     def _paired(self, first: tuple[np.ndarray, np.ndarray] | None) -> tuple[int, int, float] | None:
         """McNemar of the latest epoch's answers against `first`'s: (gained, lost, p that no gain)."""
