@@ -24,6 +24,7 @@ from conftest import (
     shape_image,
     static_folder,
 )
+from imgclf.artifact import load_model_info, update_artifact_info
 from imgclf.data.decode import reduce_for
 from imgclf.data.preprocess import PreprocessSpec, load_prepared, prepare_image
 from imgclf.errors import UsageError
@@ -129,6 +130,18 @@ def test_serve_serves_the_app_at_app_with_its_model_behind_the_token(web_app) ->
     files, line = web.served_app(bare)
     assert files is not None and "model.onnx" in line
     assert "int8" not in json.loads(files["model.json"])["quantization"]
+    # `imgclf calibrate` changes the temperature, not the weights: an app (or model.onnx) that bakes
+    # the older one in is not served, as predict does not run such a model.onnx
+    stale = folder.parent / "recalibrated"
+    shutil.copytree(artifact, stale)
+    info = load_model_info(stale)
+    info.calibration = {**(info.calibration or {}), "temperature": 2.5}
+    update_artifact_info(stale, info)
+    files, line = web.served_app(stale)
+    assert files is None and "--format web" in line
+    export_model(stale, format="web", out=stale / "web")
+    files, line = web.served_app(stale)
+    assert files is not None and str(stale / "web") in line
 
 
 # --- the preprocessing, pinned to Python's -------------------------------------------------------

@@ -100,7 +100,7 @@ class OnnxClassifier:
         metadata = self.session.get_modelmeta().custom_metadata_map
         if "imgclf.model" not in metadata:
             raise ModelError(f"{self.path} was not exported by imgclf (no imgclf metadata)")
-        self.info = ModelInfo.from_dict(json.loads(metadata["imgclf.model"]))
+        self.info = metadata_info(metadata)
         self.weights_sha256 = metadata.get("imgclf.weights_sha256", "")
         # exports since the graph applies the model's temperature say so; older ones leave it to Predictor
         self.temperature_in_graph = TEMPERATURE_KEY in metadata
@@ -119,8 +119,28 @@ class OnnxClassifier:
         return session_scores(self.session, images, self.fixed_batch)
 
 
+def stale_reason(artifact_dir: Path, info: ModelInfo, weights_sha256: str) -> str | None:
+    """Why an export (its embedded model info and weights digest) no longer answers as the model in
+    `artifact_dir` does, or None when it is current: other weights, label thresholds or calibration
+    (`imgclf calibrate` changes the last two without touching the weights)."""
+    if weights_sha256 != weights_digest(artifact_dir):
+        return "is older than the model's weights"
+    current = load_model_info(artifact_dir)
+    if info.thresholds != current.thresholds:
+        return "carries older label thresholds than the model's"
+    if info.calibration != current.calibration:
+        return "carries an older calibration than the model's"
+    return None
+
+
+def metadata_info(metadata: dict[str, str]) -> ModelInfo:
+    """The model info an imgclf export carries in its graph's metadata."""
+    return ModelInfo.from_dict(json.loads(metadata["imgclf.model"]))
+
+
 def load_current_export(artifact_dir: Path, threads: int | None = None) -> OnnxClassifier | None:
-    """The artifact's model.onnx, ready to run, when it was exported from the weights now in the folder."""
+    """The artifact's model.onnx, ready to run, when it answers as the model now in the folder does
+    (`stale_reason`)."""
     path = artifact_dir / ONNX_FILE
     if not path.is_file():
         return None
@@ -129,18 +149,8 @@ def load_current_export(artifact_dir: Path, threads: int | None = None) -> OnnxC
     except ModelError:  # a damaged export is ignored here; torch runs the model instead
         logger.warning("%s cannot be read; predicting with PyTorch", path)
         return None
-    if export.weights_sha256 != weights_digest(artifact_dir):
-        logger.warning("%s is older than the model's weights; predicting with PyTorch (export again)", path)
-        return None
-    current = load_model_info(artifact_dir)
-    if export.info.thresholds != current.thresholds:
-        logger.warning(
-            "%s carries older label thresholds than the model's; predicting with PyTorch (export again)", path
-        )
-        return None
-    if export.info.calibration != current.calibration:
-        logger.warning(
-            "%s carries an older calibration than the model's; predicting with PyTorch (export again)", path
-        )
+    reason = stale_reason(artifact_dir, export.info, export.weights_sha256)
+    if reason is not None:
+        logger.warning("%s %s; predicting with PyTorch (export again)", path, reason)
         return None
     return export

@@ -235,13 +235,14 @@ def _icon(name: str) -> bytes:
 def served_app(model: str | Path) -> tuple[dict[str, bytes] | None, str]:
     """The app `imgclf serve MODEL` serves at /app/, and a line that says where it comes from:
 
-    - the folder `imgclf export MODEL --format web` wrote (<model>/web/) when it holds this model's
-      weights;
-    - else an app around the model's current model.onnx (or the .onnx file given), built now;
+    - the folder `imgclf export MODEL --format web` wrote (<model>/web/) when its graph answers as
+      the model does now (its weights, label thresholds and calibration: `stale_reason`);
+    - else an app around the model's model.onnx when that is current (or the .onnx file given), built
+      now;
     - else none, and the line names the export command that makes one.
     """
     from imgclf.artifact import resolve_artifact_path
-    from imgclf.inference.onnx_runtime import weights_digest
+    from imgclf.inference.onnx_runtime import metadata_info, stale_reason
 
     location = Path(model).expanduser()
     if location.is_file() and location.suffix.lower() == ".onnx":
@@ -249,21 +250,29 @@ def served_app(model: str | Path) -> tuple[dict[str, bytes] | None, str]:
         metadata = graph_metadata(content)
         return app_files(content, metadata, run_name(metadata)), f"the phone app around {location.name}"
     artifact_dir = resolve_artifact_path(location)
+
+    def current(metadata: dict[str, str]) -> bool:  # the weights, thresholds and calibration of now
+        digest = metadata.get("imgclf.weights_sha256", "")
+        return (
+            "imgclf.model" in metadata and stale_reason(artifact_dir, metadata_info(metadata), digest) is None
+        )
+
     folder = artifact_dir / FOLDER
-    digest = weights_digest(artifact_dir)
-    if owns(folder):
-        config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
-        if config.get("weights_sha256") == digest:
-            files = {
-                item.relative_to(folder).as_posix(): item.read_bytes()
-                for item in sorted(folder.rglob("*"))
-                if item.is_file() and not item.name.startswith(".")
-            }
-            return files, f"the phone app in {folder}"
+    if (
+        owns(folder)
+        and (folder / MODEL_FILE).is_file()
+        and current(graph_metadata((folder / MODEL_FILE).read_bytes()))
+    ):
+        files = {
+            item.relative_to(folder).as_posix(): item.read_bytes()
+            for item in sorted(folder.rglob("*"))
+            if item.is_file() and not item.name.startswith(".")
+        }
+        return files, f"the phone app in {folder}"
     exported = artifact_dir / MODEL_FILE
     if exported.is_file():
         content = exported.read_bytes()
         metadata = graph_metadata(content)
-        if metadata.get("imgclf.weights_sha256") == digest:
+        if current(metadata):
             return app_files(content, metadata, run_name(metadata)), f"the phone app around {exported.name}"
     return None, f"no phone app at /app/: make one with `imgclf export {model} --format web`"
