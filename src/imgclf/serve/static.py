@@ -14,12 +14,11 @@ from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, Response
 
+from imgclf import installable
 from imgclf.inference.predictor import Predictor
 
 logger = logging.getLogger(__name__)
 router = APIRouter(include_in_schema=False)
-
-ICON_SIZES = (192, 512)
 
 
 def _static(name: str) -> bytes:
@@ -27,27 +26,12 @@ def _static(name: str) -> bytes:
 
 
 def web_app_manifest(predictor: Predictor) -> dict[str, Any]:
-    """The page as an installable web app: name, icons, standalone display, relative start URL (so
-    it works behind a path prefix too)."""
-    classes = len(predictor.classes)
-    return {
-        "name": f"imgclf: {classes} classes",
-        "short_name": "imgclf",
-        "description": "Take or choose a photo; this server's model names what it shows.",
-        "start_url": "./",
-        "scope": "./",
-        "display": "standalone",
-        "orientation": "portrait",
-        "background_color": "#f6f8fa",
-        "theme_color": "#2f6fde",
-        "icons": [
-            {"src": "icon.svg", "sizes": "any", "type": "image/svg+xml"},
-            *(
-                {"src": f"icon-{size}.png", "sizes": f"{size}x{size}", "type": "image/png"}
-                for size in ICON_SIZES
-            ),
-        ],
-    }
+    """The camera page as an installable web app (`imgclf.installable`)."""
+    return installable.web_app_manifest(
+        f"imgclf: {len(predictor.classes)} classes",
+        "imgclf",
+        "Take or choose a photo; this server's model names what it shows.",
+    )
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -68,7 +52,7 @@ async def icon_svg() -> Response:
 
 @router.get("/icon-{size}.png")
 async def icon_png(size: int) -> Response:
-    if size not in ICON_SIZES:
+    if size not in installable.ICON_SIZES:
         raise HTTPException(404, "Not Found")
     return Response(_static(f"icon-{size}.png"), media_type="image/png")
 

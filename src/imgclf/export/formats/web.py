@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from imgclf.errors import ModelError, UsageError
+from imgclf.installable import ICON_FILES, web_app_manifest
 
 if TYPE_CHECKING:
     from imgclf.export.exporter import ExportJob, ExportResult
@@ -49,7 +50,6 @@ RUNTIME_FILES = (
     "vendor/onnxruntime-web/LICENSE",
     "vendor/onnxruntime-web/VERSION.json",
 )
-ICONS = ("icon.svg", "icon-192.png", "icon-512.png")
 # files that need the server's token when `imgclf serve` has one (the rest are the same for every
 # model, or, as the manifest, fetched by the browser without the page's token); serve's AccessGuard
 # keeps the same list (imgclf.serve.access.PRIVATE_APP_PATHS)
@@ -158,7 +158,7 @@ def app_files(model: bytes, metadata: dict[str, str], name: str) -> dict[str, by
         raise ModelError("this ONNX file carries no imgclf metadata: export it with `imgclf export`")
     config = app_config(model, metadata, name)
     files: dict[str, bytes] = {path: _asset(path) for path in (*APP_FILES, *RUNTIME_FILES)}
-    files.update({icon: _icon(icon) for icon in ICONS})
+    files.update({icon: _icon(icon) for icon in ICON_FILES})
     files[MODEL_FILE] = model
     files[CONFIG_FILE] = json.dumps(config, ensure_ascii=False, indent=1).encode("utf-8")
     files["manifest.webmanifest"] = json.dumps(manifest(config), ensure_ascii=False, indent=1).encode()
@@ -181,22 +181,8 @@ def app_files(model: bytes, metadata: dict[str, str], name: str) -> dict[str, by
 
 def manifest(config: dict[str, Any]) -> dict[str, Any]:
     classes = config["classes"]
-    return {
-        "name": config["name"],
-        "short_name": config["name"][:12],
-        "description": f"Classifies photos on this phone, offline: {len(classes)} classes.",
-        "start_url": "./",
-        "scope": "./",
-        "display": "standalone",
-        "orientation": "portrait",
-        "background_color": "#f6f8fa",
-        "theme_color": "#2f6fde",
-        "icons": [
-            {"src": "icon.svg", "sizes": "any", "type": "image/svg+xml"},
-            {"src": "icon-192.png", "sizes": "192x192", "type": "image/png"},
-            {"src": "icon-512.png", "sizes": "512x512", "type": "image/png"},
-        ],
-    }
+    description = f"Classifies photos on this phone, offline: {len(classes)} classes."
+    return web_app_manifest(config["name"], config["name"][:12], description)
 
 
 def readme(config: dict[str, Any]) -> str:
