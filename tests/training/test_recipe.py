@@ -191,11 +191,11 @@ def test_finetuning_is_planned_from_the_data_and_the_time_left() -> None:
     small = plan(1_600, 400, 2, None)  # 50 steps per epoch: the most epochs
     assert small.epochs == FINETUNE_MAX_EPOCHS and "50 steps" in small.reason
     assert small.seconds_per_epoch == pytest.approx(1.15 * (1_600 / 40 + 400 / 120))
-    assert plan(3_453, 864, 5, None).epochs == 11  # flowers5: 108 steps per epoch
+    assert plan(3_453, 864, 5, None).epochs == FINETUNE_MAX_EPOCHS  # flowers5: 108 steps, 11 wanted
     assert plan(48_000, 12_000, 10, None).epochs == FINETUNE_MIN_EPOCHS
-    limited = plan(1_600, 400, 2, 600)
+    limited = plan(1_600, 400, 2, 250)
     assert (
-        limited.epochs == int((600 - 400 / 120 - FINAL_RESERVE) // limited.seconds_per_epoch)
+        limited.epochs == int((250 - 400 / 120 - FINAL_RESERVE) // limited.seconds_per_epoch) == 4
         and "time limit" in limited.reason
     )
     three = plan(1_600, 400, 2, 170)  # three epochs fit: they run, and Replan may stretch them

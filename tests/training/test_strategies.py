@@ -145,6 +145,8 @@ def test_a_fine_tune_that_trails_at_a_high_learning_rate_is_annealed_before_it_i
     state.epochs = 15
     state.schedule = Schedule(state.optimizer, cfg.train, steps_per_epoch=10, epochs=15, lr=0.1)
     keep, stop = KeepBest(lambda state: None), FineTuneStop()
+    recorded: list[int] = []  # the run's plan.json, so --resume goes on with the shortened schedule
+    stop.on_change = recorded.append
     rates = []
     for epoch, value in enumerate(values):
         if epoch > state.epochs:
@@ -161,7 +163,7 @@ def test_a_fine_tune_that_trails_at_a_high_learning_rate_is_annealed_before_it_i
         stop.on_epoch_end(state)
         assert not state.stop
     # epoch 2 climbed (27 images more than epoch 1); epoch 3 did not: annealed, ended after epoch 4
-    assert state.epochs == 4 and state.epoch == 4 and state.best_epoch == 4
+    assert state.epochs == 4 and state.epoch == 4 and state.best_epoch == 4 and recorded == [4]
     assert rates[29] > 0.85 and rates[30] < 0.2 and rates[-1] <= 0.011  # 0.92 → its floor
     # a schedule near its end is judged as it is: a 3-epoch cosine is at 0.15 of its peak after epoch 2
     state = _state([])

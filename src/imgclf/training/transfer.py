@@ -41,7 +41,9 @@ logger = logging.getLogger(__name__)
 # optimizer steps fine-tuning aims at, and the bounds on its epochs
 FINETUNE_STEPS = 1200
 FINETUNE_MIN_EPOCHS = 3
-FINETUNE_MAX_EPOCHS = 15
+# a longer cosine schedule spends its first epochs at nearly the peak rate, behind the head, where
+# the stop rule has to judge it (README: 10- and 15-epoch plans on flowers5 ended below 5-epoch ones)
+FINETUNE_MAX_EPOCHS = 6
 # below this many training images per class, fine-tuning has too little to learn from
 FINETUNE_MIN_PER_CLASS = 10
 # the backbone's learning rate as a share of the head's (fastai's fine_tune spreads 1/100..1 over the
@@ -338,6 +340,9 @@ class HeadStage:
                 lambda epochs: self._record(state, epochs),
             )
             self.callbacks.insert(0, replan)
+        for callback in self.callbacks:  # a plan the stop rule shortens is recorded too
+            if isinstance(callback, FineTuneStop):
+                callback.on_change = lambda epochs: self._record(state, epochs)
         if plan.epochs:
             logger.info(
                 "fine-tuning up to %d epochs of about %.0f s: %s (%s; %.0f images/s training, %.0f "
@@ -388,6 +393,7 @@ class FineTuneStop(Callback):
         self.answers: tuple[np.ndarray, np.ndarray] | None = None  # the latest epoch's (right, labels)
         self.best: tuple[np.ndarray, np.ndarray] | None = None  # the best epoch's
         self.annealing = False  # the schedule was shortened to judge the fine-tune at a low rate
+        self.on_change: Callable[[int], None] | None = None  # records a shortened plan (--resume)
 
     def on_epoch_end(self, state: TrainState) -> None:
         before, self.answers = self.answers, None
@@ -434,6 +440,8 @@ class FineTuneStop(Callback):
         if share is None or share <= ANNEAL_ABOVE or end >= state.epochs or not state.schedule.replan(end):
             return False
         state.epochs = end
+        if self.on_change is not None:
+            self.on_change(end)
         self.annealing = True
         return True
 
