@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 FINETUNE_STEPS = 1200
 FINETUNE_MIN_EPOCHS = 3
 # a longer cosine schedule spends its first epochs at nearly the peak rate, behind the head, where
-# the stop rule has to judge it (README: 10- and 15-epoch plans on flowers5 ended below 5-epoch ones)
+# the stop rule has to judge it (README: 10- and 15-epoch plans on flowers5 ended below 6-epoch ones)
 FINETUNE_MAX_EPOCHS = 6
 # below this many training images per class, fine-tuning has too little to learn from
 FINETUNE_MIN_PER_CLASS = 10
