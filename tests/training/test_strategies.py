@@ -26,7 +26,6 @@ from imgclf.training.recipes.staged import StagedStrategy
 from imgclf.training.recipes.transfer import TransferStrategy
 from imgclf.training.strategy import create_strategy
 from imgclf.training.transfer import (
-    ANNEAL_ABOVE,
     FINETUNE_MAX_PATIENCE,
     FINETUNE_PATIENCE,
     FineTuneStop,
@@ -112,9 +111,20 @@ def test_fine_tuning_stops_when_it_no_longer_pays_and_says_why() -> None:
     noisy = _run_epochs(measured, epochs=15, losses=losses, images=50)
     assert noisy.stop and noisy.epoch == 2 and noisy.best_epoch == 0
     assert "not clearly behind it (2 images it gets right and epoch 2 misses" in noisy.stop_reason
-    # a validation loss falling two epochs in a row to the run's lowest is a climb
+    # a validation loss at the run's lowest by 2% is a climb
     falling = _run_epochs([0.72, 0.64, 0.66, 0.70], epochs=15, losses=[0.92, 1.02, 0.85, 0.80], images=50)
     assert not falling.stop
+    # ... a loss a hair under the lowest is not, even after two falls: rose vs tulip (flowers5, 125
+    # per class) peaked at epoch 3; epoch 5's loss 1% under epoch 4's would have run a 3rd epoch after
+    # it, and flowers5 at 50 per class ran 4 after the head on a loss 0.3% under its lowest
+    roses = [0.70, 0.78, 0.60, 0.80, 0.76, 0.76, 0.72]
+    losses = [0.6017, 0.5842, 0.6622, 0.5130, 0.4734, 0.4680, 0.5040]
+    peaked = _run_epochs(roses, epochs=6, losses=losses, images=50)
+    assert peaked.stop and peaked.epoch == 5 and peaked.best_epoch == 3
+    small = [0.60, 0.58, 0.52, 0.58, 0.60, 0.68, 0.70]
+    losses = [1.0971, 0.9912, 0.9876, 0.9527, 0.8737, 0.9053, 0.8857]
+    headed = _run_epochs(small, epochs=6, losses=losses, images=50)
+    assert headed.stop and headed.epoch == 2 and headed.best_epoch == 0
     # ... and so is a significant gain over the epoch before, whatever the loss
     assert not _run_epochs([0.80, 0.70, 0.78], losses=[0.5, 0.9, 0.95], images=200).stop
     # a climb that never reaches the best is cut FINETUNE_MAX_PATIENCE epochs after it
@@ -133,47 +143,31 @@ def test_fine_tuning_stops_when_it_no_longer_pays_and_says_why() -> None:
     assert not _run_epochs([0.9, 0.8, 0.7], epochs=2).stop
 
 
-def test_a_fine_tune_that_trails_at_a_high_learning_rate_is_annealed_before_it_is_judged() -> None:
-    """flowers5 at 250 per class with 5 and 8 minutes: a 10- or 15-epoch cosine schedule trails the
-    head for its first epochs at nearly the peak rate (0.732, then 0.62, 0.728, 0.70), where a
-    5-epoch one passes it as the rate falls (0.772). Instead of stopping there, the schedule is
-    shortened to end one epoch later, decaying from where the shortened cosine stands; then the run
-    ends and the best epoch is kept."""
+def test_a_fine_tune_that_never_passes_the_head_stops_two_epochs_after_it_whatever_its_rate() -> None:
+    """The held-out set of 245 photos: the head (0.9542) is never beaten. A 6-epoch cosine plan is
+    still near its peak rate after epoch 2, yet the run stops there: at most FINETUNE_PATIENCE epochs
+    run after the kept one (the issue's target), none is added to judge the fine-tune at a lower
+    rate, and the plan is left as it was."""
     cfg = resolve_config(None, {"train.schedule": "cosine", "train.warmup_epochs": 0.3})
-    values, losses = [0.732, 0.62, 0.728, 0.70, 0.75, 0.76], [0.81, 0.91, 0.83, 0.84, 0.70, 0.69]
+    values = [0.9542, 0.9346, 0.9281, 0.9150, 0.9281, 0.9412]
     state = _state(values)
-    state.epochs = 15
-    state.schedule = Schedule(state.optimizer, cfg.train, steps_per_epoch=10, epochs=15, lr=0.1)
+    state.epochs = 6
+    state.schedule = Schedule(state.optimizer, cfg.train, steps_per_epoch=10, epochs=6, lr=0.1)
     keep, stop = KeepBest(lambda state: None), FineTuneStop()
-    recorded: list[int] = []  # the run's plan.json, so --resume goes on with the shortened schedule
-    stop.on_change = recorded.append
-    rates = []
     for epoch, value in enumerate(values):
-        if epoch > state.epochs:
-            break
         state.epoch = epoch
         for _ in range(10 if epoch else 0):  # the epoch's steps
             state.optimizer.step()
             state.schedule.step_batch()
-            rates.append(state.schedule.share_of_peak())
-        state.history.append({"epoch": epoch, "val_acc": value, "val_loss": losses[epoch]})
-        state.val_right = np.arange(250) < round(value * 250)
-        state.val_labels = np.zeros(250, dtype=np.int64)
+        state.history.append({"epoch": epoch, "val_acc": value, "val_loss": 1.2 - value})
+        state.val_right = np.arange(153) < round(value * 153)
+        state.val_labels = np.zeros(153, dtype=np.int64)
         keep.on_epoch_end(state)
         stop.on_epoch_end(state)
-        assert not state.stop
-    # epoch 2 climbed (27 images more than epoch 1); epoch 3 did not: annealed, ended after epoch 4
-    assert state.epochs == 4 and state.epoch == 4 and state.best_epoch == 4 and recorded == [4]
-    assert rates[29] > 0.85 and rates[30] < 0.2 and rates[-1] <= 0.011  # 0.92 → its floor
-    # a schedule near its end is judged as it is: a 3-epoch cosine is at 0.15 of its peak after epoch 2
-    state = _state([])
-    state.epochs = 3
-    state.schedule = Schedule(state.optimizer, cfg.train, steps_per_epoch=10, epochs=3, lr=0.1)
-    for _ in range(20):
-        state.optimizer.step()
-        state.schedule.step_batch()
-    assert state.schedule.share_of_peak() < ANNEAL_ABOVE
-    assert not FineTuneStop()._anneal(state) and state.epochs == 3
+        if state.stop:
+            break
+    assert state.stop and state.epoch == FINETUNE_PATIENCE and state.best_epoch == 0 and state.epochs == 6
+    assert state.optimizer.param_groups[0]["lr"] > 0.05  # still above half the peak: stopped anyway
 
 
 def test_mcnemar_counts_the_images_two_epochs_answer_differently() -> None:

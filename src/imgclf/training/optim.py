@@ -111,12 +111,6 @@ class Schedule:
         ]
         return True
 
-    def share_of_peak(self) -> float | None:
-        """The learning rate now as a share of its peak (cosine schedules; None for the others)."""
-        if self.kind != "cosine":
-            return None
-        return float(self.scheduler.lr_lambdas[0](self.scheduler.last_epoch))
-
     def step_batch(self) -> None:
         if self.per_batch:
             self.scheduler.step()

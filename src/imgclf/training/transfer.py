@@ -60,19 +60,13 @@ FINETUNE_SKIP_ERROR = 0.01
 # is climbing; a climb buys at most FINETUNE_MAX_PATIENCE epochs since the best. See `FineTuneStop`.
 FINETUNE_PATIENCE = 2
 FINETUNE_MAX_PATIENCE = 4
-# A fine-tune that would stop while its learning rate is above ANNEAL_ABOVE of its peak has not been
-# judged fairly (a long cosine schedule's first epochs trail the head at a high rate, then pass it as
-# the rate falls): its schedule is shortened to end ANNEAL_EPOCHS later instead, the rate decaying
-# from where the shortened cosine stands, and the best epoch (the head included) is kept at the end.
-ANNEAL_ABOVE = 0.5
-ANNEAL_EPOCHS = 1
 # The paired tests (McNemar's exact test on the validation images two epochs answer differently,
 # one-sided): an epoch climbs when it is right on significantly more images than the epoch before;
 # how far the best epoch is ahead of the latest is given in the stop line.
 CLIMB_P = 0.1
 BEHIND_P = 0.1
-# An epoch also climbs when its validation loss is the run's lowest by this share, or the lowest
-# after falling two epochs in a row (a loss a hair under the lowest after a rise is noise).
+# An epoch also climbs when its validation loss is the run's lowest by this share (a loss a hair under
+# the lowest is noise, and falls anyway as a cosine rate decays).
 CLIMB_LOSS = 0.02
 
 
@@ -340,9 +334,6 @@ class HeadStage:
                 lambda epochs: self._record(state, epochs),
             )
             self.callbacks.insert(0, replan)
-        for callback in self.callbacks:  # a plan the stop rule shortens is recorded too
-            if isinstance(callback, FineTuneStop):
-                callback.on_change = lambda epochs: self._record(state, epochs)
         if plan.epochs:
             logger.info(
                 "fine-tuning up to %d epochs of about %.0f s: %s (%s; %.0f images/s training, %.0f "
@@ -383,7 +374,7 @@ class FineTuneStop(Callback):
     many epochs run after the one that is kept, unless the latest epoch climbs: it is right on
     significantly more validation images than the epoch before (`mcnemar`, p < CLIMB_P: one or two images
     more on a small validation split are noise, not a trend), or its validation loss is the run's lowest
-    by CLIMB_LOSS, or the lowest after falling two epochs in a row. A climbing fine-tune is left to climb,
+    by CLIMB_LOSS. A climbing fine-tune is left to climb,
     up to FINETUNE_MAX_PATIENCE epochs after the best. Without the answers (multi-label, several
     processes) a rise of the metric is a climb. Never stops on the last planned epoch, nor without
     validation. Runs after KeepBest; says why in one line, with how far the best epoch is ahead."""
@@ -392,8 +383,6 @@ class FineTuneStop(Callback):
         self.patience, self.most = patience, most
         self.answers: tuple[np.ndarray, np.ndarray] | None = None  # the latest epoch's (right, labels)
         self.best: tuple[np.ndarray, np.ndarray] | None = None  # the best epoch's
-        self.annealing = False  # the schedule was shortened to judge the fine-tune at a low rate
-        self.on_change: Callable[[int], None] | None = None  # records a shortened plan (--resume)
 
     def on_epoch_end(self, state: TrainState) -> None:
         before, self.answers = self.answers, None
@@ -401,7 +390,7 @@ class FineTuneStop(Callback):
             self.answers = (np.asarray(state.val_right, bool), np.asarray(state.val_labels))
         if state.improved or self.best is None:
             self.best = self.answers
-        if state.epoch == 0 or len(state.history) < 2 or state.best_epoch is None or self.annealing:
+        if state.epoch == 0 or len(state.history) < 2 or state.best_epoch is None:
             return
         metric = "val_map" if "val_map" in state.last else "val_acc"  # multi-label: by mAP
         value = state.last.get(metric)
@@ -415,15 +404,6 @@ class FineTuneStop(Callback):
             return
         against_best = self._behind(state, metric)
         best = state.best_value if state.best_value is not None else float("nan")
-        if self._anneal(state):
-            logger.info(
-                "fine-tuning has not passed the best epoch (%s %.4f, epoch %d) in %d epochs at a high "
-                "learning rate; epoch %d is %s: the rate now decays to 0 over %d more epoch%s, and the "
-                "best epoch is kept",
-                metric, best, state.best_epoch, since, state.epoch, against_best, ANNEAL_EPOCHS,
-                "" if ANNEAL_EPOCHS == 1 else "s",
-            )  # fmt: skip
-            return
         state.stop = True
         state.stop_reason = (
             f"early stop: fine-tuning no longer pays: {since} epochs since the best ({metric} {best:.4f}, "
@@ -431,19 +411,6 @@ class FineTuneStop(Callback):
             f"{state.epoch} is {against_best} and {'still' if climbing else 'not'} climbing ({how})"
             f"{', the most a climb is given' if climbing else ''}; the best epoch is kept"
         )
-
-    def _anneal(self, state: TrainState) -> bool:
-        """Shorten the schedule to end ANNEAL_EPOCHS from now when the rate is still above ANNEAL_ABOVE
-        of its peak and more epochs than that are planned; whether it did."""
-        share = state.schedule.share_of_peak() if state.schedule is not None else None
-        end = state.epoch + ANNEAL_EPOCHS
-        if share is None or share <= ANNEAL_ABOVE or end >= state.epochs or not state.schedule.replan(end):
-            return False
-        state.epochs = end
-        if self.on_change is not None:
-            self.on_change(end)
-        self.annealing = True
-        return True
 
     def _paired(self, first: tuple[np.ndarray, np.ndarray] | None) -> tuple[int, int, float] | None:
         """McNemar of the latest epoch's answers against `first`'s: (gained, lost, p that no gain)."""
@@ -458,8 +425,7 @@ class FineTuneStop(Callback):
         """Whether the latest epoch climbs, and the evidence in words."""
         losses = [row.get("val_loss", float("nan")) for row in state.history]
         loss, low = losses[-1], min((x for x in losses[:-1] if math.isfinite(x)), default=float("inf"))
-        falling = len(losses) >= 3 and losses[-1] < losses[-2] < losses[-3]
-        if math.isfinite(loss) and (loss < low * (1 - CLIMB_LOSS) or (loss < low and falling)):
+        if math.isfinite(loss) and loss < low * (1 - CLIMB_LOSS):
             return True, f"val_loss {loss:.4f}, the lowest yet ({low:.4f} before)"
         words = f"val_loss {loss:.4f} against the lowest {low:.4f}"
         paired = self._paired(before)
