@@ -5,7 +5,9 @@
 
 DATA: a folder, a zip, or `archive.zip:N` (N images per class, seeded), e.g.
 `../shared/datasets/flowers5.zip:100` or `../shared/datasets/mnist_png.zip:200` (class folders of
-N images each, drawn from the whole zip; imgclf then carves its own validation split).
+N images each, drawn from the whole zip; imgclf then carves its own validation split);
+`archive.zip:N:a,b` only those classes (`flowers5.zip:125:daisy,sunflower`: two classes the head
+tells apart, where fine-tuning has little to fix).
 `--make NAME` adds generated data sets nobody tuned on (see `make_data`).
 
 Sides, each from an empty cache folder, on the same images:

@@ -55,16 +55,20 @@ def cpu_flags() -> str:
 
 
 def subset(spec: str, workdir: Path) -> Path:
-    """`archive.zip:N` → a folder with N images per class (seeded), unpacked from the zip."""
+    """`archive.zip:N` → a folder with N images per class (seeded), unpacked from the zip;
+    `archive.zip:N:a,b` takes only the classes named (e.g. two easy classes, where the head is enough)."""
     if ":" not in spec:
         return Path(spec)
-    archive, per_class = spec.rsplit(":", 1)
-    target = workdir / f"{Path(archive).stem}_{per_class}"
+    archive, per_class, *only = spec.split(":")
+    wanted = set(only[0].split(",")) if only else None
+    suffix = "_" + "_".join(sorted(wanted)) if wanted else ""
+    target = workdir / f"{Path(archive).stem}_{per_class}{suffix}"
     with zipfile.ZipFile(archive) as handle:
         names = [n for n in handle.namelist() if re.search(r"\.(jpe?g|png)$", n, re.I)]
         by_class: dict[str, list[str]] = {}
         for name in names:
-            by_class.setdefault(name.split("/")[-2], []).append(name)
+            if wanted is None or name.split("/")[-2] in wanted:
+                by_class.setdefault(name.split("/")[-2], []).append(name)
         rng = np.random.default_rng(0)
         for label, members in sorted(by_class.items()):
             for name in rng.permutation(sorted(members))[: int(per_class)]:
