@@ -416,13 +416,17 @@ def test_serve_prints_the_apps_address_and_speaks_https_with_a_certificate(
 
 
 def test_auto_quantization_falls_back_to_the_float_model_when_int8_fails_its_check(
-    unknown_model, tmp_path: Path
+    unknown_model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """--quantize auto: this run's int8 graph is made (the run has its manifest) and fails its check
-    (97.2% agreement, unknown answers included, where 99% is needed): the app carries the float
-    graph, and says why."""
+    """--quantize auto: this run's int8 graph is made (the run has its manifest) and fails its check:
+    the app carries the float graph, and says why. The check is made to need more than full agreement:
+    this run's int8 graph agrees on 35 or 36 of its 36 check images, depending on the tests run
+    before it, so the real 99% would make the outcome depend on one image."""
     import onnx
 
+    import imgclf.export.quantize
+
+    monkeypatch.setattr(imgclf.export.quantize, "MIN_AGREEMENT", 1.01)
     run, _ = unknown_model
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
