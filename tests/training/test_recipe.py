@@ -291,6 +291,39 @@ def test_a_tight_time_limit_keeps_the_head_alone(tmp_path: Path) -> None:
     assert "best epoch: 0" in (run_dir / "summary.txt").read_text()
 
 
+def test_the_training_probe_runs_only_where_the_whole_plan_may_not_fit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A small set's plan fits its time limit even at TRAIN_SPEED_FLOOR of the inference speed: no
+    training probe (about 2 s of a 25 s run), and the plan line says so. Where it may not fit, the
+    probe times a fine-tuning step and the plan uses that speed."""
+    import imgclf.training.transfer as transfer
+
+    data = tmp_path / "alike"  # two classes of the same shape: the head cannot tell them apart
+    data.mkdir()
+    for seed, name in enumerate(("a", "b")):
+        write_class_folders(tmp_path / name, ["shape"], 24, size=72, mode="RGB", suffix=".jpg", seed=seed)
+        (tmp_path / name / "shape").rename(data / name)
+    probes: list[int] = []
+
+    def probe(model, ctx, batch_size, size=None) -> float:
+        probes.append(batch_size)
+        return 1e6
+
+    monkeypatch.setattr(transfer, "training_speed", probe)
+    command = ["train", str(data), "--image-size", "64", "--project", str(tmp_path / "runs")]
+    result = runner.invoke(app, [*command, "--name", "untimed"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    output = " ".join(result.output.split())
+    assert "fine-tuning up to 6 epochs of at most about" in output, output
+    assert "training not timed, the plan fits even at 0.25 of that" in output and probes == []
+    monkeypatch.setattr(transfer, "TRAIN_SPEED_FLOOR", 1e-9)  # no plan fits at this floor
+    result = runner.invoke(app, [*command, "--name", "timed"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    output = " ".join(result.output.split())
+    assert probes == [32] and "1000000 images/s training" in output, output
+
+
 class _Interrupt(Callback):
     """Ctrl-C at the start of a given epoch."""
 
