@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from matplotlib.figure import Figure
 from PIL import Image
 from typer.testing import CliRunner
@@ -126,6 +128,39 @@ def test_metric_functions_on_known_values() -> None:
     assert metrics["most_confused"][0][2] == 1
     perfect = expected_calibration_error(np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([0, 1]))
     assert perfect["ece"] == pytest.approx(0.0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(1, 8).flatmap(
+        lambda classes: st.tuples(
+            st.just(classes),
+            st.lists(st.tuples(*[st.integers(0, classes - 1)] * 2), min_size=1, max_size=60),
+        )
+    )
+)
+def test_the_per_class_report_is_scikit_learns(case: tuple[int, list[tuple[int, int]]]) -> None:
+    """Precision, recall and F1 per class and averaged, computed without scikit-learn, equal its
+    classification_report with zero_division=0 on any answers: classes never predicted, never
+    present, or a single class."""
+    from sklearn.metrics import classification_report
+
+    classes, pairs = case
+    labels, predicted = (np.array(column) for column in zip(*pairs))
+    names = [f"c{index}" for index in range(classes)]
+    probabilities = np.eye(classes)[predicted] * 0.9 + 0.1 / classes
+    metrics = compute_metrics(probabilities, labels, names)
+    expected = classification_report(
+        labels, predicted, labels=list(range(classes)), target_names=names, output_dict=True, zero_division=0
+    )
+    for name in names:
+        got, want = metrics["per_class"][name], expected[name]
+        assert got["support"] == want["support"]
+        for key, theirs in (("precision", "precision"), ("recall", "recall"), ("f1", "f1-score")):
+            assert got[key] == pytest.approx(want[theirs], abs=1e-12), (name, key)
+    for ours, theirs in (("macro", "macro avg"), ("weighted", "weighted avg")):
+        for key, their_key in (("precision", "precision"), ("recall", "recall"), ("f1", "f1-score")):
+            assert metrics[ours][key] == pytest.approx(expected[theirs][their_key], abs=1e-12), (ours, key)
 
 
 @pytest.mark.parametrize("count", [2, 120])
