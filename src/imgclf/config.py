@@ -312,7 +312,7 @@ class TrainConfig(Freezable):
     )
     epochs: int | None = setting(
         None,
-        "Epochs (recipe transfer: fine-tuning epochs after the head).",
+        "Epochs (recipe transfer: fine-tuning epochs after the head; 0 keeps the head alone).",
         TRAIN_PANEL,
         short="-e",
         shown="plain 10; transfer: planned from the data and the time limit",
@@ -859,7 +859,7 @@ def validate_config(cfg: Config) -> None:
         raise ConfigError(
             "finetune_bn frozen keeps pretrained BatchNorm statistics: add --pretrained (or --weights PATH)"
         )
-    if train.epochs is not None and train.epochs < (0 if train.recipe == "transfer" else 1):
+    if train.epochs is not None and train.epochs < (0 if train.recipe in ("transfer", "auto") else 1):
         raise ConfigError("epochs must be at least 1 (recipe transfer: 0 keeps the head alone)")
     if train.batch_size is not None and train.batch_size < 1:
         raise ConfigError("batch_size must be at least 1")

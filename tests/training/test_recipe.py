@@ -268,6 +268,21 @@ def test_zero_flag_training_on_photos_runs_the_transfer_recipe(photos: Path, tmp
     assert [row["epoch"] for row in _metrics(run_dir)] == ["0", "1", "2", "3"]
 
 
+def test_epochs_0_keeps_the_head_where_the_recipe_is_guessed(photos: Path, tmp_path: Path) -> None:
+    """`--epochs 0` with no --recipe: the guessed transfer recipe keeps its head alone; where the
+    guess is another recipe, a clear error instead of a check that ran before the guess."""
+    runs = tmp_path / "runs"
+    command = ["train", str(photos), "--image-size", "64", "--epochs", "0", "--project", str(runs)]
+    result = runner.invoke(app, command, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert [row["epoch"] for row in _metrics(runs / "train")] == ["0"]
+    scratch = runner.invoke(app, [*command, "--model", "cnn", "--name", "scratch"])
+    assert scratch.exit_code == 2
+    output = " ".join(scratch.output.split())
+    assert "head alone, but this run trains with recipe plain (no pretrained backbone)" in output
+    assert not (runs / "scratch").exists()
+
+
 def test_a_tight_time_limit_keeps_the_head_alone(tmp_path: Path) -> None:
     # two classes of the same shape: the head cannot be right, so fine-tuning would be wanted
     data = tmp_path / "alike"

@@ -128,6 +128,11 @@ def choose_recipe(
                 "it while validation says it pays, the best epoch kept (--recipe plain trains as configured)"
             )
     train.recipe = name
+    if train.epochs == 0 and name != "transfer":  # allowed before the recipe was known
+        raise ConfigError(
+            f"--epochs 0 keeps the transfer recipe's head alone, but this run trains with recipe {name}"
+            f"{' (no pretrained backbone)' if not pretrained else ''}: give --epochs 1 or more"
+        )
     strategy = recipe_strategy(name)
     lines += strategy.resolve(cfg)
     defaults = recipe_defaults(name)
