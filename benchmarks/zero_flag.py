@@ -57,10 +57,11 @@ def cpu_flags() -> str:
 def subset(spec: str, workdir: Path) -> Path:
     """`archive.zip:N` → a folder with N images per class (seeded), unpacked from the zip;
     `archive.zip:N:a,b` takes only the classes named (e.g. two easy classes, where the head is enough)."""
-    if ":" not in spec:
+    match = re.fullmatch(r"(.+):(\d+)(?::([^:/]+))?", spec)
+    if match is None:
         return Path(spec)
-    archive, per_class, *only = spec.split(":")
-    wanted = set(only[0].split(",")) if only else None
+    archive, per_class, only = match.groups()
+    wanted = set(only.split(",")) if only else None
     suffix = "_" + "_".join(sorted(wanted)) if wanted else ""
     target = workdir / f"{Path(archive).stem}_{per_class}{suffix}"
     with zipfile.ZipFile(archive) as handle:
