@@ -385,10 +385,11 @@ class FineTuneStop(Callback):
     many epochs run after the one that is kept, unless the latest epoch climbs: it is right on
     significantly more validation images than the epoch before (`mcnemar`, p < CLIMB_P: one or two images
     more on a small validation split are noise, not a trend), or its validation loss is the run's lowest
-    by CLIMB_LOSS. A climbing fine-tune is left to climb,
-    up to FINETUNE_MAX_PATIENCE epochs after the best. Without the answers (multi-label, several
-    processes) a rise of the metric is a climb. Never stops on the last planned epoch, nor without
-    validation. Runs after KeepBest; says why in one line, with how far the best epoch is ahead."""
+    by CLIMB_LOSS. A climbing fine-tune is left to climb, up to FINETUNE_MAX_PATIENCE epochs after
+    the best; one that does not climb is stopped whatever its learning rate. Without the answers
+    (multi-label, several processes) a rise of the metric is a climb. Never stops on the last planned
+    epoch, nor without validation. Runs after KeepBest; says why in one line, with how far the best
+    epoch is ahead."""
 
     def __init__(self, patience: int = FINETUNE_PATIENCE, most: int = FINETUNE_MAX_PATIENCE) -> None:
         self.patience, self.most = patience, most
