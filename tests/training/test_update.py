@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 import imgclf
 from conftest import shape_image, write_class_folders
@@ -174,3 +175,21 @@ def test_update_after_a_head_only_run_reuses_the_features_training_computed(
     assert updated.computed == 0
     shutil.rmtree(tmp_path / "cache" / "features")  # without the store: every image again
     assert update_run(run.run_dir, data=copy).computed == 60
+
+
+def test_update_after_a_bf16_transfer_head_reuses_its_features(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The transfer recipe's head on a bf16 CPU (AMX, AVX-512 BF16) computes the features in bf16:
+    they are stored too, so the `update` after a zero-flag run that kept the head computes none."""
+    monkeypatch.setenv("IMGCLF_CACHE_DIR", str(tmp_path / "cache"))
+    data = write_class_folders(tmp_path / "data", ["square", "disc", "cross"], 20, size=28, mode="RGB")
+    run = imgclf.train(
+        data, model="efficientnet_lite0", pretrained=True, epochs=0, precision="bf16", batch_size=16,
+        image_size=[64, 64], seed=1, project=str(tmp_path / "runs"), name="bf16",
+    )  # fmt: skip
+    assert yaml.safe_load((run.run_dir / "config.yaml").read_text())["train"]["precision"] == "bf16"
+    copy = tmp_path / "corrected"
+    shutil.copytree(data, copy)
+    (copy / "disc" / "disc_000.png").rename(copy / "square" / "was_disc.png")
+    assert update_run(run.run_dir, data=copy).computed == 0

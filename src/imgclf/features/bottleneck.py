@@ -144,10 +144,13 @@ def cached_features(
         speed = len(labels) / max(time.perf_counter() - started, 1e-9)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, lambda tmp: save_arrays(tmp, features=features, labels=labels))
-    # the run's backbone on each image, in float32 at the model's size: what `update` refits on,
-    # kept when computed now (or when the per-image store is gone), not on every run that reads them
-    exact = ctx.autocast_dtype is None and prepared.view(split)[0] == prepared.spec
-    if exact and (computed or not store_path(backbone, prepared.spec).is_file()):
+    # the run's backbone on each image at the model's size: what `update` refits on, kept when
+    # computed now (or when the per-image store is gone), not on every run that reads them. Features
+    # a bf16 run computed are kept too: a float32 head answers 3 of 1,000 flowers5 training images
+    # differently on them, and a head fitted on half bf16, half float32 features as well as on
+    # float32 alone (0.744 and 0.740 on validation); float32 features already stored stay.
+    model_size = prepared.view(split)[0] == prepared.spec
+    if model_size and (computed or not store_path(backbone, prepared.spec).is_file()):
         locations = [prepared.image_set.location(int(i)) for i in prepared.indices(split)]
         remember_features(backbone, prepared.spec, locations, features)
     return features, labels, speed

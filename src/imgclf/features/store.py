@@ -97,8 +97,9 @@ def save_store(path: Path, known: dict[str, np.ndarray]) -> None:
 def remember_features(
     network_digest: str, spec: PreprocessSpec, locations: list[str], features: np.ndarray, workers: int = 4
 ) -> int:
-    """Keep features a step computed anyway (a head-only run's, the transfer head's, in float32 at the
-    model's size) for the `update` after it; returns how many were new to the store."""
+    """Keep features a step computed anyway (a head-only run's, the transfer head's, at the model's
+    size, in float32 or bf16) for the `update` after it; returns how many were new to the store (an
+    image already there keeps its features)."""
     if len(locations) != len(features) or not len(features):
         return 0
     path = store_path(network_digest, spec)
