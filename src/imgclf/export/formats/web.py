@@ -244,13 +244,11 @@ def served_app(model: str | Path) -> tuple[dict[str, bytes] | None, str]:
         )
 
     folder = artifact_dir / FOLDER
-    if (
-        owns(folder)
-        and (folder / MODEL_FILE).is_file()
-        and current(graph_metadata((folder / MODEL_FILE).read_bytes()))
-    ):
+    graph = folder / MODEL_FILE
+    content = graph.read_bytes() if owns(folder) and graph.is_file() else None
+    if content is not None and current(graph_metadata(content)):
         files = {
-            item.relative_to(folder).as_posix(): item.read_bytes()
+            item.relative_to(folder).as_posix(): content if item == graph else item.read_bytes()
             for item in sorted(folder.rglob("*"))
             if item.is_file() and not item.name.startswith(".")
         }
