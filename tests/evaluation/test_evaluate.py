@@ -254,6 +254,14 @@ def test_temperature_scaling_is_fitted_stored_and_applied(run) -> None:
         assert report["held_out_ece_after"] >= report["held_out_ece_before"]
     else:
         assert report["held_out_ece_after"] < report["held_out_ece_before"]
+    right = np.eye(5)[truth] * 0.96 + 0.01  # every answer right and sure: T runs to its lower bound
+    assert (
+        choose_temperature(right, truth, "val")[1]["note"]
+        == "the val split is answered too cleanly to fit a temperature"
+    )
+    wrong = np.eye(5)[(truth + 1) % 5] * 0.96 + 0.01  # every answer wrong and sure: to its upper bound
+    temperature, report = choose_temperature(wrong, truth, "val")
+    assert temperature == 1.0 and "so often confidently wrong that no temperature up to 20" in report["note"]
     declined = 0
     for seed in range(20):  # whatever the split: never applied where the held-out ECE rises
         draw = np.random.default_rng(seed).choice(len(truth), 40, replace=False)

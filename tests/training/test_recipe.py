@@ -23,7 +23,7 @@ from imgclf.config import resolve_config
 from imgclf.data.decode import ImageHeader
 from imgclf.data.imageset import ImageSet
 from imgclf.errors import ConfigError
-from imgclf.features.head import fit_head, load_head
+from imgclf.features.head import SCALE_FLOOR, fit_head, load_head
 from imgclf.models.factory import create_model
 from imgclf.runs import RunFolder
 from imgclf.training.events import Callback, TrainState
@@ -144,6 +144,34 @@ def test_the_head_is_fitted_exactly_and_folds_the_standardization() -> None:
     assert (logits.argmax(1).numpy() == labels[450:]).mean() == pytest.approx(fit.val_acc)
     without_val = fit_head(features[:450], labels[:450], None, None, 3)  # L2 by cross-validation
     assert np.isnan(without_val.val_acc) and without_val.train_acc > 0.9
+
+
+def _dormant_channels(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """600 images' features as a backbone gives them on a new domain: 20 channels that tell the 3
+    classes apart, and 200 that the images hardly light (near 0, small noise, nothing of the class)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, 600)
+    informative = rng.normal(0, 1, (3, 20))[labels] + rng.normal(0, 1.5, (600, 20))
+    dormant = np.abs(rng.normal(0, 0.01, (600, 200)))
+    return np.hstack([informative, dormant]).astype(np.float32), labels
+
+
+@pytest.mark.parametrize("floor", [SCALE_FLOOR, 0.0])
+def test_channels_the_images_hardly_light_are_not_blown_up_to_decide_answers(floor) -> None:
+    """Standardized to unit variance, the dormant channels weigh as much as the informative ones,
+    and a head fitted on 60 images learns their noise (0.67 on the other images); with the floor of
+    `standardized` they stay small and the head answers as the informative channels say."""
+    accuracies = []
+    for seed in range(3):
+        features, labels = _dormant_channels(seed)
+        train, val = slice(0, 60), slice(60, 90)
+        fit = fit_head(features[train], labels[train], features[val], labels[val], 3, 0.1, floor=floor)
+        logits = features[90:] @ fit.weight.numpy().T + fit.bias.numpy()
+        accuracies.append(float((logits.argmax(1) == labels[90:]).mean()))
+    if floor:
+        assert np.mean(accuracies) > 0.8, accuracies
+    else:  # the data shows the failure the floor prevents
+        assert np.mean(accuracies) < 0.75, accuracies
 
 
 def test_a_prior_head_keeps_what_a_few_training_images_cannot_teach() -> None:

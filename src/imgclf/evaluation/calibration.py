@@ -70,6 +70,16 @@ def held_out_ece(probabilities: np.ndarray, labels: np.ndarray, seed: int = 0) -
     return ece(probabilities, labels), ece(scaled, labels)
 
 
+def _unfitted(probabilities: np.ndarray, labels: np.ndarray, split: str) -> str:
+    """Why no temperature was fitted, in words: the likelihood's optimum lies at one of BOUNDS."""
+    if fit_temperature(probabilities, labels) <= BOUNDS[0] * 1.01:
+        return f"the {split} split is answered too cleanly to fit a temperature"
+    return (
+        f"the {split} split's answers are so often confidently wrong that no temperature up to "
+        f"{BOUNDS[1]:g} fits them"
+    )
+
+
 def choose_temperature(
     probabilities: np.ndarray, labels: np.ndarray, split: str
 ) -> tuple[float, dict[str, Any]]:
@@ -91,7 +101,7 @@ def choose_temperature(
         "held_out_ece_after": held_out[1],
     }
     if fitted == 1.0:
-        report["note"] = f"the {split} split is answered too cleanly to fit a temperature"
+        report["note"] = _unfitted(probabilities, labels, split)
         logger.info("no temperature scaling: %s", report["note"])
     elif temperature == 1.0:
         report["note"] = (

@@ -444,8 +444,8 @@ class FineTuneStop(Callback):
         if paired is not None:
             gained, lost, p = paired
             words = (
-                f"{gained} images right that epoch {state.epoch - 1} missed, {lost} the other way, "
-                f"p = {p:.2f}; {words}"
+                f"{gained} {_images(gained)} right that epoch {state.epoch - 1} missed, {lost} the "
+                f"other way, p = {p:.2f}; {words}"
             )
             return p < CLIMB_P, words
         value, previous = state.last.get(metric), state.history[-2].get(metric)
@@ -458,12 +458,16 @@ class FineTuneStop(Callback):
         if now is not None and best is not None and np.array_equal(now[1], best[1]):
             lost, gained, p = mcnemar(now[0], best[0])  # the best epoch's gain over the latest
             return (
-                f"{'behind' if p < BEHIND_P else 'not clearly behind'} it ({lost} images it gets "
+                f"{'behind' if p < BEHIND_P else 'not clearly behind'} it ({lost} {_images(lost)} it gets "
                 f"right and epoch {state.epoch} misses, {gained} the other way, p = {p:.2f})"
             )
         value, best = state.last.get(metric, float("nan")), state.best_value
         behind = best is not None and value < best
         return f"{'behind' if behind else 'level with'} it ({metric} {value:.4f})"
+
+
+def _images(count: int) -> str:
+    return "image" if count == 1 else "images"
 
 
 class ProgressiveResize(Callback):
