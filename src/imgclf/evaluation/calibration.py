@@ -49,11 +49,15 @@ def ece(probabilities: np.ndarray, labels: np.ndarray) -> float:
     return float(expected_calibration_error(probabilities, labels)["ece"])
 
 
-def _fitted(probabilities: np.ndarray, labels: np.ndarray) -> float:
-    """`fit_temperature`, or 1.0 where the likelihood has no optimum inside BOUNDS: a split answered
-    all right drives T toward 0 (every answer certain), which nothing else supports."""
-    temperature = fit_temperature(probabilities, labels)
+def _bounded(temperature: float) -> float:
+    """A fitted temperature, or 1.0 where the likelihood has no optimum inside BOUNDS: a split
+    answered all right drives T toward 0 (every answer certain), which nothing else supports."""
     return temperature if BOUNDS[0] * 1.01 < temperature < BOUNDS[1] / 1.01 else 1.0
+
+
+def _fitted(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """`fit_temperature` within BOUNDS (`_bounded`)."""
+    return _bounded(fit_temperature(probabilities, labels))
 
 
 def held_out_ece(probabilities: np.ndarray, labels: np.ndarray, seed: int = 0) -> tuple[float, float]:
@@ -70,9 +74,9 @@ def held_out_ece(probabilities: np.ndarray, labels: np.ndarray, seed: int = 0) -
     return ece(probabilities, labels), ece(scaled, labels)
 
 
-def _unfitted(probabilities: np.ndarray, labels: np.ndarray, split: str) -> str:
-    """Why no temperature was fitted, in words: the likelihood's optimum lies at one of BOUNDS."""
-    if fit_temperature(probabilities, labels) <= BOUNDS[0] * 1.01:
+def _unfitted(raw: float, split: str) -> str:
+    """Why no temperature was fitted, in words: the likelihood's optimum `raw` lies at one of BOUNDS."""
+    if raw <= BOUNDS[0] * 1.01:
         return f"the {split} split is answered too cleanly to fit a temperature"
     return (
         f"the {split} split's answers are so often confidently wrong that no temperature up to "
@@ -86,7 +90,8 @@ def choose_temperature(
     """The temperature applied to a split's raw answers, and imgclf.json's record of it: the one
     fitted on the split, unless it would not lower the held-out ECE (`held_out_ece`), then 1 (none),
     and the line that says which and why."""
-    temperature = _fitted(probabilities, labels)
+    raw = fit_temperature(probabilities, labels)
+    temperature = _bounded(raw)
     held_out = held_out_ece(probabilities, labels)
     fitted = temperature
     if temperature != 1.0 and held_out[1] >= held_out[0]:
@@ -101,7 +106,7 @@ def choose_temperature(
         "held_out_ece_after": held_out[1],
     }
     if fitted == 1.0:
-        report["note"] = _unfitted(probabilities, labels, split)
+        report["note"] = _unfitted(raw, split)
         logger.info("no temperature scaling: %s", report["note"])
     elif temperature == 1.0:
         report["note"] = (
